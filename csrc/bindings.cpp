@@ -1,0 +1,22 @@
+// The pybind11 module deeprebirth._C. Loading it registers the operators (their static
+// TORCH_LIBRARY registrations run on load); the module itself exposes build facts.
+#include <torch/extension.h>
+
+#include "ops/build_info.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "deeprebirth operator library (conv_pool, branch_conv) and build facts";
+  m.def(
+      "build_info",
+      [] {
+        const deeprebirth::BuildInfo info = deeprebirth::build_info();
+        pybind11::dict d;
+        d["version"] = info.version;
+        d["torch_version"] = info.torch_version;
+        d["with_cuda"] = info.with_cuda;
+        d["parallel_backend"] = info.parallel_backend;
+        d["num_threads"] = info.num_threads;
+        return d;
+      },
+      "Build facts: version, torch_version, with_cuda, parallel_backend, num_threads.");
+}

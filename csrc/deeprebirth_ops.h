@@ -1,0 +1,7 @@
+// Public C++ API of the deeprebirth operator library (libdeeprebirth_ops.so).
+// Every function calls its operator through the PyTorch dispatcher.
+#pragma once
+
+#include "ops/branch_conv/branch_conv.h"
+#include "ops/build_info.h"
+#include "ops/conv_pool/conv_pool.h"

@@ -1,0 +1,45 @@
+// deeprebirth::branch_conv — several convolutions over one input, concatenated along channels.
+//
+// Schema (registered in branch_conv.cpp):
+//   branch_conv(Tensor x, Tensor[] weights, Tensor?[] biases, int[] paddings, int stride,
+//               bool relu) -> Tensor
+// = cat([relu?(conv2d(x, weights[i], biases[i], stride, paddings[i])) for i], dim=1).
+// Every branch has groups=1 and dilation 1; paddings[i] is the symmetric padding of branch i, and
+// every branch must produce the same spatial size (e.g. 1x1/p0, 3x3/p1, 5x5/p2 at stride 1).
+#pragma once
+
+#include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+#include <vector>
+
+namespace deeprebirth::ops {
+
+using OptionalTensorList = c10::List<std::optional<at::Tensor>>;
+
+// Sizes implied by validated arguments.
+struct BranchConvGeometry {
+  int64_t out_h, out_w;                  // common spatial size of every branch
+  std::vector<int64_t> channel_offsets;  // first output channel of each branch, plus the total
+};
+
+// Validates every argument (non-empty weight list, matching list lengths, ranks, dtypes, devices,
+// input channels, positive stride, non-negative paddings, kernels that fit the padded input, equal
+// output sizes) and returns the sizes. Errors name the branch index.
+BranchConvGeometry check_branch_conv_args(const at::Tensor& x, at::TensorList weights,
+                                          const OptionalTensorList& biases,
+                                          c10::IntArrayRef paddings, int64_t stride);
+
+// The composite of ATen calls (conv2d per branch -> relu -> cat): the reference.
+at::Tensor branch_conv_reference(const at::Tensor& x, at::TensorList weights,
+                                 const OptionalTensorList& biases, c10::IntArrayRef paddings,
+                                 int64_t stride, bool relu);
+
+// Calls deeprebirth::branch_conv through the dispatcher (so autograd and every backend apply).
+at::Tensor branch_conv(const at::Tensor& x, at::TensorList weights,
+                       const OptionalTensorList& biases, c10::IntArrayRef paddings, int64_t stride,
+                       bool relu);
+
+}  // namespace deeprebirth::ops

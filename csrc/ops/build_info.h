@@ -1,0 +1,18 @@
+// Facts about how the operator library was built and how ATen runs it.
+#pragma once
+
+#include <string>
+
+namespace deeprebirth {
+
+struct BuildInfo {
+  std::string version;           // deeprebirth version
+  std::string torch_version;     // the torch headers it was compiled against
+  bool with_cuda;                // CUDA kernels compiled in
+  std::string parallel_backend;  // ATen's intra-op backend (OpenMP, native thread pool, TBB)
+  int num_threads;               // at::get_num_threads() now
+};
+
+BuildInfo build_info();
+
+}  // namespace deeprebirth

@@ -1,0 +1,57 @@
+// deeprebirth::conv_pool — pool(relu?(conv2d(x, w, b))) as one operator.
+//
+// Schema (registered in conv_pool.cpp):
+//   conv_pool(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, int[2] dilation,
+//             int groups, str pool, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding,
+//             bool ceil_mode, bool relu) -> Tensor
+// pool is "max" or "avg"; average pooling counts padded cells (count_include_pad=True), as
+// torch.nn.AvgPool2d does by default.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+
+namespace deeprebirth::ops {
+
+enum class PoolKind { Max, Avg };
+
+// Parses the schema's `pool` string; raises naming the argument for anything but "max"/"avg".
+PoolKind parse_pool_kind(c10::string_view pool);
+
+// The non-tensor arguments of conv_pool, in schema order.
+struct ConvPoolArgs {
+  c10::IntArrayRef stride, padding, dilation;
+  int64_t groups;
+  PoolKind pool;
+  c10::IntArrayRef pool_kernel, pool_stride, pool_padding;
+  bool ceil_mode;
+  bool relu;
+};
+
+// Sizes implied by validated arguments.
+struct ConvPoolGeometry {
+  int64_t conv_h, conv_w;  // convolution (pre-pool) output
+  int64_t out_h, out_w;    // pooled output
+};
+
+// Validates every argument (ranks, dtypes, devices, channel counts, positive strides, kernels that
+// fit the padded input, pool padding <= half the pool kernel, non-empty output) and returns the
+// sizes. Every kernel and the reference call this first.
+ConvPoolGeometry check_conv_pool_args(const at::Tensor& x, const at::Tensor& w,
+                                      const std::optional<at::Tensor>& b, const ConvPoolArgs& args);
+
+// The unfused composite of ATen calls (conv2d -> relu -> max/avg pool): the reference.
+at::Tensor conv_pool_reference(const at::Tensor& x, const at::Tensor& w,
+                               const std::optional<at::Tensor>& b, const ConvPoolArgs& args);
+
+// Calls deeprebirth::conv_pool through the dispatcher (so autograd and every backend apply).
+at::Tensor conv_pool(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                     int64_t groups, c10::string_view pool, c10::IntArrayRef pool_kernel,
+                     c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode,
+                     bool relu);
+
+}  // namespace deeprebirth::ops

@@ -1,0 +1,39 @@
+"""The ``deeprebirth`` command line: one sub-command per job.
+
+Each sub-command lives in its own module under ``deeprebirth.commands`` and provides
+``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` maps names to modules so that
+``deeprebirth --help`` does not import the heavy ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("deeprebirth.commands.info", "print how the operator library was built"),
+    "demo": ("deeprebirth.commands.demo", "run the default end-to-end job on built-in data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command's arguments."""
+    parser = argparse.ArgumentParser(prog="deeprebirth", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deeprebirth`` console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return module.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``deeprebirth`` CLI (see deeprebirth.cli)."""

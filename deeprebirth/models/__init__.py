@@ -1,0 +1,5 @@
+"""Model definitions owned by deeprebirth (no torchvision dependency)."""
+
+from deeprebirth.models.bvlc_googlenet import BVLCGoogLeNet, Inception, bvlc_googlenet
+
+__all__ = ["BVLCGoogLeNet", "Inception", "bvlc_googlenet"]

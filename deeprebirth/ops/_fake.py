@@ -1,0 +1,32 @@
+"""Fake (meta) implementations of the deeprebirth operators for torch.compile and torch.export.
+
+A fake implementation only produces an output of the right shape, dtype, device and strides. Each
+one runs the operator's reference composition (deeprebirth.ops._reference) on the fake inputs,
+so the output metadata is exactly what the ATen sequence would produce and no size arithmetic is
+restated here. The C++ library names this module (``set_python_module``), so PyTorch imports it
+whenever it needs a fake implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deeprebirth.ops import _library, _reference
+
+_library.load_extension()
+
+
+@torch.library.register_fake("deeprebirth::conv_pool")
+def _conv_pool_fake(
+    x, w, b, stride, padding, dilation, groups, pool, pool_kernel, pool_stride, pool_padding,
+    ceil_mode, relu,
+):  # fmt: skip
+    return _reference.conv_pool_reference(
+        x, w, b, stride, padding, dilation, groups, pool, pool_kernel, pool_stride, pool_padding,
+        ceil_mode, relu,
+    )  # fmt: skip
+
+
+@torch.library.register_fake("deeprebirth::branch_conv")
+def _branch_conv_fake(x, weights, biases, paddings, stride, relu):
+    return _reference.branch_conv_reference(x, weights, biases, paddings, stride, relu)
