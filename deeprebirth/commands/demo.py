@@ -40,7 +40,9 @@ def _median_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
 def _capture_block_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     inputs: dict[str, torch.Tensor] = {}
     hooks = [
-        module.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
+        module.register_forward_pre_hook(
+            lambda m, args, name=name: inputs.setdefault(name, args[0])
+        )
         for name, module in model.named_children()
     ]
     with torch.no_grad():

@@ -95,7 +95,9 @@ def conv1_block(in_channels: int, out_channels: int, lrn: bool) -> nn.Sequential
     )
 
 
-def conv2_block(in_channels: int, reduce_channels: int, out_channels: int, lrn: bool) -> nn.Sequential:
+def conv2_block(
+    in_channels: int, reduce_channels: int, out_channels: int, lrn: bool
+) -> nn.Sequential:
     """Caffe's conv2/3x3_reduce -> ReLU -> conv2/3x3 -> ReLU -> conv2/norm2 -> pool2/3x3_s2."""
     return nn.Sequential(
         OrderedDict(

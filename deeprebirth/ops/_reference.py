@@ -33,7 +33,9 @@ def conv_pool_reference(
     if relu:
         y = F.relu(y)
     if pool == "max":
-        return F.max_pool2d(y, list(pool_kernel), list(pool_stride), list(pool_padding), 1, ceil_mode)
+        return F.max_pool2d(
+            y, list(pool_kernel), list(pool_stride), list(pool_padding), 1, ceil_mode
+        )
     if pool == "avg":
         return F.avg_pool2d(y, list(pool_kernel), list(pool_stride), list(pool_padding), ceil_mode)
     raise RuntimeError(f'conv_pool: expected pool to be "max" or "avg", but got "{pool}"')

@@ -24,7 +24,7 @@ def unfused_conv_pool(x, w, b, stride, padding, dilation, groups, pool, pk, ps, 
 
 
 def unfused_branch_conv(x, weights, biases, paddings, stride, relu):
-    outs = [F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings)]
+    outs = [F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=False)]
     return torch.cat([F.relu(o) if relu else o for o in outs], 1)
 
 
@@ -43,7 +43,11 @@ CONV_POOL_CASES = [
 @pytest.mark.parametrize("case", CONV_POOL_CASES, ids=lambda c: f"x{c[0]}-w{c[1]}-{c[6]}")
 def test_conv_pool_matches_aten(case, dtype):
     xs, ws, s, p, d, g, pool, (pk, ps, pp), ceil, relu = case
-    x, w, b = torch.randn(xs, dtype=dtype), torch.randn(ws, dtype=dtype), torch.randn(ws[0], dtype=dtype)
+    x, w, b = (
+        torch.randn(xs, dtype=dtype),
+        torch.randn(ws, dtype=dtype),
+        torch.randn(ws[0], dtype=dtype),
+    )
     args = ([s, s], [p, p], [d, d], g, pool, [pk, pk], [ps, ps], [pp, pp], ceil, relu)
     out = conv_pool_op(x, w, b, *args)
     ref = unfused_conv_pool(x, w, b, *args)
@@ -157,7 +161,10 @@ BRANCH_BAD = {
         lambda x: ([torch.randn(2, 4, 1, 1), torch.randn(2, 4, 3, 3)], [None, None], [0, 0], 1),
         "branch 1",
     ),
-    "bias shape": (lambda x: ([torch.randn(2, 4, 1, 1)], [torch.randn(3)], [0], 1), "biases\\[0\\]"),
+    "bias shape": (
+        lambda x: ([torch.randn(2, 4, 1, 1)], [torch.randn(3)], [0], 1),
+        "biases\\[0\\]",
+    ),
     "zero stride": (lambda x: ([torch.randn(2, 4, 1, 1)], [None], [0], 0), "stride"),
     "kernel too large": (lambda x: ([torch.randn(2, 4, 11, 11)], [None], [0], 1), "larger"),
     "dtype": (lambda x: ([torch.randn(2, 4, 1, 1).double()], [None], [0], 1), "weights\\[0\\]"),
