@@ -12,5 +12,8 @@ Example:
 from deeprebirth import models, ops
 from deeprebirth._version import __version__
 from deeprebirth.ops import build_info
+from deeprebirth import surgery
+from deeprebirth.surgery import plan, register_rule, slim, verify
 
 __all__ = ["__version__", "build_info", "models", "ops"]
+__all__ += ["plan", "register_rule", "slim", "surgery", "verify"]
