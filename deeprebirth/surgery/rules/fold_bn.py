@@ -66,7 +66,8 @@ class FoldBatchNorm(Rule):
         layer_name, bn_name = site.modules
         layer = model.get_submodule(layer_name)
         bn = model.get_submodule(bn_name)
-        folded = copy.deepcopy(layer)
+        folded = copy.copy(layer)  # shares nothing that is changed below; the old layer is dropped
+        folded._parameters = dict(layer._parameters)
         weight, bias = fold_bn_into(layer.weight.detach(), None if layer.bias is None else layer.bias.detach(), bn)
         folded.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
         folded.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
