@@ -9,10 +9,9 @@ Example:
     '0.1.0'
 """
 
-from deeprebirth import models, ops
+from deeprebirth import models, ops, surgery
 from deeprebirth._version import __version__
 from deeprebirth.ops import build_info
-from deeprebirth import surgery
 from deeprebirth.surgery import plan, register_rule, slim, verify
 
 __all__ = ["__version__", "build_info", "models", "ops"]

@@ -17,14 +17,24 @@ import torch
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options: model, weights, rules, input size, init, output files."""
     parser.add_argument("--model", required=True, help="bvlc_googlenet or torchvision:<name>")
-    parser.add_argument("--weights", default=None, help="local .pth state_dict or torchvision weights name")
+    parser.add_argument(
+        "--weights", default=None, help="local .pth state_dict or torchvision weights name"
+    )
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
     parser.add_argument(
-        "--rules", default="fold_bn,fuse_conv_pool,merge_branches", help="comma-separated rule names"
+        "--rules",
+        default="fold_bn,fuse_conv_pool,merge_branches",
+        help="comma-separated rule names",
     )
-    parser.add_argument("--input-size", type=int, default=224, help="example input height and width")
-    parser.add_argument("--init", choices=("xavier", "inherit"), default="xavier", help="new layers' init")
-    parser.add_argument("--reduce-factor", type=float, default=0.5, help="branch_slim reducer factor")
+    parser.add_argument(
+        "--input-size", type=int, default=224, help="example input height and width"
+    )
+    parser.add_argument(
+        "--init", choices=("xavier", "inherit"), default="xavier", help="new layers' init"
+    )
+    parser.add_argument(
+        "--reduce-factor", type=float, default=0.5, help="branch_slim reducer factor"
+    )
     parser.add_argument("--out", required=True, help="model file to write (deeprebirth.io format)")
     parser.add_argument("--report", default=None, help="Markdown report to write")
     parser.add_argument("--seed", type=int, default=0, help="seed for new layers' initialisation")

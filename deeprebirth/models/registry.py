@@ -42,7 +42,9 @@ def available_models() -> list[str]:
 
     names = ["bvlc_googlenet"]
     try:
-        names += [TORCHVISION_PREFIX + n for n in import_torchvision().models.list_models(module=None)]
+        names += [
+            TORCHVISION_PREFIX + n for n in import_torchvision().models.list_models(module=None)
+        ]
     except ImportError:
         pass
     return names
@@ -74,7 +76,9 @@ def build_model(
     """
     if name == "bvlc_googlenet":
         if weights is not None and not _is_path(weights):
-            raise ValueError(f"bvlc_googlenet takes weights as a local .pth path, but got {weights!r}")
+            raise ValueError(
+                f"bvlc_googlenet takes weights as a local .pth path, but got {weights!r}"
+            )
         model = bvlc_googlenet(num_classes=num_classes, **kwargs)
         if weights is not None:
             _load_state_dict(model, weights)
@@ -85,7 +89,9 @@ def build_model(
         tv_name = name[len(TORCHVISION_PREFIX) :]
         tv = import_torchvision()
         if tv_name not in tv.models.list_models():
-            raise ValueError(f"unknown torchvision model {tv_name!r}; see torchvision.models.list_models()")
+            raise ValueError(
+                f"unknown torchvision model {tv_name!r}; see torchvision.models.list_models()"
+            )
         from_file = weights is not None and _is_path(weights)
         enum_name = None if weights is None or from_file else str(weights)
         if enum_name is None and tv_name in _INIT_WEIGHTS_MODELS:

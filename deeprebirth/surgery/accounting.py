@@ -65,7 +65,12 @@ def leaf_macs(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int
         13824
     """
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return math.prod(in_shape) * module.out_channels // module.groups * math.prod(module.kernel_size)
+        return (
+            math.prod(in_shape)
+            * module.out_channels
+            // module.groups
+            * math.prod(module.kernel_size)
+        )
     if isinstance(module, nn.modules.conv._ConvNd):
         per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
         return math.prod(out_shape) * per_output
@@ -142,17 +147,27 @@ def profile_modules(model: nn.Module, example: torch.Tensor) -> dict[str, Module
     return stats
 
 
-def module_cost(module: nn.Module, in_shape: tuple[int, ...] | None, dtype: torch.dtype) -> ModuleStats:
+def module_cost(
+    module: nn.Module, in_shape: tuple[int, ...] | None, dtype: torch.dtype
+) -> ModuleStats:
     """Stats of a stand-alone module run on zeros of ``in_shape`` (an Identity costs nothing)."""
     params = sum(p.numel() for p in module.parameters())
     if isinstance(module, nn.Identity) or in_shape is None:
         return ModuleStats(in_shape, in_shape, params)
     if type(module) is nn.Conv2d and not isinstance(module.padding, str) and len(in_shape) == 4:
         spatial = [
-            _conv_out(in_shape[2 + d], module.kernel_size[d], module.stride[d], module.padding[d], module.dilation[d])
+            _conv_out(
+                in_shape[2 + d],
+                module.kernel_size[d],
+                module.stride[d],
+                module.padding[d],
+                module.dilation[d],
+            )
             for d in range(2)
         ]
         out_shape = (in_shape[0], module.out_channels, *spatial)
         nbytes = math.prod(out_shape) * torch.empty((), dtype=dtype).element_size()
-        return ModuleStats(in_shape, out_shape, params, leaf_macs(module, in_shape, out_shape), nbytes, 1)
+        return ModuleStats(
+            in_shape, out_shape, params, leaf_macs(module, in_shape, out_shape), nbytes, 1
+        )
     return profile_modules(module, torch.zeros(in_shape, dtype=dtype))[""]

@@ -12,7 +12,9 @@ from typing import Any
 
 def human(value: float, unit: str = "") -> str:
     """``1234567 -> '1.23M'``; bytes get binary prefixes (``unit='B'``)."""
-    base, prefixes = (1024.0, ["", "Ki", "Mi", "Gi"]) if unit == "B" else (1000.0, ["", "K", "M", "G"])
+    base, prefixes = (
+        (1024.0, ["", "Ki", "Mi", "Gi"]) if unit == "B" else (1000.0, ["", "K", "M", "G"])
+    )
     for prefix in prefixes:
         if abs(value) < base or prefix == prefixes[-1]:
             text = f"{value:.0f}" if prefix == "" else f"{value:.2f}"

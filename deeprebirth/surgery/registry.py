@@ -104,17 +104,28 @@ class Rule:
         """Every site this rule matches in ``ctx.model``."""
         raise NotImplementedError
 
-    def replacements(self, model: nn.Module, site: Site, options: SlimOptions) -> dict[str, nn.Module]:
+    def replacements(
+        self, model: nn.Module, site: Site, options: SlimOptions
+    ) -> dict[str, nn.Module]:
         """``{module path: new module}`` rewriting ``site`` (raise SiteError to skip it)."""
         raise NotImplementedError
 
-    def site(self, modules: Sequence[str], reason: str = "", applies: bool = True, **details: Any) -> Site:
+    def site(
+        self, modules: Sequence[str], reason: str = "", applies: bool = True, **details: Any
+    ) -> Site:
         """A :class:`Site` of this rule."""
         return Site(self.name, tuple(modules), self.exact, applies, reason, details=dict(details))
 
 
 _RULES: dict[str, type[Rule]] = {}
-_BUILTIN_RULES = ("fold_bn", "fuse_conv_pool", "merge_branches", "streamline", "branch_slim", "tucker")
+_BUILTIN_RULES = (
+    "fold_bn",
+    "fuse_conv_pool",
+    "merge_branches",
+    "streamline",
+    "branch_slim",
+    "tucker",
+)
 
 
 def register_rule(rule: type[Rule]) -> type[Rule]:
@@ -134,7 +145,9 @@ def register_rule(rule: type[Rule]) -> type[Rule]:
         raise TypeError(f"rule class {rule.__name__} needs a bool `exact` flag")
     existing = _RULES.get(rule.name)
     if existing is not None and existing.__qualname__ != rule.__qualname__:
-        raise ValueError(f"rule name {rule.name!r} is already registered by {existing.__qualname__}")
+        raise ValueError(
+            f"rule name {rule.name!r} is already registered by {existing.__qualname__}"
+        )
     _RULES[rule.name] = rule
     return rule
 

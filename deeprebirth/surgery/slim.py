@@ -25,7 +25,9 @@ RulesArg = str | Sequence[str | Rule | type[Rule]]
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
 
-def _example_tensor(model: nn.Module, example: torch.Tensor | tuple[int, ...] | None) -> torch.Tensor:
+def _example_tensor(
+    model: nn.Module, example: torch.Tensor | tuple[int, ...] | None
+) -> torch.Tensor:
     if isinstance(example, torch.Tensor):
         return example
     shape = tuple(example) if example is not None else DEFAULT_INPUT_SHAPE
@@ -39,7 +41,12 @@ def _totals(stats: dict[str, ModuleStats]) -> Totals:
     return Totals(root.params, root.macs, root.act_bytes)
 
 
-def _account(site: Site, replacements: dict[str, nn.Module], stats: dict[str, ModuleStats], dtype: torch.dtype) -> None:
+def _account(
+    site: Site,
+    replacements: dict[str, nn.Module],
+    stats: dict[str, ModuleStats],
+    dtype: torch.dtype,
+) -> None:
     for path, new in replacements.items():
         old = stats.get(path, ModuleStats())
         after = module_cost(new, old.in_shape, dtype)

@@ -107,8 +107,9 @@ def _graph_from_fx(model: nn.Module, graph: fx.Graph, modules: dict[str, nn.Modu
     result = ModelGraph([], modules, Counter(), traced=True)
     ids: dict[fx.Node, int] = {}
     for fx_node in graph.nodes:
-        inputs: list[int] = []
-        fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda a: inputs.append(ids[a]) if a in ids else None)
+        found: list[fx.Node] = []
+        fx.node.map_arg((fx_node.args, fx_node.kwargs), found.append)
+        inputs = [ids[a] for a in found if a in ids]
         inputs = list(dict.fromkeys(inputs))
         if fx_node.op == "call_module":
             module = modules[fx_node.target]
@@ -132,7 +133,10 @@ def _graph_from_fx(model: nn.Module, graph: fx.Graph, modules: dict[str, nn.Modu
 KNOWN_BLOCKS: dict[str, dict[str, list[list[str]]]] = {
     "BasicConv2d": {"chains": [["conv", "bn", "@relu"]], "fanout": []},
     "ResNet": {"chains": [["conv1", "bn1", "relu", "maxpool"]], "fanout": []},
-    "BasicBlock": {"chains": [["conv1", "bn1", "relu", "conv2", "bn2"]], "fanout": [["conv1", "downsample.0"]]},
+    "BasicBlock": {
+        "chains": [["conv1", "bn1", "relu", "conv2", "bn2"]],
+        "fanout": [["conv1", "downsample.0"]],
+    },
     "Bottleneck": {
         "chains": [["conv1", "bn1", "@relu", "conv2", "bn2", "@relu", "conv3", "bn3"]],
         "fanout": [["conv1", "downsample.0"]],
@@ -183,7 +187,10 @@ def _graph_from_walk(model: nn.Module, modules: dict[str, nn.Module], note: str)
 
     for name, module in modules.items():
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            add_chain([join(name, child) for child, _ in module.named_children()], result.add("other").index)
+            add_chain(
+                [join(name, child) for child, _ in module.named_children()],
+                result.add("other").index,
+            )
         spec = KNOWN_BLOCKS.get(type(module).__name__)
         if spec is None:
             continue

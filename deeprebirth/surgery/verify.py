@@ -76,11 +76,15 @@ def verify(
         original.train(modes[0])
         slim.train(modes[1])
     if len(expected) != len(actual):
-        raise ValueError(f"expected {len(expected)} output tensors from slim, but got {len(actual)}")
+        raise ValueError(
+            f"expected {len(expected)} output tensors from slim, but got {len(actual)}"
+        )
     max_abs, scale = 0.0, 0.0
     for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
         if e.shape != a.shape:
-            raise ValueError(f"output {i}: expected shape {tuple(e.shape)}, but got {tuple(a.shape)}")
+            raise ValueError(
+                f"output {i}: expected shape {tuple(e.shape)}, but got {tuple(a.shape)}"
+            )
         max_abs = max(max_abs, (a.double() - e.double()).abs().max().item())
         scale = max(scale, e.double().abs().max().item())
     return Verification(max_abs, max_abs / scale if scale > 0 else max_abs, tolerance)

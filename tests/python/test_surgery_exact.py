@@ -21,8 +21,16 @@ EXACT_RULES = ["fold_bn", "fuse_conv_pool", "merge_branches"]
 # name -> (input size, constructor kwargs, minimum applied sites per rule)
 MODELS = {
     "bvlc_googlenet": (64, {"width": 0.25}, {"fuse_conv_pool": 1, "merge_branches": 9}),
-    "torchvision:googlenet": (64, {"aux_logits": False, "init_weights": False}, {"fold_bn": 57, "fuse_conv_pool": 2, "merge_branches": 9}),
-    "torchvision:inception_v3": (96, {"aux_logits": False, "init_weights": False}, {"fold_bn": 94, "fuse_conv_pool": 2, "merge_branches": 10}),
+    "torchvision:googlenet": (
+        64,
+        {"aux_logits": False, "init_weights": False},
+        {"fold_bn": 57, "fuse_conv_pool": 2, "merge_branches": 9},
+    ),
+    "torchvision:inception_v3": (
+        96,
+        {"aux_logits": False, "init_weights": False},
+        {"fold_bn": 94, "fuse_conv_pool": 2, "merge_branches": 10},
+    ),
     "torchvision:resnet18": (64, {}, {"fold_bn": 20, "fuse_conv_pool": 1, "merge_branches": 3}),
     "torchvision:resnet50": (64, {}, {"fold_bn": 53, "fuse_conv_pool": 1, "merge_branches": 1}),
     "torchvision:vgg16_bn": (64, {}, {"fold_bn": 13, "fuse_conv_pool": 5}),
@@ -46,10 +54,14 @@ def test_exact_rules_keep_outputs(name: str) -> None:
     for rule, minimum in expected.items():
         assert counts[rule] >= minimum, f"{name}: {counts}"
     # every BatchNorm that ran was folded away
-    used = {n for n, m in slim_model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    used = {
+        n for n, m in slim_model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
     assert not used, f"{name}: BatchNorm left: {sorted(used)[:3]}"
     assert sum(isinstance(m, ConvPool2d) for m in slim_model.modules()) == counts["fuse_conv_pool"]
-    assert sum(isinstance(m, BranchConv2d) for m in slim_model.modules()) == counts["merge_branches"]
+    assert (
+        sum(isinstance(m, BranchConv2d) for m in slim_model.modules()) == counts["merge_branches"]
+    )
 
 
 def test_fold_bn_matches_closed_form_batch_norm() -> None:

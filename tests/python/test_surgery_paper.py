@@ -31,7 +31,9 @@ def slimmed():
     torch.manual_seed(0)
     model = bvlc_googlenet(num_classes=10, width=WIDTH).eval()
     x = torch.randn(2, 3, SIZE, SIZE)
-    slim_model, report = deeprebirth.slim(model, ["streamline", "branch_slim"], x, reduce_factor=0.5)
+    slim_model, report = deeprebirth.slim(
+        model, ["streamline", "branch_slim"], x, reduce_factor=0.5
+    )
     return model, slim_model, report, x
 
 
@@ -90,7 +92,9 @@ def test_inherit_copies_old_weights() -> None:
     slim_model, _ = deeprebirth.slim(model, ["streamline", "branch_slim"], x, init="inherit")
     torch.testing.assert_close(slim_model.conv1.conv.weight, model.conv1.conv.weight)
     new, old = slim_model.inception_3a.conv_3x3, model.inception_3a.conv_3x3
-    torch.testing.assert_close(new.weight[: old.out_channels, : new.in_channels], old.weight[:, : new.in_channels])
+    torch.testing.assert_close(
+        new.weight[: old.out_channels, : new.in_channels], old.weight[:, : new.in_channels]
+    )
     xavier, _ = deeprebirth.slim(model, ["streamline"], x, init="xavier")
     assert not torch.equal(xavier.conv1.conv.weight, model.conv1.conv.weight)
 
@@ -121,7 +125,9 @@ def test_torchvision_googlenet_branch_slim_keeps_widths() -> None:
     from deeprebirth.models import build_model
     from deeprebirth.surgery.modules import ConcatBranches
 
-    model = build_model("torchvision:googlenet", num_classes=10, aux_logits=False, init_weights=False)
+    model = build_model(
+        "torchvision:googlenet", num_classes=10, aux_logits=False, init_weights=False
+    )
     x = torch.randn(1, 3, 64, 64)
     slim_model, report = deeprebirth.slim(model, ["streamline", "branch_slim"], x)
     assert sum(s.rule == "branch_slim" for s in report.applied) == 9

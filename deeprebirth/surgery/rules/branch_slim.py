@@ -47,7 +47,9 @@ def _is_torchvision_inception(module: nn.Module) -> bool:
     try:
         return (
             hasattr(module.branch1, "conv")
-            and all(isinstance(module.get_submodule(f"branch{i}"), nn.Sequential) for i in (2, 3, 4))
+            and all(
+                isinstance(module.get_submodule(f"branch{i}"), nn.Sequential) for i in (2, 3, 4)
+            )
             and len(module.branch2) == 2
             and len(module.branch3) == 2
             and isinstance(module.branch4[0], nn.MaxPool2d)
@@ -72,7 +74,11 @@ def _bvlc_replacement(module: BVLCInception, options: SlimOptions) -> nn.Module:
 def _basic(block: nn.Module, in_channels: int, out_channels: int) -> nn.Module:
     conv = block.conv
     return type(block)(
-        in_channels, out_channels, kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding
+        in_channels,
+        out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
     )
 
 
@@ -113,22 +119,34 @@ class BranchSlim(Rule):
                 if not (ch1x1 or pool_proj):
                     continue  # already slim
                 if not (module.conv_3x3 is not None and module.conv_5x5 is not None):
-                    sites.append(self.site((name,), "needs both a 3x3 and a 5x5 branch", applies=False))
+                    sites.append(
+                        self.site((name,), "needs both a 3x3 and a 5x5 branch", applies=False)
+                    )
                     continue
                 new3, new5 = slimmed_widths(ch1x1, ch3x3, ch5x5, pool_proj)
-                r3n, r5n = _narrow(r3, ctx.options.reduce_factor), _narrow(r5, ctx.options.reduce_factor)
+                r3n, r5n = (
+                    _narrow(r3, ctx.options.reduce_factor),
+                    _narrow(r5, ctx.options.reduce_factor),
+                )
             elif _is_torchvision_inception(module):
                 widths = [module.branch1.conv.out_channels, module.branch2[1].conv.out_channels,
                           module.branch3[1].conv.out_channels, module.branch4[1].conv.out_channels]  # fmt: skip
                 new3, new5 = slimmed_widths(*widths)
                 r3, r5 = module.branch2[0].conv.out_channels, module.branch3[0].conv.out_channels
-                r3n, r5n = _narrow(r3, ctx.options.reduce_factor), _narrow(r5, ctx.options.reduce_factor)
+                r3n, r5n = (
+                    _narrow(r3, ctx.options.reduce_factor),
+                    _narrow(r5, ctx.options.reduce_factor),
+                )
                 ch3x3, ch5x5 = widths[1], widths[2]
             else:
                 if type(module).__name__.startswith("Inception") and name:
                     sites.append(
-                        self.site((name,), f"{type(module).__name__}: branch layout not supported "
-                                  "(GoogLeNet Inception modules only)", applies=False)  # fmt: skip
+                        self.site(
+                            (name,),
+                            f"{type(module).__name__}: branch layout not supported "
+                            "(GoogLeNet Inception modules only)",
+                            applies=False,
+                        )  # fmt: skip
                     )
                 continue
             reason = (
@@ -138,7 +156,9 @@ class BranchSlim(Rule):
             sites.append(self.site((name,), reason, widths_3x3=[r3n, new3], widths_5x5=[r5n, new5]))
         return sites
 
-    def replacements(self, model: nn.Module, site: Site, options: SlimOptions) -> dict[str, nn.Module]:
+    def replacements(
+        self, model: nn.Module, site: Site, options: SlimOptions
+    ) -> dict[str, nn.Module]:
         name = site.modules[0]
         module = model.get_submodule(name)
         if isinstance(module, BVLCInception):

@@ -46,8 +46,12 @@ class FuseConvPool(Rule):
                     relu, node = True, user
                     continue
                 if isinstance(module, BATCHNORMS):
-                    pool_follows = any(isinstance(graph.module(u), POOLS) for u in graph.users(user)) or any(
-                        isinstance(graph.module(v), POOLS) for u in graph.users(user) for v in graph.users(u)
+                    pool_follows = any(
+                        isinstance(graph.module(u), POOLS) for u in graph.users(user)
+                    ) or any(
+                        isinstance(graph.module(v), POOLS)
+                        for u in graph.users(user)
+                        for v in graph.users(u)
                     )
                     if pool_follows:
                         problem = f"{describe(graph, user)} lies between conv and pool (run fold_bn first)"
@@ -68,18 +72,31 @@ class FuseConvPool(Rule):
                 problem = called_once(graph, conv_node.target, pool_node.target)
             if not problem:
                 try:
-                    ConvPool2d.from_modules(graph.module(conv_node), graph.module(pool_node), relu=relu)
+                    ConvPool2d.from_modules(
+                        graph.module(conv_node), graph.module(pool_node), relu=relu
+                    )
                 except ValueError as error:
                     problem = str(error)
-            reason = problem or f"{'conv+relu' if relu else 'conv'}+{type(graph.module(pool_node)).__name__} -> ConvPool2d"
-            sites.append(self.site((conv_node.target, pool_node.target), reason, applies=not problem, relu=relu))
+            reason = (
+                problem
+                or f"{'conv+relu' if relu else 'conv'}+{type(graph.module(pool_node)).__name__} -> ConvPool2d"
+            )
+            sites.append(
+                self.site(
+                    (conv_node.target, pool_node.target), reason, applies=not problem, relu=relu
+                )
+            )
         return sites
 
-    def replacements(self, model: nn.Module, site: Site, options: SlimOptions) -> dict[str, nn.Module]:
+    def replacements(
+        self, model: nn.Module, site: Site, options: SlimOptions
+    ) -> dict[str, nn.Module]:
         conv_name, pool_name = site.modules
         try:
             fused = ConvPool2d.from_modules(
-                model.get_submodule(conv_name), model.get_submodule(pool_name), relu=site.details["relu"]
+                model.get_submodule(conv_name),
+                model.get_submodule(pool_name),
+                relu=site.details["relu"],
             )
         except ValueError as error:
             raise SiteError(str(error)) from error

@@ -80,7 +80,9 @@ class MergeBranches(Rule):
         sites = []
         for node in graph.nodes:
             convs = [
-                u for u in graph.users(node) if type(graph.module(u)) is nn.Conv2d and graph.call_counts[u.target] == 1
+                u
+                for u in graph.users(node)
+                if type(graph.module(u)) is nn.Conv2d and graph.call_counts[u.target] == 1
             ]
             if len(convs) < 2:
                 continue
@@ -89,39 +91,63 @@ class MergeBranches(Rule):
                 conv = graph.module(conv_node)
                 problem = _unsupported(conv)
                 if problem:
-                    sites.append(self.site((conv_node.target,), f"cannot join a branch group: {problem}", applies=False))
+                    sites.append(
+                        self.site(
+                            (conv_node.target,),
+                            f"cannot join a branch group: {problem}",
+                            applies=False,
+                        )
+                    )
                     continue
                 stats = ctx.stats.get(conv_node.target)
-                groups.setdefault(_group_key(conv, stats.out_shape if stats else None), []).append(conv_node.target)
+                groups.setdefault(_group_key(conv, stats.out_shape if stats else None), []).append(
+                    conv_node.target
+                )
             for names in groups.values():
                 if len(names) < 2:
                     continue
                 parent = _common_parent(names)
-                reason = f"{len(names)} parallel convs -> BranchConv2d in {parent or 'the root module'}"
+                reason = (
+                    f"{len(names)} parallel convs -> BranchConv2d in {parent or 'the root module'}"
+                )
                 sites.append(self.site(tuple(names), reason, parent=parent))
         # rewrite deeper parents first so that re-tracing an ancestor sees the merged child
-        return sorted(sites, key=lambda s: -s.details.get("parent", "").count(".") - bool(s.details.get("parent")))
+        return sorted(
+            sites,
+            key=lambda s: -s.details.get("parent", "").count(".") - bool(s.details.get("parent")),
+        )
 
-    def replacements(self, model: nn.Module, site: Site, options: SlimOptions) -> dict[str, nn.Module]:
+    def replacements(
+        self, model: nn.Module, site: Site, options: SlimOptions
+    ) -> dict[str, nn.Module]:
         parent_path = site.details["parent"]
         parent = model.get_submodule(parent_path)
         try:
             gm = fx.GraphModule(parent, LeafTracer().trace(parent), type(parent).__name__)
         except Exception as error:
-            raise SiteError(f"torch.fx could not trace {parent_path or 'the root'}: {type(error).__name__}") from error
+            raise SiteError(
+                f"torch.fx could not trace {parent_path or 'the root'}: {type(error).__name__}"
+            ) from error
         targets = [_relative(p, parent_path) for p in site.modules]
         nodes = []
         for target in targets:
             found = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == target]
             if len(found) != 1:
-                raise SiteError(f"{target} is called {len(found)} times in {parent_path or 'the root'}")
+                raise SiteError(
+                    f"{target} is called {len(found)} times in {parent_path or 'the root'}"
+                )
             nodes.append(found[0])
         inputs = {n.args[0] for n in nodes if len(n.args) == 1 and not n.kwargs}
         if len(inputs) != 1:
-            raise SiteError("the convolutions do not read one shared tensor inside their parent module")
+            raise SiteError(
+                "the convolutions do not read one shared tensor inside their parent module"
+            )
         convs = [gm.get_submodule(t) for t in targets]
         try:
-            merged = BranchConv2d.from_convs(convs, relu=all(len(n.users) == 1 and _is_relu(gm, next(iter(n.users))) for n in nodes))
+            merged = BranchConv2d.from_convs(
+                convs,
+                relu=all(len(n.users) == 1 and _is_relu(gm, next(iter(n.users))) for n in nodes),
+            )
         except ValueError as error:
             raise SiteError(str(error)) from error
         if any(is_new(c) for c in convs):
@@ -133,7 +159,9 @@ class MergeBranches(Rule):
             merged_node = gm.graph.call_module(merged_name, (next(iter(inputs)),))
             offset = 0
             for node, conv in zip(nodes, convs, strict=True):
-                view = gm.graph.call_function(torch.narrow, (merged_node, 1, offset, conv.out_channels))
+                view = gm.graph.call_function(
+                    torch.narrow, (merged_node, 1, offset, conv.out_channels)
+                )
                 offset += conv.out_channels
                 node.replace_all_uses_with(view)
         for node in nodes:

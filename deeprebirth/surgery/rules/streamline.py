@@ -25,7 +25,9 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def matching_padding(size: int, kernel: int, stride: int, target: int, preferred: int) -> int | None:
+def matching_padding(
+    size: int, kernel: int, stride: int, target: int, preferred: int
+) -> int | None:
     """The padding (closest to ``preferred``, at most ``kernel - 1``) making a conv's output
     ``target`` long, or None.
 
@@ -86,11 +88,17 @@ class Streamline(Rule):
             removed = bns + lrns + [pool_name]
             modules = (conv_node.target, *removed)
             pool_stride = pool.stride if pool.stride is not None else pool.kernel_size
-            pool_stride = (pool_stride, pool_stride) if isinstance(pool_stride, int) else tuple(pool_stride)
+            pool_stride = (
+                (pool_stride, pool_stride) if isinstance(pool_stride, int) else tuple(pool_stride)
+            )
             if pool_stride == (1, 1):
                 continue  # nothing to streamline: the pool does not downsample
             problem = called_once(graph, *modules)
-            if conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            if (
+                conv.dilation != (1, 1)
+                or conv.padding_mode != "zeros"
+                or isinstance(conv.padding, str)
+            ):
                 problem = f"conv has dilation={conv.dilation}, padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
             in_shape = ctx.stats[conv_node.target].in_shape
             target = ctx.stats[pool_name].out_shape
@@ -100,7 +108,13 @@ class Streamline(Rule):
                 problem = "the block did not run on the example input"
             if not problem:
                 for dim in range(2):
-                    p = matching_padding(in_shape[2 + dim], conv.kernel_size[dim], stride[dim], target[2 + dim], conv.padding[dim])
+                    p = matching_padding(
+                        in_shape[2 + dim],
+                        conv.kernel_size[dim],
+                        stride[dim],
+                        target[2 + dim],
+                        conv.padding[dim],
+                    )
                     if p is None:
                         problem = (
                             f"no padding makes a {conv.kernel_size}/{stride} conv output {tuple(target[2:])} "
@@ -114,11 +128,20 @@ class Streamline(Rule):
                 f"-> {conv.kernel_size[0]}x{conv.kernel_size[1]}/{stride[0]} conv"
             )
             sites.append(
-                self.site(modules, reason, applies=not problem, stride=list(stride), padding=padding, bn=bns)
+                self.site(
+                    modules,
+                    reason,
+                    applies=not problem,
+                    stride=list(stride),
+                    padding=padding,
+                    bn=bns,
+                )
             )
         return sites
 
-    def replacements(self, model: nn.Module, site: Site, options: SlimOptions) -> dict[str, nn.Module]:
+    def replacements(
+        self, model: nn.Module, site: Site, options: SlimOptions
+    ) -> dict[str, nn.Module]:
         conv_name, *removed = site.modules
         conv = model.get_submodule(conv_name)
         if not isinstance(conv, nn.Conv2d):
@@ -135,7 +158,9 @@ class Streamline(Rule):
         if options.init == "inherit":
             weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
             if site.details["bn"]:
-                weight, bias = fold_bn_into(weight, bias, model.get_submodule(site.details["bn"][0]))
+                weight, bias = fold_bn_into(
+                    weight, bias, model.get_submodule(site.details["bn"][0])
+                )
             new.weight.data.copy_(weight)
             if bias is not None:
                 new.bias.data.copy_(bias)

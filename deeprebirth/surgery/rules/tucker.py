@@ -25,11 +25,20 @@ def _rank(singular_values: torch.Tensor, channels: int, options: SlimOptions) ->
     if options.tucker_energy is not None:
         energy = singular_values.double() ** 2
         cumulative = torch.cumsum(energy, 0) / energy.sum()
-        return int(torch.searchsorted(cumulative, torch.tensor(options.tucker_energy, dtype=cumulative.dtype)).item()) + 1
+        return (
+            int(
+                torch.searchsorted(
+                    cumulative, torch.tensor(options.tucker_energy, dtype=cumulative.dtype)
+                ).item()
+            )
+            + 1
+        )
     return max(1, round(channels * options.tucker_ratio))
 
 
-def tucker2_factors(weight: torch.Tensor, options: SlimOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tucker2_factors(
+    weight: torch.Tensor, options: SlimOptions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U_out (C_out, R_out), core (R_out, R_in, kh, kw), U_in (C_in, R_in))`` of a conv weight.
 
     ``weight ~= einsum('or,rskl,is->oikl', U_out, core, U_in)``; exact when ranks are full.
@@ -62,7 +71,9 @@ class Tucker(Rule):
             if conv.groups != 1:
                 problem = f"groups={conv.groups} (grouped convolutions are not decomposed)"
             elif min(conv.in_channels, conv.out_channels) < ctx.options.tucker_min_channels:
-                problem = f"fewer than tucker_min_channels={ctx.options.tucker_min_channels} channels"
+                problem = (
+                    f"fewer than tucker_min_channels={ctx.options.tucker_min_channels} channels"
+                )
             details = {}
             if not problem:
                 u_out, core, u_in = tucker2_factors(conv.weight, ctx.options)
@@ -73,18 +84,24 @@ class Tucker(Rule):
                 details = {"ranks": [r_in, r_out]}
                 if after >= before:
                     problem = f"ranks (in {r_in}, out {r_out}) save nothing ({after} >= {before} MACs per pixel)"
-            reason = problem or f"Tucker-2 ranks in {details['ranks'][0]}, out {details['ranks'][1]}"
+            reason = (
+                problem or f"Tucker-2 ranks in {details['ranks'][0]}, out {details['ranks'][1]}"
+            )
             sites.append(self.site((node.target,), reason, applies=not problem, **details))
         return sites
 
-    def replacements(self, model: nn.Module, site: Site, options: SlimOptions) -> dict[str, nn.Module]:
+    def replacements(
+        self, model: nn.Module, site: Site, options: SlimOptions
+    ) -> dict[str, nn.Module]:
         conv = model.get_submodule(site.modules[0])
         if not isinstance(conv, nn.Conv2d):
             raise SiteError(f"{site.modules[0]} is no longer an nn.Conv2d")
         u_out, core, u_in = tucker2_factors(conv.weight, options)
         r_out, r_in = core.shape[:2]
         first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
-        middle = nn.Conv2d(r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False)
+        middle = nn.Conv2d(
+            r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False
+        )
         last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None)
         dtype = conv.weight.dtype
         with torch.no_grad():
