@@ -9,6 +9,7 @@ discards the rewritten copy; ``slim`` returns it in the original's train/eval mo
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -191,4 +192,18 @@ def slim(
     if init is not None:
         merged["init"] = init
     opts = SlimOptions(**merged)
-    return run_rules(model, _example_tensor(model, example), resolve_rules(rules), opts)
+    slim_model, report = run_rules(
+        model, _example_tensor(model, example), resolve_rules(rules), opts
+    )
+    if isinstance(plan_or_rules, Plan):
+        planned = [(s.rule, s.modules, s.applies) for s in plan_or_rules.sites]
+        done = [(s.rule, s.modules, s.applies) for s in report.sites]
+        if planned != done:
+            warnings.warn(
+                f"slim found {len(report.applied)} applicable sites where the plan had "
+                f"{len(plan_or_rules.applied)}: the model differs from the planned one; the report "
+                "lists what was actually done",
+                UserWarning,
+                stacklevel=2,
+            )
+    return slim_model, report

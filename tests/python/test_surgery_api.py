@@ -218,3 +218,11 @@ def test_cli_round_trip(tmp_path) -> None:
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     text = report.read_text()
     assert "verify (exact plan)" in text and "fuse_conv_pool" in text
+
+
+def test_slim_with_a_plan_of_another_model_warns() -> None:
+    planned = deeprebirth.plan(conv_bn_relu_pool().eval(), (1, 3, 8, 8), rules="fold_bn")
+    other = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    with pytest.warns(UserWarning, match="differs from the planned one"):
+        _, report = deeprebirth.slim(other, planned)
+    assert report.sites == [] and len(planned.applied) == 1
