@@ -226,3 +226,21 @@ def test_slim_with_a_plan_of_another_model_warns() -> None:
     with pytest.warns(UserWarning, match="differs from the planned one"):
         _, report = deeprebirth.slim(other, planned)
     assert report.sites == [] and len(planned.applied) == 1
+
+
+def test_build_model_loads_local_weights_and_rejects_unknown_names(tmp_path) -> None:
+    from deeprebirth.models import build_model
+
+    source = build_model("bvlc_googlenet", num_classes=5, width=0.25)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_model("bvlc_googlenet", num_classes=5, width=0.25, weights=str(path))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(source.state_dict().values(), loaded.state_dict().values())
+    )
+    assert not loaded.training
+    with pytest.raises(ValueError, match="unknown model 'alexnet'.*torchvision:<name>"):
+        build_model("alexnet")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_model("bvlc_googlenet", weights=str(tmp_path / "missing.pth"))
