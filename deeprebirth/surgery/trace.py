@@ -4,7 +4,7 @@
 deeprebirth ops are leaves). When a model does not trace (data-dependent control flow, unsupported
 Python), it warns and falls back to walking known block types instead: every ``nn.Sequential`` is
 a chain of its children, and the blocks listed in :data:`KNOWN_BLOCKS` (torchvision's
-``BasicConv2d``, ResNet stem and blocks, SqueezeNet's ``Fire``, bvlc_googlenet's ``Inception``)
+``BasicConv2d``, ResNet stem and blocks, SqueezeNet's ``Fire``, bvlc_googlenet's and torchvision GoogLeNet's ``Inception``)
 contribute the chains and fan-outs their ``forward`` is known to compute. Anything else is opaque
 and simply offers no sites.
 
@@ -148,7 +148,10 @@ KNOWN_BLOCKS: dict[str, dict[str, list[list[str]]]] = {
             ["conv_5x5_reduce", "@relu", "conv_5x5"],
             ["pool", "pool_proj"],
         ],
-        "fanout": [["conv_1x1", "conv_3x3_reduce", "conv_5x5_reduce"]],
+        "fanout": [
+            ["conv_1x1", "conv_3x3_reduce", "conv_5x5_reduce"],  # deeprebirth's bvlc_googlenet
+            ["branch1.conv", "branch2.0.conv", "branch3.0.conv"],  # torchvision's GoogLeNet
+        ],
     },
 }
 
