@@ -102,11 +102,13 @@ class TwoReaders(nn.Module):
         self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
         self.dilated = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
         self.plain = nn.Conv2d(4, 4, 1)
+        self.strided = nn.Conv2d(4, 4, 1, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         z = self.pool(y) + self.pool(self.side(y))[:, :, :, :]
-        return torch.cat([z, self.grouped(z), self.dilated(z), self.plain(z)], 1)
+        w = torch.cat([z, self.grouped(z), self.dilated(z), self.plain(z)], 1)
+        return w[:, :, ::2, ::2] + self.strided(z).repeat(1, 4, 1, 1)
 
 
 def test_shared_inputs_groups_and_dilation_are_skipped() -> None:
@@ -116,6 +118,7 @@ def test_shared_inputs_groups_and_dilation_are_skipped() -> None:
     reasons = " | ".join(s.reason for s in report.skipped)
     assert "pool is called 2 times" in reasons or "also read by" in reasons
     assert "groups=2" in reasons and "dilation=(2, 2)" in reasons
+    assert "mismatched shapes" in reasons
     assert not report.applied
     assert deeprebirth.verify(model, slim_model, x).max_abs == 0
 
@@ -237,7 +240,7 @@ def test_build_model_loads_local_weights_and_rejects_unknown_names(tmp_path) -> 
     loaded = build_model("bvlc_googlenet", num_classes=5, width=0.25, weights=str(path))
     assert all(
         torch.equal(a, b)
-        for a, b in zip(source.state_dict().values(), loaded.state_dict().values())
+        for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
     assert not loaded.training
     with pytest.raises(ValueError, match="unknown model 'alexnet'.*torchvision:<name>"):

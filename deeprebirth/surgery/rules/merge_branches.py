@@ -103,8 +103,15 @@ class MergeBranches(Rule):
                 groups.setdefault(_group_key(conv, stats.out_shape if stats else None), []).append(
                     conv_node.target
                 )
-            for names in groups.values():
+            for key, names in groups.items():
                 if len(names) < 2:
+                    if len(groups) > 1:  # a sibling reads the same input but cannot share the op
+                        stride, bias, spatial = key
+                        reason = (
+                            f"mismatched shapes: no sibling conv shares its stride {stride}, bias "
+                            f"{bias} and output size {spatial}"
+                        )
+                        sites.append(self.site(tuple(names), reason, applies=False))
                     continue
                 parent = _common_parent(names)
                 reason = (
