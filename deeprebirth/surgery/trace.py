@@ -39,8 +39,14 @@ class LeafTracer(fx.Tracer):
 
 
 def trace_module(module: nn.Module) -> fx.GraphModule:
-    """Traces ``module`` with :class:`LeafTracer` into a GraphModule (raises if it cannot)."""
+    """Traces ``module`` with :class:`LeafTracer` into a GraphModule (raises if it cannot).
+
+    Type annotations are dropped from the graph: under ``from __future__ import annotations`` they
+    are strings, which GraphModule's pickling (``torch.save`` of the model) cannot handle.
+    """
     graph = LeafTracer().trace(module)
+    for node in graph.nodes:
+        node.type = None
     return fx.GraphModule(module, graph, module.__class__.__name__)
 
 

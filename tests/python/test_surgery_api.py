@@ -203,24 +203,30 @@ def test_resnet_stem_streamline_keeps_output_size() -> None:
 def test_cli_round_trip(tmp_path) -> None:
     from deeprebirth.cli import main
     from deeprebirth.io import load_model
+    from deeprebirth.models import build_model
 
     out, report = tmp_path / "slim.pt", tmp_path / "slim.md"
     args = ["slim", "--model", "torchvision:resnet18", "--num-classes", "10", "--rules",
-            "fold_bn,fuse_conv_pool", "--out", str(out), "--report", str(report), "--input-size", "64"]  # fmt: skip
+            "fold_bn,fuse_conv_pool,merge_branches", "--out", str(out), "--report", str(report),
+            "--input-size", "64"]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert main(args) == 0
-    model, metadata = load_model(out)
+    model, metadata = load_model(out)  # includes GraphModules written by merge_branches
     assert metadata["source_model"] == "torchvision:resnet18"
-    assert metadata["rules"] == ["fold_bn", "fuse_conv_pool"] and metadata["input_size"] == [
-        3,
-        64,
-        64,
-    ]
-    assert len(metadata["plan"]["sites"]) == 21
-    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert metadata["rules"] == ["fold_bn", "fuse_conv_pool", "merge_branches"]
+    assert metadata["input_size"] == [3, 64, 64]
+    applied = [s["rule"] for s in metadata["plan"]["sites"] if s["applies"]]
+    assert (
+        applied.count("fold_bn"),
+        applied.count("fuse_conv_pool"),
+        applied.count("merge_branches"),
+    ) == (20, 1, 3)
+    torch.manual_seed(0)  # the command's --seed default: the same random weights
+    original = build_model("torchvision:resnet18", num_classes=10)
+    assert deeprebirth.verify(original, model, torch.randn(2, 3, 64, 64)).max_rel <= 1e-4
     text = report.read_text()
-    assert "verify (exact plan)" in text and "fuse_conv_pool" in text
+    assert "verify (exact plan)" in text and "merge_branches" in text
 
 
 def test_slim_with_a_plan_of_another_model_warns() -> None:

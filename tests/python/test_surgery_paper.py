@@ -137,3 +137,18 @@ def test_torchvision_googlenet_branch_slim_keeps_widths() -> None:
     assert slim_model(x).shape == (1, 10)
     # torchvision's stem: conv1 -> BN -> ReLU -> maxpool1 and conv3 -> ... -> maxpool2
     assert slim_model.conv1.conv.stride == (4, 4) and isinstance(slim_model.maxpool1, nn.Identity)
+
+
+def test_fully_slimmed_model_saves_and_keeps_marks(tmp_path) -> None:
+    from deeprebirth.io import load_model, save_model
+
+    torch.manual_seed(0)
+    model = bvlc_googlenet(num_classes=10, width=WIDTH).eval()
+    rules = ["streamline", "branch_slim", "fold_bn", "fuse_conv_pool", "merge_branches"]
+    slim_model, report = deeprebirth.slim(model, rules, torch.zeros(1, 3, SIZE, SIZE))
+    marked = new_parameters(slim_model)
+    assert "inception_3a.merged_conv_3x3_reduce__conv_5x5_reduce.weights.0" in marked
+    loaded, _ = load_model(save_model(tmp_path / "slim.pt", slim_model, {"plan": report.to_dict()}))
+    assert set(new_parameters(loaded)) == set(marked)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    torch.testing.assert_close(loaded(x), slim_model(x))

@@ -20,7 +20,7 @@ from deeprebirth.ops import BranchConv2d
 from deeprebirth.surgery.modify import is_new, mark_new
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SiteError, SlimOptions, SurgeryContext, register_rule
-from deeprebirth.surgery.trace import LeafTracer
+from deeprebirth.surgery.trace import trace_module
 
 
 def _unsupported(conv: nn.Conv2d) -> str:
@@ -130,7 +130,7 @@ class MergeBranches(Rule):
         parent_path = site.details["parent"]
         parent = model.get_submodule(parent_path)
         try:
-            gm = fx.GraphModule(parent, LeafTracer().trace(parent), type(parent).__name__)
+            gm = trace_module(parent)
         except Exception as error:
             raise SiteError(
                 f"torch.fx could not trace {parent_path or 'the root'}: {type(error).__name__}"
