@@ -100,7 +100,7 @@ def scenario(
             print(
                 f"target {name}: {ratio:.2f}x ({best} vs {baseline}) vs >= {target}x -> "
                 f"{'met' if ratio >= target else 'NOT met'}; best layout vs best layout "
-                f"({best} vs {base_best}): {fair:.2f}x; peak memory {base_m / max(memory[name], 1):.2f}x"
+                f"({best} vs {base_best}): {fair:.2f}x; peak memory {base_m / max(memory[best], 1):.2f}x ({best})"
             )
 
 
