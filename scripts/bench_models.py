@@ -160,7 +160,7 @@ def main() -> None:
             {"jit optimized": jit_optimized(model, example),
              "jit optimized channels_last": jit_optimized(copy.deepcopy(model).to(memory_format=torch.channels_last),
                                                           example.contiguous(memory_format=torch.channels_last)),
-             "eager": model,
+             "eager": model, "eager channels_last": channels_last(model),
              "exact slim": slim_model, "exact slim channels_last": channels_last(slim_model)},  # fmt: skip
             "jit optimized", args.image_size, batches, args.repeats, {"exact slim": 1.0},
         )  # fmt: skip
