@@ -70,6 +70,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     augment: bool = True
+    fit: str = "resize"  # fashion_mnist: resize (bilinear) or pad (zero border) to model.input_size
     max_corrupt_fraction: float = 0.001  # unreadable images tolerated (skipped + counted)
     verify_limit: int = 0  # images per split opened during validation (0: all)
     train_limit: int = 0  # use only the first N training samples (0: all)
@@ -84,6 +85,7 @@ class SurgeryConfig:
 
     rules: list[str] = field(default_factory=lambda: ["streamline", "branch"])
     init: str = "xavier"  # xavier | inherit
+    student: str | None = None  # an already slimmed model file (deeprebirth.io) instead of slim()
 
 
 @dataclass
@@ -162,6 +164,7 @@ class FinetuneConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("imagenet", "fashion_mnist", "synthetic"),
     "surgery.init": ("xavier", "inherit"),
+    "data.fit": ("resize", "pad"),
     "schedule.mode": ("layerwise", "all_at_once"),
     "optimizer.name": ("sgd", "adamw"),
     "teacher.train.optimizer": ("sgd", "adamw"),
@@ -229,7 +232,7 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'data.root' expects a folder for data.name={cfg.data.name}")
     if cfg.schedule.finetune_epochs == 0 and cfg.schedule.finetune_steps == 0:
         pass  # regression only is allowed
-    for key in ("model.weights", "teacher.weights"):
+    for key in ("model.weights", "teacher.weights", "surgery.student"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"config key '{key}' expects an existing file, but {path} does not exist")

@@ -79,7 +79,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 class FashionMNIST(Dataset):
     """Fashion-MNIST from its IDX files, as normalised tensors of the configured size.
 
-    Each 28x28 image is resized (bilinear) to ``size`` x ``size``, normalised with the dataset's
+    Each 28x28 image is resized (bilinear, ``fit="resize"``) or zero-padded (``fit="pad"``,
+    centred; needs ``size >= 28``) to ``size`` x ``size``, normalised with the dataset's
     mean/std and repeated to ``channels`` channels. ``augment`` adds a random horizontal flip and
     a random translation of up to 1/8 of the size (zero padding).
 
@@ -87,7 +88,7 @@ class FashionMNIST(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, size: int, channels: int,
-                 augment: bool = False, limit: int = 0) -> None:  # fmt: skip
+                 augment: bool = False, limit: int = 0, fit: str = "resize") -> None:  # fmt: skip
         prefix = "train" if split == "train" else "t10k"
         root = Path(root)
         self.images = torch.from_numpy(read_idx(root / f"{prefix}-images-idx3-ubyte.gz").copy())
@@ -96,14 +97,20 @@ class FashionMNIST(Dataset):
             raise DataError(f"{root}: {len(self.images)} {prefix} images but {len(self.labels)} labels")
         if limit:
             self.images, self.labels = self.images[:limit], self.labels[:limit]
-        self.size, self.channels, self.augment = size, channels, augment
+        if fit == "pad" and size < self.images.shape[-1]:
+            raise DataError(f"data.fit=pad needs model.input_size >= {self.images.shape[-1]}, but got {size}")
+        self.size, self.channels, self.augment, self.fit = size, channels, augment, fit
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index].float().div_(255.0)[None, None]
-        if image.shape[-1] != self.size:
+        if image.shape[-1] != self.size and self.fit == "pad":
+            before = (self.size - image.shape[-1]) // 2
+            after = self.size - image.shape[-1] - before
+            image = F.pad(image, (before, after, before, after))
+        elif image.shape[-1] != self.size:
             image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False)
         image = (image[0] - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
         if self.augment:
@@ -241,7 +248,7 @@ def build_datasets(cfg) -> Datasets:
         make = lambda n, seed: synthetic_dataset(n, model.num_classes, model.in_channels,  # noqa: E731
                                                  model.input_size, seed)  # fmt: skip
         classes = [str(i) for i in range(model.num_classes)]
-        # Same class patterns for train and val (same seed), different noise is drawn per split.
+        # One draw split in two: train and val share the class patterns, not the noise.
         full = make(data.synthetic_train_size + data.synthetic_val_size, cfg.seed)
         tensors, labels = full.tensors
         n = data.synthetic_train_size
@@ -251,7 +258,7 @@ def build_datasets(cfg) -> Datasets:
         raise DataError(f"data.root: folder not found: {root}")
     if data.name == "fashion_mnist":
         make = lambda split, augment, limit: FashionMNIST(root, split, model.input_size,  # noqa: E731
-                                                          model.in_channels, augment, limit)  # fmt: skip
+                                                          model.in_channels, augment, limit, data.fit)  # fmt: skip
         train = make("train", data.augment, data.train_limit)
         val = make("test", False, data.val_limit)
         return Datasets(train, val, list(FASHION_MNIST_CLASSES))

@@ -41,14 +41,15 @@ from deeprebirth.train.loop import (BlockStack, MetricsLogger, autocast, capture
 from deeprebirth.train.optim import build_optimizer, build_scheduler, param_groups
 from deeprebirth.train.report import measure_speed, write_report
 from deeprebirth.train.schedule import Phase, changed_blocks, group_stages, plan_phases
-from deeprebirth.train.student import build_student, load_teacher
+from deeprebirth.train.student import build_student, load_teacher, require_student_source
 
 StudentSpec = nn.Module | Callable[[nn.Module], tuple[nn.Module, list[str]]] | None
 
 
 @dataclass
 class JobResult:
-    """What a run produced. ``stopped`` is True when ``debug.stop_after_steps`` ended it early."""
+    """What a run produced. ``stopped`` is True when ``debug.stop_after_steps`` ended it early;
+    ``student`` is then the partly trained working model (None if not built yet)."""
 
     student: nn.Module | None
     teacher: nn.Module
@@ -304,7 +305,7 @@ class _Job:
                 break
             phase = phases[state.phase_index]
             if not self._run_phase(state, phase):
-                return JobResult(None, state.teacher, state.history, state.stages or [], self.out, stopped=True)
+                return JobResult(state.working, state.teacher, state.history, state.stages or [], self.out, stopped=True)
             if phase.kind == "teacher":
                 self._evaluate(state, state.teacher, "teacher", phase)
             elif phase.kind == "finetune" or cfg.schedule.eval_after_regression:
@@ -357,6 +358,8 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
+        if student is None:
+            require_student_source(cfg)
         data = build_datasets(cfg)  # validates roots before anything trains
         job = _Job(cfg, ctx, data)
         record = ckpt.load_checkpoint(cfg.output_dir) if (cfg.resume if resume is None else resume) else None

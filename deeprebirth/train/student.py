@@ -44,20 +44,38 @@ def load_teacher(cfg) -> tuple[nn.Module, bool]:
         return model, True
 
 
-def build_student(teacher: nn.Module, cfg) -> tuple[nn.Module, list[str]]:
-    """Slims ``teacher`` with ``cfg.surgery``; returns ``(student, names of its new parameters)``.
+class SurgeryUnavailableError(RuntimeError):
+    """The job needs ``deeprebirth.slim`` but this build has no surgery API."""
 
-    The new parameters are those the surgery created (they train at ``new_layer_lr_mult`` x LR).
+
+def require_student_source(cfg) -> None:
+    """Fails before any training when the student can be neither loaded nor built.
 
     Raises:
-        RuntimeError: this deeprebirth has no surgery API (``deeprebirth.slim``) yet; pass a
-            hand-built student to ``run_job(cfg, student=...)`` instead.
+        SurgeryUnavailableError: no ``surgery.student`` file and no ``deeprebirth.slim``.
     """
-    if not hasattr(deeprebirth, "slim"):
-        raise RuntimeError(
-            "deeprebirth.slim (the surgery API) is not available in this build; "
-            "build the student yourself and call deeprebirth.train.job.run_job(cfg, student=...)"
+    if not cfg.surgery.student and not hasattr(deeprebirth, "slim"):
+        raise SurgeryUnavailableError(
+            "deeprebirth.slim (the surgery API) is not available in this build; set "
+            "surgery.student=<slimmed model file> or call "
+            "deeprebirth.train.job.run_job(cfg, student=...) with a hand-built student"
         )
+
+
+def build_student(teacher: nn.Module, cfg) -> tuple[nn.Module, list[str] | None]:
+    """The student and the names of its new parameters (None: every parameter of a changed block).
+
+    ``cfg.surgery.student`` set: that model file (its metadata's ``new_parameters`` if any).
+    Otherwise ``deeprebirth.slim(teacher, cfg.surgery.rules, init=cfg.surgery.init)``, whose new
+    parameters (``deeprebirth.surgery.new_parameters``) train at ``new_layer_lr_mult`` x LR.
+
+    Raises:
+        SurgeryUnavailableError: see :func:`require_student_source`.
+    """
+    if cfg.surgery.student:
+        student, metadata = io.load_model(cfg.surgery.student)
+        return student, metadata.get("new_parameters")
+    require_student_source(cfg)
     student, _report = deeprebirth.slim(teacher, list(cfg.surgery.rules), init=cfg.surgery.init)
     new_params = deeprebirth.surgery.new_parameters(student)
     ids = {id(p) for p in new_params}

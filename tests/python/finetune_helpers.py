@@ -33,3 +33,19 @@ def tiny_student(teacher: nn.Module) -> tuple[nn.Module, list[str]]:
                 nn.init.zeros_(m.bias)
     new = [n for n, _ in student.named_parameters() if n.startswith(("conv1.", "inception_3a."))]
     return student, new
+
+
+TINY_OVERRIDES = [
+    "model.width=0.125", "model.input_size=32", "model.num_classes=4", "model.lrn=true",
+    "data.name=synthetic", "data.synthetic_train_size=32", "data.synthetic_val_size=16",
+    "batch_size=8", "schedule.regression_steps=3", "schedule.finetune_steps=3",
+    "teacher.train.enabled=false", "latency_repeats=0", "tensorboard=false", "deterministic=true",
+    "log_interval=1", "lr=0.005",
+]  # fmt: skip
+
+
+def tiny_config(output_dir, *overrides: str):
+    """A config of a seconds-long job on synthetic 32x32 data writing to ``output_dir``."""
+    from deeprebirth.train.config import load_config
+
+    return load_config(None, [*TINY_OVERRIDES, f"output_dir={output_dir}", *overrides])
