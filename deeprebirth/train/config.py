@@ -159,6 +159,7 @@ class FinetuneConfig:
     tensorboard: bool = True  # used when tensorboard is installed
     latency_repeats: int = 20
     threads: int = 0  # torch threads (0: leave as is)
+    onednn: bool = True  # False: plain ATen convs on CPU (tiny models: no per-shape kernel JIT)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {

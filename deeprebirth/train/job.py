@@ -357,6 +357,7 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        torch.backends.mkldnn.enabled = cfg.onednn
         seed_everything(cfg.seed, cfg.deterministic)
         if student is None:
             require_student_source(cfg)
