@@ -40,7 +40,7 @@ TINY_OVERRIDES = [
     "data.name=synthetic", "data.synthetic_train_size=32", "data.synthetic_val_size=16",
     "batch_size=8", "schedule.regression_steps=3", "schedule.finetune_steps=3",
     "teacher.train.enabled=false", "latency_repeats=0", "tensorboard=false", "deterministic=true",
-    "log_interval=1", "lr=0.005", "onednn=false",
+    "log_interval=1", "lr=0.005", "onednn=false", "threads=1",
 ]  # fmt: skip
 
 
