@@ -15,7 +15,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("deeprebirth.commands.info", "print how the operator library was built"),
     "demo": ("deeprebirth.commands.demo", "run the default end-to-end job on built-in data"),
-    "finetune": ("deeprebirth.commands.finetune", "layer-wise finetuning of a slimmed model (YAML config)"),
+    "finetune": (
+        "deeprebirth.commands.finetune",
+        "layer-wise finetuning of a slimmed model (YAML config)",
+    ),
 }
 
 

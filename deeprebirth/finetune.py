@@ -14,7 +14,9 @@ from deeprebirth.commands import finetune as command
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses ``argv`` and runs the job; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m deeprebirth.finetune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deeprebirth.finetune", description=__doc__.splitlines()[0]
+    )
     command.add_arguments(parser)
     return command.run(parser.parse_args(argv))
 

@@ -17,8 +17,11 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options: ``--config FILE``, ``--resume DIR`` and ``key=value`` overrides."""
     parser.add_argument("--config", help="YAML config (configs/*.yaml)")
-    parser.add_argument("--resume", metavar="DIR",
-                        help="continue the run in DIR (its config.yaml unless --config is given)")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR (its config.yaml unless --config is given)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 

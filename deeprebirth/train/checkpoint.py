@@ -22,7 +22,11 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the job draws from: torch (CPU and CUDA), numpy, python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -173,12 +173,29 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.train.lr_schedule": ("cosine", "step", "constant"),
     "device": ("auto", "cpu", "cuda"),
 }
-_POSITIVE = ("lr", "batch_size", "model.input_size", "model.in_channels", "model.num_classes",
-             "model.width", "schedule.kd_temperature")  # fmt: skip
-_NON_NEGATIVE = ("new_layer_lr_mult", "workers", "checkpoint_interval", "schedule.regression_steps",
-                 "schedule.finetune_epochs", "schedule.finetune_steps", "schedule.kd_weight",
-                 "teacher.train.epochs", "teacher.train.steps", "eval_batch_size",
-                 "data.max_corrupt_fraction", "debug.stop_after_steps")  # fmt: skip
+_POSITIVE = (
+    "lr",
+    "batch_size",
+    "model.input_size",
+    "model.in_channels",
+    "model.num_classes",
+    "model.width",
+    "schedule.kd_temperature",
+)
+_NON_NEGATIVE = (
+    "new_layer_lr_mult",
+    "workers",
+    "checkpoint_interval",
+    "schedule.regression_steps",
+    "schedule.finetune_epochs",
+    "schedule.finetune_steps",
+    "schedule.kd_weight",
+    "teacher.train.epochs",
+    "teacher.train.steps",
+    "eval_batch_size",
+    "data.max_corrupt_fraction",
+    "debug.stop_after_steps",
+)
 
 
 def _expected_type(key: str) -> str:
@@ -204,9 +221,7 @@ def _config_error(error: OmegaConfBaseException, source: str) -> ConfigError:
         allowed = _allowed_keys(parent)
         return ConfigError(f"{source}: unknown config key '{key}' (allowed here: {allowed})")
     value = getattr(error, "msg", str(error)).split("\n")[0]
-    return ConfigError(
-        f"{source}: config key '{key}' expects {_expected_type(key)}: {value}"
-    )
+    return ConfigError(f"{source}: config key '{key}' expects {_expected_type(key)}: {value}")
 
 
 def _allowed_keys(parent: str) -> str:
@@ -236,7 +251,9 @@ def _check_values(cfg: DictConfig) -> None:
     for key in ("model.weights", "teacher.weights", "surgery.student"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).is_file():
-            raise ConfigError(f"config key '{key}' expects an existing file, but {path} does not exist")
+            raise ConfigError(
+                f"config key '{key}' expects an existing file, but {path} does not exist"
+            )
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> DictConfig:

@@ -27,8 +27,18 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 class DataError(ValueError):
@@ -72,7 +82,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: expected {int(np.prod(dims))} values for shape {dims}, found {data.size}")
+        raise DataError(
+            f"{path}: expected {int(np.prod(dims))} values for shape {dims}, found {data.size}"
+        )
     return data.reshape(dims)
 
 
@@ -87,18 +99,30 @@ class FashionMNIST(Dataset):
     Shape: item ``(image (channels, size, size) float32, label int)``.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, size: int, channels: int,
-                 augment: bool = False, limit: int = 0, fit: str = "resize") -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        size: int,
+        channels: int,
+        augment: bool = False,
+        limit: int = 0,
+        fit: str = "resize",
+    ) -> None:
         prefix = "train" if split == "train" else "t10k"
         root = Path(root)
         self.images = torch.from_numpy(read_idx(root / f"{prefix}-images-idx3-ubyte.gz").copy())
         self.labels = torch.from_numpy(read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").copy())
         if len(self.images) != len(self.labels):
-            raise DataError(f"{root}: {len(self.images)} {prefix} images but {len(self.labels)} labels")
+            raise DataError(
+                f"{root}: {len(self.images)} {prefix} images but {len(self.labels)} labels"
+            )
         if limit:
             self.images, self.labels = self.images[:limit], self.labels[:limit]
         if fit == "pad" and size < self.images.shape[-1]:
-            raise DataError(f"data.fit=pad needs model.input_size >= {self.images.shape[-1]}, but got {size}")
+            raise DataError(
+                f"data.fit=pad needs model.input_size >= {self.images.shape[-1]}, but got {size}"
+            )
         self.size, self.channels, self.augment, self.fit = size, channels, augment, fit
 
     def __len__(self) -> int:
@@ -111,7 +135,9 @@ class FashionMNIST(Dataset):
             after = self.size - image.shape[-1] - before
             image = F.pad(image, (before, after, before, after))
         elif image.shape[-1] != self.size:
-            image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            image = F.interpolate(
+                image, size=(self.size, self.size), mode="bilinear", align_corners=False
+            )
         image = (image[0] - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
         if self.augment:
             if torch.rand(()) < 0.5:
@@ -143,8 +169,9 @@ def unreadable_images(paths: list[Path]) -> list[Path]:
     return bad
 
 
-def validate_image_folder(split_root: Path, max_corrupt_fraction: float, verify_limit: int = 0
-                          ) -> tuple[list[str], list[Path]]:  # fmt: skip
+def validate_image_folder(
+    split_root: Path, max_corrupt_fraction: float, verify_limit: int = 0
+) -> tuple[list[str], list[Path]]:
     """Checks an ImageFolder split; returns ``(class names, unreadable images to skip)``.
 
     Raises:
@@ -161,7 +188,9 @@ def validate_image_folder(split_root: Path, max_corrupt_fraction: float, verify_
     for name in classes:
         files = sorted(p for p in (split_root / name).rglob("*") if p.is_file() and _is_image(p))
         if not files:
-            raise DataError(f"{split_root / name}: empty class folder (no files with extensions {IMAGE_EXTENSIONS})")
+            raise DataError(
+                f"{split_root / name}: empty class folder (no files with extensions {IMAGE_EXTENSIONS})"
+            )
         images.extend(files)
     checked = images if verify_limit <= 0 else images[:: max(1, len(images) // verify_limit)]
     bad = unreadable_images(checked)
@@ -187,7 +216,9 @@ class SkippingImageFolder(Dataset):
         tv = import_torchvision()
         excluded = {str(p) for p in exclude}
         self.folder = tv.datasets.ImageFolder(
-            str(root), transform=transform, is_valid_file=lambda p: _is_image(Path(p)) and p not in excluded
+            str(root),
+            transform=transform,
+            is_valid_file=lambda p: _is_image(Path(p)) and p not in excluded,
         )
         self.classes = self.folder.classes
         self.failures = 0
@@ -202,8 +233,11 @@ class SkippingImageFolder(Dataset):
                 return self.folder[position]
             except Exception as error:  # corrupt file found only at decode time
                 self.failures += 1
-                warnings.warn(f"skipping unreadable image {self.folder.samples[position][0]}: {error}",
-                              RuntimeWarning, stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"skipping unreadable image {self.folder.samples[position][0]}: {error}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         raise DataError(f"no readable image in {self.folder.root}")
 
 
@@ -212,17 +246,24 @@ def imagenet_transforms(size: int, augment: bool):
     tv = import_torchvision()
     T = tv.transforms
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if augment else [
-        T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]  # fmt: skip
+    train = (
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        if augment
+        else [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    )
     val = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
-    return (T.Compose([*train, T.ToTensor(), normalize]), T.Compose([*val, T.ToTensor(), normalize]))
+    return (
+        T.Compose([*train, T.ToTensor(), normalize]),
+        T.Compose([*val, T.ToTensor(), normalize]),
+    )
 
 
 # --------------------------------------------------------------------------------- synthetic
 
 
-def synthetic_dataset(size: int, num_classes: int, channels: int, image_size: int, seed: int
-                      ) -> TensorDataset:  # fmt: skip
+def synthetic_dataset(
+    size: int, num_classes: int, channels: int, image_size: int, seed: int
+) -> TensorDataset:
     """A learnable random dataset: each class has its own fixed pattern, plus noise.
 
     Shape: item ``(image (channels, image_size, image_size), label)``. Deterministic in ``seed``.
@@ -245,31 +286,37 @@ def build_datasets(cfg) -> Datasets:
     """
     data, model = cfg.data, cfg.model
     if data.name == "synthetic":
-        make = lambda n, seed: synthetic_dataset(n, model.num_classes, model.in_channels,  # noqa: E731
-                                                 model.input_size, seed)  # fmt: skip
-        classes = [str(i) for i in range(model.num_classes)]
         # One draw split in two: train and val share the class patterns, not the noise.
-        full = make(data.synthetic_train_size + data.synthetic_val_size, cfg.seed)
-        tensors, labels = full.tensors
+        size = data.synthetic_train_size + data.synthetic_val_size
+        full = synthetic_dataset(
+            size, model.num_classes, model.in_channels, model.input_size, cfg.seed
+        )
+        images, labels = full.tensors
         n = data.synthetic_train_size
-        return Datasets(TensorDataset(tensors[:n], labels[:n]), TensorDataset(tensors[n:], labels[n:]), classes)
+        train, val = TensorDataset(images[:n], labels[:n]), TensorDataset(images[n:], labels[n:])
+        return Datasets(train, val, [str(i) for i in range(model.num_classes)])
     root = Path(data.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root}")
     if data.name == "fashion_mnist":
-        make = lambda split, augment, limit: FashionMNIST(root, split, model.input_size,  # noqa: E731
-                                                          model.in_channels, augment, limit, data.fit)  # fmt: skip
-        train = make("train", data.augment, data.train_limit)
-        val = make("test", False, data.val_limit)
+        shape = (model.input_size, model.in_channels)
+        train = FashionMNIST(root, "train", *shape, data.augment, data.train_limit, data.fit)
+        val = FashionMNIST(root, "test", *shape, False, data.val_limit, data.fit)
         return Datasets(train, val, list(FASHION_MNIST_CLASSES))
     if model.in_channels != 3:
-        raise DataError(f"model.in_channels: imagenet data has 3 channels, but got {model.in_channels}")
+        raise DataError(
+            f"model.in_channels: imagenet data has 3 channels, but got {model.in_channels}"
+        )
     train_tf, val_tf = imagenet_transforms(model.input_size, data.augment)
     splits = {}
     skipped: list[str] = []
-    for split, transform, limit in ((data.train_split, train_tf, data.train_limit),
-                                    (data.val_split, val_tf, data.val_limit)):  # fmt: skip
-        classes, bad = validate_image_folder(root / split, data.max_corrupt_fraction, data.verify_limit)
+    for split, transform, limit in (
+        (data.train_split, train_tf, data.train_limit),
+        (data.val_split, val_tf, data.val_limit),
+    ):
+        classes, bad = validate_image_folder(
+            root / split, data.max_corrupt_fraction, data.verify_limit
+        )
         skipped += [str(p) for p in bad]
         dataset: Dataset = SkippingImageFolder(root / split, transform, bad)
         if limit:
@@ -278,7 +325,11 @@ def build_datasets(cfg) -> Datasets:
     train, classes = splits[data.train_split]
     val, val_classes = splits[data.val_split]
     if val_classes != classes:
-        raise DataError(f"{root}: {data.train_split}/ and {data.val_split}/ have different class folders")
+        raise DataError(
+            f"{root}: {data.train_split}/ and {data.val_split}/ have different class folders"
+        )
     if len(classes) != model.num_classes:
-        raise DataError(f"model.num_classes is {model.num_classes} but {root / data.train_split} has {len(classes)} class folders")
+        raise DataError(
+            f"model.num_classes is {model.num_classes} but {root / data.train_split} has {len(classes)} class folders"
+        )
     return Datasets(train, val, classes, skipped)

@@ -80,10 +80,17 @@ class ResumableSampler(DistributedSampler):
     Shuffling depends only on ``seed`` and the epoch, so a resumed run sees the same order.
     """
 
-    def __init__(self, dataset: Dataset, ctx: DistContext, shuffle: bool, seed: int,
-                 drop_last: bool) -> None:  # fmt: skip
-        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
-                         seed=seed, drop_last=drop_last)  # fmt: skip
+    def __init__(
+        self, dataset: Dataset, ctx: DistContext, shuffle: bool, seed: int, drop_last: bool
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
         self.start = 0
 
     def __iter__(self):

@@ -34,10 +34,22 @@ from deeprebirth import io
 from deeprebirth.train import checkpoint as ckpt
 from deeprebirth.train.config import config_to_yaml
 from deeprebirth.train.data import Datasets, build_datasets
-from deeprebirth.train.distributed import (DistContext, ResumableSampler, barrier, init_distributed,
-                                           shutdown)  # fmt: skip
-from deeprebirth.train.loop import (BlockStack, MetricsLogger, autocast, capture_block_io, evaluate,
-                                    regression_loss, task_loss)  # fmt: skip
+from deeprebirth.train.distributed import (
+    DistContext,
+    ResumableSampler,
+    barrier,
+    init_distributed,
+    shutdown,
+)
+from deeprebirth.train.loop import (
+    BlockStack,
+    MetricsLogger,
+    autocast,
+    capture_block_io,
+    evaluate,
+    regression_loss,
+    task_loss,
+)
 from deeprebirth.train.optim import build_optimizer, build_scheduler, param_groups
 from deeprebirth.train.report import measure_speed, write_report
 from deeprebirth.train.schedule import Phase, changed_blocks, group_stages, plan_phases
@@ -87,7 +99,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _make_student(teacher: nn.Module, cfg, student: StudentSpec) -> tuple[nn.Module, list[str] | None]:
+def _make_student(
+    teacher: nn.Module, cfg, student: StudentSpec
+) -> tuple[nn.Module, list[str] | None]:
     if student is None:
         return build_student(teacher, cfg)
     if isinstance(student, nn.Module):
@@ -98,8 +112,11 @@ def _make_student(teacher: nn.Module, cfg, student: StudentSpec) -> tuple[nn.Mod
 def _init_working(state: _State, student: nn.Module, new_names: list[str] | None, cfg) -> None:
     """Sets up the working model, pending blocks and stages from a fresh student."""
     changed = changed_blocks(state.teacher, student)
-    stages = group_stages(changed, cfg.schedule.mode,
-                          [list(g) for g in cfg.schedule.stages] if cfg.schedule.stages else None)  # fmt: skip
+    stages = group_stages(
+        changed,
+        cfg.schedule.mode,
+        [list(g) for g in cfg.schedule.stages] if cfg.schedule.stages else None,
+    )
     if new_names is None:  # hand-built student: every parameter of a changed block is new
         new_names = [n for n, _ in student.named_parameters() if n.split(".", 1)[0] in changed]
     teacher_blocks = dict(state.teacher.named_children())
@@ -108,7 +125,12 @@ def _init_working(state: _State, student: nn.Module, new_names: list[str] | None
     for name in changed:
         pending[name] = getattr(working, name)
         setattr(working, name, copy.deepcopy(teacher_blocks[name]))
-    state.working, state.pending, state.new_names, state.stages = working, pending, list(new_names), stages
+    state.working, state.pending, state.new_names, state.stages = (
+        working,
+        pending,
+        list(new_names),
+        stages,
+    )
 
 
 def _phases(state: _State, cfg, steps_per_epoch: int) -> list[Phase]:
@@ -127,20 +149,35 @@ class _Job:
         self.out = Path(cfg.output_dir)
         self.log = MetricsLogger(self.out, ctx.is_main, cfg.tensorboard)
         self.steps_run = 0
-        self.sampler = ResumableSampler(data.train, ctx, shuffle=True, seed=cfg.seed, drop_last=True)
+        self.sampler = ResumableSampler(
+            data.train, ctx, shuffle=True, seed=cfg.seed, drop_last=True
+        )
         self.train_loader = self._loader(data.train, self.sampler, cfg.batch_size, drop_last=True)
-        eval_sampler = ResumableSampler(data.val, ctx, shuffle=False, seed=cfg.seed, drop_last=False)
-        self.val_loader = self._loader(data.val, eval_sampler, cfg.eval_batch_size or cfg.batch_size, False)
+        eval_sampler = ResumableSampler(
+            data.val, ctx, shuffle=False, seed=cfg.seed, drop_last=False
+        )
+        self.val_loader = self._loader(
+            data.val, eval_sampler, cfg.eval_batch_size or cfg.batch_size, False
+        )
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(self.sampler)} training samples of this rank")
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the {len(self.sampler)} training samples of this rank"
+            )
 
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
         # An own generator: creating an iterator must not draw from the global RNG (exact resume).
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
-                          drop_last=drop_last, generator=generator,
-                          persistent_workers=False, pin_memory=self.ctx.device.type == "cuda")  # fmt: skip
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.workers,
+            drop_last=drop_last,
+            generator=generator,
+            persistent_workers=False,
+            pin_memory=self.ctx.device.type == "cuda",
+        )
 
     # ------------------------------------------------------------------ phase set-up
 
@@ -161,9 +198,16 @@ class _Job:
         stage_new = [n for n in state.new_names if n.split(".", 1)[0] in phase.blocks]
         if phase.kind == "regress":
             stack = BlockStack({n: getattr(state.working, n) for n in phase.blocks})
-            return stack, param_groups(stack, {f"blocks.{n}" for n in stage_new}, cfg.lr, cfg.new_layer_lr_mult)
-        groups = param_groups(state.working, stage_new, cfg.lr, cfg.new_layer_lr_mult,
-                              train_old=not cfg.schedule.freeze_old)  # fmt: skip
+            return stack, param_groups(
+                stack, {f"blocks.{n}" for n in stage_new}, cfg.lr, cfg.new_layer_lr_mult
+            )
+        groups = param_groups(
+            state.working,
+            stage_new,
+            cfg.lr,
+            cfg.new_layer_lr_mult,
+            train_old=not cfg.schedule.freeze_old,
+        )
         return state.working, groups
 
     def _optimizer(self, phase: Phase, groups: list[dict]):
@@ -207,8 +251,22 @@ class _Job:
     def _save(self, state: _State) -> None:
         if not self.ctx.is_main:
             return
-        record = {k: getattr(state, k) for k in ("teacher", "teacher_phase", "phase_index", "step",
-                  "working", "pending", "new_names", "stages", "history", "optimizer", "scheduler")}  # fmt: skip
+        record = {
+            k: getattr(state, k)
+            for k in (
+                "teacher",
+                "teacher_phase",
+                "phase_index",
+                "step",
+                "working",
+                "pending",
+                "new_names",
+                "stages",
+                "history",
+                "optimizer",
+                "scheduler",
+            )
+        }
         record["config"] = config_to_yaml(self.cfg)
         ckpt.save_checkpoint(self.out, record)
 
@@ -234,8 +292,13 @@ class _Job:
             self.sampler.set_epoch(phase_index * 100_003 + epoch)
             self.sampler.start = offset * cfg.batch_size
             todo = min(self.steps_per_epoch - offset, phase.steps - state.step)
-            bar = tqdm(total=todo, desc=f"{phase.name} ep{epoch}", disable=not ctx.is_main,
-                       leave=False, dynamic_ncols=True)  # fmt: skip
+            bar = tqdm(
+                total=todo,
+                desc=f"{phase.name} ep{epoch}",
+                disable=not ctx.is_main,
+                leave=False,
+                dynamic_ncols=True,
+            )
             for x, y in self.train_loader:
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if cfg.channels_last:
@@ -250,11 +313,20 @@ class _Job:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if state.step % cfg.log_interval == 0 or state.step == phase.steps:
-                    self.log.write("train", phase=phase.name, stage=phase.stage, step=state.step,
-                                   loss=loss.item(), lr=optimizer.param_groups[0]["lr"])  # fmt: skip
+                    self.log.write(
+                        "train",
+                        phase=phase.name,
+                        stage=phase.stage,
+                        step=state.step,
+                        loss=loss.item(),
+                        lr=optimizer.param_groups[0]["lr"],
+                    )
                 interval = cfg.checkpoint_interval
                 if interval and state.step % interval == 0 and state.step < phase.steps:
-                    state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+                    state.optimizer, state.scheduler = (
+                        optimizer.state_dict(),
+                        scheduler.state_dict(),
+                    )
                     self._save(state)
                 if cfg.debug.stop_after_steps and self.steps_run >= cfg.debug.stop_after_steps:
                     bar.close()
@@ -268,12 +340,18 @@ class _Job:
 
     def _evaluate(self, state: _State, model: nn.Module, label: str, phase: Phase | None) -> None:
         metrics = evaluate(model, self.val_loader, self.ctx, self.cfg.amp, self.cfg.channels_last)
-        record = {"label": label, "stage": phase.stage if phase else 0,
-                  "blocks": "+".join(phase.blocks) if phase else "", **metrics}  # fmt: skip
+        record = {
+            "label": label,
+            "stage": phase.stage if phase else 0,
+            "blocks": "+".join(phase.blocks) if phase else "",
+            **metrics,
+        }
         state.history.append(record)
         self.log.write("eval", **record)
         if self.ctx.is_main:
-            tqdm.write(f"[eval] {label:<32} top-1 {metrics['top1']:6.2f}%  top-5 {metrics['top5']:6.2f}%")
+            tqdm.write(
+                f"[eval] {label:<32} top-1 {metrics['top1']:6.2f}%  top-5 {metrics['top5']:6.2f}%"
+            )
 
     # ------------------------------------------------------------------ whole run
 
@@ -288,8 +366,12 @@ class _Job:
             state.teacher.to(memory_format=torch.channels_last)
         while True:
             phases = _phases(state, cfg, self.steps_per_epoch)
-            if state.working is None and (state.phase_index >= len(phases) or phases[state.phase_index].kind != "teacher"):
-                if not state.teacher_phase and not any(h["label"] == "teacher" for h in state.history):
+            if state.working is None and (
+                state.phase_index >= len(phases) or phases[state.phase_index].kind != "teacher"
+            ):
+                if not state.teacher_phase and not any(
+                    h["label"] == "teacher" for h in state.history
+                ):
                     self._evaluate(state, state.teacher, "teacher", None)
                 built, names = _make_student(state.teacher, cfg, student)
                 _init_working(state, built.to(self.ctx.device), names, cfg)
@@ -305,7 +387,14 @@ class _Job:
                 break
             phase = phases[state.phase_index]
             if not self._run_phase(state, phase):
-                return JobResult(state.working, state.teacher, state.history, state.stages or [], self.out, stopped=True)
+                return JobResult(
+                    state.working,
+                    state.teacher,
+                    state.history,
+                    state.stages or [],
+                    self.out,
+                    stopped=True,
+                )
             if phase.kind == "teacher":
                 self._evaluate(state, state.teacher, "teacher", phase)
             elif phase.kind == "finetune" or cfg.schedule.eval_after_regression:
@@ -321,23 +410,38 @@ class _Job:
         speed: dict[str, dict[str, float]] = {}
         if self.ctx.is_main:
             shape = (1, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
-            teacher_cpu, student_cpu = copy.deepcopy(state.teacher).cpu(), copy.deepcopy(student).cpu()
+            teacher_cpu, student_cpu = (
+                copy.deepcopy(state.teacher).cpu(),
+                copy.deepcopy(student).cpu(),
+            )
             if cfg.latency_repeats:
-                speed = measure_speed({"teacher": teacher_cpu, "student": student_cpu}, shape, cfg.latency_repeats)
-            meta = {"source": cfg.model.name, "input_size": cfg.model.input_size, "classes": self.data.classes,
-                    "stages": state.stages}  # fmt: skip
+                speed = measure_speed(
+                    {"teacher": teacher_cpu, "student": student_cpu}, shape, cfg.latency_repeats
+                )
+            meta = {
+                "source": cfg.model.name,
+                "input_size": cfg.model.input_size,
+                "classes": self.data.classes,
+                "stages": state.stages,
+            }
             io.save_model(self.out / "student.pt", student_cpu, meta)
             io.save_model(self.out / "teacher.pt", teacher_cpu, {**meta, "stages": None})
             summary = {
                 "model": f"{cfg.model.name} width {cfg.model.width}, input {cfg.model.input_size}",
-                "data": cfg.data.name, "mode": cfg.schedule.mode, "surgery init": cfg.surgery.init,
-                "new-layer LR multiplier": cfg.new_layer_lr_mult, "stages": state.stages,
-                "unreadable images skipped": len(self.data.skipped), "processes": self.ctx.world_size,
-            }  # fmt: skip
+                "data": cfg.data.name,
+                "mode": cfg.schedule.mode,
+                "surgery init": cfg.surgery.init,
+                "new-layer LR multiplier": cfg.new_layer_lr_mult,
+                "stages": state.stages,
+                "unreadable images skipped": len(self.data.skipped),
+                "processes": self.ctx.world_size,
+            }
             write_report(self.out, state.history, speed, summary)
         self.log.close()
         barrier(self.ctx)
-        return JobResult(student, state.teacher, state.history, state.stages or [], self.out, speed=speed)
+        return JobResult(
+            student, state.teacher, state.history, state.stages or [], self.out, speed=speed
+        )
 
 
 def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> JobResult:
@@ -363,7 +467,11 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
             require_student_source(cfg)
         data = build_datasets(cfg)  # validates roots before anything trains
         job = _Job(cfg, ctx, data)
-        record = ckpt.load_checkpoint(cfg.output_dir) if (cfg.resume if resume is None else resume) else None
+        record = (
+            ckpt.load_checkpoint(cfg.output_dir)
+            if (cfg.resume if resume is None else resume)
+            else None
+        )
         if record is not None:
             state = _State(**{k: record[k] for k in _State.__dataclass_fields__})
             ckpt.set_rng_state(record["rng"])  # nothing below draws before the next training step

@@ -28,8 +28,9 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def capture_block_io(teacher: nn.Module, x: torch.Tensor, blocks: Iterable[str]
-                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+def capture_block_io(
+    teacher: nn.Module, x: torch.Tensor, blocks: Iterable[str]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Runs the (frozen) teacher on ``x`` and returns ``{block: (input, output)}``.
 
     The forward stops right after the top-most requested block. Tensors are cloned so that
@@ -45,7 +46,9 @@ def capture_block_io(teacher: nn.Module, x: torch.Tensor, blocks: Iterable[str]
         if name == order[-1]:
             raise _StopForward
 
-    handles = [children[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in order]
+    handles = [
+        children[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in order
+    ]
     try:
         teacher(x)
     except _StopForward:
@@ -70,7 +73,9 @@ class BlockStack(nn.Module):
         return {name: block(inputs[name]) for name, block in self.blocks.items()}
 
 
-def regression_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+def regression_loss(
+    outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """Sum over blocks of the MSE between student and teacher block outputs.
 
     Raises:
@@ -80,22 +85,35 @@ def regression_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.T
     for name, out in outputs.items():
         target = targets[name]
         if out.shape != target.shape:
-            raise ValueError(f"block {name}: student output {tuple(out.shape)} != teacher output {tuple(target.shape)}")
+            raise ValueError(
+                f"block {name}: student output {tuple(out.shape)} != teacher output {tuple(target.shape)}"
+            )
         total = total + F.mse_loss(out.float(), target.float())
     return total
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None,
-              kd_weight: float = 0.0, temperature: float = 4.0, label_smoothing: float = 0.0
-              ) -> torch.Tensor:  # fmt: skip
+def task_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    kd_weight: float = 0.0,
+    temperature: float = 4.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Cross-entropy, mixed with KD when ``kd_weight > 0``:
     ``(1 - w) * CE + w * T^2 * KL(softmax(t / T) || softmax(s / T))``."""
     ce = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     if teacher_logits is None or kd_weight <= 0:
         return ce
-    kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1),
-                  F.log_softmax(teacher_logits.float() / temperature, 1),
-                  reduction="batchmean", log_target=True) * temperature**2  # fmt: skip
+    kd = (
+        F.kl_div(
+            F.log_softmax(logits.float() / temperature, 1),
+            F.log_softmax(teacher_logits.float() / temperature, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
     return (1 - kd_weight) * ce + kd_weight * kd
 
 
@@ -105,8 +123,9 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, ctx: DistContext, amp: bool = False,
-             channels_last: bool = False) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    model: nn.Module, loader, ctx: DistContext, amp: bool = False, channels_last: bool = False
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``, summed
     over ranks."""
     was_training = model.training
@@ -121,9 +140,15 @@ def evaluate(model: nn.Module, loader, ctx: DistContext, amp: bool = False,
         k = min(5, logits.shape[1])
         top = logits.topk(k, 1).indices
         hits = top.eq(y[:, None])
-        totals += torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(),
-                                F.cross_entropy(logits, y, reduction="sum").item(), len(y)],
-                               dtype=torch.float64)  # fmt: skip
+        totals += torch.tensor(
+            [
+                hits[:, 0].sum().item(),
+                hits.any(1).sum().item(),
+                F.cross_entropy(logits, y, reduction="sum").item(),
+                len(y),
+            ],
+            dtype=torch.float64,
+        )
     model.train(was_training)
     c1, c5, loss, n = all_reduce_sum(totals, ctx).tolist()
     n = max(n, 1)
@@ -166,7 +191,11 @@ class MetricsLogger:
         if self.writer is not None:
             step = int(record.get("global_step", record.get("step", 0)))
             for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
                     self.writer.add_scalar(f"{kind}/{record.get('phase', '')}/{key}", value, step)
 
     def close(self) -> None:

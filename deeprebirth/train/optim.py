@@ -16,8 +16,13 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, new_names: Iterable[str], lr: float, new_lr_mult: float,
-                 train_old: bool = True) -> list[dict]:  # fmt: skip
+def param_groups(
+    model: nn.Module,
+    new_names: Iterable[str],
+    lr: float,
+    new_lr_mult: float,
+    train_old: bool = True,
+) -> list[dict]:
     """Optimizer parameter groups: ``new`` (names in ``new_names``) at ``lr * new_lr_mult`` and
     ``old`` (every other parameter that requires grad) at ``lr``, or frozen when not ``train_old``.
 
@@ -41,19 +46,26 @@ def param_groups(model: nn.Module, new_names: Iterable[str], lr: float, new_lr_m
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(groups: list[dict], name: str, momentum: float, weight_decay: float,
-                    nesterov: bool = False) -> torch.optim.Optimizer:  # fmt: skip
+def build_optimizer(
+    groups: list[dict], name: str, momentum: float, weight_decay: float, nesterov: bool = False
+) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay) or AdamW over ``groups`` (each group keeps its own ``lr``)."""
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum,
-                               weight_decay=weight_decay, nesterov=nesterov and momentum > 0)  # fmt: skip
+        return torch.optim.SGD(
+            groups,
+            lr=groups[0]["lr"],
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov and momentum > 0,
+        )
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=weight_decay)
     raise ValueError(f"optimizer.name: expected 'sgd' or 'adamw', but got {name!r}")
 
 
-def lr_factor(step: int, total: int, name: str, warmup: int = 0, step_size: int = 1,
-              gamma: float = 0.1) -> float:  # fmt: skip
+def lr_factor(
+    step: int, total: int, name: str, warmup: int = 0, step_size: int = 1, gamma: float = 0.1
+) -> float:
     """The LR multiplier at ``step`` of ``total``: linear warm-up then cosine / step / constant."""
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -65,8 +77,14 @@ def lr_factor(step: int, total: int, name: str, warmup: int = 0, step_size: int 
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, name: str, warmup: int = 0,
-                    step_size: int = 1, gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total: int,
+    name: str,
+    warmup: int = 0,
+    step_size: int = 1,
+    gamma: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LambdaLR`` following :func:`lr_factor` (its state_dict resumes exactly)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, name, warmup, step_size, gamma)

@@ -11,8 +11,9 @@ from torch import nn
 from deeprebirth.utils.benchmark import interleaved_timings, machine_line, peak_extra_memory
 
 
-def measure_speed(models: dict[str, nn.Module], input_shape: tuple[int, ...], repeats: int = 20
-                  ) -> dict[str, dict[str, float]]:  # fmt: skip
+def measure_speed(
+    models: dict[str, nn.Module], input_shape: tuple[int, ...], repeats: int = 20
+) -> dict[str, dict[str, float]]:
     """Batch-1 CPU latency (median ms, interleaved runs) and peak extra memory of each model.
 
     Returns ``{name: {"latency_ms", "memory_mb", "params"}}``.
@@ -20,7 +21,9 @@ def measure_speed(models: dict[str, nn.Module], input_shape: tuple[int, ...], re
     x = torch.randn(input_shape)
     models = {name: m.cpu().eval() for name, m in models.items()}
     with torch.inference_mode():
-        timings = interleaved_timings({n: (lambda m=m: m(x)) for n, m in models.items()}, repeats=repeats)
+        timings = interleaved_timings(
+            {n: (lambda m=m: m(x)) for n, m in models.items()}, repeats=repeats
+        )
     return {
         name: {
             "latency_ms": timings[name].median,
@@ -55,25 +58,41 @@ def plot_accuracy(history: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def write_report(output_dir: Path, history: list[dict[str, Any]], speed: dict[str, dict[str, float]],
-                 summary: dict[str, Any]) -> Path:  # fmt: skip
+def write_report(
+    output_dir: Path,
+    history: list[dict[str, Any]],
+    speed: dict[str, dict[str, float]],
+    summary: dict[str, Any],
+) -> Path:
     """Writes ``report.md`` (and ``accuracy.png``) to ``output_dir``; returns the report's path."""
     lines = ["# Layer-wise finetuning report", "", f"Machine: {machine_line()}", ""]
     lines += [f"- {key}: {value}" for key, value in summary.items()]
-    lines += ["", "## Accuracy after each stage", "",
-              "| # | evaluated after | blocks | top-1 (%) | top-5 (%) | val loss |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Accuracy after each stage",
+        "",
+        "| # | evaluated after | blocks | top-1 (%) | top-5 (%) | val loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for i, h in enumerate(history):
-        lines.append(f"| {i} | {h['label']} | {h.get('blocks') or '-'} | {h['top1']:.2f} | "
-                     f"{h['top5']:.2f} | {h['loss']:.4f} |")  # fmt: skip
+        lines.append(
+            f"| {i} | {h['label']} | {h.get('blocks') or '-'} | {h['top1']:.2f} | "
+            f"{h['top5']:.2f} | {h['loss']:.4f} |"
+        )
     if speed:
         base = speed.get("teacher", {}).get("latency_ms")
-        lines += ["", "## Speed (batch 1, CPU)", "",
-                  "| model | latency (ms, median) | speed-up | peak extra memory (MiB) | parameters |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Speed (batch 1, CPU)",
+            "",
+            "| model | latency (ms, median) | speed-up | peak extra memory (MiB) | parameters |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in speed.items():
             ratio = f"{base / s['latency_ms']:.2f}x" if base else "-"
-            lines.append(f"| {name} | {s['latency_ms']:.2f} | {ratio} | {s['memory_mb']:.1f} | {s['params']:,} |")
+            lines.append(
+                f"| {name} | {s['latency_ms']:.2f} | {ratio} | {s['memory_mb']:.1f} | {s['params']:,} |"
+            )
     plot = plot_accuracy(history, output_dir / "accuracy.png") if history else None
     if plot is not None:
         lines += ["", f"![accuracy per stage]({plot.name})"]

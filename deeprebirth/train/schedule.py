@@ -38,8 +38,10 @@ def changed_blocks(teacher: nn.Module, student: nn.Module) -> list[str]:
     changed = []
     for name, block in student.named_children():
         if name not in teacher_blocks:
-            raise ValueError(f"student block {name!r} has no teacher block of the same name; "
-                             f"teacher blocks: {list(teacher_blocks)}")  # fmt: skip
+            raise ValueError(
+                f"student block {name!r} has no teacher block of the same name; "
+                f"teacher blocks: {list(teacher_blocks)}"
+            )
         if block_signature(block) != block_signature(teacher_blocks[name]):
             changed.append(name)
     return changed
@@ -60,9 +62,13 @@ def group_stages(changed: list[str], mode: str, groups: list[list[str]] | None) 
         return [[name] for name in changed]
     flat = [name for group in groups for name in group]
     if sorted(flat) != sorted(changed) or len(set(flat)) != len(flat):
-        raise ValueError(f"schedule.stages expects a grouping of exactly the changed blocks {changed}, but got {groups}")
+        raise ValueError(
+            f"schedule.stages expects a grouping of exactly the changed blocks {changed}, but got {groups}"
+        )
     if flat != changed:
-        raise ValueError(f"schedule.stages expects the blocks bottom to top ({changed}), but got {groups}")
+        raise ValueError(
+            f"schedule.stages expects the blocks bottom to top ({changed}), but got {groups}"
+        )
     return [list(group) for group in groups]
 
 
@@ -80,8 +86,9 @@ class Phase:
         return self.kind if self.kind == "teacher" else f"{self.kind}:{'+'.join(self.blocks)}"
 
 
-def plan_phases(stages: list[list[str]], regression_steps: int, finetune_steps: int,
-                teacher_steps: int = 0) -> list[Phase]:  # fmt: skip
+def plan_phases(
+    stages: list[list[str]], regression_steps: int, finetune_steps: int, teacher_steps: int = 0
+) -> list[Phase]:
     """The ordered phases: optional teacher training, then regression + finetune per stage.
 
     Phases with zero steps are omitted.

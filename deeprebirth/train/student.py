@@ -20,7 +20,9 @@ def build_model(cfg) -> nn.Module:
     """
     factory = getattr(deeprebirth.models, cfg.model.name, None)
     if factory is None or not callable(factory):
-        raise ValueError(f"model.name: expected a model of deeprebirth.models (e.g. bvlc_googlenet), but got {cfg.model.name!r}")
+        raise ValueError(
+            f"model.name: expected a model of deeprebirth.models (e.g. bvlc_googlenet), but got {cfg.model.name!r}"
+        )
     m = cfg.model
     return factory(num_classes=m.num_classes, width=m.width, lrn=m.lrn, in_channels=m.in_channels)
 

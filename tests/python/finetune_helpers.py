@@ -19,10 +19,12 @@ def tiny_student(teacher: nn.Module) -> tuple[nn.Module, list[str]]:
     """The slimmed copy of a bvlc_googlenet ``teacher`` and the names of its new parameters."""
     student = copy.deepcopy(teacher)
     conv = teacher.conv1.conv
-    student.conv1 = nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(conv.in_channels, conv.out_channels, 7, stride=4, padding=3),
-        relu=nn.ReLU(inplace=True),
-    ))  # fmt: skip
+    student.conv1 = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(conv.in_channels, conv.out_channels, 7, stride=4, padding=3),
+            relu=nn.ReLU(inplace=True),
+        )
+    )
     c1, r3, c3, r5, c5, pp = teacher.inception_3a.widths
     in_ch = teacher.inception_3a.conv_3x3_reduce.in_channels
     student.inception_3a = Inception(in_ch, 0, r3, c3 + c1, r5, c5 + pp, 0)
@@ -36,12 +38,25 @@ def tiny_student(teacher: nn.Module) -> tuple[nn.Module, list[str]]:
 
 
 TINY_OVERRIDES = [
-    "model.width=0.125", "model.input_size=32", "model.num_classes=4", "model.lrn=true",
-    "data.name=synthetic", "data.synthetic_train_size=32", "data.synthetic_val_size=16",
-    "batch_size=8", "schedule.regression_steps=3", "schedule.finetune_steps=3",
-    "teacher.train.enabled=false", "latency_repeats=0", "tensorboard=false", "deterministic=true",
-    "log_interval=1", "lr=0.005", "onednn=false", "threads=1",
-]  # fmt: skip
+    "model.width=0.125",
+    "model.input_size=32",
+    "model.num_classes=4",
+    "model.lrn=true",
+    "data.name=synthetic",
+    "data.synthetic_train_size=32",
+    "data.synthetic_val_size=16",
+    "batch_size=8",
+    "schedule.regression_steps=3",
+    "schedule.finetune_steps=3",
+    "teacher.train.enabled=false",
+    "latency_repeats=0",
+    "tensorboard=false",
+    "deterministic=true",
+    "log_interval=1",
+    "lr=0.005",
+    "onednn=false",
+    "threads=1",
+]
 
 
 def tiny_config(output_dir, *overrides: str):

@@ -19,7 +19,9 @@ from deeprebirth.train.student import SurgeryUnavailableError, require_student_s
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["synthetic_smoke", "fashion_mnist_googlenet", "imagenet_googlenet"])
+@pytest.mark.parametrize(
+    "name", ["synthetic_smoke", "fashion_mnist_googlenet", "imagenet_googlenet"]
+)
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.new_layer_lr_mult == 10.0
@@ -34,7 +36,9 @@ def test_defaults_and_overrides():
 def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("schedule:\n  regresion_steps: 10\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*unknown config key 'schedule\.regresion_steps'"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml.*unknown config key 'schedule\.regresion_steps'"
+    ):
         load_config(path)
 
 
@@ -83,7 +87,9 @@ def test_missing_data_dir(tmp_path):
 def test_empty_class_folder_is_named(tmp_path):
     root = _image_folder(tmp_path / "data")
     (root / "train" / "emu").mkdir()
-    cfg = tiny_config(tmp_path / "run", "data.name=imagenet", f"data.root={root}", "model.num_classes=2")
+    cfg = tiny_config(
+        tmp_path / "run", "data.name=imagenet", f"data.root={root}", "model.num_classes=2"
+    )
     with pytest.raises(DataError, match=r"train/emu: empty class folder"):
         build_datasets(cfg)
 
@@ -105,7 +111,9 @@ def test_unreadable_image_is_error_or_skipped_and_counted(tmp_path):
 
 def test_corrupt_image_found_while_training_is_skipped(tmp_path):
     root = _image_folder(tmp_path / "data")
-    cfg = tiny_config(tmp_path / "run", "data.name=imagenet", f"data.root={root}", "model.num_classes=2")
+    cfg = tiny_config(
+        tmp_path / "run", "data.name=imagenet", f"data.root={root}", "model.num_classes=2"
+    )
     data = build_datasets(cfg)
     path, _ = data.train.folder.samples[0]
     Path(path).write_bytes(b"garbage after validation")

@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from deeprebirth.train.data import (FASHION_MNIST_MEAN, FASHION_MNIST_ROOT, FASHION_MNIST_STD,
-                                    DataError, FashionMNIST, read_idx, synthetic_dataset)  # fmt: skip
+from deeprebirth.train.data import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_ROOT,
+    FASHION_MNIST_STD,
+    DataError,
+    FashionMNIST,
+    read_idx,
+    synthetic_dataset,
+)
 
 ROOT = Path(FASHION_MNIST_ROOT)
-needs_files = pytest.mark.skipif(not (ROOT / "t10k-labels-idx1-ubyte.gz").is_file(),
-                                 reason="Debian fashion-mnist package not installed")  # fmt: skip
+needs_files = pytest.mark.skipif(
+    not (ROOT / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="Debian fashion-mnist package not installed",
+)
 
 
 @needs_files
@@ -37,7 +46,9 @@ def test_samples_are_normalised_images_of_the_model_size(fit, size, channels):
         assert torch.equal(image[0], image[-1])
         pixels = image[0] * FASHION_MNIST_STD + FASHION_MNIST_MEAN
         if fit == "pad":  # the 28x28 original sits in the centre, unchanged
-            assert torch.allclose(pixels[2:30, 2:30], torch.from_numpy(raw[i]).float() / 255, atol=1e-5)
+            assert torch.allclose(
+                pixels[2:30, 2:30], torch.from_numpy(raw[i]).float() / 255, atol=1e-5
+            )
             assert pixels[:2].abs().max() < 1e-5
         else:
             assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5

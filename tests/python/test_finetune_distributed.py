@@ -25,12 +25,21 @@ def test_two_process_gloo_run_completes(tmp_path):
     io.save_model(tmp_path / "student.pt", student, {"new_parameters": new})
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "deeprebirth.finetune", "--config", str(REPO / "configs" / "synthetic_smoke.yaml"),
-        *TINY_OVERRIDES, f"output_dir={out}",
-        f"teacher.weights={tmp_path / 'teacher.pt'}", f"surgery.student={tmp_path / 'student.pt'}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "deeprebirth.finetune",
+        "--config",
+        str(REPO / "configs" / "synthetic_smoke.yaml"),
+        *TINY_OVERRIDES,
+        f"output_dir={out}",
+        f"teacher.weights={tmp_path / 'teacher.pt'}",
+        f"surgery.student={tmp_path / 'student.pt'}",
         "checkpoint_interval=2",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]

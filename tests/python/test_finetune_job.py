@@ -36,8 +36,13 @@ def test_changed_blocks_bottom_to_top_and_grouping():
     with pytest.raises(ValueError, match="exactly the changed blocks"):
         group_stages(changed, "layerwise", [["conv1"], ["conv2"]])
     names = [p.name for p in plan_phases([["conv1"], ["inception_3a"]], 2, 3, teacher_steps=4)]
-    assert names == ["teacher", "regress:conv1", "finetune:conv1", "regress:inception_3a",
-                     "finetune:inception_3a"]  # fmt: skip
+    assert names == [
+        "teacher",
+        "regress:conv1",
+        "finetune:conv1",
+        "regress:inception_3a",
+        "finetune:inception_3a",
+    ]
 
 
 def test_new_layers_get_ten_times_the_learning_rate():
@@ -45,7 +50,9 @@ def test_new_layers_get_ten_times_the_learning_rate():
     student, new = tiny_student(teacher)
     groups = param_groups(student, new, lr=0.01, new_lr_mult=10.0)
     by_name = {g["name"]: g for g in groups}
-    assert by_name["new"]["lr"] == pytest.approx(0.1) and by_name["old"]["lr"] == pytest.approx(0.01)
+    assert by_name["new"]["lr"] == pytest.approx(0.1) and by_name["old"]["lr"] == pytest.approx(
+        0.01
+    )
     ids = {id(p) for p in by_name["new"]["params"]}
     assert ids == {id(p) for n, p in student.named_parameters() if n in set(new)}
     total = len(list(student.parameters()))
@@ -60,8 +67,13 @@ def test_regression_trains_only_the_stage_block_and_its_loss_falls(tmp_path):
     before_teacher = copy.deepcopy(teacher.state_dict())
     student, _ = tiny_student(teacher)
     steps = 12
-    cfg = tiny_config(tmp_path, f"schedule.regression_steps={steps}", f"debug.stop_after_steps={steps}",
-                      "lr=0.01", "lr_schedule.name=constant")  # fmt: skip
+    cfg = tiny_config(
+        tmp_path,
+        f"schedule.regression_steps={steps}",
+        f"debug.stop_after_steps={steps}",
+        "lr=0.01",
+        "lr_schedule.name=constant",
+    )
     result = run_job(cfg, student=lambda t: (copy.deepcopy(student), None))
     assert result.stopped
     working = result.student.state_dict()
@@ -82,8 +94,13 @@ def test_regression_trains_only_the_stage_block_and_its_loss_falls(tmp_path):
 
 @pytest.mark.parametrize("mode", ["layerwise", "all_at_once"])
 def test_job_runs_stages_in_order_and_reports(tmp_path, mode):
-    cfg = tiny_config(tmp_path, f"schedule.mode={mode}", "teacher.train.enabled=true",
-                      "teacher.train.steps=2", "latency_repeats=2")  # fmt: skip
+    cfg = tiny_config(
+        tmp_path,
+        f"schedule.mode={mode}",
+        "teacher.train.enabled=true",
+        "teacher.train.steps=2",
+        "latency_repeats=2",
+    )
     result = run_job(cfg, student=tiny_student)
     labels = [h["label"] for h in result.history]
     if mode == "layerwise":
@@ -99,7 +116,8 @@ def test_job_runs_stages_in_order_and_reports(tmp_path, mode):
     assert "| teacher |" in report and "| student |" in report and "finetune:" in report
     assert (tmp_path / "accuracy.png").stat().st_size > 0 or True
     assert {"eval.csv", "train.csv", "metrics.jsonl", "student.pt", "checkpoint.pt"} <= {
-        p.name for p in tmp_path.iterdir()}  # fmt: skip
+        p.name for p in tmp_path.iterdir()
+    }
     student, meta = deeprebirth.io.load_model(tmp_path / "student.pt")
     assert changed_blocks(result.teacher, student) == ["conv1", "inception_3a"]
     assert student(torch.randn(1, 3, 32, 32)).shape == (1, 4)

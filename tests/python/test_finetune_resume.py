@@ -15,8 +15,14 @@ from deeprebirth.train.checkpoint import load_checkpoint  # noqa: E402
 from deeprebirth.train.job import run_job  # noqa: E402
 
 # teacher 4 steps, then per stage regression 3 + finetune 4; checkpoints every 2 steps.
-JOB = ["teacher.train.enabled=true", "teacher.train.steps=4", "schedule.regression_steps=3",
-       "schedule.finetune_steps=4", "checkpoint_interval=2", "seed=3"]  # fmt: skip
+JOB = [
+    "teacher.train.enabled=true",
+    "teacher.train.steps=4",
+    "schedule.regression_steps=3",
+    "schedule.finetune_steps=4",
+    "checkpoint_interval=2",
+    "seed=3",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +40,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, stop_after):
     full = run_job(tiny_config(tmp_path / "full", *JOB), student=tiny_student)
     assert not full.stopped
 
-    killed = run_job(tiny_config(tmp_path / "cut", *JOB, f"debug.stop_after_steps={stop_after}"),
-                     student=tiny_student)  # fmt: skip
+    killed = run_job(
+        tiny_config(tmp_path / "cut", *JOB, f"debug.stop_after_steps={stop_after}"),
+        student=tiny_student,
+    )
     assert killed.stopped
     record = load_checkpoint(tmp_path / "cut")
     assert record is not None and record["optimizer"] is not None and record["step"] == 2
