@@ -304,6 +304,11 @@ class _Job:
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 loss = step_fn(x, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{phase.name} step {state.step + 1}: the loss is {loss.item()}; lower lr "
+                        f"(now {optimizer.param_groups[0]['lr']:.3g}) or new_layer_lr_mult"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
