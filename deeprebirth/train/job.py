@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from deeprebirth import io
 from deeprebirth.train import checkpoint as ckpt
-from deeprebirth.train.config import config_to_yaml
+from deeprebirth.train.config import ConfigError, config_to_yaml
 from deeprebirth.train.data import Datasets, build_datasets
 from deeprebirth.train.distributed import (
     DistContext,
@@ -290,6 +290,10 @@ class _Job:
         while state.step < phase.steps:
             epoch, offset = divmod(state.step, self.steps_per_epoch)
             self.sampler.set_epoch(phase_index * 100_003 + epoch)
+            # Worker seeds depend on (seed, phase, epoch) only, never on how often we restarted.
+            self.train_loader.generator.manual_seed(
+                self.cfg.seed * 1_000_003 + phase_index * 100_003 + epoch
+            )
             self.sampler.start = offset * cfg.batch_size
             todo = min(self.steps_per_epoch - offset, phase.steps - state.step)
             bar = tqdm(
@@ -449,6 +453,17 @@ class _Job:
         )
 
 
+def _check_stage_names(cfg, teacher: nn.Module) -> None:
+    """``schedule.stages`` may only name the teacher's top-level blocks (checked before training)."""
+    blocks = [name for name, _ in teacher.named_children()]
+    for group in cfg.schedule.stages or []:
+        for name in group:
+            if name not in blocks:
+                raise ConfigError(
+                    f"schedule.stages names {name!r}, expected one of the model's blocks {blocks}"
+                )
+
+
 def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> JobResult:
     """Runs (or resumes) the finetune job described by ``cfg`` (see ``deeprebirth.train.config``).
 
@@ -482,6 +497,7 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
             ckpt.set_rng_state(record["rng"])  # nothing below draws before the next training step
         else:
             teacher, trained = load_teacher(cfg)
+            _check_stage_names(cfg, teacher)
             state = _State(teacher=teacher, teacher_phase=not trained and cfg.teacher.train.enabled)
             if ctx.is_main:
                 job.out.mkdir(parents=True, exist_ok=True)

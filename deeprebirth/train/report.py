@@ -91,7 +91,7 @@ def write_report(
         for name, s in speed.items():
             ratio = f"{base / s['latency_ms']:.2f}x" if base else "-"
             lines.append(
-                f"| {name} | {s['latency_ms']:.2f} | {ratio} | {s['memory_mb']:.1f} | {s['params']:,} |"
+                f"| {name} | {s['latency_ms']:.2f} | {ratio} | {s['memory_mb']:.2f} | {s['params']:,} |"
             )
     plot = plot_accuracy(history, output_dir / "accuracy.png") if history else None
     if plot is not None:

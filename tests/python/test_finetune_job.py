@@ -133,3 +133,17 @@ def _restore_onednn():
     yield
     torch.backends.mkldnn.enabled = enabled
     torch.use_deterministic_algorithms(False)
+
+
+def test_unknown_stage_block_fails_before_training(tmp_path):
+    from deeprebirth.train.config import ConfigError
+
+    cfg = tiny_config(
+        tmp_path,
+        "schedule.stages=[[conv1],[inception_9z]]",
+        "teacher.train.enabled=true",
+        "teacher.train.steps=50",
+    )
+    with pytest.raises(ConfigError, match="inception_9z"):
+        run_job(cfg, student=tiny_student)
+    assert not (tmp_path / "metrics.jsonl").exists()
