@@ -147,3 +147,30 @@ def test_unknown_stage_block_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="inception_9z"):
         run_job(cfg, student=tiny_student)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_image_folder_job_skips_a_corrupt_image_and_counts_it(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for label in ("a", "b", "c", "d"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 36), (60 * i, 20, 200)).save(
+                    root / split / label / f"{i}.jpg"
+                )
+    (root / "train" / "a" / "bad.jpg").write_bytes(b"not a jpeg")
+    cfg = tiny_config(
+        tmp_path / "run",
+        "data.name=imagenet",
+        f"data.root={root}",
+        "batch_size=4",
+        "data.max_corrupt_fraction=0.1",
+        "schedule.regression_steps=2",
+        "schedule.finetune_steps=2",
+    )
+    with pytest.warns(RuntimeWarning, match="bad.jpg"):
+        result = run_job(cfg, student=tiny_student)
+    assert not result.stopped and len(result.history) == 6
+    assert "- unreadable images skipped: 1" in (tmp_path / "run" / "report.md").read_text()
