@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,8 +272,12 @@ class _Job:
         ckpt.save_checkpoint(self.out, record)
 
     def _run_phase(self, state: _State, phase: Phase) -> bool:
-        """Trains ``phase`` from ``state.step``; returns False when stopped by the debug hook."""
+        """Trains ``phase`` from ``state.step``; returns False when stopped by the debug hook.
+
+        Sets ``self.phase_seconds`` (training wall time of this call) and ``self.phase_steps``.
+        """
         cfg, ctx = self.cfg, self.ctx
+        started, first_step = time.perf_counter(), state.step
         if phase.kind != "teacher":
             self._swap_in(state, phase.blocks)
         state.teacher.eval()
@@ -345,15 +350,22 @@ class _Job:
             bar.close()
         for p in module.parameters():
             p.requires_grad_(True)
+        self.phase_seconds = time.perf_counter() - started
+        self.phase_steps = state.step - first_step
         return True
 
     def _evaluate(self, state: _State, model: nn.Module, label: str, phase: Phase | None) -> None:
         metrics = evaluate(model, self.val_loader, self.ctx, self.cfg.amp, self.cfg.channels_last)
+        timing = {"train_s": None, "ms_per_step": None}  # same CSV columns for every record
+        if phase is not None:
+            seconds, steps = self.phase_seconds, max(1, self.phase_steps)
+            timing = {"train_s": round(seconds, 2), "ms_per_step": round(1e3 * seconds / steps, 1)}
         record = {
             "label": label,
             "stage": phase.stage if phase else 0,
             "blocks": "+".join(phase.blocks) if phase else "",
             **metrics,
+            **timing,
         }
         state.history.append(record)
         self.log.write("eval", **record)

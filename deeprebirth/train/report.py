@@ -71,13 +71,13 @@ def write_report(
         "",
         "## Accuracy after each stage",
         "",
-        "| # | evaluated after | blocks | top-1 (%) | top-5 (%) | val loss |",
-        "|---|---|---|---|---|---|",
+        "| # | evaluated after | blocks | top-1 (%) | top-5 (%) | val loss | train time (s) | ms/step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, h in enumerate(history):
         lines.append(
             f"| {i} | {h['label']} | {h.get('blocks') or '-'} | {h['top1']:.2f} | "
-            f"{h['top5']:.2f} | {h['loss']:.4f} |"
+            f"{h['top5']:.2f} | {h['loss']:.4f} | {h.get('train_s') or '-'} | {h.get('ms_per_step') or '-'} |"
         )
     if speed:
         base = speed.get("teacher", {}).get("latency_ms")
