@@ -1,0 +1,295 @@
+"""The finetune job's configuration: a typed schema (dataclasses) loaded through OmegaConf.
+
+:func:`load_config` merges a YAML file and ``key=value`` overrides into the schema and fails with
+:class:`ConfigError` naming the key and the expected type on an unknown key or a wrong type, then
+checks value ranges and choices, all before any data is read or any model is built.
+
+Example:
+    >>> cfg = load_config(None, ["data.name=synthetic", "lr=0.05"])
+    >>> cfg.lr, cfg.new_layer_lr_mult
+    (0.05, 10.0)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem: the message names the key, what was expected and what was found."""
+
+
+@dataclass
+class ModelConfig:
+    """The network: a model name from ``deeprebirth.models``, or a deeprebirth model file."""
+
+    name: str = "bvlc_googlenet"
+    weights: str | None = None  # deeprebirth model file (deeprebirth.io.save_model) or state_dict
+    width: float = 1.0
+    input_size: int = 224
+    in_channels: int = 3
+    num_classes: int = 1000
+    lrn: bool = True
+
+
+@dataclass
+class TeacherTrainConfig:
+    """Stage 0: train the teacher first when no teacher weights are given."""
+
+    enabled: bool = True  # train the teacher when teacher.weights is unset
+    epochs: int = 0
+    steps: int = 0  # used when epochs == 0
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TeacherConfig:
+    """The original model; ``weights`` unset means "build ``model`` and train it as stage 0"."""
+
+    weights: str | None = None
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from: ``imagenet`` (ImageFolder), ``fashion_mnist`` or ``synthetic``."""
+
+    name: str = "synthetic"
+    root: str | None = None  # imagenet: folder with train/ and val/; fashion_mnist: IDX .gz folder
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: bool = True
+    fit: str = "resize"  # fashion_mnist: resize (bilinear) or pad (zero border) to model.input_size
+    max_corrupt_fraction: float = 0.001  # unreadable images tolerated (skipped + counted)
+    verify_limit: int = 0  # images per split opened during validation (0: all)
+    train_limit: int = 0  # use only the first N training samples (0: all)
+    val_limit: int = 0
+    synthetic_train_size: int = 256
+    synthetic_val_size: int = 64
+
+
+@dataclass
+class SurgeryConfig:
+    """What ``deeprebirth.slim`` does to the teacher to make the student."""
+
+    rules: list[str] = field(default_factory=lambda: ["streamline", "branch"])
+    init: str = "xavier"  # xavier | inherit
+    student: str | None = None  # an already slimmed model file (deeprebirth.io) instead of slim()
+
+
+@dataclass
+class ScheduleConfig:
+    """Stage order and length. ``stages`` groups blocks, e.g. ``[[conv1, conv2], [inception_3a]]``."""
+
+    mode: str = "layerwise"  # layerwise | all_at_once
+    stages: list[list[str]] | None = None  # None: one stage per changed block, bottom to top
+    regression_steps: int = 100
+    finetune_epochs: int = 0
+    finetune_steps: int = 100  # used when finetune_epochs == 0
+    freeze_old: bool = False  # True: only new parameters train in finetune phases
+    kd_weight: float = 0.0  # 0 disables knowledge distillation
+    kd_temperature: float = 4.0
+    eval_after_regression: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer of the regression and finetune phases."""
+
+    name: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class LRScheduleConfig:
+    """Per-phase learning-rate schedule over the phase's steps."""
+
+    name: str = "cosine"  # cosine | step | constant
+    warmup_steps: int = 0
+    step_size: int = 1000
+    gamma: float = 0.1
+
+
+@dataclass
+class DebugConfig:
+    """Test hooks."""
+
+    stop_after_steps: int = 0  # simulate a kill after this many training steps (0: off)
+
+
+@dataclass
+class FinetuneConfig:
+    """The whole job (see ``configs/*.yaml``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    lr: float = 0.01
+    new_layer_lr_mult: float = 10.0
+    batch_size: int = 64
+    eval_batch_size: int = 0  # 0: batch_size
+    workers: int = 0
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    deterministic: bool = False
+    output_dir: str = "runs/finetune"
+    checkpoint_interval: int = 0  # steps between checkpoints (0: only at phase ends)
+    resume: bool = False
+    log_interval: int = 10
+    tensorboard: bool = True  # used when tensorboard is installed
+    latency_repeats: int = 20
+    threads: int = 0  # torch threads (0: leave as is)
+    onednn: bool = True  # False: plain ATen convs on CPU (tiny models: no per-shape kernel JIT)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("imagenet", "fashion_mnist", "synthetic"),
+    "surgery.init": ("xavier", "inherit"),
+    "data.fit": ("resize", "pad"),
+    "schedule.mode": ("layerwise", "all_at_once"),
+    "optimizer.name": ("sgd", "adamw"),
+    "teacher.train.optimizer": ("sgd", "adamw"),
+    "lr_schedule.name": ("cosine", "step", "constant"),
+    "teacher.train.lr_schedule": ("cosine", "step", "constant"),
+    "device": ("auto", "cpu", "cuda"),
+}
+_POSITIVE = (
+    "lr",
+    "batch_size",
+    "model.input_size",
+    "model.in_channels",
+    "model.num_classes",
+    "model.width",
+    "schedule.kd_temperature",
+)
+_NON_NEGATIVE = (
+    "new_layer_lr_mult",
+    "workers",
+    "checkpoint_interval",
+    "schedule.regression_steps",
+    "schedule.finetune_epochs",
+    "schedule.finetune_steps",
+    "schedule.kd_weight",
+    "teacher.train.epochs",
+    "teacher.train.steps",
+    "eval_batch_size",
+    "data.max_corrupt_fraction",
+    "debug.stop_after_steps",
+)
+
+
+def _expected_type(key: str) -> str:
+    """The annotation of dotted ``key`` in the schema, as text (for error messages)."""
+    node: Any = FinetuneConfig
+    annotation: Any = None
+    for part in key.split("."):
+        fields = getattr(node, "__dataclass_fields__", {})
+        if part not in fields:
+            return "a key of the schema"
+        annotation = fields[part].type
+        default = fields[part].default_factory if callable(fields[part].default_factory) else None
+        node = type(default()) if default is not None else None
+    return str(annotation)
+
+
+def _config_error(error: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(error, "full_key", None)
+    if not isinstance(key, str) or not key:  # list items report only their index
+        key = f"list item {key}" if isinstance(key, int) else "?"
+    if isinstance(error, ConfigKeyError) and not isinstance(error, ValidationError):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        allowed = _allowed_keys(parent)
+        return ConfigError(f"{source}: unknown config key '{key}' (allowed here: {allowed})")
+    value = getattr(error, "msg", str(error)).split("\n")[0]
+    return ConfigError(f"{source}: config key '{key}' expects {_expected_type(key)}: {value}")
+
+
+def _allowed_keys(parent: str) -> str:
+    node = OmegaConf.structured(FinetuneConfig)
+    for part in [p for p in parent.split(".") if p]:
+        node = node.get(part) if isinstance(node, DictConfig) and part in node else None
+    return ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' expects one of {choices}, but got {value!r}")
+    for key in _POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if not value > 0:
+            raise ConfigError(f"config key '{key}' expects a value > 0, but got {value!r}")
+    for key in _NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key)
+        if value < 0:
+            raise ConfigError(f"config key '{key}' expects a value >= 0, but got {value!r}")
+    if cfg.data.name in ("imagenet", "fashion_mnist") and not cfg.data.root:
+        raise ConfigError(f"config key 'data.root' expects a folder for data.name={cfg.data.name}")
+    if cfg.schedule.finetune_epochs == 0 and cfg.schedule.finetune_steps == 0:
+        pass  # regression only is allowed
+    for key in ("model.weights", "teacher.weights", "surgery.student"):
+        path = OmegaConf.select(cfg, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(
+                f"config key '{key}' expects an existing file, but {path} does not exist"
+            )
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> DictConfig:
+    """Reads ``path`` (YAML, may be None) and dotted ``key=value`` overrides into the schema.
+
+    Returns a read-only, struct-mode ``DictConfig`` with the :class:`FinetuneConfig` fields.
+
+    Raises:
+        ConfigError: missing file, unknown key, wrong type or out-of-range value; the message names
+            the key (and the file) and what was expected.
+    """
+    schema = OmegaConf.structured(FinetuneConfig)
+    layers = []
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layers.append((str(path), OmegaConf.load(path)))
+        except Exception as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} expects the form key=value")
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    cfg = schema
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as error:
+            raise _config_error(error, source) from None
+    _check_values(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def config_to_yaml(cfg: DictConfig) -> str:
+    """The resolved configuration as YAML (written next to every run)."""
+    return OmegaConf.to_yaml(cfg)

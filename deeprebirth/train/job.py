@@ -1,0 +1,519 @@
+"""The finetune job: (teacher training) -> layer-wise block regression + finetuning -> report.
+
+The job keeps a *working model*: the student with every changed block not yet learned replaced
+by a copy of the teacher's block. Stage k swaps in the student blocks of stage k, regresses them
+against the teacher's block outputs (only their parameters train), then finetunes the working
+model on the task loss (stage blocks' new parameters at ``new_layer_lr_mult`` x LR). After the
+last stage the working model *is* the student. Accuracy is measured after each phase (the
+paper's "accuracy after merging each layer"), checkpoints are written atomically, and a resumed
+run continues from the exact step with the same RNG states.
+
+Example:
+    >>> cfg = load_config("configs/synthetic_smoke.yaml", ["output_dir=/tmp/run"])  # doctest: +SKIP
+    >>> result = run_job(cfg, student=my_student)  # doctest: +SKIP
+    >>> result.history[-1]["top1"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from deeprebirth import io
+from deeprebirth.train import checkpoint as ckpt
+from deeprebirth.train.config import ConfigError, config_to_yaml
+from deeprebirth.train.data import Datasets, build_datasets
+from deeprebirth.train.distributed import (
+    DistContext,
+    ResumableSampler,
+    barrier,
+    init_distributed,
+    shutdown,
+)
+from deeprebirth.train.loop import (
+    BlockStack,
+    MetricsLogger,
+    autocast,
+    capture_block_io,
+    evaluate,
+    regression_loss,
+    task_loss,
+)
+from deeprebirth.train.optim import build_optimizer, build_scheduler, param_groups
+from deeprebirth.train.report import measure_speed, write_report
+from deeprebirth.train.schedule import Phase, changed_blocks, group_stages, plan_phases
+from deeprebirth.train.student import build_student, load_teacher, require_student_source
+
+StudentSpec = nn.Module | Callable[[nn.Module], tuple[nn.Module, list[str]]] | None
+
+
+@dataclass
+class JobResult:
+    """What a run produced. ``stopped`` is True when ``debug.stop_after_steps`` ended it early;
+    ``student`` is then the partly trained working model (None if not built yet)."""
+
+    student: nn.Module | None
+    teacher: nn.Module
+    history: list[dict[str, Any]]
+    stages: list[list[str]]
+    output_dir: Path
+    stopped: bool = False
+    speed: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint holds besides RNG states."""
+
+    teacher: nn.Module
+    teacher_phase: bool  # the plan starts with teacher training
+    phase_index: int = 0
+    step: int = 0
+    working: nn.Module | None = None
+    pending: nn.ModuleDict | None = None  # student blocks not swapped in yet
+    new_names: list[str] = field(default_factory=list)
+    stages: list[list[str]] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds torch, numpy and python; ``deterministic`` turns on deterministic algorithms."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+
+
+def _make_student(
+    teacher: nn.Module, cfg, student: StudentSpec
+) -> tuple[nn.Module, list[str] | None]:
+    if student is None:
+        return build_student(teacher, cfg)
+    if isinstance(student, nn.Module):
+        return copy.deepcopy(student), None
+    return student(teacher)
+
+
+def _init_working(state: _State, student: nn.Module, new_names: list[str] | None, cfg) -> None:
+    """Sets up the working model, pending blocks and stages from a fresh student."""
+    changed = changed_blocks(state.teacher, student)
+    stages = group_stages(
+        changed,
+        cfg.schedule.mode,
+        [list(g) for g in cfg.schedule.stages] if cfg.schedule.stages else None,
+    )
+    if new_names is None:  # hand-built student: every parameter of a changed block is new
+        new_names = [n for n, _ in student.named_parameters() if n.split(".", 1)[0] in changed]
+    teacher_blocks = dict(state.teacher.named_children())
+    working = copy.deepcopy(student)
+    pending = nn.ModuleDict()
+    for name in changed:
+        pending[name] = getattr(working, name)
+        setattr(working, name, copy.deepcopy(teacher_blocks[name]))
+    state.working, state.pending, state.new_names, state.stages = (
+        working,
+        pending,
+        list(new_names),
+        stages,
+    )
+
+
+def _phases(state: _State, cfg, steps_per_epoch: int) -> list[Phase]:
+    t = cfg.teacher.train
+    teacher_steps = (t.epochs * steps_per_epoch or t.steps) if state.teacher_phase else 0
+    s = cfg.schedule
+    finetune_steps = s.finetune_epochs * steps_per_epoch or s.finetune_steps
+    return plan_phases(state.stages or [], s.regression_steps, finetune_steps, teacher_steps)
+
+
+class _Job:
+    """One run of the job on this rank (see the module docstring)."""
+
+    def __init__(self, cfg, ctx: DistContext, data: Datasets) -> None:
+        self.cfg, self.ctx, self.data = cfg, ctx, data
+        self.out = Path(cfg.output_dir)
+        self.log = MetricsLogger(self.out, ctx.is_main, cfg.tensorboard)
+        self.steps_run = 0
+        self.sampler = ResumableSampler(
+            data.train, ctx, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        self.train_loader = self._loader(data.train, self.sampler, cfg.batch_size, drop_last=True)
+        eval_sampler = ResumableSampler(
+            data.val, ctx, shuffle=False, seed=cfg.seed, drop_last=False
+        )
+        self.val_loader = self._loader(
+            data.val, eval_sampler, cfg.eval_batch_size or cfg.batch_size, False
+        )
+        self.steps_per_epoch = len(self.sampler) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the {len(self.sampler)} training samples of this rank"
+            )
+
+    def _loader(self, dataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
+        # An own generator: creating an iterator must not draw from the global RNG (exact resume).
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.workers,
+            drop_last=drop_last,
+            generator=generator,
+            persistent_workers=False,
+            pin_memory=self.ctx.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------ phase set-up
+
+    def _swap_in(self, state: _State, blocks: tuple[str, ...]) -> None:
+        for name in blocks:
+            if name in state.pending:
+                setattr(state.working, name, state.pending[name])
+                del state.pending[name]
+
+    def _trainable(self, state: _State, phase: Phase) -> tuple[nn.Module, list[dict]]:
+        """The module to train in ``phase`` and its optimizer parameter groups."""
+        cfg = self.cfg
+        if phase.kind == "teacher":
+            t = cfg.teacher.train
+            return state.teacher, param_groups(state.teacher, [], t.lr, 1.0)
+        for p in state.working.parameters():
+            p.requires_grad_(False)
+        stage_new = [n for n in state.new_names if n.split(".", 1)[0] in phase.blocks]
+        if phase.kind == "regress":
+            stack = BlockStack({n: getattr(state.working, n) for n in phase.blocks})
+            return stack, param_groups(
+                stack, {f"blocks.{n}" for n in stage_new}, cfg.lr, cfg.new_layer_lr_mult
+            )
+        groups = param_groups(
+            state.working,
+            stage_new,
+            cfg.lr,
+            cfg.new_layer_lr_mult,
+            train_old=not cfg.schedule.freeze_old,
+        )
+        return state.working, groups
+
+    def _optimizer(self, phase: Phase, groups: list[dict]):
+        cfg = self.cfg
+        if phase.kind == "teacher":
+            t = cfg.teacher.train
+            opt = build_optimizer(groups, t.optimizer, t.momentum, t.weight_decay)
+            return opt, build_scheduler(opt, phase.steps, t.lr_schedule)
+        o, s = cfg.optimizer, cfg.lr_schedule
+        opt = build_optimizer(groups, o.name, o.momentum, o.weight_decay, o.nesterov)
+        return opt, build_scheduler(opt, phase.steps, s.name, s.warmup_steps, s.step_size, s.gamma)
+
+    # ------------------------------------------------------------------ steps
+
+    def _step_fn(self, state: _State, phase: Phase, model: nn.Module):
+        cfg, device = self.cfg, self.ctx.device
+        teacher = state.teacher
+        if phase.kind == "regress":
+
+            def regress(x, y):
+                io_pairs = capture_block_io(teacher, x, phase.blocks)
+                with autocast(device, cfg.amp):
+                    outputs = model({n: io_pairs[n][0] for n in phase.blocks})
+                return regression_loss(outputs, {n: io_pairs[n][1] for n in phase.blocks})
+
+            return regress
+        kd = cfg.schedule.kd_weight if phase.kind == "finetune" else 0.0
+        smoothing = cfg.teacher.train.label_smoothing if phase.kind == "teacher" else 0.0
+
+        def classify(x, y):
+            teacher_logits = None
+            if kd > 0:
+                with torch.no_grad(), autocast(device, cfg.amp):
+                    teacher_logits = teacher(x)
+            with autocast(device, cfg.amp):
+                logits = model(x)
+            return task_loss(logits, y, teacher_logits, kd, cfg.schedule.kd_temperature, smoothing)
+
+        return classify
+
+    def _save(self, state: _State) -> None:
+        if not self.ctx.is_main:
+            return
+        record = {
+            k: getattr(state, k)
+            for k in (
+                "teacher",
+                "teacher_phase",
+                "phase_index",
+                "step",
+                "working",
+                "pending",
+                "new_names",
+                "stages",
+                "history",
+                "optimizer",
+                "scheduler",
+            )
+        }
+        record["config"] = config_to_yaml(self.cfg)
+        ckpt.save_checkpoint(self.out, record)
+
+    def _run_phase(self, state: _State, phase: Phase) -> bool:
+        """Trains ``phase`` from ``state.step``; returns False when stopped by the debug hook.
+
+        Sets ``self.phase_seconds`` (training wall time of this call) and ``self.phase_steps``.
+        """
+        cfg, ctx = self.cfg, self.ctx
+        started, first_step = time.perf_counter(), state.step
+        if phase.kind != "teacher":
+            self._swap_in(state, phase.blocks)
+        state.teacher.eval()
+        for p in state.teacher.parameters():
+            p.requires_grad_(phase.kind == "teacher")
+        module, groups = self._trainable(state, phase)
+        optimizer, scheduler = self._optimizer(phase, groups)
+        if state.step > 0 and state.optimizer is not None:
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+        module.train()
+        model = DistributedDataParallel(module) if ctx.enabled else module
+        step_fn = self._step_fn(state, phase, model)
+        phase_index = state.phase_index
+        while state.step < phase.steps:
+            epoch, offset = divmod(state.step, self.steps_per_epoch)
+            self.sampler.set_epoch(phase_index * 100_003 + epoch)
+            # Worker seeds depend on (seed, phase, epoch) only, never on how often we restarted.
+            self.train_loader.generator.manual_seed(
+                self.cfg.seed * 1_000_003 + phase_index * 100_003 + epoch
+            )
+            self.sampler.start = offset * cfg.batch_size
+            todo = min(self.steps_per_epoch - offset, phase.steps - state.step)
+            bar = tqdm(
+                total=todo,
+                desc=f"{phase.name} ep{epoch}",
+                disable=not ctx.is_main,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for x, y in self.train_loader:
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                loss = step_fn(x, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{phase.name} step {state.step + 1}: the loss is {loss.item()}; lower lr "
+                        f"(now {optimizer.param_groups[0]['lr']:.3g}) or new_layer_lr_mult"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                self.steps_run += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if state.step % cfg.log_interval == 0 or state.step == phase.steps:
+                    self.log.write(
+                        "train",
+                        phase=phase.name,
+                        stage=phase.stage,
+                        step=state.step,
+                        loss=loss.item(),
+                        lr=optimizer.param_groups[0]["lr"],
+                    )
+                interval = cfg.checkpoint_interval
+                if interval and state.step % interval == 0 and state.step < phase.steps:
+                    state.optimizer, state.scheduler = (
+                        optimizer.state_dict(),
+                        scheduler.state_dict(),
+                    )
+                    self._save(state)
+                if cfg.debug.stop_after_steps and self.steps_run >= cfg.debug.stop_after_steps:
+                    bar.close()
+                    return False
+                if state.step >= phase.steps or state.step % self.steps_per_epoch == 0:
+                    break
+            bar.close()
+        for p in module.parameters():
+            p.requires_grad_(True)
+        self.phase_seconds = time.perf_counter() - started
+        self.phase_steps = state.step - first_step
+        return True
+
+    def _evaluate(self, state: _State, model: nn.Module, label: str, phase: Phase | None) -> None:
+        metrics = evaluate(model, self.val_loader, self.ctx, self.cfg.amp, self.cfg.channels_last)
+        timing = {"train_s": None, "ms_per_step": None}  # same CSV columns for every record
+        if phase is not None:
+            seconds, steps = self.phase_seconds, max(1, self.phase_steps)
+            timing = {"train_s": round(seconds, 2), "ms_per_step": round(1e3 * seconds / steps, 1)}
+        record = {
+            "label": label,
+            "stage": phase.stage if phase else 0,
+            "blocks": "+".join(phase.blocks) if phase else "",
+            **metrics,
+            **timing,
+        }
+        state.history.append(record)
+        self.log.write("eval", **record)
+        if self.ctx.is_main:
+            tqdm.write(
+                f"[eval] {label:<32} top-1 {metrics['top1']:6.2f}%  top-5 {metrics['top5']:6.2f}%"
+            )
+
+    # ------------------------------------------------------------------ whole run
+
+    def run(self, state: _State, student: StudentSpec) -> JobResult:
+        """Runs every phase from ``state`` on; the global RNG must already be set."""
+        cfg = self.cfg
+        state.teacher.to(self.ctx.device)
+        if state.working is not None:
+            state.working.to(self.ctx.device)
+            state.pending.to(self.ctx.device)
+        if cfg.channels_last:
+            state.teacher.to(memory_format=torch.channels_last)
+        while True:
+            phases = _phases(state, cfg, self.steps_per_epoch)
+            if state.working is None and (
+                state.phase_index >= len(phases) or phases[state.phase_index].kind != "teacher"
+            ):
+                if not state.teacher_phase and not any(
+                    h["label"] == "teacher" for h in state.history
+                ):
+                    self._evaluate(state, state.teacher, "teacher", None)
+                built, names = _make_student(state.teacher, cfg, student)
+                _init_working(state, built.to(self.ctx.device), names, cfg)
+                if cfg.channels_last:
+                    state.working.to(memory_format=torch.channels_last)
+                    state.pending.to(memory_format=torch.channels_last)
+                full = copy.deepcopy(state.working)
+                for name, block in state.pending.items():
+                    setattr(full, name, copy.deepcopy(block))
+                self._evaluate(state, full, "student, before training", None)
+                continue
+            if state.phase_index >= len(phases):
+                break
+            phase = phases[state.phase_index]
+            if not self._run_phase(state, phase):
+                return JobResult(
+                    state.working,
+                    state.teacher,
+                    state.history,
+                    state.stages or [],
+                    self.out,
+                    stopped=True,
+                )
+            if phase.kind == "teacher":
+                self._evaluate(state, state.teacher, "teacher", phase)
+            elif phase.kind == "finetune" or cfg.schedule.eval_after_regression:
+                self._evaluate(state, state.working, phase.name, phase)
+            state.phase_index, state.step = state.phase_index + 1, 0
+            state.optimizer = state.scheduler = None
+            self._save(state)
+        return self._finish(state)
+
+    def _finish(self, state: _State) -> JobResult:
+        cfg = self.cfg
+        student = state.working
+        speed: dict[str, dict[str, float]] = {}
+        if self.ctx.is_main:
+            shape = (1, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
+            teacher_cpu, student_cpu = (
+                copy.deepcopy(state.teacher).cpu(),
+                copy.deepcopy(student).cpu(),
+            )
+            if cfg.latency_repeats:
+                speed = measure_speed(
+                    {"teacher": teacher_cpu, "student": student_cpu}, shape, cfg.latency_repeats
+                )
+            meta = {
+                "source": cfg.model.name,
+                "input_size": cfg.model.input_size,
+                "classes": self.data.classes,
+                "stages": state.stages,
+            }
+            io.save_model(self.out / "student.pt", student_cpu, meta)
+            io.save_model(self.out / "teacher.pt", teacher_cpu, {**meta, "stages": None})
+            summary = {
+                "model": f"{cfg.model.name} width {cfg.model.width}, input {cfg.model.input_size}",
+                "data": cfg.data.name,
+                "mode": cfg.schedule.mode,
+                "surgery init": cfg.surgery.init,
+                "new-layer LR multiplier": cfg.new_layer_lr_mult,
+                "stages": state.stages,
+                "unreadable images skipped": len(self.data.skipped),
+                "processes": self.ctx.world_size,
+            }
+            write_report(self.out, state.history, speed, summary)
+        self.log.close()
+        barrier(self.ctx)
+        return JobResult(
+            student, state.teacher, state.history, state.stages or [], self.out, speed=speed
+        )
+
+
+def _check_stage_names(cfg, teacher: nn.Module) -> None:
+    """``schedule.stages`` may only name the teacher's top-level blocks (checked before training)."""
+    blocks = [name for name, _ in teacher.named_children()]
+    for group in cfg.schedule.stages or []:
+        for name in group:
+            if name not in blocks:
+                raise ConfigError(
+                    f"schedule.stages names {name!r}, expected one of the model's blocks {blocks}"
+                )
+
+
+def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> JobResult:
+    """Runs (or resumes) the finetune job described by ``cfg`` (see ``deeprebirth.train.config``).
+
+    Args:
+        cfg: a config from :func:`deeprebirth.train.config.load_config`.
+        student: None to build the student with ``deeprebirth.slim`` (``cfg.surgery``); an
+            ``nn.Module`` (its changed blocks' parameters are all "new"); or a callable
+            ``teacher -> (student, new_parameter_names)`` called after teacher training.
+        resume: continue from ``cfg.output_dir/checkpoint.pt`` (default ``cfg.resume``).
+
+    Raises:
+        ConfigError / DataError: bad configuration or data, before any training.
+    """
+    ctx = init_distributed(cfg.device)
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.backends.mkldnn.enabled = cfg.onednn
+        seed_everything(cfg.seed, cfg.deterministic)
+        if student is None:
+            require_student_source(cfg)
+        data = build_datasets(cfg)  # validates roots before anything trains
+        job = _Job(cfg, ctx, data)
+        record = (
+            ckpt.load_checkpoint(cfg.output_dir)
+            if (cfg.resume if resume is None else resume)
+            else None
+        )
+        if record is not None:
+            state = _State(**{k: record[k] for k in _State.__dataclass_fields__})
+            ckpt.set_rng_state(record["rng"])  # nothing below draws before the next training step
+        else:
+            teacher, trained = load_teacher(cfg)
+            _check_stage_names(cfg, teacher)
+            state = _State(teacher=teacher, teacher_phase=not trained and cfg.teacher.train.enabled)
+            if ctx.is_main:
+                job.out.mkdir(parents=True, exist_ok=True)
+                (job.out / "config.yaml").write_text(config_to_yaml(cfg))
+        return job.run(state, student)
+    finally:
+        shutdown(ctx)

@@ -1,0 +1,88 @@
+"""Building the teacher and the student: the job's only dependency on the surgery API.
+
+:func:`build_student` calls ``deeprebirth.slim`` (the surgery issue). Tests and callers with a
+hand-made student skip it by passing ``student=`` to :func:`deeprebirth.train.job.run_job`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+import deeprebirth
+from deeprebirth import io
+
+
+def build_model(cfg) -> nn.Module:
+    """The architecture named by ``cfg.model`` (random weights), e.g. a width-0.25 bvlc_googlenet.
+
+    Raises:
+        ValueError: ``cfg.model.name`` is not a model of ``deeprebirth.models``.
+    """
+    factory = getattr(deeprebirth.models, cfg.model.name, None)
+    if factory is None or not callable(factory):
+        raise ValueError(
+            f"model.name: expected a model of deeprebirth.models (e.g. bvlc_googlenet), but got {cfg.model.name!r}"
+        )
+    m = cfg.model
+    return factory(num_classes=m.num_classes, width=m.width, lrn=m.lrn, in_channels=m.in_channels)
+
+
+def load_teacher(cfg) -> tuple[nn.Module, bool]:
+    """The teacher and whether it is trained: from ``teacher.weights`` / ``model.weights`` or new.
+
+    A weights file is a deeprebirth model file (``deeprebirth.io.save_model``) or a state_dict of
+    ``build_model(cfg)``.
+    """
+    path = cfg.teacher.weights or cfg.model.weights
+    if not path:
+        return build_model(cfg), False
+    try:
+        return io.load_model(path)[0], True
+    except ValueError:
+        import torch
+
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model, True
+
+
+class SurgeryUnavailableError(RuntimeError):
+    """The job needs ``deeprebirth.slim`` but this build has no surgery API."""
+
+
+def require_student_source(cfg) -> None:
+    """Fails before any training when the student can be neither loaded nor built.
+
+    Raises:
+        SurgeryUnavailableError: no ``surgery.student`` file and no ``deeprebirth.slim``.
+    """
+    if not cfg.surgery.student and not hasattr(deeprebirth, "slim"):
+        raise SurgeryUnavailableError(
+            "deeprebirth.slim (the surgery API) is not available in this build; set "
+            "surgery.student=<slimmed model file> or call "
+            "deeprebirth.train.job.run_job(cfg, student=...) with a hand-built student"
+        )
+
+
+def build_student(teacher: nn.Module, cfg) -> tuple[nn.Module, list[str] | None]:
+    """The student and the names of its new parameters (None: every parameter of a changed block).
+
+    ``cfg.surgery.student`` set: that model file (its metadata's ``new_parameters`` if any).
+    Otherwise ``deeprebirth.slim(teacher, cfg.surgery.rules, init=cfg.surgery.init)``, whose new
+    parameters (``deeprebirth.surgery.new_parameters``) train at ``new_layer_lr_mult`` x LR.
+
+    Raises:
+        SurgeryUnavailableError: see :func:`require_student_source`.
+    """
+    if cfg.surgery.student:
+        student, metadata = io.load_model(cfg.surgery.student)
+        return student, metadata.get("new_parameters")
+    require_student_source(cfg)
+    student, _report = deeprebirth.slim(teacher, list(cfg.surgery.rules), init=cfg.surgery.init)
+    new_params = list(deeprebirth.surgery.new_parameters(student))
+    if all(isinstance(p, str) for p in new_params):  # names already
+        return student, new_params
+    if new_params and isinstance(new_params[0], tuple):  # (name, parameter) pairs
+        return student, [name for name, _ in new_params]
+    ids = {id(p) for p in new_params}
+    return student, [name for name, p in student.named_parameters() if id(p) in ids]
