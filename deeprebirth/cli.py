@@ -15,7 +15,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("deeprebirth.commands.info", "print how the operator library was built"),
     "demo": ("deeprebirth.commands.demo", "run the default end-to-end job on built-in data"),
-    "slim": ("deeprebirth.commands.slim", "apply slimming rules to a model; write model file + report"),
+    "slim": (
+        "deeprebirth.commands.slim",
+        "apply slimming rules to a model; write model file + report",
+    ),
     "finetune": (
         "deeprebirth.commands.finetune",
         "layer-wise finetuning of a slimmed model (YAML config)",

@@ -37,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         config = config or str(Path(args.resume) / "config.yaml")
         # The debug stop hook of the interrupted run is not inherited (an override may set it again).
-        overrides = ["debug.stop_after_steps=0", *overrides, f"output_dir={args.resume}", "resume=true"]
+        overrides = [
+            "debug.stop_after_steps=0",
+            *overrides,
+            f"output_dir={args.resume}",
+            "resume=true",
+        ]
     if config is None:
         print("deeprebirth finetune: --config FILE or --resume DIR is required", file=sys.stderr)
         return 2

@@ -1,7 +1,12 @@
 """Model definitions owned by deeprebirth (no torchvision dependency)."""
 
-from deeprebirth.models.bvlc_googlenet import BVLCGoogLeNet, Inception, bvlc_googlenet
+from deeprebirth.models.bvlc_googlenet import (
+    INCEPTION_CONFIG,
+    BVLCGoogLeNet,
+    Inception,
+    bvlc_googlenet,
+)
 from deeprebirth.models.registry import available_models, build_model
 
-__all__ = ["BVLCGoogLeNet", "Inception", "bvlc_googlenet"]
+__all__ = ["INCEPTION_CONFIG", "BVLCGoogLeNet", "Inception", "bvlc_googlenet"]
 __all__ += ["available_models", "build_model"]

@@ -83,7 +83,7 @@ class DataConfig:
 class SurgeryConfig:
     """What ``deeprebirth.slim`` does to the teacher to make the student."""
 
-    rules: list[str] = field(default_factory=lambda: ["streamline", "branch"])
+    rules: list[str] = field(default_factory=lambda: ["streamline", "branch_slim"])
     init: str = "xavier"  # xavier | inherit
     student: str | None = None  # an already slimmed model file (deeprebirth.io) instead of slim()
 

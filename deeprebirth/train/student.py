@@ -78,11 +78,9 @@ def build_student(teacher: nn.Module, cfg) -> tuple[nn.Module, list[str] | None]
         student, metadata = io.load_model(cfg.surgery.student)
         return student, metadata.get("new_parameters")
     require_student_source(cfg)
-    student, _report = deeprebirth.slim(teacher, list(cfg.surgery.rules), init=cfg.surgery.init)
-    new_params = list(deeprebirth.surgery.new_parameters(student))
-    if all(isinstance(p, str) for p in new_params):  # names already
-        return student, new_params
-    if new_params and isinstance(new_params[0], tuple):  # (name, parameter) pairs
-        return student, [name for name, _ in new_params]
-    ids = {id(p) for p in new_params}
-    return student, [name for name, p in student.named_parameters() if id(p) in ids]
+    size = cfg.model.input_size
+    example_shape = (1, cfg.model.in_channels, size, size)  # streamline sizes paddings for it
+    student, _report = deeprebirth.slim(
+        teacher, list(cfg.surgery.rules), example_shape, init=cfg.surgery.init
+    )
+    return student, list(deeprebirth.surgery.new_parameters(student))
