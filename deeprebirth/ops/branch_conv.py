@@ -88,10 +88,7 @@ class BranchConv2d(nn.Module):
         self.out_channels = list(out_channels)
         kernels = [pair(k, "kernel_sizes") for k in kernel_sizes]
         self.paddings = [k[0] // 2 for k in kernels] if paddings is None else list(paddings)
-        convs = [
-            nn.Conv2d(in_channels, c, k, bias=bias)
-            for c, k in zip(out_channels, kernels, strict=False)
-        ]
+        convs = [nn.Conv2d(in_channels, c, k, bias=bias) for c, k in zip(out_channels, kernels, strict=False)]
         self.weights = nn.ParameterList([nn.Parameter(c.weight.detach().clone()) for c in convs])
         self.biases = (
             nn.ParameterList([nn.Parameter(c.bias.detach().clone()) for c in convs])

@@ -24,9 +24,7 @@ def unfused_conv_pool(x, w, b, stride, padding, dilation, groups, pool, pk, ps, 
 
 
 def unfused_branch_conv(x, weights, biases, paddings, stride, relu):
-    outs = [
-        F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=False)
-    ]
+    outs = [F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=False)]
     return torch.cat([F.relu(o) if relu else o for o in outs], 1)
 
 
