@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from deeprebirth.train.config import ConfigError, load_config
     from deeprebirth.train.data import DataError
     from deeprebirth.train.job import run_job
-    from deeprebirth.train.student import SurgeryUnavailableError
 
     overrides = list(args.overrides)
     config = args.config
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config, overrides)
         result = run_job(cfg)
-    except (ConfigError, DataError, SurgeryUnavailableError) as error:
+    except (ConfigError, DataError) as error:
         print(f"deeprebirth finetune: {error}", file=sys.stderr)
         return 2
     if result.stopped:

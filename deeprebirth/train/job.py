@@ -54,7 +54,7 @@ from deeprebirth.train.loop import (
 from deeprebirth.train.optim import build_optimizer, build_scheduler, param_groups
 from deeprebirth.train.report import measure_speed, write_report
 from deeprebirth.train.schedule import Phase, changed_blocks, group_stages, plan_phases
-from deeprebirth.train.student import build_student, load_teacher, require_student_source
+from deeprebirth.train.student import build_student, check_surgery_rules, load_teacher
 
 StudentSpec = nn.Module | Callable[[nn.Module], tuple[nn.Module, list[str]]] | None
 
@@ -496,7 +496,7 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
         torch.backends.mkldnn.enabled = cfg.onednn
         seed_everything(cfg.seed, cfg.deterministic)
         if student is None:
-            require_student_source(cfg)
+            check_surgery_rules(cfg)
         data = build_datasets(cfg)  # validates roots before anything trains
         job = _Job(cfg, ctx, data)
         record = (

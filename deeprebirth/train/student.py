@@ -46,21 +46,21 @@ def load_teacher(cfg) -> tuple[nn.Module, bool]:
         return model, True
 
 
-class SurgeryUnavailableError(RuntimeError):
-    """The job needs ``deeprebirth.slim`` but this build has no surgery API."""
-
-
-def require_student_source(cfg) -> None:
-    """Fails before any training when the student can be neither loaded nor built.
+def check_surgery_rules(cfg) -> None:
+    """Fails before any training when ``surgery.rules`` names a rule the surgery API lacks.
 
     Raises:
-        SurgeryUnavailableError: no ``surgery.student`` file and no ``deeprebirth.slim``.
+        ConfigError: an unknown rule; the message lists the known ones.
     """
-    if not cfg.surgery.student and not hasattr(deeprebirth, "slim"):
-        raise SurgeryUnavailableError(
-            "deeprebirth.slim (the surgery API) is not available in this build; set "
-            "surgery.student=<slimmed model file> or call "
-            "deeprebirth.train.job.run_job(cfg, student=...) with a hand-built student"
+    from deeprebirth.surgery.registry import known_rules
+    from deeprebirth.train.config import ConfigError
+
+    if cfg.surgery.student:
+        return
+    unknown = [rule for rule in cfg.surgery.rules if rule not in known_rules()]
+    if unknown:
+        raise ConfigError(
+            f"surgery.rules: unknown rule(s) {unknown}; known rules: {', '.join(known_rules())}"
         )
 
 
@@ -70,14 +70,10 @@ def build_student(teacher: nn.Module, cfg) -> tuple[nn.Module, list[str] | None]
     ``cfg.surgery.student`` set: that model file (its metadata's ``new_parameters`` if any).
     Otherwise ``deeprebirth.slim(teacher, cfg.surgery.rules, init=cfg.surgery.init)``, whose new
     parameters (``deeprebirth.surgery.new_parameters``) train at ``new_layer_lr_mult`` x LR.
-
-    Raises:
-        SurgeryUnavailableError: see :func:`require_student_source`.
     """
     if cfg.surgery.student:
         student, metadata = io.load_model(cfg.surgery.student)
         return student, metadata.get("new_parameters")
-    require_student_source(cfg)
     size = cfg.model.input_size
     example_shape = (1, cfg.model.in_channels, size, size)  # streamline sizes paddings for it
     student, _report = deeprebirth.slim(

@@ -11,10 +11,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from finetune_helpers import tiny_config  # noqa: E402
 
-import deeprebirth  # noqa: E402
 from deeprebirth.train.config import ConfigError, load_config  # noqa: E402
 from deeprebirth.train.data import DataError, build_datasets  # noqa: E402
-from deeprebirth.train.student import SurgeryUnavailableError, require_student_source  # noqa: E402
+from deeprebirth.train.student import check_surgery_rules  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,7 +121,6 @@ def test_corrupt_image_found_while_training_is_skipped(tmp_path):
     assert image.shape == (3, 32, 32) and data.train.failures == 1
 
 
-@pytest.mark.skipif(hasattr(deeprebirth, "slim"), reason="surgery API present")
-def test_missing_surgery_api_is_a_clear_error(tmp_path):
-    with pytest.raises(SurgeryUnavailableError, match=r"surgery\.student"):
-        require_student_source(tiny_config(tmp_path))
+def test_unknown_surgery_rule_is_named_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"surgery\.rules: unknown rule\(s\) \['bogus'\]; known rules: .*streamline"):
+        check_surgery_rules(tiny_config(tmp_path, "surgery.rules=[streamline,bogus]"))

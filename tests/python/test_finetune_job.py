@@ -176,31 +176,3 @@ def test_image_folder_job_skips_a_corrupt_image_and_counts_it(tmp_path):
     assert "- unreadable images skipped: 1" in (tmp_path / "run" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("returns", ["parameters", "names"])
-def test_build_student_calls_the_surgery_api(tmp_path, monkeypatch, returns):
-    """The one seam to the surgery issue: slim(teacher, rules, init) + surgery.new_parameters."""
-    import types
-
-    from deeprebirth.train.student import build_student
-
-    calls = []
-
-    def slim(teacher, rules, init="xavier"):
-        calls.append((list(rules), init))
-        student, new = tiny_student(teacher)
-        student.new_names = new
-        return student, {"rules": rules}
-
-    def new_parameters(student):
-        by_name = dict(student.named_parameters())
-        names = student.new_names
-        return names if returns == "names" else [by_name[n] for n in names]
-
-    monkeypatch.setattr(deeprebirth, "slim", slim, raising=False)
-    monkeypatch.setattr(
-        deeprebirth, "surgery", types.SimpleNamespace(new_parameters=new_parameters), raising=False
-    )
-    cfg = tiny_config(tmp_path, "surgery.init=inherit", "surgery.rules=[streamline]")
-    student, names = build_student(_teacher(), cfg)
-    assert calls == [(["streamline"], "inherit")]
-    assert names == student.new_names and names[0] == "conv1.conv.weight"
