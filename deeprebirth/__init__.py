@@ -9,8 +9,8 @@ Example:
     '0.1.0'
 """
 
-from deeprebirth import models, ops
+from deeprebirth import export, models, ops
 from deeprebirth._version import __version__
 from deeprebirth.ops import build_info
 
-__all__ = ["__version__", "build_info", "models", "ops"]
+__all__ = ["__version__", "build_info", "export", "models", "ops"]

@@ -1,0 +1,76 @@
+"""TorchScript export: scripted (traced where scripting fails), frozen, optimized for inference.
+
+TorchScript is deprecated since torch 2.11 (``torch.jit.script`` warns); it stays here because
+LibTorch's ``torch::jit::load`` (the C++ runner) reads it. The forward path is ``torch.export``
+(:mod:`deeprebirth.export.pt2`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deeprebirth.export.metadata import METADATA_FILE, ExportMetadata
+
+
+def script_or_trace(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
+    """``torch.jit.script(model)``, or ``torch.jit.trace(model, example_input)`` when scripting
+    fails (Python constructs TorchScript cannot compile); TorchScript's deprecation warnings
+    are silenced here, the fallback is reported as a ``UserWarning``."""
+    model = model.eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
+        try:
+            return torch.jit.script(model)
+        except Exception as error:  # TorchScript compile errors have no common type
+            warnings.warn(
+                f"torch.jit.script failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                "tracing instead (control flow is fixed to the example input's path)",
+                UserWarning,
+                stacklevel=2,
+            )
+            with torch.no_grad():
+                return torch.jit.trace(model, example_input, check_trace=False)
+
+
+def to_torchscript(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
+    """The frozen, inference-optimized TorchScript module of ``model`` (eval mode).
+
+    Example:
+        >>> ts = to_torchscript(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8))
+        >>> ts(torch.randn(1, 3, 8, 8)).shape
+        torch.Size([1, 4, 6, 6])
+    """
+    scripted = script_or_trace(model, example_input)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
+        frozen = torch.jit.freeze(scripted.eval())
+        return torch.jit.optimize_for_inference(frozen)
+
+
+def save_torchscript(
+    model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, metadata: ExportMetadata
+) -> Path:
+    """Writes :func:`to_torchscript` of ``model`` to ``path`` with the metadata as extra file
+    ``deeprebirth.json``; returns the path. Load with ``torch.jit.load`` (Python, after
+    ``import deeprebirth`` unless portable) or ``torch::jit::load`` (C++, link deeprebirth_ops)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = to_torchscript(model, example_input)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
+        torch.jit.save(module, str(path), _extra_files={METADATA_FILE: metadata.to_json()})
+    return path
+
+
+def read_torchscript_metadata(path: str | os.PathLike) -> ExportMetadata:
+    """The metadata record of a TorchScript file written by :func:`save_torchscript`."""
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return ExportMetadata.from_json(extra[METADATA_FILE])
