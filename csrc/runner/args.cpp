@@ -34,6 +34,7 @@ cxxopts::Options make_options() {
       "iters", "bench: timed iterations", cxxopts::value<int>()->default_value("100"))(
       "profile-iters", "bench: iterations under the profiler (0 = skip the breakdown)",
       cxxopts::value<int>()->default_value("10"))(
+      "no-optimize", "skip torch::jit::optimize_for_inference after loading")(
       "print-logits", "print the raw logits of every image")(
       "dump-input", "write the preprocessed batch as raw float32 (N,3,H,W) to FILE",
       cxxopts::value<std::string>())("h,help", "print this help");
@@ -76,6 +77,7 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     parsed.iters = result["iters"].as<int>();
     parsed.profile_iters = result["profile-iters"].as<int>();
     parsed.print_logits = result.count("print-logits") > 0;
+    parsed.optimize = result.count("no-optimize") == 0;
     if (result.count("dump-input")) {
       parsed.dump_input = result["dump-input"].as<std::string>();
     }

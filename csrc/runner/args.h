@@ -17,6 +17,7 @@ struct RunnerOptions {
   int warmup = 10;
   int iters = 100;
   int profile_iters = 10;    // extra iterations run under the profiler (0 = no breakdown)
+  bool optimize = true;        // torch::jit::optimize_for_inference after loading
   bool print_logits = false;  // print raw logits, one line per image
   std::string dump_input;     // write the preprocessed batch (float32, N*3*H*W) to this file
   bool help = false;          // --help was given (usage already printed)

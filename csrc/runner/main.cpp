@@ -115,7 +115,7 @@ int run(const dr::RunnerOptions& options) {
   if (options.threads > 0) {
     at::set_num_threads(options.threads);
   }
-  const auto model = dr::LoadedModel::load(options.model);
+  const auto model = dr::LoadedModel::load(options.model, options.optimize);
   if (!options.images.empty()) {
     classify(model, options);
   }

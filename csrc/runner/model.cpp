@@ -33,7 +33,7 @@ bool is_zip_archive(const std::string& path) {
 
 }  // namespace
 
-LoadedModel LoadedModel::load(const std::string& path) {
+LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
   std::error_code ignored;
   if (!std::filesystem::is_regular_file(path, ignored)) {
     throw model_error(path, "file not found");
@@ -52,6 +52,10 @@ LoadedModel LoadedModel::load(const std::string& path) {
   try {
     auto module = std::make_shared<torch::jit::Module>(torch::jit::load(path, at::kCPU, extra));
     module->eval();
+    if (optimize) {
+      // Exports are frozen; this adds the MKLDNN rewrites that cannot be saved in the file.
+      *module = torch::jit::optimize_for_inference(*module);
+    }
     model.forward_ = [module](const at::Tensor& batch) {
       return module->forward({batch}).toTensor();
     };

@@ -14,7 +14,8 @@ class LoadedModel {
  public:
   // Loads `path` on the CPU. Throws RunnerError(kModel) for a missing, empty or corrupt file,
   // a file that is not a TorchScript / lite model, or one without deeprebirth metadata.
-  static LoadedModel load(const std::string& path);
+  // `optimize` applies torch::jit::optimize_for_inference to TorchScript modules.
+  static LoadedModel load(const std::string& path, bool optimize = true);
 
   // Logits (N, classes) of a (N, 3, H, W) batch, in inference mode.
   at::Tensor forward(const at::Tensor& batch) const;

@@ -7,6 +7,7 @@ LibTorch's ``torch::jit::load`` (the C++ runner) reads it. The forward path is `
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -37,8 +38,26 @@ def script_or_trace(model: nn.Module, example_input: torch.Tensor) -> torch.jit.
                 return torch.jit.trace(model, example_input, check_trace=False)
 
 
+def is_serializable(module: torch.jit.ScriptModule) -> bool:
+    """Whether ``module`` survives ``torch.jit.save`` + ``torch.jit.load`` (in memory)."""
+    buffer = io.BytesIO()
+    try:
+        torch.jit.save(module, buffer)
+        buffer.seek(0)
+        torch.jit.load(buffer)
+    except RuntimeError:
+        return False
+    return True
+
+
 def to_torchscript(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
     """The frozen, inference-optimized TorchScript module of ``model`` (eval mode).
+
+    ``torch.jit.optimize_for_inference`` is applied when its result can be saved. On MKLDNN
+    builds of torch (the PyPI CPU wheels) it embeds ``prim::ConstantMKLDNNTensor`` nodes that
+    ``torch.jit.load`` cannot read back, so the frozen module (``torch.jit.freeze`` already runs
+    the portable frozen-graph optimizations: conv/BN folding, dropout removal …) is returned
+    instead; ``deeprebirth-run`` applies ``torch::jit::optimize_for_inference`` after loading.
 
     Example:
         >>> ts = to_torchscript(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8))
@@ -49,7 +68,8 @@ def to_torchscript(model: nn.Module, example_input: torch.Tensor) -> torch.jit.S
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
         frozen = torch.jit.freeze(scripted.eval())
-        return torch.jit.optimize_for_inference(frozen)
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+        return optimized if is_serializable(optimized) else frozen
 
 
 def save_torchscript(
