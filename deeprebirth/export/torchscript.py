@@ -16,20 +16,26 @@ import torch
 from torch import nn
 
 from deeprebirth.export.metadata import METADATA_FILE, ExportMetadata
+from deeprebirth.export.scriptable import make_scriptable
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no message"
 
 
 def script_or_trace(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
-    """``torch.jit.script(model)``, or ``torch.jit.trace(model, example_input)`` when scripting
-    fails (Python constructs TorchScript cannot compile); TorchScript's deprecation warnings
+    """``torch.jit.script(model)`` (BranchConv2d in its scriptable form), or
+    ``torch.jit.trace(model, example_input)`` when scripting fails (Python constructs TorchScript cannot compile); TorchScript's deprecation warnings
     are silenced here, the fallback is reported as a ``UserWarning``."""
-    model = model.eval()
+    model = make_scriptable(model).eval()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
         try:
             return torch.jit.script(model)
         except Exception as error:  # TorchScript compile errors have no common type
             warnings.warn(
-                f"torch.jit.script failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                f"torch.jit.script failed ({type(error).__name__}: {_first_line(error)}); "
                 "tracing instead (control flow is fixed to the example input's path)",
                 UserWarning,
                 stacklevel=2,
