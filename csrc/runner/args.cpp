@@ -24,22 +24,39 @@ cxxopts::Options make_options() {
   options.add_options()("model", "exported model file", cxxopts::value<std::string>())(
       "image", "image to classify (repeat for several)",
       cxxopts::value<std::vector<std::string>>())(
-      "topk", "labels printed per image", cxxopts::value<int64_t>()->default_value("5"))(
+      "topk", "labels printed per image", cxxopts::value<std::string>()->default_value("5"))(
       "bench", "measure latency, throughput, peak RSS and the per-operator breakdown")(
       "batch", "bench: batch size; classify: images per forward (0 = all)",
-      cxxopts::value<int64_t>()->default_value("0"))(
+      cxxopts::value<std::string>()->default_value("0"))(
       "threads", "intra-op threads (0 = LibTorch default)",
-      cxxopts::value<int>()->default_value("0"))(
-      "warmup", "bench: untimed iterations", cxxopts::value<int>()->default_value("10"))(
-      "iters", "bench: timed iterations", cxxopts::value<int>()->default_value("100"))(
+      cxxopts::value<std::string>()->default_value("0"))(
+      "warmup", "bench: untimed iterations", cxxopts::value<std::string>()->default_value("10"))(
+      "iters", "bench: timed iterations", cxxopts::value<std::string>()->default_value("100"))(
       "profile-iters", "bench: iterations under the profiler (0 = skip the breakdown)",
-      cxxopts::value<int>()->default_value("10"))(
+      cxxopts::value<std::string>()->default_value("10"))(
       "no-optimize", "skip torch::jit::optimize_for_inference after loading")(
       "print-logits", "print the raw logits of every image")(
       "dump-input", "write the preprocessed batch as raw float32 (N,3,H,W) to FILE",
       cxxopts::value<std::string>())("h,help", "print this help");
   options.parse_positional({"model"});
   return options;
+}
+
+// The integer value of option `name`; throws RunnerError(kUsage) naming the option otherwise.
+int64_t integer_option(const cxxopts::ParseResult& result, const std::string& name) {
+  const auto text = result[name].as<std::string>();
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) {
+    throw RunnerError(ExitCode::kUsage,
+                      "expected --" + name + " to be an integer, but got '" + text + "'");
+  }
+  return value;
 }
 
 void require(bool condition, const std::string& message) {
@@ -69,13 +86,13 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     if (result.count("image")) {
       parsed.images = result["image"].as<std::vector<std::string>>();
     }
-    parsed.topk = result["topk"].as<int64_t>();
+    parsed.topk = integer_option(result, "topk");
     parsed.bench = result.count("bench") > 0;
-    parsed.batch = result["batch"].as<int64_t>();
-    parsed.threads = result["threads"].as<int>();
-    parsed.warmup = result["warmup"].as<int>();
-    parsed.iters = result["iters"].as<int>();
-    parsed.profile_iters = result["profile-iters"].as<int>();
+    parsed.batch = integer_option(result, "batch");
+    parsed.threads = static_cast<int>(integer_option(result, "threads"));
+    parsed.warmup = static_cast<int>(integer_option(result, "warmup"));
+    parsed.iters = static_cast<int>(integer_option(result, "iters"));
+    parsed.profile_iters = static_cast<int>(integer_option(result, "profile-iters"));
     parsed.print_logits = result.count("print-logits") > 0;
     parsed.optimize = result.count("no-optimize") == 0;
     if (result.count("dump-input")) {
