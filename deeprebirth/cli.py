@@ -15,7 +15,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("deeprebirth.commands.info", "print how the operator library was built"),
     "demo": ("deeprebirth.commands.demo", "run the default end-to-end job on built-in data"),
-    "export": ("deeprebirth.commands.export", "export a model file for deployment (TorchScript, ONNX …)"),
+    "export": (
+        "deeprebirth.commands.export",
+        "export a model file for deployment (TorchScript, ONNX …)",
+    ),
 }
 
 

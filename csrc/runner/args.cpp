@@ -34,7 +34,9 @@ cxxopts::Options make_options() {
       "iters", "bench: timed iterations", cxxopts::value<std::string>()->default_value("100"))(
       "profile-iters", "bench: iterations under the profiler (0 = skip the breakdown)",
       cxxopts::value<std::string>()->default_value("10"))(
-      "no-optimize", "skip torch::jit::optimize_for_inference after loading")(
+      "optimize",
+      "apply torch::jit::optimize_for_inference (MKLDNN rewrites) after loading; its "
+      "prim::mkldnn_convolution nodes are invisible to the profiler breakdown")(
       "print-logits", "print the raw logits of every image")(
       "dump-input", "write the preprocessed batch as raw float32 (N,3,H,W) to FILE",
       cxxopts::value<std::string>())("h,help", "print this help");
@@ -78,10 +80,9 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
       return parsed;
     }
     require(result.count("model") == 1, "expected one MODEL argument");
-    require(result.unmatched().empty(), "unexpected argument '" +
-                                            (result.unmatched().empty() ? std::string()
-                                                                        : result.unmatched()[0]) +
-                                            "'");
+    require(result.unmatched().empty(),
+            "unexpected argument '" +
+                (result.unmatched().empty() ? std::string() : result.unmatched()[0]) + "'");
     parsed.model = result["model"].as<std::string>();
     if (result.count("image")) {
       parsed.images = result["image"].as<std::vector<std::string>>();
@@ -94,7 +95,7 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     parsed.iters = static_cast<int>(integer_option(result, "iters"));
     parsed.profile_iters = static_cast<int>(integer_option(result, "profile-iters"));
     parsed.print_logits = result.count("print-logits") > 0;
-    parsed.optimize = result.count("no-optimize") == 0;
+    parsed.optimize = result.count("optimize") > 0;
     if (result.count("dump-input")) {
       parsed.dump_input = result["dump-input"].as<std::string>();
     }
@@ -104,7 +105,8 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
   require(parsed.bench || !parsed.images.empty(), "expected --image FILE (one or more) or --bench");
   require(parsed.topk >= 1, "expected --topk >= 1, but got " + std::to_string(parsed.topk));
   require(parsed.batch >= 0, "expected --batch >= 0, but got " + std::to_string(parsed.batch));
-  require(parsed.threads >= 0, "expected --threads >= 0, but got " + std::to_string(parsed.threads));
+  require(parsed.threads >= 0,
+          "expected --threads >= 0, but got " + std::to_string(parsed.threads));
   require(parsed.warmup >= 0 && parsed.iters >= 1 && parsed.profile_iters >= 0,
           "expected --warmup >= 0, --iters >= 1 and --profile-iters >= 0");
   return parsed;

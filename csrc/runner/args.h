@@ -16,8 +16,8 @@ struct RunnerOptions {
   int threads = 0;    // intra-op threads (0 = LibTorch's default)
   int warmup = 10;
   int iters = 100;
-  int profile_iters = 10;    // extra iterations run under the profiler (0 = no breakdown)
-  bool optimize = true;        // torch::jit::optimize_for_inference after loading
+  int profile_iters = 10;     // extra iterations run under the profiler (0 = no breakdown)
+  bool optimize = false;      // torch::jit::optimize_for_inference after loading (--optimize)
   bool print_logits = false;  // print raw logits, one line per image
   std::string dump_input;     // write the preprocessed batch (float32, N*3*H*W) to this file
   bool help = false;          // --help was given (usage already printed)

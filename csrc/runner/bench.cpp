@@ -23,8 +23,9 @@ double percentile(const std::vector<double>& sorted, double p) {
   return sorted[std::clamp<size_t>(rank, 1, n) - 1];
 }
 
+// Top-level operator calls of `iterations` forwards; `wall_ms` receives their total wall time.
 std::vector<OpInterval> profile_operators(const LoadedModel& model, const at::Tensor& input,
-                                          int iterations) {
+                                          int iterations, double& wall_ms) {
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   using torch::profiler::impl::ProfilerConfig;
@@ -33,9 +34,12 @@ std::vector<OpInterval> profile_operators(const LoadedModel& model, const at::Te
   const std::set<ActivityType> activities{ActivityType::CPU};
   prof::prepareProfiler(config, activities);
   prof::enableProfiler(config, activities, {at::RecordScope::FUNCTION});
+  const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < iterations; ++i) {
     model.forward(input);
   }
+  wall_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   const auto result = prof::disableProfiler();
   std::vector<OpInterval> intervals;
   for (const auto& event : result->events()) {
@@ -47,7 +51,8 @@ std::vector<OpInterval> profile_operators(const LoadedModel& model, const at::Te
   return intervals;
 }
 
-void print_breakdown(const std::vector<OpTime>& ops, int iterations, std::ostream& out) {
+void print_breakdown(const std::vector<OpTime>& ops, int iterations, double wall_ms,
+                     std::ostream& out) {
   double total = 0, tensor = 0;
   for (const auto& op : ops) {
     total += op.total_ms;
@@ -58,7 +63,10 @@ void print_breakdown(const std::vector<OpTime>& ops, int iterations, std::ostrea
     return;
   }
   out << "operator breakdown over " << iterations << " profiled iterations (top-level ops, ms per "
-      << "iteration):\n";
+      << "iteration; shares of the recorded operator time):\n";
+  out << "  wall time      " << std::setw(9) << wall_ms / iterations << " ms, not recorded as "
+      << "operators " << std::setw(5) << 100.0 * std::max(0.0, wall_ms - total) / wall_ms
+      << " % (interpreter, prim:: ops such as --optimize's prim::mkldnn_convolution)\n";
   out << "  tensor ops     " << std::setw(9) << tensor / iterations << " ms  " << std::setw(5)
       << 100.0 * tensor / total << " %\n";
   out << "  non-tensor ops " << std::setw(9) << (total - tensor) / iterations << " ms  "
@@ -91,7 +99,7 @@ LatencySummary summarize_latencies(std::vector<double> latencies_ms, int64_t bat
 }
 
 bool is_tensor_op(const std::string& name) {
-  static const char* const kTensorPatterns[] = {"conv", "linear", "addmm", "matmul",
+  static const char* const kTensorPatterns[] = {"conv",     "linear",    "addmm",   "matmul",
                                                 "aten::mm", "aten::bmm", "baddbmm", "prepacked::"};
   return std::any_of(std::begin(kTensorPatterns), std::end(kTensorPatterns),
                      [&](const char* pattern) { return name.find(pattern) != std::string::npos; });
@@ -159,16 +167,16 @@ void run_benchmark(const LoadedModel& model, const BenchOptions& options, std::o
   out << std::fixed << std::setprecision(3);
   out << "model: " << meta.source_model << " (" << model.loader() << ", "
       << (meta.portable ? "portable" : "native deeprebirth ops") << "), input " << options.batch
-      << "x3x" << meta.input_size[0] << "x" << meta.input_size[1] << ", "
-      << at::get_num_threads() << " threads, " << options.warmup << " warm-up + " << options.iters
-      << " timed iterations\n";
+      << "x3x" << meta.input_size[0] << "x" << meta.input_size[1] << ", " << at::get_num_threads()
+      << " threads, " << options.warmup << " warm-up + " << options.iters << " timed iterations\n";
   out << "latency ms: p50 " << summary.p50_ms << "  p90 " << summary.p90_ms << "  p99 "
       << summary.p99_ms << "  mean " << summary.mean_ms << "\n";
   out << "throughput: " << summary.images_per_s << " images/s\n";
   out << "peak RSS (VmHWM): " << static_cast<double>(peak_rss_kib()) / 1024.0 << " MiB\n";
   if (options.profile_iters > 0) {
-    const auto intervals = profile_operators(model, input, options.profile_iters);
-    print_breakdown(top_level_op_times(intervals), options.profile_iters, out);
+    double wall_ms = 0;
+    const auto intervals = profile_operators(model, input, options.profile_iters, wall_ms);
+    print_breakdown(top_level_op_times(intervals), options.profile_iters, wall_ms, out);
   }
 }
 

@@ -27,8 +27,7 @@ bool is_zip_archive(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   char magic[4] = {};
   file.read(magic, sizeof magic);
-  return file.gcount() == 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 &&
-         magic[3] == 4;
+  return file.gcount() == 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4;
 }
 
 }  // namespace
@@ -72,9 +71,10 @@ LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
     } catch (const c10::Error&) {
       const std::string reason = first_line(jit_error.what_without_backtrace());
       const bool missing_op = reason.find("deeprebirth::") != std::string::npos;
-      throw model_error(path, (missing_op ? "needs deeprebirth's operators: " : "corrupt or not a "
-                                                                               "TorchScript "
-                                                                               "model: ") +
+      throw model_error(path, (missing_op ? "needs deeprebirth's operators: "
+                                          : "corrupt or not a "
+                                            "TorchScript "
+                                            "model: ") +
                                   reason);
     }
   }

@@ -15,7 +15,7 @@ class LoadedModel {
   // Loads `path` on the CPU. Throws RunnerError(kModel) for a missing, empty or corrupt file,
   // a file that is not a TorchScript / lite model, or one without deeprebirth metadata.
   // `optimize` applies torch::jit::optimize_for_inference to TorchScript modules.
-  static LoadedModel load(const std::string& path, bool optimize = true);
+  static LoadedModel load(const std::string& path, bool optimize = false);
 
   // Logits (N, classes) of a (N, 3, H, W) batch, in inference mode.
   at::Tensor forward(const at::Tensor& batch) const;

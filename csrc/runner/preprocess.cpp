@@ -45,8 +45,8 @@ cv::Mat read_image_rgb(const std::string& path) {
       scaled = decoded;
       break;
     default:
-      throw image_error(path, "unsupported pixel depth (OpenCV depth " +
-                                  std::to_string(decoded.depth()) + ")");
+      throw image_error(
+          path, "unsupported pixel depth (OpenCV depth " + std::to_string(decoded.depth()) + ")");
   }
   cv::Mat rgb;
   switch (scaled.channels()) {
@@ -60,8 +60,7 @@ cv::Mat read_image_rgb(const std::string& path) {
       cv::cvtColor(scaled, rgb, cv::COLOR_BGRA2RGB);
       break;
     default:
-      throw image_error(path,
-                        "unsupported channel count " + std::to_string(scaled.channels()));
+      throw image_error(path, "unsupported channel count " + std::to_string(scaled.channels()));
   }
   return rgb;
 }

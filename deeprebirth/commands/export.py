@@ -63,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     example = torch.randn(1, int(metadata.get("in_channels", 3)), int(height), int(width))
     try:
         path = deeprebirth.export(
-            model, example, format=args.format, portable=args.portable, out=args.out,
+            model,
+            example,
+            format=args.format,
+            portable=args.portable,
+            out=args.out,
             metadata=overrides,
         )
     except (ValueError, ImportError) as error:

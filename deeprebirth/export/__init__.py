@@ -112,7 +112,9 @@ def read_metadata(path: str | os.PathLike) -> ExportMetadata:
 
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
-            if name.endswith(f"extra/{METADATA_FILE}") or name.endswith(f"extra/{METADATA_FILE}.json"):
+            if name.endswith(f"extra/{METADATA_FILE}") or name.endswith(
+                f"extra/{METADATA_FILE}.json"
+            ):
                 return ExportMetadata.from_json(archive.read(name))
     raise ValueError(f"{path} carries no deeprebirth metadata ({METADATA_FILE})")
 

@@ -119,7 +119,9 @@ class ExportMetadata:
         are accepted as aliases of ``source_model``/``rules_applied``.
         """
         if example_input.dim() != 4:
-            raise ValueError(f"expected example_input (N, C, H, W), got {tuple(example_input.shape)}")
+            raise ValueError(
+                f"expected example_input (N, C, H, W), got {tuple(example_input.shape)}"
+            )
         height, width = (int(s) for s in example_input.shape[2:])
         values: dict[str, Any] = {
             "input_size": [height, width],

@@ -50,7 +50,9 @@ def save_mobile(
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted = script_or_trace(model, example_input)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(jit|mobile|lite).*deprecated", category=Warning)
+        warnings.filterwarnings(
+            "ignore", message=r".*(jit|mobile|lite).*deprecated", category=Warning
+        )
         try:
             optimized = optimize_for_mobile(scripted)
         except RuntimeError as error:  # e.g. torch built without XNNPACK

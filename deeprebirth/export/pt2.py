@@ -30,7 +30,9 @@ def save_pt2(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(
-        export_program(model, example_input), str(path), extra_files={METADATA_FILE: metadata.to_json()}
+        export_program(model, example_input),
+        str(path),
+        extra_files={METADATA_FILE: metadata.to_json()},
     )
     return path
 

@@ -1,9 +1,8 @@
 // Units of deeprebirth-run: metadata parsing, preprocessing geometry, latency summary and the
 // top-level operator aggregation of the profiler breakdown.
-#include <catch2/catch.hpp>
-
 #include <ATen/ATen.h>
 
+#include <catch2/catch.hpp>
 #include <opencv2/core.hpp>
 #include <stdexcept>
 

@@ -13,7 +13,6 @@ skipped when the runner is not built (``cmake --build build/cmake``).
 
 from __future__ import annotations
 
-import copy
 import subprocess
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from torch import nn
 import deeprebirth
 import deeprebirth.io
 from deeprebirth.export import ExportMetadata, make_portable, read_metadata, uses_deeprebirth_ops
+from deeprebirth.export._exact_fusion import fuse_googlenet_exactly
 from deeprebirth.export.preprocess import eval_batch
 from deeprebirth.models import bvlc_googlenet
-from deeprebirth.models.bvlc_googlenet import Inception
-from deeprebirth.ops import BranchConv2d, ConvPool2d
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated"),
@@ -57,37 +55,9 @@ needs_runner = pytest.mark.skipif(
 # ---- models -------------------------------------------------------------------------------
 
 
-class MergedInception(nn.Module):
-    """An Inception module whose three 1x1 convolutions run as one BranchConv2d (exact)."""
-
-    def __init__(self, inception: Inception) -> None:
-        super().__init__()
-        reducers = [inception.conv_1x1, inception.conv_3x3_reduce, inception.conv_5x5_reduce]
-        self.merged = BranchConv2d.from_convs(reducers, relu=True)
-        self.split_sizes = [conv.out_channels for conv in reducers]
-        self.conv_3x3, self.conv_5x5 = inception.conv_3x3, inception.conv_5x5
-        self.pool, self.pool_proj = inception.pool, inception.pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ones, reduced_3x3, reduced_5x5 = torch.split(self.merged(x), self.split_sizes, 1)
-        return torch.cat(
-            [
-                ones,
-                torch.relu(self.conv_3x3(reduced_3x3)),
-                torch.relu(self.conv_5x5(reduced_5x5)),
-                torch.relu(self.pool_proj(self.pool(x))),
-            ],
-            1,
-        )
-
-
 def slim_googlenet(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with deeprebirth ops: conv1 fused, inception_3a's 1x1s merged."""
-    slim = copy.deepcopy(model)
-    slim.conv1.conv = ConvPool2d.from_modules(model.conv1.conv, model.conv1.pool, relu=True)
-    slim.conv1.relu, slim.conv1.pool = nn.Identity(), nn.Identity()
-    slim.inception_3a = MergedInception(model.inception_3a)
-    return slim.eval()
+    return fuse_googlenet_exactly(model, ["inception_3a"])
 
 
 def _googlenet() -> nn.Module:
@@ -170,11 +140,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def _runner_logits_and_input(
-    model_file: Path, image_paths: list[Path], dump: Path, optimize: bool = True
+    model_file: Path, image_paths: list[Path], dump: Path, optimize: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs deeprebirth-run with --print-logits and --dump-input; returns (logits, input)."""
     args = [str(model_file), "--print-logits", "--dump-input", str(dump), "--threads", "2"]
-    args += [] if optimize else ["--no-optimize"]
+    args += ["--optimize"] if optimize else []
     for path in image_paths:
         args += ["--image", str(path)]
     result = _run(*args)
@@ -196,7 +166,9 @@ def test_all_formats_give_the_eager_logits(name, images, tmp_path):
     model = MODELS[name]()
     example = _example()
     meta = {**METADATA, "source_model": name}
-    ts_file = deeprebirth.export(model, example, "torchscript", out=tmp_path / "m.ts", metadata=meta)
+    ts_file = deeprebirth.export(
+        model, example, "torchscript", out=tmp_path / "m.ts", metadata=meta
+    )
     onnx_file = deeprebirth.export(model, example, "onnx", out=tmp_path / "m.onnx", metadata=meta)
 
     with torch.no_grad():
@@ -215,9 +187,10 @@ def test_all_formats_give_the_eager_logits(name, images, tmp_path):
     if RUNNER is None:
         pytest.skip("deeprebirth-run is not built: C++ runner comparison skipped")
     paths = [images["rgb.jpg"], images["gray.png"]]
-    runner_logits, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in.bin")
-    with torch.no_grad():
-        torch.testing.assert_close(runner_logits, model(runner_input), atol=ATOL, rtol=0)
+    for optimize in (False, True):  # as saved, and with LibTorch's MKLDNN rewrites
+        logits, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in", optimize)
+        with torch.no_grad():
+            torch.testing.assert_close(logits, model(runner_input), atol=ATOL, rtol=0)
 
 
 def test_portable_exports_match_native(tmp_path):
@@ -231,11 +204,17 @@ def test_portable_exports_match_native(tmp_path):
         torch.testing.assert_close(portable(example), expected, atol=1e-5, rtol=0)
         for portable_flag in (False, True):
             ts = deeprebirth.export(
-                slim, example, "torchscript", portable=portable_flag, out=tmp_path / f"{portable_flag}.ts"
+                slim,
+                example,
+                "torchscript",
+                portable=portable_flag,
+                out=tmp_path / f"{portable_flag}.ts",
             )
             graph = str(torch.jit.load(str(ts)).graph)
             assert ("deeprebirth::" in graph) != portable_flag
-            torch.testing.assert_close(torch.jit.load(str(ts))(example), expected, atol=ATOL, rtol=0)
+            torch.testing.assert_close(
+                torch.jit.load(str(ts))(example), expected, atol=ATOL, rtol=0
+            )
 
         # torch.export keeps the deeprebirth ops (native); its portable form is plain torch.export.
         from deeprebirth.export.pt2 import load_pt2
@@ -268,7 +247,9 @@ def test_metadata_rejects_bad_records():
         ExportMetadata(input_size=[96, 96], resize_size=50)
     with pytest.raises(ValueError, match="format"):
         deeprebirth.export(nn.Linear(2, 2), torch.randn(1, 3, 8, 8), format="tflite")
-    record = ExportMetadata.build(torch.randn(1, 3, 64, 80), {"source": "g", "rules": ["a"], "x": 1})
+    record = ExportMetadata.build(
+        torch.randn(1, 3, 64, 80), {"source": "g", "rules": ["a"], "x": 1}
+    )
     assert record.input_size == [64, 80] and record.source_model == "g"
     assert ExportMetadata.from_json(record.to_json()) == record
 
@@ -278,11 +259,13 @@ def test_runner_preprocessing_matches_python(images, googlenet_ts, tmp_path):
     """OpenCV in C++ == the Python eval transform (max abs diff <= 1/255 after normalisation)."""
     ts_file = googlenet_ts
     paths = list(images.values())
-    _, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in.bin", False)
+    _, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in.bin")
     expected = eval_batch(paths, read_metadata(ts_file))
     assert runner_input.shape == expected.shape == (len(paths), 3, CROP, CROP)
     worst = (runner_input - expected).abs().amax(dim=(1, 2, 3))
-    assert worst.max().item() <= 1 / 255, dict(zip([p.name for p in paths], worst.tolist()))
+    assert worst.max().item() <= 1 / 255, dict(
+        zip([p.name for p in paths], worst.tolist(), strict=True)
+    )
     # The 16-bit image keeps its depth (a conversion to 8 bits first would differ by ~1/255).
     assert worst[paths.index(images["deep16.png"])].item() < 1e-4
 
@@ -290,11 +273,23 @@ def test_runner_preprocessing_matches_python(images, googlenet_ts, tmp_path):
 @needs_runner
 def test_runner_top_k_and_bench(images, googlenet_ts):
     ts_file = googlenet_ts
-    result = _run(str(ts_file), "--image", str(images["rgb.jpg"]), "--topk", "3", "--no-optimize")
+    result = _run(str(ts_file), "--image", str(images["rgb.jpg"]), "--topk", "3")
     assert result.returncode == 0, result.stderr
     assert len([line for line in result.stdout.splitlines() if "class_" in line]) == 3
-    result = _run(str(ts_file), "--bench", "--batch", "2", "--warmup", "1", "--iters", "3",
-                  "--profile-iters", "1", "--threads", "1")
+    result = _run(
+        str(ts_file),
+        "--bench",
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+        "--profile-iters",
+        "1",
+        "--threads",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     for field in ("p50", "p90", "p99", "images/s", "peak RSS", "tensor ops", "non-tensor ops"):
         assert field in result.stdout
@@ -332,7 +327,7 @@ def test_runner_bad_inputs_give_messages_and_exit_codes(images, googlenet_ts, tm
         ((str(model_file), "--bench", "--batch", "two"), EXIT_USAGE, "--batch to be an integer"),
     ]
     for args, code, message in cases:
-        result = _run(*args, "--no-optimize")
+        result = _run(*args)
         assert (result.returncode, message in result.stderr) == (code, True), (args, result.stderr)
 
 
@@ -344,9 +339,18 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
         checkpoint, _googlenet(), {"source_model": "bvlc_googlenet", "input_size": [CROP, CROP]}
     )
     out = tmp_path / "g.ts"
-    assert main(["export", str(checkpoint), "--format", "torchscript", "--portable", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["export", str(checkpoint), "--format", "torchscript", "--portable", "--out", str(out)]
+        )
+        == 0
+    )
     meta = read_metadata(out)
-    assert (meta.source_model, meta.input_size, meta.format) == ("bvlc_googlenet", [96, 96], "torchscript")
+    assert (meta.source_model, meta.input_size, meta.format) == (
+        "bvlc_googlenet",
+        [96, 96],
+        "torchscript",
+    )
     assert meta.portable
     capsys.readouterr()
 
