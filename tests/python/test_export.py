@@ -239,7 +239,31 @@ def test_mobile_export_loads_and_matches(tmp_path):
     else:
         loaded = torch.jit.load(str(path))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(example), slim(example), atol=ATOL, rtol=0)
+        expected = slim(example)
+        torch.testing.assert_close(loaded(example), expected, atol=ATOL, rtol=0)
+    if RUNNER is not None:  # LibTorch reads the lite file too
+        result = _run(str(path), "--bench", "--iters", "1", "--warmup", "0", "--profile-iters", "0")
+        assert result.returncode == 0, result.stderr
+
+
+class _NotScriptable(nn.Module):
+    """A model TorchScript cannot compile (``*args``), so the export traces it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.conv(inputs[0]).mean((2, 3))
+
+
+def test_unscriptable_models_are_traced(tmp_path):
+    model = _NotScriptable().eval()
+    example = torch.randn(2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="tracing instead"):
+        path = deeprebirth.export(model, example, "torchscript", out=tmp_path / "t.ts")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(path))(example), model(example))
 
 
 def test_metadata_rejects_bad_records():
