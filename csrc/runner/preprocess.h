@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <opencv2/core.hpp>
 #include <string>
 #include <vector>
