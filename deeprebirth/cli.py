@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "deeprebirth.commands.finetune",
         "layer-wise finetuning of a slimmed model (YAML config)",
     ),
+    "export": (
+        "deeprebirth.commands.export",
+        "export a model file for deployment (TorchScript, ONNX …)",
+    ),
 }
 
 

@@ -1,0 +1,98 @@
+// torch::jit::load (or the lite interpreter) + the deeprebirth.json extra file.
+#include "model.h"
+
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/jit/mobile/import.h>
+#include <torch/csrc/jit/mobile/module.h>
+#include <torch/script.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "errors.h"
+
+namespace deeprebirth::runner {
+
+namespace {
+
+RunnerError model_error(const std::string& path, const std::string& what) {
+  return RunnerError(ExitCode::kModel, "model '" + path + "': " + what);
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// TorchScript, lite and .pt2 files are zip archives: anything else is not a model we can load.
+bool is_zip_archive(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  char magic[4] = {};
+  file.read(magic, sizeof magic);
+  return file.gcount() == 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4;
+}
+
+}  // namespace
+
+LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
+  std::error_code ignored;
+  if (!std::filesystem::is_regular_file(path, ignored)) {
+    throw model_error(path, "file not found");
+  }
+  if (std::filesystem::file_size(path, ignored) == 0) {
+    throw model_error(path, "file is empty");
+  }
+  if (!is_zip_archive(path)) {
+    throw model_error(path,
+                      "not a TorchScript model (not a zip archive; ONNX files run in ONNX "
+                      "Runtime, deeprebirth model checkpoints must be exported first with "
+                      "`deeprebirth export --format torchscript`)");
+  }
+  LoadedModel model;
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  try {
+    auto module = std::make_shared<torch::jit::Module>(torch::jit::load(path, at::kCPU, extra));
+    module->eval();
+    if (optimize) {
+      // Exports are frozen; this adds the MKLDNN rewrites that cannot be saved in the file.
+      *module = torch::jit::optimize_for_inference(*module);
+    }
+    model.forward_ = [module](const at::Tensor& batch) {
+      return module->forward({batch}).toTensor();
+    };
+    model.loader_ = "torchscript";
+  } catch (const c10::Error& jit_error) {
+    try {
+      extra[kMetadataFile] = "";
+      auto module = std::make_shared<torch::jit::mobile::Module>(
+          torch::jit::_load_for_mobile(path, at::kCPU, extra));
+      model.forward_ = [module](const at::Tensor& batch) {
+        return module->forward({batch}).toTensor();
+      };
+      model.loader_ = "lite";
+    } catch (const c10::Error&) {
+      const std::string reason = first_line(jit_error.what_without_backtrace());
+      const bool missing_op = reason.find("deeprebirth::") != std::string::npos;
+      throw model_error(path, (missing_op ? "needs deeprebirth's operators: "
+                                          : "corrupt or not a "
+                                            "TorchScript "
+                                            "model: ") +
+                                  reason);
+    }
+  }
+  if (extra[kMetadataFile].empty()) {
+    throw model_error(path, std::string("carries no ") + kMetadataFile +
+                                " metadata (export it with `deeprebirth export`)");
+  }
+  try {
+    model.metadata_ = parse_metadata(extra[kMetadataFile]);
+  } catch (const std::invalid_argument& error) {
+    throw model_error(path, error.what());
+  }
+  return model;
+}
+
+at::Tensor LoadedModel::forward(const at::Tensor& batch) const {
+  c10::InferenceMode guard;
+  return forward_(batch);
+}
+
+}  // namespace deeprebirth::runner

@@ -1,0 +1,43 @@
+// Image decoding and the evaluation transform, step for step as
+// deeprebirth/export/preprocess.py (the Python side is the specification).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <opencv2/core.hpp>
+#include <string>
+#include <vector>
+
+#include "metadata.h"
+
+namespace deeprebirth::runner {
+
+// Decodes `path` to RGB float32 (CV_32FC3) in [0, 1]: 8-bit / 255, 16-bit / 65535, grayscale
+// replicated, alpha dropped. Throws RunnerError(kImage) for a missing, empty or undecodable file.
+cv::Mat read_image_rgb(const std::string& path);
+
+// The (height, width) after resizing the shorter side to `size` (torchvision's rounding).
+std::array<int64_t, 2> resized_shape(int64_t height, int64_t width, int64_t size);
+
+// Resizes so that the shorter side is `size`: INTER_AREA when shrinking, INTER_LINEAR otherwise.
+cv::Mat resize_shorter_side(const cv::Mat& image, int64_t size);
+
+// The top-left corner of a centred (crop_h, crop_w) window (round half to even, as Python).
+std::array<int64_t, 2> center_crop_offset(int64_t height, int64_t width, int64_t crop_h,
+                                          int64_t crop_w);
+
+// A contiguous copy of the centred crop. Throws std::invalid_argument when the crop is larger.
+cv::Mat center_crop(const cv::Mat& image, int64_t crop_h, int64_t crop_w);
+
+// (x - mean) / std per channel of an RGB CV_32FC3 image, as a (3, H, W) float tensor.
+at::Tensor normalize_to_chw(const cv::Mat& image, const std::array<float, 3>& mean,
+                            const std::array<float, 3>& std);
+
+// The full transform of one file: (3, input_H, input_W).
+at::Tensor preprocess_image(const std::string& path, const ExportMetadata& meta);
+
+// The transforms of several files stacked: (N, 3, input_H, input_W).
+at::Tensor preprocess_batch(const std::vector<std::string>& paths, const ExportMetadata& meta);
+
+}  // namespace deeprebirth::runner

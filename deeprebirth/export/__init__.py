@@ -1,0 +1,129 @@
+"""Export deeprebirth models for deployment: TorchScript, mobile (lite), ONNX and torch.export.
+
+``deeprebirth.export(model, example_input, format=..., portable=..., out=..., metadata=...)``
+writes one file carrying the metadata record (:class:`ExportMetadata`). The package itself is
+callable, so ``deeprebirth.export`` is both this package and the function :func:`export`.
+
+Formats:
+    - ``"torchscript"``: scripted (traced where scripting fails), frozen, optimized for inference;
+      ``torch.jit.load`` / LibTorch ``torch::jit::load`` (deprecated since torch 2.11).
+    - ``"mobile"``: ``optimize_for_mobile`` + lite interpreter where torch still provides it,
+      else TorchScript with a warning (deprecated since torch 2.11).
+    - ``"onnx"``: always portable, for ONNX Runtime.
+    - ``"pt2"``: ``torch.export`` program, the forward path (ExecuTorch / AOTInductor pipelines).
+
+``portable=True`` replaces ConvPool2d / BranchConv2d by standard layers (exact), so the file needs
+no deeprebirth library to load; otherwise the deeprebirth operators stay in the graph.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deeprebirth.export.metadata import FORMATS, METADATA_FILE, METADATA_KEY, ExportMetadata
+from deeprebirth.export.portable import make_portable, uses_deeprebirth_ops
+
+__all__ = [
+    "FORMATS",
+    "METADATA_FILE",
+    "METADATA_KEY",
+    "ExportMetadata",
+    "export",
+    "make_portable",
+    "read_metadata",
+    "uses_deeprebirth_ops",
+]
+
+
+def export(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    format: str = "torchscript",
+    portable: bool = False,
+    out: str | os.PathLike = "model.pt",
+    metadata: Mapping[str, Any] | ExportMetadata | None = None,
+) -> Path:
+    """Writes ``model`` (put in eval mode) to ``out`` in ``format``; returns the path.
+
+    Args:
+        model: the network, e.g. a slimmed GoogLeNet holding ConvPool2d / BranchConv2d modules.
+        example_input: ``(N, 3, H, W)``; its H, W become the metadata ``input_size``.
+        format: one of ``"torchscript"``, ``"mobile"``, ``"onnx"``, ``"pt2"``.
+        portable: replace deeprebirth ops by standard layers (always done for ONNX).
+        out: output file.
+        metadata: an :class:`ExportMetadata`, or a mapping of its fields (e.g. the metadata of a
+            deeprebirth model file: ``source_model``, ``rules_applied``, ``class_names``,
+            ``mean``, ``std``, ``resize_size``).
+
+    Raises:
+        ValueError: unknown format or bad metadata (the message names the field).
+
+    Example:
+        >>> import deeprebirth
+        >>> net = deeprebirth.models.bvlc_googlenet(num_classes=10, width=0.25)
+        >>> deeprebirth.export(net, torch.randn(1, 3, 96, 96), format="onnx", out="/tmp/g.onnx")
+        PosixPath('/tmp/g.onnx')
+    """
+    if format not in FORMATS:
+        raise ValueError(f"expected format to be one of {FORMATS}, but got {format!r}")
+    if isinstance(metadata, ExportMetadata):
+        record = ExportMetadata.from_json(metadata.to_json())
+        record.input_size = [int(s) for s in example_input.shape[2:]]
+    else:
+        record = ExportMetadata.build(example_input, metadata)
+    record.format = format
+    record.portable = bool(portable or format == "onnx" or not uses_deeprebirth_ops(model))
+    model = make_portable(model) if portable else model
+    model = model.eval()
+    if format == "torchscript":
+        from deeprebirth.export.torchscript import save_torchscript as save
+    elif format == "mobile":
+        from deeprebirth.export.mobile import save_mobile as save
+    elif format == "onnx":
+        from deeprebirth.export.onnx import save_onnx as save
+    else:
+        from deeprebirth.export.pt2 import save_pt2 as save
+    with torch.no_grad():
+        return save(model, example_input, out, record)
+
+
+def read_metadata(path: str | os.PathLike) -> ExportMetadata:
+    """The metadata record of any file written by :func:`export` (format from its content).
+
+    Raises:
+        ValueError: the file carries no deeprebirth metadata or is not an exported model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if path.read_bytes()[:4] != b"PK\x03\x04":  # not a zip: TorchScript, lite and pt2 are zips
+        from deeprebirth.export.onnx import read_onnx_metadata
+
+        return read_onnx_metadata(path)
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(f"extra/{METADATA_FILE}") or name.endswith(
+                f"extra/{METADATA_FILE}.json"
+            ):
+                return ExportMetadata.from_json(archive.read(name))
+    raise ValueError(f"{path} carries no deeprebirth metadata ({METADATA_FILE})")
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``deeprebirth.export(...)`` call :func:`export` while staying the package."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,146 @@
+"""The metadata record that travels with every exported file (one JSON schema for all formats).
+
+The record says how to feed the model and what it is, so that loaders (the C++ runner
+``deeprebirth-run``, ONNX Runtime pipelines, :func:`deeprebirth.export.preprocess.eval_transform`)
+need no extra flags::
+
+    {
+      "schema": "deeprebirth-export", "schema_version": 1,
+      "format": "torchscript" | "mobile" | "onnx" | "pt2", "portable": true | false,
+      "input_size": [H, W],        # the centre crop fed to the model
+      "resize_size": int,          # the shorter image side is resized to this before the crop
+      "mean": [r, g, b], "std": [r, g, b],   # on RGB values scaled to [0, 1]
+      "color": "RGB",              # channel order of the model input
+      "class_names": [str, ...],   # may be empty: then loaders print class indices
+      "rules_applied": [str, ...], # surgery rules (e.g. "fold_bn", "streamline:conv1")
+      "source_model": str,         # e.g. "bvlc_googlenet"
+      "deeprebirth_version": str, "torch_version": str
+    }
+
+TorchScript / lite files carry it as the extra file :data:`METADATA_FILE`, ``.pt2`` files as the
+extra file of the same name, ONNX files as ``metadata_props[METADATA_KEY]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from deeprebirth._version import __version__
+
+SCHEMA = "deeprebirth-export"
+SCHEMA_VERSION = 1
+METADATA_FILE = "deeprebirth.json"
+METADATA_KEY = "deeprebirth"
+FORMATS = ("torchscript", "mobile", "onnx", "pt2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ExportMetadata:
+    """The metadata record of an exported model (see the module docstring for the JSON form).
+
+    Example:
+        >>> meta = ExportMetadata(input_size=[96, 96], resize_size=110)
+        >>> ExportMetadata.from_json(meta.to_json()).resize_size
+        110
+    """
+
+    input_size: list[int] = field(default_factory=lambda: [224, 224])
+    resize_size: int = 256
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    color: str = "RGB"
+    class_names: list[str] = field(default_factory=list)
+    rules_applied: list[str] = field(default_factory=list)
+    source_model: str = "unknown"
+    format: str = "torchscript"
+    portable: bool = False
+    deeprebirth_version: str = __version__
+    torch_version: str = torch.__version__
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.input_size = [int(s) for s in self.input_size]
+        self.mean, self.std = [float(m) for m in self.mean], [float(s) for s in self.std]
+        self.class_names, self.rules_applied = list(self.class_names), list(self.rules_applied)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` naming the field when the record is inconsistent."""
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise ValueError(f"expected input_size [H, W] > 0, but got {self.input_size}")
+        if self.resize_size < max(self.input_size):
+            raise ValueError(
+                f"expected resize_size >= the crop {self.input_size}, but got {self.resize_size}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"expected 3 means and 3 positive stds, got {self.mean}, {self.std}")
+        if self.color != "RGB":
+            raise ValueError(f'expected color "RGB", but got {self.color!r}')
+        if self.format not in FORMATS:
+            raise ValueError(f"expected format in {FORMATS}, but got {self.format!r}")
+        if self.schema != SCHEMA or self.schema_version != SCHEMA_VERSION:
+            raise ValueError(
+                f"expected schema {SCHEMA} v{SCHEMA_VERSION}, got {self.schema} v{self.schema_version}"
+            )
+
+    def to_json(self) -> str:
+        """The record as a JSON string (keys sorted)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExportMetadata:
+        """Parses :meth:`to_json` output; unknown keys are ignored (forward compatibility)."""
+        record = json.loads(text)
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object, but got {type(record).__name__}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
+    @classmethod
+    def build(
+        cls,
+        example_input: torch.Tensor,
+        model_metadata: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> ExportMetadata:
+        """The record for a model: crop size from ``example_input`` (N, C, H, W), then the fields
+        of a deeprebirth model file's metadata (``deeprebirth.io.load_model``), then ``overrides``.
+
+        ``resize_size`` defaults to ``round(max(H, W) * 256 / 224)`` (the ImageNet ratio).
+        Keys of ``model_metadata`` that are not record fields are ignored; ``source``/``rules``
+        are accepted as aliases of ``source_model``/``rules_applied``.
+        """
+        if example_input.dim() != 4:
+            raise ValueError(
+                f"expected example_input (N, C, H, W), got {tuple(example_input.shape)}"
+            )
+        height, width = (int(s) for s in example_input.shape[2:])
+        values: dict[str, Any] = {
+            "input_size": [height, width],
+            "resize_size": round(max(height, width) * 256 / 224),
+        }
+        aliases = {"source": "source_model", "rules": "rules_applied", "classes": "class_names"}
+        known = {f.name for f in fields(cls)}
+        for source in (model_metadata or {}), (overrides or {}):
+            for key, value in source.items():
+                key = aliases.get(key, key)
+                if key in known:
+                    values[key] = _plain(value)
+        return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and tensors as lists, so that the record is JSON."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,46 @@
+"""``torch.export`` (``.pt2``) export: the forward path for deployment after TorchScript.
+
+The exported program keeps ``torch.ops.deeprebirth.*`` nodes unless ``portable``; loading such a
+file (``torch.export.load``) needs ``import deeprebirth`` first. The metadata record is the extra
+file ``deeprebirth.json``. AOTInductor packaging (``torch._inductor.aoti_compile_and_package``) is
+not done here: it needs a C++ compiler at export time and produces a platform-specific library.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deeprebirth.export.metadata import METADATA_FILE, ExportMetadata
+
+
+def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` (eval mode) with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: batch},))
+
+
+def save_pt2(
+    model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, metadata: ExportMetadata
+) -> Path:
+    """Writes the exported program of ``model`` with the metadata as extra file; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(
+        export_program(model, example_input),
+        str(path),
+        extra_files={METADATA_FILE: metadata.to_json()},
+    )
+    return path
+
+
+def load_pt2(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, ExportMetadata]:
+    """Loads a file written by :func:`save_pt2`; returns ``(program, metadata)``."""
+    import deeprebirth  # noqa: F401  (registers torch.ops.deeprebirth for native programs)
+
+    extra = {METADATA_FILE: ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    return program, ExportMetadata.from_json(extra[METADATA_FILE])

@@ -1,0 +1,390 @@
+"""Export formats and the C++ runner agree with the eager model.
+
+Models: bvlc_googlenet (width 0.25, 96x96 crop), a hand-made "slim" GoogLeNet holding deeprebirth
+ops (ConvPool2d for conv1, BranchConv2d over inception_3a's 1x1 convolutions) and torchvision's
+resnet18 (random weights; resnet50 takes ~4x longer to export and keeps the suite over its
+2-minute budget on 2 cores). Logits of eager PyTorch, the TorchScript file in Python, the TorchScript
+file in ``deeprebirth-run`` (on the runner's own preprocessed input, read back with
+``--dump-input``) and ONNX Runtime agree within atol 1e-4; portable and native exports agree; the
+runner's OpenCV preprocessing matches :func:`deeprebirth.export.preprocess.eval_transform` within
+1/255 after normalisation; every bad input gives its message and exit code. The C++ parts are
+skipped when the runner is not built (``cmake --build build/cmake``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deeprebirth
+import deeprebirth.io
+from deeprebirth.export import ExportMetadata, make_portable, read_metadata, uses_deeprebirth_ops
+from deeprebirth.export._exact_fusion import fuse_googlenet_exactly
+from deeprebirth.export.preprocess import eval_batch
+from deeprebirth.models import bvlc_googlenet
+
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated"),
+    pytest.mark.filterwarnings(r"ignore:.*lite.*deprecated"),
+    pytest.mark.filterwarnings("ignore:optimize_for_mobile is unavailable"),
+    pytest.mark.filterwarnings("ignore:torchvision's C\\+\\+ operators"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+CROP, RESIZE, CLASSES, ATOL = 96, 110, 10, 1e-4
+# Exit codes of deeprebirth-run (csrc/runner/errors.h).
+EXIT_USAGE, EXIT_MODEL, EXIT_IMAGE, EXIT_BATCH = 2, 3, 4, 5
+
+
+def _runner_binary() -> Path | None:
+    found = sorted((ROOT / "build").glob("**/csrc/runner/deeprebirth-run"))
+    return found[0] if found else None
+
+
+RUNNER = _runner_binary()
+needs_runner = pytest.mark.skipif(
+    RUNNER is None, reason="deeprebirth-run is not built (cmake --build build/cmake)"
+)
+
+
+# ---- models -------------------------------------------------------------------------------
+
+
+def slim_googlenet(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with deeprebirth ops: conv1 fused, inception_3a's 1x1s merged."""
+    return fuse_googlenet_exactly(model, ["inception_3a"])
+
+
+def _googlenet() -> nn.Module:
+    torch.manual_seed(0)
+    return bvlc_googlenet(num_classes=CLASSES, width=0.25).eval()
+
+
+def _resnet18() -> nn.Module:
+    from deeprebirth.compat.torchvision import import_torchvision
+
+    torch.manual_seed(0)
+    model = import_torchvision().models.resnet18(num_classes=CLASSES).eval()
+    with torch.no_grad():  # random BN statistics so that BN folding is exercised
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+MODELS = {
+    "googlenet": _googlenet,
+    "slim_googlenet": lambda: slim_googlenet(_googlenet()),
+    "resnet18": _resnet18,
+}
+METADATA = {
+    "resize_size": RESIZE,
+    "class_names": [f"class_{i}" for i in range(CLASSES)],
+    "rules_applied": [],
+}
+
+
+def _example() -> torch.Tensor:
+    return torch.randn(2, 3, CROP, CROP, generator=torch.Generator().manual_seed(1))
+
+
+# ---- images -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def googlenet_ts(tmp_path_factory) -> Path:
+    """bvlc_googlenet exported once as TorchScript with the test metadata."""
+    out = tmp_path_factory.mktemp("googlenet") / "googlenet.ts"
+    return deeprebirth.export(_googlenet(), _example(), "torchscript", out=out, metadata=METADATA)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """Real image files of every kind the transform converts, written with OpenCV."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+
+    def smooth(height: int, width: int, channels: int) -> np.ndarray:
+        # Natural-looking content: low-frequency gradients plus noise.
+        y, x = np.mgrid[0:height, 0:width] / max(height, width)
+        base = np.stack([np.sin(3 * x + c) * np.cos(2 * y - c) for c in range(channels)], -1)
+        return (base + 0.2 * rng.standard_normal((height, width, channels)) + 1) / 2.4
+
+    files = {
+        "rgb.jpg": (smooth(150, 200, 3) * 255).clip(0, 255).astype(np.uint8),
+        "rgb.png": (smooth(210, 140, 3) * 255).clip(0, 255).astype(np.uint8),
+        "gray.png": (smooth(128, 160, 1)[..., 0] * 255).clip(0, 255).astype(np.uint8),
+        "alpha.png": (smooth(120, 130, 4) * 255).clip(0, 255).astype(np.uint8),
+        "deep16.png": (smooth(140, 120, 3) * 65535).clip(0, 65535).astype(np.uint16),
+        "small.jpg": (smooth(60, 80, 3) * 255).clip(0, 255).astype(np.uint8),  # upscaled
+    }
+    paths = {}
+    for name, pixels in files.items():
+        paths[name] = folder / name
+        assert cv2.imwrite(str(paths[name]), pixels)
+    return paths
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(RUNNER), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _runner_logits_and_input(
+    model_file: Path, image_paths: list[Path], dump: Path, optimize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs deeprebirth-run with --print-logits and --dump-input; returns (logits, input)."""
+    args = [str(model_file), "--print-logits", "--dump-input", str(dump), "--threads", "2"]
+    args += ["--optimize"] if optimize else []
+    for path in image_paths:
+        args += ["--image", str(path)]
+    result = _run(*args)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split()[1:] for line in result.stdout.splitlines() if "logits" in line]
+    logits = torch.tensor([[float(v) for v in row] for row in rows])
+    batch = torch.from_numpy(np.fromfile(dump, dtype=np.float32).copy())
+    return logits, batch.reshape(len(image_paths), 3, CROP, CROP)
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_all_formats_give_the_eager_logits(name, images, tmp_path):
+    """Eager == TorchScript (Python) == TorchScript (C++ runner) == ONNX Runtime, atol 1e-4."""
+    import onnxruntime
+
+    model = MODELS[name]()
+    example = _example()
+    meta = {**METADATA, "source_model": name}
+    ts_file = deeprebirth.export(
+        model, example, "torchscript", out=tmp_path / "m.ts", metadata=meta
+    )
+    onnx_file = deeprebirth.export(model, example, "onnx", out=tmp_path / "m.onnx", metadata=meta)
+
+    with torch.no_grad():
+        expected = model(example)
+        scripted = torch.jit.load(str(ts_file))(example)
+    torch.testing.assert_close(scripted, expected, atol=ATOL, rtol=0)
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_logits), expected, atol=ATOL, rtol=0)
+
+    assert read_metadata(ts_file).source_model == name
+    assert read_metadata(onnx_file).portable
+    assert read_metadata(ts_file).portable == (not uses_deeprebirth_ops(model))
+
+    if RUNNER is None:
+        pytest.skip("deeprebirth-run is not built: C++ runner comparison skipped")
+    paths = [images["rgb.jpg"], images["gray.png"]]
+    for optimize in (False, True):  # as saved, and with LibTorch's MKLDNN rewrites
+        logits, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in", optimize)
+        with torch.no_grad():
+            torch.testing.assert_close(logits, model(runner_input), atol=ATOL, rtol=0)
+
+
+def test_portable_exports_match_native(tmp_path):
+    """The slim model's portable rewrite has no deeprebirth ops and gives the same logits."""
+    slim = slim_googlenet(_googlenet())
+    example = _example()
+    portable = make_portable(slim)
+    assert uses_deeprebirth_ops(slim) and not uses_deeprebirth_ops(portable)
+    with torch.no_grad():
+        expected = slim(example)
+        torch.testing.assert_close(portable(example), expected, atol=1e-5, rtol=0)
+        for portable_flag in (False, True):
+            ts = deeprebirth.export(
+                slim,
+                example,
+                "torchscript",
+                portable=portable_flag,
+                out=tmp_path / f"{portable_flag}.ts",
+            )
+            graph = str(torch.jit.load(str(ts)).graph)
+            assert ("deeprebirth::" in graph) != portable_flag
+            torch.testing.assert_close(
+                torch.jit.load(str(ts))(example), expected, atol=ATOL, rtol=0
+            )
+
+        # torch.export keeps the deeprebirth ops (native); its portable form is plain torch.export.
+        from deeprebirth.export.pt2 import load_pt2
+
+        pt2 = deeprebirth.export(slim, example, "pt2", out=tmp_path / "native.pt2")
+        program, meta = load_pt2(pt2)
+        assert not meta.portable and meta.format == "pt2"
+        assert "deeprebirth" in str(program.graph)
+        torch.testing.assert_close(program.module()(example), expected, atol=ATOL, rtol=0)
+
+
+def test_mobile_export_loads_and_matches(tmp_path):
+    """The lite-interpreter file (or the TorchScript fallback) gives the eager logits."""
+    slim = slim_googlenet(_googlenet())
+    example = _example()
+    path = deeprebirth.export(slim, example, "mobile", out=tmp_path / "m.ptl")
+    meta = read_metadata(path)
+    if meta.format == "mobile":
+        from torch.jit.mobile import _load_for_lite_interpreter
+
+        loaded = _load_for_lite_interpreter(str(path))
+    else:
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        expected = slim(example)
+        torch.testing.assert_close(loaded(example), expected, atol=ATOL, rtol=0)
+    if RUNNER is not None:  # LibTorch reads the lite file too
+        result = _run(str(path), "--bench", "--iters", "1", "--warmup", "0", "--profile-iters", "0")
+        assert result.returncode == 0, result.stderr
+
+
+class _NotScriptable(nn.Module):
+    """A model TorchScript cannot compile (``*args``), so the export traces it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.conv(inputs[0]).mean((2, 3))
+
+
+def test_unscriptable_models_are_traced(tmp_path):
+    model = _NotScriptable().eval()
+    example = torch.randn(2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="tracing instead"):
+        path = deeprebirth.export(model, example, "torchscript", out=tmp_path / "t.ts")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(path))(example), model(example))
+
+
+def test_metadata_rejects_bad_records():
+    with pytest.raises(ValueError, match="resize_size"):
+        ExportMetadata(input_size=[96, 96], resize_size=50)
+    with pytest.raises(ValueError, match="format"):
+        deeprebirth.export(nn.Linear(2, 2), torch.randn(1, 3, 8, 8), format="tflite")
+    record = ExportMetadata.build(
+        torch.randn(1, 3, 64, 80), {"source": "g", "rules": ["a"], "x": 1}
+    )
+    assert record.input_size == [64, 80] and record.source_model == "g"
+    assert ExportMetadata.from_json(record.to_json()) == record
+
+
+@needs_runner
+def test_runner_preprocessing_matches_python(images, googlenet_ts, tmp_path):
+    """OpenCV in C++ == the Python eval transform (max abs diff <= 1/255 after normalisation)."""
+    ts_file = googlenet_ts
+    paths = list(images.values())
+    _, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in.bin")
+    expected = eval_batch(paths, read_metadata(ts_file))
+    assert runner_input.shape == expected.shape == (len(paths), 3, CROP, CROP)
+    worst = (runner_input - expected).abs().amax(dim=(1, 2, 3))
+    assert worst.max().item() <= 1 / 255, dict(
+        zip([p.name for p in paths], worst.tolist(), strict=True)
+    )
+    # The 16-bit image keeps its depth (a conversion to 8 bits first would differ by ~1/255).
+    assert worst[paths.index(images["deep16.png"])].item() < 1e-4
+
+
+@needs_runner
+def test_runner_top_k_and_bench(images, googlenet_ts):
+    ts_file = googlenet_ts
+    result = _run(str(ts_file), "--image", str(images["rgb.jpg"]), "--topk", "3")
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if "class_" in line]) == 3
+    result = _run(
+        str(ts_file),
+        "--bench",
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+        "--profile-iters",
+        "1",
+        "--threads",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    for field in ("p50", "p90", "p99", "images/s", "peak RSS", "tensor ops", "non-tensor ops"):
+        assert field in result.stdout
+
+
+@needs_runner
+def test_runner_bad_inputs_give_messages_and_exit_codes(images, googlenet_ts, tmp_path):
+    model_file = googlenet_ts
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    truncated = tmp_path / "truncated.ts"
+    truncated.write_bytes(model_file.read_bytes()[:5000])
+    checkpoint = tmp_path / "checkpoint.pt"
+    deeprebirth.io.save_model(checkpoint, _googlenet())
+    no_meta = tmp_path / "plain.ts"
+    torch.jit.save(torch.jit.script(nn.Conv2d(3, 4, 3)), str(no_meta))
+    not_image = tmp_path / "fake.jpg"
+    not_image.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    image = str(images["rgb.jpg"])
+    cases = [
+        ((str(tmp_path / "missing.ts"), "--image", image), EXIT_MODEL, "file not found"),
+        ((str(empty), "--image", image), EXIT_MODEL, "file is empty"),
+        ((str(text), "--image", image), EXIT_MODEL, "not a TorchScript model"),
+        ((str(truncated), "--image", image), EXIT_MODEL, "corrupt or not a TorchScript model"),
+        ((str(checkpoint), "--image", image), EXIT_MODEL, "corrupt or not a TorchScript model"),
+        ((str(no_meta), "--image", image), EXIT_MODEL, "carries no deeprebirth.json"),
+        ((str(model_file), "--image", str(tmp_path / "no.jpg")), EXIT_IMAGE, "file not found"),
+        ((str(model_file), "--image", str(empty)), EXIT_IMAGE, "file is empty"),
+        ((str(model_file), "--image", str(not_image)), EXIT_IMAGE, "not a readable image"),
+        ((str(model_file), "--bench", "--batch", "100000000"), EXIT_BATCH, "does not fit"),
+        ((str(model_file),), EXIT_USAGE, "expected --image"),
+        ((str(model_file), "--bench", "--iters", "0"), EXIT_USAGE, "--iters"),
+        ((str(model_file), "--bench", "--batch", "two"), EXIT_USAGE, "--batch to be an integer"),
+    ]
+    for args, code, message in cases:
+        result = _run(*args)
+        assert (result.returncode, message in result.stderr) == (code, True), (args, result.stderr)
+
+
+def test_cli_export_and_its_errors(tmp_path, capsys):
+    from deeprebirth.cli import main
+
+    checkpoint = tmp_path / "g.pt"
+    deeprebirth.io.save_model(
+        checkpoint, _googlenet(), {"source_model": "bvlc_googlenet", "input_size": [CROP, CROP]}
+    )
+    out = tmp_path / "g.ts"
+    assert (
+        main(
+            ["export", str(checkpoint), "--format", "torchscript", "--portable", "--out", str(out)]
+        )
+        == 0
+    )
+    meta = read_metadata(out)
+    assert (meta.source_model, meta.input_size, meta.format) == (
+        "bvlc_googlenet",
+        [96, 96],
+        "torchscript",
+    )
+    assert meta.portable
+    capsys.readouterr()
+
+    assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.ts")]) == 1
+    assert "model file not found" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"garbage")
+    assert main(["export", str(corrupt), "--out", str(tmp_path / "x.ts")]) == 1
+    assert "not a readable deeprebirth model file" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(1)}, foreign)
+    assert main(["export", str(foreign), "--out", str(tmp_path / "x.ts")]) == 1
+    assert "not a deeprebirth model file" in capsys.readouterr().err
