@@ -86,6 +86,10 @@ TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
   m.def(
       "branch_conv(Tensor x, Tensor[] weights, Tensor?[] biases, int[] paddings, int stride, "
       "bool relu) -> Tensor");
+  m.def(
+      "branch_conv_backward(Tensor grad_output, Tensor x, Tensor output, Tensor[] weights, "
+      "int[] paddings, int stride, bool relu, bool[3] output_mask) -> (Tensor grad_x, "
+      "Tensor[] grad_weights, Tensor[] grad_biases)");
 }
 
 }  // namespace deeprebirth::ops

@@ -1,0 +1,80 @@
+// Device-generic forward of branch_conv (see branch_conv_forward.h).
+#include "ops/branch_conv/branch_conv_forward.h"
+
+#include <ATen/ATen.h>
+
+#include "ops/branch_conv/branch_conv_plan.h"
+
+namespace deeprebirth::ops {
+
+namespace {
+
+// conv2d of one run (its concatenated weights and biases) over x, in x's layout.
+at::Tensor run_convolution(const at::Tensor& x, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, const BranchRun& run,
+                           int64_t stride) {
+  return at::conv2d(x, weight, bias, {stride, stride}, {run.padding, run.padding});
+}
+
+// (N*H*W, C) row view of an NCHW-shaped tensor laid out channels_last (a view, no copy).
+at::Tensor pixel_rows(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+
+}  // namespace
+
+void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
+                         const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,
+                         bool relu) {
+  at::Tensor out = out_rows;  // addmm_out/mm_out write through this view into the output
+  if (bias.has_value()) {
+    at::addmm_out(out, *bias, x_rows, weight2d.t());
+  } else {
+    at::mm_out(out, x_rows, weight2d.t());
+  }
+  if (relu) out.clamp_min_(0);
+}
+
+at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
+                               const OptionalTensorList& biases, c10::IntArrayRef paddings,
+                               int64_t stride, bool relu, PointwiseGemmFn gemm) {
+  const BranchConvGeometry g = check_branch_conv_args(x, weights, biases, paddings, stride);
+  const at::MemoryFormat format = branch_conv_output_format(x);
+  const std::vector<BranchRun> runs = same_window_runs(weights, paddings, g);
+  const int64_t total = g.channel_offsets.back();
+  if (x.size(0) == 0) {
+    return at::empty({0, total, g.out_h, g.out_w}, x.options().memory_format(format));
+  }
+
+  if (runs.size() == 1) {  // every branch shares one window: one convolution is the output
+    const BranchRun& run = runs.front();
+    at::Tensor out = run_convolution(x, run_weight(weights, run), run_bias(biases, run, g, x),
+                                     run, stride)
+                         .contiguous(format);
+    if (relu) out.clamp_min_(0);
+    return out;
+  }
+
+  at::Tensor out = at::empty({x.size(0), total, g.out_h, g.out_w}, x.options().memory_format(format));
+  const bool rows_layout = format == at::MemoryFormat::ChannelsLast && stride == 1;
+  at::Tensor x_rows;
+  for (const BranchRun& run : runs) {
+    at::Tensor slice = out.narrow(1, run.channel_begin, run.channels());
+    const at::Tensor weight = run_weight(weights, run);
+    const std::optional<at::Tensor> bias = run_bias(biases, run, g, x);
+    if (run.pointwise() && rows_layout) {
+      if (!x_rows.defined()) x_rows = pixel_rows(x);
+      gemm(pixel_rows(slice), x_rows, weight.reshape({run.channels(), -1}), bias, relu);
+      continue;
+    }
+    const at::Tensor y = run_convolution(x, weight, bias, run, stride);
+    if (relu) {
+      at::clamp_min_out(slice, y, 0);
+    } else {
+      slice.copy_(y);
+    }
+  }
+  return out;
+}
+
+}  // namespace deeprebirth::ops
