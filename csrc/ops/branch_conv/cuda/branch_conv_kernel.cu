@@ -3,7 +3,7 @@
 // channels_last input are one cuBLAS GEMM (ATen addmm_out) written straight into the output's
 // channel slice. fp32/fp16/bf16 as far as ATen's CUDA convolution and GEMM support them.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include "ops/branch_conv/branch_conv.h"
@@ -16,7 +16,7 @@ namespace {
 at::Tensor branch_conv_cuda(const at::Tensor& x, at::TensorList weights,
                             const OptionalTensorList& biases, c10::IntArrayRef paddings,
                             int64_t stride, bool relu) {
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  const c10::DeviceGuard device_guard(x.device());
   return branch_conv_forward(x, weights, biases, paddings, stride, relu, &pointwise_gemm_aten);
 }
 
