@@ -21,6 +21,29 @@ at::Tensor pixel_rows(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
 }
 
+// Splits a 1x1 run back into its branches when concatenating its weights would copy more than
+// the run writes (batch-1 layers with large weights, e.g. inception_5b's 832->384/192/48 at 7x7):
+// the copy would then dominate the call and raise its peak memory above the unmerged reference.
+// Those branches become stride-1 GEMMs straight from the branch's own weight into its slice.
+std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun> runs,
+                                                           at::TensorList weights,
+                                                           int64_t pixels) {
+  std::vector<BranchRun> out;
+  for (const BranchRun& run : runs) {
+    const int64_t weight_numel = run.channels() * weights[run.first].size(1);
+    if (!run.pointwise() || run.last - run.first == 1 || weight_numel <= run.channels() * pixels) {
+      out.push_back(run);
+      continue;
+    }
+    for (int64_t i = run.first, begin = run.channel_begin; i < run.last; ++i) {
+      const int64_t end = begin + weights[i].size(0);
+      out.push_back({i, i + 1, run.kh, run.kw, run.padding, begin, end});
+      begin = end;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
@@ -40,11 +63,14 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
                                int64_t stride, bool relu, PointwiseGemmFn gemm) {
   const BranchConvGeometry g = check_branch_conv_args(x, weights, biases, paddings, stride);
   const at::MemoryFormat format = branch_conv_output_format(x);
-  const std::vector<BranchRun> runs = same_window_runs(weights, paddings, g);
   const int64_t total = g.channel_offsets.back();
-  if (x.size(0) == 0) {
+  const int64_t batch = x.size(0), pixels = batch * g.out_h * g.out_w;
+  if (batch == 0) {
     return at::empty({0, total, g.out_h, g.out_w}, x.options().memory_format(format));
   }
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+  const std::vector<BranchRun> runs =
+      unmerge_weight_heavy_pointwise_runs(same_window_runs(weights, paddings, g), weights, pixels);
 
   if (runs.size() == 1) {  // every branch shares one window: one convolution is the output
     const BranchRun& run = runs.front();
@@ -55,23 +81,29 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
     return out;
   }
 
-  at::Tensor out = at::empty({x.size(0), total, g.out_h, g.out_w}, x.options().memory_format(format));
-  const bool rows_layout = format == at::MemoryFormat::ChannelsLast && stride == 1;
-  at::Tensor x_rows;
+  at::Tensor out = at::empty({batch, total, g.out_h, g.out_w}, x.options().memory_format(format));
+  at::Tensor x_rows, x_nchw;  // GEMM operands, made on first use
   for (const BranchRun& run : runs) {
     at::Tensor slice = out.narrow(1, run.channel_begin, run.channels());
     const at::Tensor weight = run_weight(weights, run);
     const std::optional<at::Tensor> bias = run_bias(biases, run, g, x);
-    if (run.pointwise() && rows_layout) {
+    if (run.pointwise() && stride == 1 && channels_last) {  // all pixels: one GEMM
       if (!x_rows.defined()) x_rows = pixel_rows(x);
       gemm(pixel_rows(slice), x_rows, weight.reshape({run.channels(), -1}), bias, relu);
-      continue;
-    }
-    const at::Tensor y = run_convolution(x, weight, bias, run, stride);
-    if (relu) {
-      at::clamp_min_out(slice, y, 0);
+    } else if (run.pointwise() && stride == 1 && run.last - run.first == 1) {
+      // NCHW, unmerged (weight-heavy, small batch): one GEMM per image into (C, H*W) slices.
+      if (!x_nchw.defined()) x_nchw = x.contiguous();
+      for (int64_t n = 0; n < batch; ++n) {
+        gemm(slice[n].reshape({run.channels(), -1}).t(), x_nchw[n].reshape({x.size(1), -1}).t(),
+             weight.reshape({run.channels(), -1}), bias, relu);
+      }
     } else {
-      slice.copy_(y);
+      const at::Tensor y = run_convolution(x, weight, bias, run, stride);
+      if (relu) {
+        at::clamp_min_out(slice, y, 0);
+      } else {
+        slice.copy_(y);
+      }
     }
   }
   return out;

@@ -11,8 +11,9 @@
 namespace deeprebirth::ops {
 
 // Writes relu?(x_rows @ weight2d^T + bias) into out_rows.
-//   out_rows: (M, C) view of the output with unit column stride and row stride >= C;
-//   x_rows: (M, C_in); weight2d: (C, C_in); bias: (C,) or nullopt.
+//   out_rows: (M, C) view of the output with one unit stride (pixel rows of a channels_last
+//     output, or the transposed (C, H*W) channel slice of one NCHW image);
+//   x_rows: (M, C_in) with one unit stride; weight2d: (C, C_in); bias: (C,) or nullopt.
 using PointwiseGemmFn = void (*)(const at::Tensor& out_rows, const at::Tensor& x_rows,
                                  const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,
                                  bool relu);
@@ -28,6 +29,8 @@ void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
 // branch_conv_output_format(x); a 1x1 stride-1 run over a channels_last input is a GEMM written
 // straight into its channel slice by `gemm`, any other run one convolution whose result is copied
 // into its slice with the ReLU applied on the way (one pass, where relu + cat take two).
+// A 1x1 run whose concatenated weights would outweigh its output is not merged: each branch is
+// a GEMM from its own weight into its slice (in NCHW one per image), so no weight is copied.
 // Smaller kernels are never embedded into a larger window: on the measured shapes (3x3+5x5 pairs)
 // the zero taps cost 1.3-1.6x more than they save (see scripts/bench_branch_conv.py).
 at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
