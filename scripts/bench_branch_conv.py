@@ -65,7 +65,9 @@ QUICK = [INCEPTION_1X1[0], INCEPTION_1X1[6], INCEPTION_1X1[8], REPARAM_PAIRS[0]]
 
 def reference(x, weights, biases, paddings):
     """The unfused sequence, given its best shot: in-place ReLU on each branch, then cat."""
-    outs = [F.conv2d(x, w, b, 1, p).relu_() for w, b, p in zip(weights, biases, paddings, strict=True)]
+    outs = [
+        F.conv2d(x, w, b, 1, p).relu_() for w, b, p in zip(weights, biases, paddings, strict=True)
+    ]
     return torch.cat(outs, 1)
 
 
@@ -85,7 +87,9 @@ def measure(case: Case, batch: int, repeats: int) -> dict:
         "ours cl": lambda: branch_conv(x_cl, w_cl, biases, paddings, relu=True),
     }
     with torch.inference_mode():
-        torch.testing.assert_close(variants["ours cl"](), variants["ref nchw"](), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            variants["ours cl"](), variants["ref nchw"](), rtol=1e-3, atol=1e-3
+        )
     timings = interleaved_timings(variants, repeats=repeats, warmup=3)
     best_ref = min(("ref nchw", "ref cl"), key=lambda k: timings[k].median)
     best_ours = min(("ours nchw", "ours cl"), key=lambda k: timings[k].median)

@@ -35,7 +35,9 @@ def _branch_conv_fake(x, weights, biases, paddings, stride, relu):
 
 
 @torch.library.register_fake("deeprebirth::branch_conv_backward")
-def _branch_conv_backward_fake(grad_output, x, output, weights, paddings, stride, relu, output_mask):
+def _branch_conv_backward_fake(
+    grad_output, x, output, weights, paddings, stride, relu, output_mask
+):
     need_x, need_w, need_b = output_mask
     grad_x = (
         torch.empty_like(x, memory_format=_reference.branch_conv_output_format(x))
@@ -47,7 +49,5 @@ def _branch_conv_backward_fake(grad_output, x, output, weights, paddings, stride
         if need_w
         else []
     )
-    grad_biases = (
-        [grad_output.new_empty((w.shape[0],)) for w in weights] if need_b else []
-    )
+    grad_biases = [grad_output.new_empty((w.shape[0],)) for w in weights] if need_b else []
     return grad_x, grad_weights, grad_biases

@@ -47,8 +47,8 @@ TEST_CASE("branch_conv matches conv2d -> relu -> cat", "[branch_conv]") {
     for (const int64_t stride : {1, 2}) {
       for (const bool relu : {false, true}) {
         const at::Tensor x = at::randn({3, 32, 15, 13});
-        const at::Tensor ref =
-            deeprebirth::ops::branch_conv_reference(x, b.weights, b.biases, b.paddings, stride, relu);
+        const at::Tensor ref = deeprebirth::ops::branch_conv_reference(x, b.weights, b.biases,
+                                                                       b.paddings, stride, relu);
         for (const at::Tensor& input : {x, x.contiguous(at::MemoryFormat::ChannelsLast)}) {
           const at::Tensor out =
               deeprebirth::ops::branch_conv(input, b.weights, b.biases, b.paddings, stride, relu);
@@ -72,8 +72,7 @@ TEST_CASE("branch_conv gradients match autograd through the reference", "[branch
   }
   const at::Tensor grad = at::randn({2, 9, 7, 9}, at::kDouble);
   const auto ours = torch::autograd::grad(
-      {deeprebirth::ops::branch_conv(x, b.weights, b.biases, b.paddings, 1, true)}, inputs,
-      {grad});
+      {deeprebirth::ops::branch_conv(x, b.weights, b.biases, b.paddings, 1, true)}, inputs, {grad});
   const auto ref = torch::autograd::grad(
       {deeprebirth::ops::branch_conv_reference(x, b.weights, b.biases, b.paddings, 1, true)},
       inputs, {grad});

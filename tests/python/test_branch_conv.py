@@ -102,6 +102,17 @@ def test_bfloat16_matches_fp32_reference():
         torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=5e-2)
 
 
+def op_of_flat_params(branches, has_bias, paddings, stride, relu):
+    """``f(x, *weights, *present_biases)`` calling branch_conv: the form gradcheck needs."""
+
+    def fn(x, *params):
+        weights, present = list(params[:branches]), iter(params[branches:])
+        biases = [next(present) if has else None for has in has_bias]
+        return op(x, weights, biases, paddings, stride, relu)
+
+    return fn
+
+
 def test_gradcheck_fp64_every_input():
     rng = random.Random(7)
     checked = 0
@@ -114,12 +125,9 @@ def test_gradcheck_fp64_every_input():
         if checked % 2:
             x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         present = [b for b in biases if b is not None]
-
-        def fn(x, *params, biases=biases, n=len(weights)):
-            ws, bs = list(params[:n]), iter(params[n:])
-            return op(x, ws, [next(bs) if b is not None else None for b in biases],
-                      paddings, stride, relu)  # fmt: skip
-
+        fn = op_of_flat_params(
+            len(weights), [b is not None for b in biases], paddings, stride, relu
+        )
         assert torch.autograd.gradcheck(fn, (x, *weights, *present))
         checked += 1
 

@@ -63,10 +63,10 @@ BranchConvGeometry check_branch_conv_args(const at::Tensor& x, at::TensorList we
       g.out_h = out[0];
       g.out_w = out[1];
     } else {
-      TORCH_CHECK(out[0] == g.out_h && out[1] == g.out_w, kOp, ": branch ", i,
-                  " produces a ", out[0], "x", out[1], " output, but branch 0 produces ", g.out_h,
-                  "x", g.out_w, "; every branch must produce the same spatial size (kernel ",
-                  w.size(2), "x", w.size(3), ", padding ", paddings[i], ", stride ", stride, ")");
+      TORCH_CHECK(out[0] == g.out_h && out[1] == g.out_w, kOp, ": branch ", i, " produces a ",
+                  out[0], "x", out[1], " output, but branch 0 produces ", g.out_h, "x", g.out_w,
+                  "; every branch must produce the same spatial size (kernel ", w.size(2), "x",
+                  w.size(3), ", padding ", paddings[i], ", stride ", stride, ")");
     }
     g.channel_offsets.push_back(g.channel_offsets.back() + w.size(0));
   }

@@ -42,11 +42,10 @@ BranchConvGrads branch_conv_backward_aten(const at::Tensor& grad_output, const a
     for (int64_t i = run.first; need_w && i < run.last; ++i) {
       const int64_t width = g.channel_offsets[i + 1] - g.channel_offsets[i];
       // Each gradient owns its storage (outputs of an op must not alias each other).
-      grad_weights.push_back(
-          run.last - run.first == 1
-              ? gw.contiguous()
-              : gw.narrow(0, g.channel_offsets[i] - run.channel_begin, width)
-                    .clone(at::MemoryFormat::Contiguous));
+      grad_weights.push_back(run.last - run.first == 1
+                                 ? gw.contiguous()
+                                 : gw.narrow(0, g.channel_offsets[i] - run.channel_begin, width)
+                                       .clone(at::MemoryFormat::Contiguous));
     }
   }
   if (need_x) grad_x = grad_x.contiguous(branch_conv_output_format(x));

@@ -26,8 +26,7 @@ at::Tensor pixel_rows(const at::Tensor& t) {
 // the copy would then dominate the call and raise its peak memory above the unmerged reference.
 // Those branches become stride-1 GEMMs straight from the branch's own weight into its slice.
 std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun> runs,
-                                                           at::TensorList weights,
-                                                           int64_t pixels) {
+                                                           at::TensorList weights, int64_t pixels) {
   std::vector<BranchRun> out;
   for (const BranchRun& run : runs) {
     const int64_t weight_numel = run.channels() * weights[run.first].size(1);
@@ -74,9 +73,9 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
 
   if (runs.size() == 1) {  // every branch shares one window: one convolution is the output
     const BranchRun& run = runs.front();
-    at::Tensor out = run_convolution(x, run_weight(weights, run), run_bias(biases, run, g, x),
-                                     run, stride)
-                         .contiguous(format);
+    at::Tensor out =
+        run_convolution(x, run_weight(weights, run), run_bias(biases, run, g, x), run, stride)
+            .contiguous(format);
     if (relu) out.clamp_min_(0);
     return out;
   }

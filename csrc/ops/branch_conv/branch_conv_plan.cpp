@@ -11,13 +11,12 @@ std::vector<BranchRun> same_window_runs(at::TensorList weights, c10::IntArrayRef
   const auto branches = static_cast<int64_t>(weights.size());
   for (int64_t i = 0; i < branches; ++i) {
     const int64_t kh = weights[i].size(2), kw = weights[i].size(3), p = paddings[i];
-    if (!runs.empty() && runs.back().kh == kh && runs.back().kw == kw &&
-        runs.back().padding == p) {
+    if (!runs.empty() && runs.back().kh == kh && runs.back().kw == kw && runs.back().padding == p) {
       runs.back().last = i + 1;
       runs.back().channel_end = geometry.channel_offsets[i + 1];
     } else {
-      runs.push_back({i, i + 1, kh, kw, p, geometry.channel_offsets[i],
-                      geometry.channel_offsets[i + 1]});
+      runs.push_back(
+          {i, i + 1, kh, kw, p, geometry.channel_offsets[i], geometry.channel_offsets[i + 1]});
     }
   }
   return runs;

@@ -1,5 +1,5 @@
-// CPU kernel of deeprebirth::branch_conv: the shared forward (branch_conv_forward.h) with a 1x1 GEMM
-// tiled over output pixels, each tile's bias + ReLU applied while the tile is still in cache.
+// CPU kernel of deeprebirth::branch_conv: the shared forward (branch_conv_forward.h) with a 1x1
+// GEMM tiled over output pixels, each tile's bias + ReLU applied while the tile is still in cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
