@@ -21,16 +21,19 @@ at::Tensor pixel_rows(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
 }
 
-// Splits a 1x1 run back into its branches when concatenating its weights would copy more than
-// the run writes (batch-1 layers with large weights, e.g. inception_5b's 832->384/192/48 at 7x7):
-// the copy would then dominate the call and raise its peak memory above the unmerged reference.
+// Splits a 1x1 run back into its branches when its concatenated weights, counted twice (the copy
+// plus the convolution's own repacking of it), would exceed the run's output (batch-1 layers with
+// large weights, e.g. inception_5b's 832->384/192/48 at 7x7, and 5a/5b at batch 32): the copy
+// would then dominate the call and raise its peak memory above the unmerged reference's
+// (branch outputs + concatenated copy = twice the output).
 // Those branches become stride-1 GEMMs straight from the branch's own weight into its slice.
 std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun> runs,
                                                            at::TensorList weights, int64_t pixels) {
   std::vector<BranchRun> out;
   for (const BranchRun& run : runs) {
     const int64_t weight_numel = run.channels() * weights[run.first].size(1);
-    if (!run.pointwise() || run.last - run.first == 1 || weight_numel <= run.channels() * pixels) {
+    if (!run.pointwise() || run.last - run.first == 1 ||
+        2 * weight_numel <= run.channels() * pixels) {
       out.push_back(run);
       continue;
     }
