@@ -21,19 +21,19 @@ at::Tensor pixel_rows(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
 }
 
-// Splits a 1x1 run back into its branches when its concatenated weights, counted twice (the copy
-// plus the convolution's own repacking of it), would exceed the run's output (batch-1 layers with
-// large weights, e.g. inception_5b's 832->384/192/48 at 7x7, and 5a/5b at batch 32): the copy
-// would then dominate the call and raise its peak memory above the unmerged reference's
-// (branch outputs + concatenated copy = twice the output).
-// Those branches become stride-1 GEMMs straight from the branch's own weight into its slice.
+// A 1x1 run's weights are C x C_in and its output C x pixels (pixels = N * H_out * W_out), so
+// C_in / pixels is what concatenating the run's weights costs relative to what it writes. The
+// reference's peak is about twice the output (branch outputs + their cat).
+
+// Splits a 1x1 run back into its branches when its concatenated weights would exceed its output
+// (C_in > pixels: batch-1 layers with large weights, e.g. inception_4a-5b at 14x14 and 7x7): the
+// copy would dominate the call and raise the peak memory. Each branch then is a GEMM from its own
+// weight straight into its slice.
 std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun> runs,
                                                            at::TensorList weights, int64_t pixels) {
   std::vector<BranchRun> out;
   for (const BranchRun& run : runs) {
-    const int64_t weight_numel = run.channels() * weights[run.first].size(1);
-    if (!run.pointwise() || run.last - run.first == 1 ||
-        2 * weight_numel <= run.channels() * pixels) {
+    if (!run.pointwise() || run.last - run.first == 1 || weights[run.first].size(1) <= pixels) {
       out.push_back(run);
       continue;
     }
@@ -44,6 +44,14 @@ std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun
     }
   }
   return out;
+}
+
+// A merged 1x1 run whose weights exceed half its output (2 * C_in > pixels, e.g. inception_5a/5b
+// at batch 32) goes through a GEMM rather than a convolution: the convolution repacks the
+// concatenated weights once more (oneDNN's blocked layout), which measured 2-3% above the
+// reference's peak memory; the GEMM packs in small blocks.
+bool gemm_saves_memory(const BranchRun& run, at::TensorList weights, int64_t pixels) {
+  return run.pointwise() && 2 * weights[run.first].size(1) > pixels;
 }
 
 }  // namespace
@@ -74,7 +82,8 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
   const std::vector<BranchRun> runs =
       unmerge_weight_heavy_pointwise_runs(same_window_runs(weights, paddings, g), weights, pixels);
 
-  if (runs.size() == 1) {  // every branch shares one window: one convolution is the output
+  if (runs.size() == 1 && !(stride == 1 && gemm_saves_memory(runs.front(), weights, pixels))) {
+    // every branch shares one window: one convolution is the output
     const BranchRun& run = runs.front();
     at::Tensor out =
         run_convolution(x, run_weight(weights, run), run_bias(biases, run, g, x), run, stride)
@@ -92,8 +101,9 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
     if (run.pointwise() && stride == 1 && channels_last) {  // all pixels: one GEMM
       if (!x_rows.defined()) x_rows = pixel_rows(x);
       gemm(pixel_rows(slice), x_rows, weight.reshape({run.channels(), -1}), bias, relu);
-    } else if (run.pointwise() && stride == 1 && run.last - run.first == 1) {
-      // NCHW, unmerged (weight-heavy, small batch): one GEMM per image into (C, H*W) slices.
+    } else if (run.pointwise() && stride == 1 &&
+               (run.last - run.first == 1 || gemm_saves_memory(run, weights, pixels))) {
+      // NCHW, weight-heavy (small batch): one GEMM per image into its (C, H*W) slice.
       if (!x_nchw.defined()) x_nchw = x.contiguous();
       for (int64_t n = 0; n < batch; ++n) {
         gemm(slice[n].reshape({run.channels(), -1}).t(), x_nchw[n].reshape({x.size(1), -1}).t(),
