@@ -29,8 +29,11 @@ void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
 // branch_conv_output_format(x); a 1x1 stride-1 run over a channels_last input is a GEMM written
 // straight into its channel slice by `gemm`, any other run one convolution whose result is copied
 // into its slice with the ReLU applied on the way (one pass, where relu + cat take two).
-// A 1x1 run whose concatenated weights would outweigh its output is not merged: each branch is
-// a GEMM from its own weight into its slice (in NCHW one per image), so no weight is copied.
+// A 1x1 run whose concatenated weights would outweigh its output (C_in > N*H_out*W_out) is not
+// merged: each branch is a GEMM from its own weight into its slice (in NCHW one per image), so no
+// weight is copied; one whose weights exceed half its output (2*C_in > N*H_out*W_out) is merged
+// but computed as a GEMM, which does not repack the weights as the convolution does. Both keep
+// the peak memory under the reference's.
 // Smaller kernels are never embedded into a larger window: on the measured shapes (3x3+5x5 pairs)
 // the zero taps cost 1.3-1.6x more than they save (see scripts/bench_branch_conv.py).
 at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
