@@ -29,4 +29,25 @@ def _conv_pool_fake(
 
 @torch.library.register_fake("deeprebirth::branch_conv")
 def _branch_conv_fake(x, weights, biases, paddings, stride, relu):
-    return _reference.branch_conv_reference(x, weights, biases, paddings, stride, relu)
+    out = _reference.branch_conv_reference(x, weights, biases, paddings, stride, relu)
+    # The kernels lay the output out by branch_conv_output_format (branch_conv_plan.h).
+    return out.contiguous(memory_format=_reference.branch_conv_output_format(x))
+
+
+@torch.library.register_fake("deeprebirth::branch_conv_backward")
+def _branch_conv_backward_fake(
+    grad_output, x, output, weights, paddings, stride, relu, output_mask
+):
+    need_x, need_w, need_b = output_mask
+    grad_x = (
+        torch.empty_like(x, memory_format=_reference.branch_conv_output_format(x))
+        if need_x
+        else None
+    )
+    grad_weights = (
+        [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        if need_w
+        else []
+    )
+    grad_biases = [grad_output.new_empty((w.shape[0],)) for w in weights] if need_b else []
+    return grad_x, grad_weights, grad_biases

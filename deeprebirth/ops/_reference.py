@@ -55,3 +55,14 @@ def branch_conv_reference(
         y = F.conv2d(x, w, b, stride, p)
         outputs.append(F.relu(y) if relu else y)
     return torch.cat(outputs, dim=1)
+
+
+def branch_conv_output_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``branch_conv``'s output and of its gradient w.r.t. ``x``.
+
+    ``torch.channels_last`` when ``x`` is channels_last-contiguous but not plainly contiguous,
+    else ``torch.contiguous_format`` (the rule of the C++ ``branch_conv_output_format``).
+    """
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

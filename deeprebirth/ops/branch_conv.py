@@ -32,7 +32,10 @@ def branch_conv(
         relu: apply ReLU to every branch.
 
     Returns:
-        ``(N, sum C_i, H_out, W_out)``.
+        ``(N, sum C_i, H_out, W_out)``, channels_last when ``x`` is (else contiguous). Branch i
+        owns the channels ``sum(C_j for j < i)`` up to ``sum(C_j for j <= i)``.
+
+    Differentiable w.r.t. ``x``, every weight and every bias (``deeprebirth::branch_conv_backward``).
 
     Raises:
         RuntimeError: bad shapes or branches whose outputs differ in size; the message names the
@@ -88,7 +91,10 @@ class BranchConv2d(nn.Module):
         self.out_channels = list(out_channels)
         kernels = [pair(k, "kernel_sizes") for k in kernel_sizes]
         self.paddings = [k[0] // 2 for k in kernels] if paddings is None else list(paddings)
-        convs = [nn.Conv2d(in_channels, c, k, bias=bias) for c, k in zip(out_channels, kernels, strict=False)]
+        convs = [
+            nn.Conv2d(in_channels, c, k, bias=bias)
+            for c, k in zip(out_channels, kernels, strict=False)
+        ]
         self.weights = nn.ParameterList([nn.Parameter(c.weight.detach().clone()) for c in convs])
         self.biases = (
             nn.ParameterList([nn.Parameter(c.bias.detach().clone()) for c in convs])
@@ -100,10 +106,24 @@ class BranchConv2d(nn.Module):
     def from_convs(cls, convs: Sequence[nn.Conv2d], relu: bool) -> BranchConv2d:
         """Builds the exact merged equivalent of ``cat([relu?(conv(x)) for conv in convs], 1)``.
 
+        Every convolution must read the same input the same way: equal ``in_channels``, equal
+        square stride, dilation 1, groups 1, symmetric zero padding, and the same output size for
+        every input size (equal ``kernel_size - 2 * padding`` per dimension, e.g. 1x1/p0, 3x3/p1,
+        5x5/p2), and all or none with a bias.
+
+        Args:
+            convs: the parallel convolutions, in output-channel order.
+            relu: apply ReLU to every branch (as the Inception branches' own ReLUs do).
+
         Raises:
-            ValueError: the convolutions do not share one input geometry (in_channels, stride,
-                dilation 1, groups 1, zero padding, equal output size); the message names the
-                branch index.
+            ValueError: the convolutions do not share one input geometry; the message names the
+                branch index and every violated condition.
+
+        Example:
+            >>> merged = BranchConv2d.from_convs([nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 3, padding=1)],
+            ...                                  relu=True)
+            >>> [c.kernel_size for c in merged.branches]
+            [(1, 1), (3, 3)]
         """
         convs = list(convs)
         if not convs:
@@ -172,6 +192,7 @@ class BranchConv2d(nn.Module):
         return convs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W) -> (N, sum(out_channels), H_out, W_out)``."""
         weights = list(self.weights)
         biases = [None] * len(weights) if self.biases is None else list(self.biases)
         return torch.ops.deeprebirth.branch_conv(

@@ -63,10 +63,10 @@ BranchConvGeometry check_branch_conv_args(const at::Tensor& x, at::TensorList we
       g.out_h = out[0];
       g.out_w = out[1];
     } else {
-      TORCH_CHECK(out[0] == g.out_h && out[1] == g.out_w, kOp, ": branch ", i,
-                  " produces a ", out[0], "x", out[1], " output, but branch 0 produces ", g.out_h,
-                  "x", g.out_w, "; every branch must produce the same spatial size (kernel ",
-                  w.size(2), "x", w.size(3), ", padding ", paddings[i], ", stride ", stride, ")");
+      TORCH_CHECK(out[0] == g.out_h && out[1] == g.out_w, kOp, ": branch ", i, " produces a ",
+                  out[0], "x", out[1], " output, but branch 0 produces ", g.out_h, "x", g.out_w,
+                  "; every branch must produce the same spatial size (kernel ", w.size(2), "x",
+                  w.size(3), ", padding ", paddings[i], ", stride ", stride, ")");
     }
     g.channel_offsets.push_back(g.channel_offsets.back() + w.size(0));
   }
@@ -86,6 +86,10 @@ TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
   m.def(
       "branch_conv(Tensor x, Tensor[] weights, Tensor?[] biases, int[] paddings, int stride, "
       "bool relu) -> Tensor");
+  m.def(
+      "branch_conv_backward(Tensor grad_output, Tensor x, Tensor output, Tensor[] weights, "
+      "int[] paddings, int stride, bool relu, bool[3] output_mask) -> (Tensor grad_x, "
+      "Tensor[] grad_weights, Tensor[] grad_biases)");
 }
 
 }  // namespace deeprebirth::ops

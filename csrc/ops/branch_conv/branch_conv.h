@@ -12,7 +12,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <array>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace deeprebirth::ops {
@@ -41,5 +43,29 @@ at::Tensor branch_conv_reference(const at::Tensor& x, at::TensorList weights,
 at::Tensor branch_conv(const at::Tensor& x, at::TensorList weights,
                        const OptionalTensorList& biases, c10::IntArrayRef paddings, int64_t stride,
                        bool relu);
+
+// Gradients of branch_conv: (grad_x, grad_weights per branch, grad_biases per branch).
+// Schema (registered in branch_conv.cpp):
+//   branch_conv_backward(Tensor grad_output, Tensor x, Tensor output, Tensor[] weights,
+//                        int[] paddings, int stride, bool relu, bool[3] output_mask)
+//       -> (Tensor grad_x, Tensor[] grad_weights, Tensor[] grad_biases)
+// `output` is branch_conv's result (only read when relu). output_mask says which of x, weights,
+// biases need gradients; an unneeded grad_x is undefined (None) and unneeded lists are empty.
+// grad_biases holds one entry per branch, whether or not that branch has a bias. grad_x is laid
+// out in branch_conv_output_format(x); every gradient of a weight or bias is contiguous.
+using BranchConvGrads = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// The ATen composite that computes the gradients (one convolution_backward per same-window run);
+// the CPU and CUDA kernel of branch_conv_backward.
+BranchConvGrads branch_conv_backward_aten(const at::Tensor& grad_output, const at::Tensor& x,
+                                          const at::Tensor& output, at::TensorList weights,
+                                          c10::IntArrayRef paddings, int64_t stride, bool relu,
+                                          std::array<bool, 3> output_mask);
+
+// Calls deeprebirth::branch_conv_backward through the dispatcher.
+BranchConvGrads branch_conv_backward(const at::Tensor& grad_output, const at::Tensor& x,
+                                     const at::Tensor& output, at::TensorList weights,
+                                     c10::IntArrayRef paddings, int64_t stride, bool relu,
+                                     std::array<bool, 3> output_mask);
 
 }  // namespace deeprebirth::ops

@@ -1,0 +1,127 @@
+// Device-generic forward of branch_conv (see branch_conv_forward.h).
+#include "ops/branch_conv/branch_conv_forward.h"
+
+#include <ATen/ATen.h>
+
+#include "ops/branch_conv/branch_conv_plan.h"
+
+namespace deeprebirth::ops {
+
+namespace {
+
+// conv2d of one run (its concatenated weights and biases) over x, in x's layout.
+at::Tensor run_convolution(const at::Tensor& x, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, const BranchRun& run,
+                           int64_t stride) {
+  return at::conv2d(x, weight, bias, {stride, stride}, {run.padding, run.padding});
+}
+
+// (N*H*W, C) row view of an NCHW-shaped tensor laid out channels_last (a view, no copy).
+at::Tensor pixel_rows(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+
+// A 1x1 run's weights are C x C_in and its output C x pixels (pixels = N * H_out * W_out), so
+// C_in / pixels is what concatenating the run's weights costs relative to what it writes. The
+// reference's peak is about twice the output (branch outputs + their cat).
+
+// Splits a 1x1 run back into its branches when its concatenated weights would exceed its output
+// (C_in > pixels: batch-1 layers with large weights, e.g. inception_4a-5b at 14x14 and 7x7): the
+// copy would dominate the call and raise the peak memory. Each branch then is a GEMM from its own
+// weight straight into its slice.
+std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun> runs,
+                                                           at::TensorList weights, int64_t pixels) {
+  std::vector<BranchRun> out;
+  for (const BranchRun& run : runs) {
+    if (!run.pointwise() || run.last - run.first == 1 || weights[run.first].size(1) <= pixels) {
+      out.push_back(run);
+      continue;
+    }
+    for (int64_t i = run.first, begin = run.channel_begin; i < run.last; ++i) {
+      const int64_t end = begin + weights[i].size(0);
+      out.push_back({i, i + 1, run.kh, run.kw, run.padding, begin, end});
+      begin = end;
+    }
+  }
+  return out;
+}
+
+// A merged 1x1 run whose weights exceed half its output (2 * C_in > pixels, e.g. inception_5a/5b
+// at batch 32) goes through a GEMM rather than a convolution: the convolution repacks the
+// concatenated weights once more (oneDNN's blocked layout), which measured 2-3% above the
+// reference's peak memory; the GEMM packs in small blocks.
+bool gemm_saves_memory(const BranchRun& run, at::TensorList weights, int64_t pixels) {
+  return run.pointwise() && 2 * weights[run.first].size(1) > pixels;
+}
+
+}  // namespace
+
+void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
+                         const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,
+                         bool relu) {
+  at::Tensor out = out_rows;  // addmm_out/mm_out write through this view into the output
+  if (bias.has_value()) {
+    at::addmm_out(out, *bias, x_rows, weight2d.t());
+  } else {
+    at::mm_out(out, x_rows, weight2d.t());
+  }
+  if (relu) out.clamp_min_(0);
+}
+
+at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
+                               const OptionalTensorList& biases, c10::IntArrayRef paddings,
+                               int64_t stride, bool relu, PointwiseGemmFn gemm) {
+  const BranchConvGeometry g = check_branch_conv_args(x, weights, biases, paddings, stride);
+  const at::MemoryFormat format = branch_conv_output_format(x);
+  const int64_t total = g.channel_offsets.back();
+  const int64_t batch = x.size(0), pixels = batch * g.out_h * g.out_w;
+  if (batch == 0) {
+    return at::empty({0, total, g.out_h, g.out_w}, x.options().memory_format(format));
+  }
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+  const std::vector<BranchRun> runs =
+      unmerge_weight_heavy_pointwise_runs(same_window_runs(weights, paddings, g), weights, pixels);
+
+  // NCHW keeps the convolution even for weight-heavy runs: per-image GEMMs measured 1.8x slower
+  // than the reference there at batch 32 (inception_5a/5b).
+  if (runs.size() == 1 &&
+      !(channels_last && stride == 1 && gemm_saves_memory(runs.front(), weights, pixels))) {
+    // every branch shares one window: one convolution is the output
+    const BranchRun& run = runs.front();
+    at::Tensor out =
+        run_convolution(x, run_weight(weights, run), run_bias(biases, run, g, x), run, stride)
+            .contiguous(format);
+    if (relu) out.clamp_min_(0);
+    return out;
+  }
+
+  at::Tensor out = at::empty({batch, total, g.out_h, g.out_w}, x.options().memory_format(format));
+  at::Tensor x_rows, x_nchw;  // GEMM operands, made on first use
+  for (const BranchRun& run : runs) {
+    at::Tensor slice = out.narrow(1, run.channel_begin, run.channels());
+    const at::Tensor weight = run_weight(weights, run);
+    const std::optional<at::Tensor> bias = run_bias(biases, run, g, x);
+    if (run.pointwise() && stride == 1 && channels_last) {  // all pixels: one GEMM
+      if (!x_rows.defined()) x_rows = pixel_rows(x);
+      gemm(pixel_rows(slice), x_rows, weight.reshape({run.channels(), -1}), bias, relu);
+    } else if (run.pointwise() && stride == 1 && run.last - run.first == 1 &&
+               weights[run.first].size(1) > pixels) {
+      // NCHW, unmerged weight-heavy branch (small batch): one GEMM per image into its slice.
+      if (!x_nchw.defined()) x_nchw = x.contiguous();
+      for (int64_t n = 0; n < batch; ++n) {
+        gemm(slice[n].reshape({run.channels(), -1}).t(), x_nchw[n].reshape({x.size(1), -1}).t(),
+             weight.reshape({run.channels(), -1}), bias, relu);
+      }
+    } else {
+      const at::Tensor y = run_convolution(x, weight, bias, run, stride);
+      if (relu) {
+        at::clamp_min_out(slice, y, 0);
+      } else {
+        slice.copy_(y);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace deeprebirth::ops
