@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from deeprebirth.export.metadata import METADATA_FILE, ExportMetadata
-from deeprebirth.export.scriptable import make_scriptable
 
 
 def _first_line(error: Exception) -> str:
@@ -25,10 +24,10 @@ def _first_line(error: Exception) -> str:
 
 
 def script_or_trace(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
-    """``torch.jit.script(model)`` (BranchConv2d in its scriptable form), or
+    """``torch.jit.script(model)``, or
     ``torch.jit.trace(model, example_input)`` when scripting fails (Python constructs TorchScript cannot compile); TorchScript's deprecation warnings
     are silenced here, the fallback is reported as a ``UserWarning``."""
-    model = make_scriptable(model).eval()
+    model = model.eval()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
         try:

@@ -71,6 +71,8 @@ class BranchConv2d(nn.Module):
         True
     """
 
+    __jit_unused_properties__ = ["branches"]  # Python-side helper, not part of the graph
+
     def __init__(
         self,
         in_channels: int,
@@ -96,10 +98,10 @@ class BranchConv2d(nn.Module):
             for c, k in zip(out_channels, kernels, strict=False)
         ]
         self.weights = nn.ParameterList([nn.Parameter(c.weight.detach().clone()) for c in convs])
-        self.biases = (
-            nn.ParameterList([nn.Parameter(c.bias.detach().clone()) for c in convs])
-            if bias
-            else None
+        # Always a ParameterList (empty without bias) so that forward compiles with TorchScript.
+        self.has_bias: bool = bias
+        self.biases = nn.ParameterList(
+            [nn.Parameter(c.bias.detach().clone()) for c in convs] if bias else []
         )
 
     @classmethod
@@ -182,19 +184,28 @@ class BranchConv2d(nn.Module):
                 tuple(w.shape[2:]),
                 stride=self.stride,
                 padding=self.paddings[i],
-                bias=self.biases is not None,
+                bias=self.has_bias,
             ).to(device=w.device, dtype=w.dtype)
             with torch.no_grad():
                 conv.weight.copy_(w)
-                if self.biases is not None:
+                if self.has_bias:
                     conv.bias.copy_(self.biases[i])
             convs.append(conv)
         return convs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, H, W) -> (N, sum(out_channels), H_out, W_out)``."""
-        weights = list(self.weights)
-        biases = [None] * len(weights) if self.biases is None else list(self.biases)
+        # Loops rather than list(ParameterList): TorchScript compiles these.
+        weights: list[torch.Tensor] = []
+        for weight in self.weights:
+            weights.append(weight)
+        biases: list[torch.Tensor | None] = []
+        if self.has_bias:
+            for bias in self.biases:
+                biases.append(bias)
+        else:
+            for _ in range(len(weights)):
+                biases.append(None)
         return torch.ops.deeprebirth.branch_conv(
             x, weights, biases, self.paddings, self.stride, self.relu
         )
@@ -203,5 +214,5 @@ class BranchConv2d(nn.Module):
         kernels = [tuple(w.shape[2:]) for w in self.weights]
         return (
             f"{self.in_channels}, {self.out_channels}, kernels={kernels}, paddings={self.paddings}, "
-            f"stride={self.stride}, bias={self.biases is not None}, relu={self.relu}"
+            f"stride={self.stride}, bias={self.has_bias}, relu={self.relu}"
         )
