@@ -6,14 +6,18 @@ unfused/fused ratio per layout (contiguous, channels_last) and against the unfus
 best layout, and the peak extra resident memory of each (VmHWM, see
 deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
 
-    python scripts/bench_conv_pool.py            # full grid
-    python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats
+    PYTHONPATH=. python scripts/bench_conv_pool.py            # full grid (from the repo root)
+    PYTHONPATH=. python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats
+
+(PYTHONPATH=. makes the checkout's package, with its freshly built extension, win over an
+installed one: a script's own folder, not the working directory, heads sys.path.)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,8 +90,8 @@ def run(layers: Sequence[Layer], batches: Sequence[int], repeats: int) -> list[d
                 fused, unfused = make_variants(layer, batch, layout)
                 variants[f"fused/{layout_name}"] = fused
                 variants[f"unfused/{layout_name}"] = unfused
-            for name, fn in variants.items():
-                memory[name] = peak_extra_memory(fn)
+            for name, fn in variants.items():  # median of 5: RSS readings jitter by ~1 MiB
+                memory[name] = statistics.median(peak_extra_memory(fn) for _ in range(5))
             timings = interleaved_timings(variants, repeats=repeats, warmup=3)
             rows.append({"layer": layer.name, "batch": batch, "t": timings, "mem": memory})
     return rows

@@ -134,19 +134,30 @@ def test_gradcheck(case, bias):
     def fn(*tensors):
         return conv_pool_op(tensors[0], tensors[1], tensors[2] if bias else None, *args)
 
-    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
-def test_gradients_match_unfused_autograd():
-    x = torch.randn(2, 3, 40, 36, requires_grad=True)
-    w = (torch.randn(16, 3, 5, 5) / 75**0.5).requires_grad_()
-    b = torch.randn(16, requires_grad=True)
-    args = ([2, 2], [2, 2], [1, 1], 1, "max", [3, 3], [2, 2], [1, 1], True, True)
-    grad = torch.randn_like(unfused(x, w, b, *args))
-    fused_grads = torch.autograd.grad(conv_pool_op(x, w, b, *args), (x, w, b), grad)
-    ref_grads = torch.autograd.grad(unfused(x, w, b, *args), (x, w, b), grad)
-    for got, want in zip(fused_grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+def test_gradcheck_full_jacobian():
+    """Full (not fast-mode) gradcheck on a tiny case."""
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    args = ([1, 1], [1, 1], [1, 1], 1, "max", [2, 2], [2, 2], [1, 1], True, True)
+    assert torch.autograd.gradcheck(lambda *t: conv_pool_op(*t, *args), (x, w, b))
+
+
+def test_gradients_match_unfused_autograd_over_several_bands():
+    """Large enough that the CPU backward recomputes the convolution in several row bands."""
+    x = torch.randn(2, 3, 120, 100, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(64, 3, 5, 5, dtype=torch.float64) / 75**0.5).requires_grad_()
+    b = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    for pool, relu in [("max", True), ("avg", True), ("avg", False)]:
+        args = ([1, 1], [2, 2], [1, 1], 1, pool, [3, 3], [2, 2], [1, 1], True, relu)
+        grad = torch.randn_like(unfused(x, w, b, *args))
+        fused_grads = torch.autograd.grad(conv_pool_op(x, w, b, *args), (x, w, b), grad)
+        ref_grads = torch.autograd.grad(unfused(x, w, b, *args), (x, w, b), grad)
+        for got, want in zip(fused_grads, ref_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 OPCHECK_CASES = [

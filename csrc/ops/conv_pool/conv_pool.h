@@ -60,6 +60,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_recompute(
     c10::IntArrayRef dilation, int64_t groups, c10::string_view pool, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode, bool relu);
 
+// check_conv_pool_args, and requires `grad` to have the output's shape (N, C_out, out_h, out_w)
+// and x's dtype and device.
+ConvPoolGeometry check_conv_pool_grad_args(const at::Tensor& grad, const at::Tensor& x,
+                                           const at::Tensor& w, const std::optional<at::Tensor>& b,
+                                           const ConvPoolArgs& args);
+
 // Calls deeprebirth::conv_pool_backward through the dispatcher.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,

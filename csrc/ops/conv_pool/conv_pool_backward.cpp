@@ -1,10 +1,24 @@
-// The backward of conv_pool by recomputation (see conv_pool_backward_recompute in conv_pool.h).
+// The backward of conv_pool by recomputation of the whole convolution (see
+// conv_pool_backward_recompute in conv_pool.h): the CUDA backward; the CPU one recomputes by bands.
 #include <ATen/ATen.h>
 
+#include "ops/common/arg_checks.h"
 #include "ops/conv_pool/conv_pool.h"
 #include "ops/conv_pool/conv_pool_tiling.h"
 
 namespace deeprebirth::ops {
+
+ConvPoolGeometry check_conv_pool_grad_args(const at::Tensor& grad, const at::Tensor& x,
+                                           const at::Tensor& w, const std::optional<at::Tensor>& b,
+                                           const ConvPoolArgs& args) {
+  const ConvPoolGeometry geometry = check_conv_pool_args(x, w, b, args);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == w.size(0) &&
+                  grad.size(2) == geometry.out_h && grad.size(3) == geometry.out_w,
+              "conv_pool_backward: expected grad of shape [", x.size(0), ", ", w.size(0), ", ",
+              geometry.out_h, ", ", geometry.out_w, "] (the output's), but got ", grad.sizes());
+  check_same_dtype_and_device(grad, "grad", x, "x", "conv_pool_backward");
+  return geometry;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_recompute(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
@@ -13,12 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_recompute(
     c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode, bool relu) {
   const ConvPoolArgs args{stride,      padding,     dilation,     groups,    parse_pool_kind(pool),
                           pool_kernel, pool_stride, pool_padding, ceil_mode, relu};
-  const ConvPoolGeometry g = check_conv_pool_args(x, w, b, args);
-  // Precondition: grad has the output's shape (N, C_out, out_h, out_w).
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == w.size(0) &&
-                  grad.size(2) == g.out_h && grad.size(3) == g.out_w,
-              "conv_pool_backward: expected grad of shape [", x.size(0), ", ", w.size(0), ", ",
-              g.out_h, ", ", g.out_w, "], but got ", grad.sizes());
+  check_conv_pool_grad_args(grad, x, w, b, args);
   const at::Tensor pre_activation = at::conv2d(x, w, b, stride, padding, dilation, groups);
   const at::Tensor activation = relu ? at::relu(pre_activation) : pre_activation;
   at::Tensor grad_activation;

@@ -9,6 +9,10 @@
 
 namespace deeprebirth::ops {
 
+// Bytes of one convolution tile on the CPU: about half of a 1 MB L2, leaving room for the input
+// rows and the weights.
+constexpr int64_t kCpuTileBytes = 512 * 1024;
+
 // Writes the pooled rows [band.p0, band.p1) of one image into `out_image` (C, out_h, out_w; any
 // strides).
 // Preconditions: `tile` is (1, C, rows, conv_w), channels-last contiguous, holding the convolution

@@ -24,9 +24,8 @@
 namespace deeprebirth::ops {
 namespace {
 
-constexpr int64_t kTileBytes = 512 * 1024;  // one convolution tile: about half of a 1 MB L2
 // Below this many convolution-output bytes per image, banding has nothing to save.
-constexpr int64_t kMinBandedImageBytes = 2 * kTileBytes;
+constexpr int64_t kMinBandedImageBytes = 2 * kCpuTileBytes;
 
 at::Tensor conv_rows(const at::Tensor& input, const at::Tensor& w, const ConvPoolArgs& args,
                      int64_t padding_h) {
@@ -81,7 +80,7 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
 
   const int64_t image_bytes = channels * g.conv_h * g.conv_w * x.element_size();
-  int64_t band_rows = pooled_rows_per_band(g, args, channels, x.element_size(), kTileBytes);
+  int64_t band_rows = pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
   const int64_t threads = at::get_num_threads();
   if (batch < threads) {  // give every thread a band of the few images there are
     const int64_t bands_wanted = (threads + batch - 1) / batch;
@@ -97,9 +96,6 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) {
-  m.impl("conv_pool", &conv_pool_cpu);
-  m.impl("conv_pool_backward", &conv_pool_backward_recompute);
-}
+TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) { m.impl("conv_pool", &conv_pool_cpu); }
 
 }  // namespace deeprebirth::ops
