@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "ops/conv_pool/conv_pool.h"
 #include "ops/conv_pool/conv_pool_tiling.h"
@@ -38,10 +39,15 @@ void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor
                       const ConvPoolGeometry& g, const ConvPoolArgs& args, int64_t band_rows,
                       const at::Tensor& out) {
   const int64_t bands = (g.out_h + band_rows - 1) / band_rows;
+  const int64_t tasks = x.size(0) * bands;
   const at::ThreadLocalState caller_state;  // grad mode and dispatch keys for the workers
-  at::parallel_for(0, x.size(0) * bands, 1, [&](int64_t begin, int64_t end) {
+  // Threads take bands from a shared counter rather than a fixed half each: a thread the OS
+  // preempts (the cores are shared) or a short last band does not leave the other one idle.
+  std::atomic<int64_t> next_task{0};
+  const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     const at::ThreadLocalStateGuard state_guard(caller_state);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next_task++; task < tasks; task = next_task++) {
       const int64_t n = task / bands, p0 = (task % bands) * band_rows;
       const RowBand band = row_band(p0, std::min(g.out_h, p0 + band_rows), g, args, w.size(2));
       const at::Tensor tile = conv_rows(band_input(x.slice(0, n, n + 1), band), w, args, 0);
@@ -82,9 +88,11 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const int64_t image_bytes = channels * g.conv_h * g.conv_w * x.element_size();
   int64_t band_rows = pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
   const int64_t threads = at::get_num_threads();
-  if (batch < threads) {  // give every thread a band of the few images there are
-    const int64_t bands_wanted = (threads + batch - 1) / batch;
-    band_rows = std::min(band_rows, std::max<int64_t>(1, g.out_h / bands_wanted));
+  if (batch < threads) {  // an equal number of equal bands per thread for the few images there are
+    const int64_t bands = (g.out_h + band_rows - 1) / band_rows;
+    const int64_t per_round = (threads + batch - 1) / batch;
+    const int64_t balanced = std::min(g.out_h, (bands + per_round - 1) / per_round * per_round);
+    band_rows = (g.out_h + balanced - 1) / balanced;
   }
   if (image_bytes >= kMinBandedImageBytes && band_rows < g.out_h) {
     conv_pool_banded(x, w, bias, g, args, band_rows, out);
