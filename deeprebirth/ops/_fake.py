@@ -21,10 +21,25 @@ def _conv_pool_fake(
     x, w, b, stride, padding, dilation, groups, pool, pool_kernel, pool_stride, pool_padding,
     ceil_mode, relu,
 ):  # fmt: skip
-    return _reference.conv_pool_reference(
+    out = _reference.conv_pool_reference(
         x, w, b, stride, padding, dilation, groups, pool, pool_kernel, pool_stride, pool_padding,
         ceil_mode, relu,
     )  # fmt: skip
+    return out.contiguous(memory_format=_reference.conv_pool_memory_format(x))
+
+
+@torch.library.register_fake("deeprebirth::conv_pool_backward")
+def _conv_pool_backward_fake(
+    grad, x, w, b, stride, padding, dilation, groups, pool, pool_kernel, pool_stride,
+    pool_padding, ceil_mode, relu,
+):  # fmt: skip
+    def like(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(
+            t.shape, dtype=t.dtype, device=t.device,
+            memory_format=_reference.conv_pool_memory_format(t),
+        )  # fmt: skip
+
+    return like(x), like(w), w.new_empty(w.shape[0])
 
 
 @torch.library.register_fake("deeprebirth::branch_conv")

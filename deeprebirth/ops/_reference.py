@@ -41,6 +41,17 @@ def conv_pool_reference(
     raise RuntimeError(f'conv_pool: expected pool to be "max" or "avg", but got "{pool}"')
 
 
+def conv_pool_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format the conv_pool kernels give their output (t = x) and gradients (t = x, w).
+
+    ``torch.channels_last`` when ``t`` is channels-last contiguous and not also plain contiguous,
+    else ``torch.contiguous_format``; the same rule as ``conv_pool_memory_format`` in
+    csrc/ops/conv_pool/conv_pool_tiling.h.
+    """
+    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def branch_conv_reference(
     x: torch.Tensor,
     weights: Sequence[torch.Tensor],

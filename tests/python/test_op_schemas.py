@@ -24,7 +24,9 @@ def unfused_conv_pool(x, w, b, stride, padding, dilation, groups, pool, pk, ps, 
 
 
 def unfused_branch_conv(x, weights, biases, paddings, stride, relu):
-    outs = [F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=False)]
+    outs = [
+        F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=False)
+    ]
     return torch.cat([F.relu(o) if relu else o for o in outs], 1)
 
 
@@ -43,9 +45,12 @@ CONV_POOL_CASES = [
 @pytest.mark.parametrize("case", CONV_POOL_CASES, ids=lambda c: f"x{c[0]}-w{c[1]}-{c[6]}")
 def test_conv_pool_matches_aten(case, dtype):
     xs, ws, s, p, d, g, pool, (pk, ps, pp), ceil, relu = case
+    # weights scaled by 1/sqrt(fan_in) (as trained layers are): with unit-variance weights a
+    # 576-term sum has magnitude ~24, and oneDNN's tiled vs. whole-image accumulation orders differ
+    # by float rounding (~1e-5 absolute) that rtol cannot absorb near zero.
     x, w, b = (
         torch.randn(xs, dtype=dtype),
-        torch.randn(ws, dtype=dtype),
+        torch.randn(ws, dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5,
         torch.randn(ws[0], dtype=dtype),
     )
     args = ([s, s], [p, p], [d, d], g, pool, [pk, pk], [ps, ps], [pp, pp], ceil, relu)

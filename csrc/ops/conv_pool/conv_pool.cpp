@@ -21,7 +21,8 @@ PoolKind parse_pool_kind(c10::string_view pool) {
 }
 
 ConvPoolGeometry check_conv_pool_args(const at::Tensor& x, const at::Tensor& w,
-                                      const std::optional<at::Tensor>& b, const ConvPoolArgs& args) {
+                                      const std::optional<at::Tensor>& b,
+                                      const ConvPoolArgs& args) {
   check_4d_float(x, kOp, "x");
   check_4d_float(w, kOp, "w");
   check_same_dtype_and_device(w, "w", x, "x", kOp);
@@ -81,11 +82,28 @@ at::Tensor conv_pool(const at::Tensor& x, const at::Tensor& w, const std::option
                  pool_padding, ceil_mode, relu);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+    const std::optional<at::Tensor>& b, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, c10::string_view pool, c10::IntArrayRef pool_kernel,
+    c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode, bool relu) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("deeprebirth::conv_pool_backward", "")
+                       .typed<decltype(conv_pool_backward)>();
+  return op.call(grad, x, w, b, stride, padding, dilation, groups, pool, pool_kernel, pool_stride,
+                 pool_padding, ceil_mode, relu);
+}
+
 TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
   m.def(
       "conv_pool(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, int[2] dilation, "
       "int groups, str pool, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding, "
       "bool ceil_mode, bool relu) -> Tensor");
+  m.def(
+      "conv_pool_backward(Tensor grad, Tensor x, Tensor w, Tensor? b, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups, str pool, int[2] pool_kernel, "
+      "int[2] pool_stride, int[2] pool_padding, bool ceil_mode, bool relu) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace deeprebirth::ops

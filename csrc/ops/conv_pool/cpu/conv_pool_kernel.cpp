@@ -1,11 +1,74 @@
-// CPU kernel of deeprebirth::conv_pool.
-// For now the reference composite; the fused, row-band-tiled kernel replaces it.
+// CPU kernel of deeprebirth::conv_pool: row-band tiled convolution (ATen / oneDNN) with a fused
+// bias + ReLU + pooling epilogue.
+//
+// Two schedules:
+// - banded: at::parallel_for over (image, band of pooled rows). Each task convolves only the input
+//   rows its band needs (one thread, channels-last), pools the tile while it sits in L2 and frees
+//   it; the full pre-pool tensor never exists. Used when an image's convolution output is larger
+//   than one tile (the memory and cache win) or when one image's bands feed both threads.
+// - whole: one multi-threaded at::conv2d over the batch, then the same epilogue in parallel. Used
+//   for small problems, where per-band convolution calls would cost more than they save.
+// Both convolve in channels-last (the fast layout for the epilogue and for oneDNN here) and write
+// the output in conv_pool_memory_format(x).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+
 #include "ops/conv_pool/conv_pool.h"
+#include "ops/conv_pool/conv_pool_tiling.h"
+#include "ops/conv_pool/cpu/bias_relu_pool.h"
 
 namespace deeprebirth::ops {
 namespace {
+
+// Below this many convolution-output bytes per image, banding has nothing to save.
+constexpr int64_t kMinBandedImageBytes = 2 * kCpuTileBytes;
+
+at::Tensor conv_rows(const at::Tensor& input, const at::Tensor& w, const ConvPoolArgs& args,
+                     int64_t padding_h) {
+  return at::conv2d(input.contiguous(at::MemoryFormat::ChannelsLast), w, /*bias=*/{}, args.stride,
+                    {padding_h, args.padding[1]}, args.dilation, args.groups)
+      .contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                      const ConvPoolGeometry& g, const ConvPoolArgs& args, int64_t band_rows,
+                      const at::Tensor& out) {
+  const int64_t bands = (g.out_h + band_rows - 1) / band_rows;
+  const int64_t tasks = x.size(0) * bands;
+  const at::ThreadLocalState caller_state;  // grad mode and dispatch keys for the workers
+  // Threads take bands from a shared counter rather than a fixed half each: a thread the OS
+  // preempts (the cores are shared) or a short last band does not leave the other one idle.
+  std::atomic<int64_t> next_task{0};
+  const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
+    for (int64_t task = next_task++; task < tasks; task = next_task++) {
+      const int64_t n = task / bands, p0 = (task % bands) * band_rows;
+      const RowBand band = row_band(p0, std::min(g.out_h, p0 + band_rows), g, args, w.size(2));
+      const at::Tensor tile = conv_rows(band_input(x.slice(0, n, n + 1), band), w, args, 0);
+      bias_relu_pool_rows_cpu(tile, band.c0, bias, band, g, args, out[n]);
+    }
+  });
+}
+
+void conv_pool_whole(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                     const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
+  const at::Tensor conv = conv_rows(x, w, args, args.padding[0]);
+  const int64_t rows_per_task = std::max<int64_t>(1, (g.out_h + 3) / 4);
+  const int64_t tasks_per_image = (g.out_h + rows_per_task - 1) / rows_per_task;
+  at::parallel_for(0, x.size(0) * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / tasks_per_image, p0 = (task % tasks_per_image) * rows_per_task;
+      const RowBand band = row_band(p0, std::min(g.out_h, p0 + rows_per_task), g, args, w.size(2));
+      bias_relu_pool_rows_cpu(conv[n].unsqueeze(0), 0, bias, band, g, args, out[n]);
+    }
+  });
+}
 
 at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
@@ -15,7 +78,28 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                          bool ceil_mode, bool relu) {
   const ConvPoolArgs args{stride,      padding,     dilation,     groups,    parse_pool_kind(pool),
                           pool_kernel, pool_stride, pool_padding, ceil_mode, relu};
-  return conv_pool_reference(x, w, b, args);
+  const ConvPoolGeometry g = check_conv_pool_args(x, w, b, args);
+  const int64_t batch = x.size(0), channels = w.size(0);
+  at::Tensor out = at::empty({batch, channels, g.out_h, g.out_w},
+                             x.options().memory_format(conv_pool_memory_format(x)));
+  if (batch == 0) return out;
+  const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
+
+  const int64_t image_bytes = channels * g.conv_h * g.conv_w * x.element_size();
+  int64_t band_rows = pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
+  const int64_t threads = at::get_num_threads();
+  if (batch < threads) {  // an equal number of equal bands per thread for the few images there are
+    const int64_t bands = (g.out_h + band_rows - 1) / band_rows;
+    const int64_t per_round = (threads + batch - 1) / batch;
+    const int64_t balanced = std::min(g.out_h, (bands + per_round - 1) / per_round * per_round);
+    band_rows = (g.out_h + balanced - 1) / balanced;
+  }
+  if (image_bytes >= kMinBandedImageBytes && band_rows < g.out_h) {
+    conv_pool_banded(x, w, bias, g, args, band_rows, out);
+  } else {
+    conv_pool_whole(x, w, bias, g, args, out);
+  }
+  return out;
 }
 
 }  // namespace

@@ -1,0 +1,25 @@
+// The CPU epilogue of conv_pool: bias, ReLU and max/avg pooling of one channels-last convolution
+// tile into rows of the output, in one pass over the tile while it is still in cache.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "ops/conv_pool/conv_pool.h"
+#include "ops/conv_pool/conv_pool_tiling.h"
+
+namespace deeprebirth::ops {
+
+// Bytes of one convolution tile on the CPU: one 1 MB L2. Smaller tiles fit L2 with the input rows
+// and weights, but each band costs an oneDNN call and a weight reorder; 1 MB measured better.
+constexpr int64_t kCpuTileBytes = 1024 * 1024;
+
+// Writes the pooled rows [band.p0, band.p1) of one image into `out_image` (C, out_h, out_w; any
+// strides).
+// Preconditions: `tile` is (1, C, rows, conv_w), channels-last contiguous, holding the convolution
+// rows [tile_row0, tile_row0 + rows) without bias, and those rows include band.c0 .. band.c1;
+// `bias` is undefined or a contiguous (C,) tensor; all share one dtype.
+void bias_relu_pool_rows_cpu(const at::Tensor& tile, int64_t tile_row0, const at::Tensor& bias,
+                             const RowBand& band, const ConvPoolGeometry& geometry,
+                             const ConvPoolArgs& args, const at::Tensor& out_image);
+
+}  // namespace deeprebirth::ops

@@ -1,0 +1,97 @@
+// The fused conv_pool CPU kernel, called through the dispatcher, against ATen's unfused
+// conv2d -> relu -> pool, on shapes that take the whole-batch path and the row-band path (several
+// bands per image), in both memory layouts.
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "deeprebirth_ops.h"
+
+namespace {
+
+struct Case {
+  std::vector<int64_t> x, w;
+  int64_t stride, padding, dilation, groups;
+  std::string pool;
+  int64_t pool_kernel, pool_stride, pool_padding;
+  bool ceil_mode, relu;
+};
+
+at::Tensor unfused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const Case& c) {
+  at::Tensor y = at::conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups);
+  if (c.relu) y = at::relu(y);
+  if (c.pool == "max") {
+    return at::max_pool2d(y, c.pool_kernel, c.pool_stride, c.pool_padding, 1, c.ceil_mode);
+  }
+  return at::avg_pool2d(y, c.pool_kernel, c.pool_stride, c.pool_padding, c.ceil_mode, true);
+}
+
+at::Tensor fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const Case& c) {
+  return deeprebirth::ops::conv_pool(x, w, b, {c.stride, c.stride}, {c.padding, c.padding},
+                                     {c.dilation, c.dilation}, c.groups, c.pool,
+                                     {c.pool_kernel, c.pool_kernel}, {c.pool_stride, c.pool_stride},
+                                     {c.pool_padding, c.pool_padding}, c.ceil_mode, c.relu);
+}
+
+}  // namespace
+
+TEST_CASE("fused conv_pool kernel matches the unfused ATen sequence", "[conv_pool][cpu]") {
+  at::manual_seed(0);
+  const std::vector<Case> cases = {
+      // several row bands per image (tiles of ~512 KB): GoogLeNet conv1 / conv2, ResNet-50 stem
+      {{1, 3, 224, 224}, {64, 3, 7, 7}, 2, 3, 1, 1, "max", 3, 2, 0, true, true},
+      {{2, 64, 56, 56}, {192, 64, 3, 3}, 1, 1, 1, 1, "max", 3, 2, 0, true, true},
+      {{1, 3, 224, 224}, {64, 3, 7, 7}, 2, 3, 1, 1, "max", 3, 2, 1, false, true},
+      {{1, 6, 101, 77}, {96, 3, 3, 3}, 1, 2, 2, 2, "avg", 3, 2, 1, true, true},
+      {{1, 6, 101, 77}, {96, 6, 5, 5}, 1, 0, 1, 1, "avg", 2, 2, 0, false, false},
+      // whole-batch path: small images
+      {{3, 8, 17, 13}, {6, 4, 3, 3}, 2, 1, 1, 2, "avg", 3, 2, 1, false, false},
+      {{4, 5, 9, 11}, {7, 5, 1, 1}, 3, 0, 1, 1, "max", 2, 1, 1, true, false},
+      {{0, 4, 9, 9}, {4, 4, 1, 1}, 1, 0, 1, 1, "max", 2, 2, 0, false, true},
+  };
+  for (const auto& c : cases) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.w[1] * c.w[2] * c.w[3]));
+    for (const auto format : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+      const at::Tensor x = at::randn(c.x).contiguous(format);
+      const at::Tensor w = (at::randn(c.w) * scale).contiguous(format);
+      const at::Tensor b = at::randn({c.w[0]});
+      const at::Tensor y = fused(x, w, b, c);
+      const at::Tensor expected = unfused(x, w, b, c);
+      CAPTURE(c.x, c.w, c.pool, static_cast<int>(format));
+      REQUIRE(y.sizes() == expected.sizes());
+      CHECK(at::allclose(y, expected, /*rtol=*/1e-4, /*atol=*/1e-5));
+      const bool channels_last = format == at::MemoryFormat::ChannelsLast && !x.is_contiguous();
+      CHECK(y.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast
+                                          : at::MemoryFormat::Contiguous));
+    }
+  }
+}
+
+TEST_CASE("conv_pool float64 agrees tightly", "[conv_pool][cpu]") {
+  at::manual_seed(1);
+  const Case c{{2, 16, 64, 64}, {128, 16, 3, 3}, 1, 1, 1, 1, "max", 3, 2, 1, true, true};
+  const at::Tensor x = at::randn(c.x, at::kDouble);
+  const at::Tensor w = at::randn(c.w, at::kDouble) / 12.0;
+  const at::Tensor b = at::randn({c.w[0]}, at::kDouble);
+  CHECK(at::allclose(fused(x, w, b, c), unfused(x, w, b, c), 1e-10, 1e-12));
+}
+
+TEST_CASE("conv_pool_backward matches autograd of the unfused sequence", "[conv_pool][autograd]") {
+  at::manual_seed(2);
+  // 64 x 100 doubles per convolution row: the CPU backward recomputes it in several bands
+  const Case c{{2, 3, 120, 100}, {64, 3, 5, 5}, 1, 2, 1, 1, "max", 3, 2, 1, true, true};
+  const at::Tensor x = at::randn(c.x, at::kDouble).requires_grad_();
+  const at::Tensor w = at::randn(c.w, at::kDouble).requires_grad_();
+  const at::Tensor b = at::randn({c.w[0]}, at::kDouble).requires_grad_();
+  const at::Tensor grad = at::randn_like(unfused(x, w, b, c));
+  const auto got = torch::autograd::grad({fused(x, w, b, c)}, {x, w, b}, {grad});
+  const auto want = torch::autograd::grad({unfused(x, w, b, c)}, {x, w, b}, {grad});
+  for (size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    CHECK(at::allclose(got[i], want[i], 1e-9, 1e-10));
+  }
+}

@@ -1,0 +1,246 @@
+"""deeprebirth::conv_pool against torch.nn.functional: a randomized grid, layouts, dtypes,
+autograd (gradcheck), torch.library.opcheck, the Python wrappers and argument errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeprebirth.ops import ConvPool2d, conv_pool
+
+conv_pool_op = torch.ops.deeprebirth.conv_pool
+TOLERANCE = {
+    torch.float32: {"rtol": 1e-4, "atol": 1e-5},
+    torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+    torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2},
+}
+
+
+def unfused(x, w, b, stride, padding, dilation, groups, pool, pk, ps, pp, ceil, relu):
+    """The ATen sequence conv_pool replaces (the independent reference)."""
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    y = F.relu(y) if relu else y
+    if pool == "max":
+        return F.max_pool2d(y, pk, ps, pp, 1, ceil)
+    return F.avg_pool2d(y, pk, ps, pp, ceil, count_include_pad=True)
+
+
+def random_case(rng: random.Random, dtype=torch.float32, max_size: int = 64):
+    """(x, w, b, args) for one random valid configuration of the issue's grid."""
+    while True:
+        groups = rng.choice([1, 1, 1, 2, 3, 4])
+        cin = groups * rng.randint(1, max(1, 64 // groups) if rng.random() < 0.2 else 8)
+        cout = groups * rng.randint(1, 8 if rng.random() < 0.8 else max(1, 64 // groups))
+        kh, kw = rng.randint(1, 7), rng.choice([None, rng.randint(1, 7)])
+        kw = kh if kw is None else kw
+        stride = [rng.randint(1, 3), rng.randint(1, 3)]
+        dilation = [rng.choice([1, 1, 2]), rng.choice([1, 1, 2])]
+        padding = [rng.randint(0, kh // 2 + 1), rng.randint(0, kw // 2 + 1)]
+        h, w_ = rng.randint(1, max_size), rng.randint(1, max_size)
+        pk = [rng.randint(1, 4), rng.randint(1, 4)]
+        ps = [rng.randint(1, 3), rng.randint(1, 3)]
+        pp = [rng.randint(0, pk[0] // 2), rng.randint(0, pk[1] // 2)]
+        conv_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        conv_w = (w_ + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        if (
+            min(conv_h, conv_w) < 1
+            or min(conv_h + 2 * pp[0] - pk[0], conv_w + 2 * pp[1] - pk[1]) < 0
+        ):
+            continue  # no convolution or pooled output: an error case, covered below
+        n = rng.randint(0, 4)
+        x = torch.randn(n, cin, h, w_, dtype=dtype)
+        w = torch.randn(cout, cin // groups, kh, kw, dtype=dtype) / (cin // groups * kh * kw) ** 0.5
+        b = torch.randn(cout, dtype=dtype) if rng.random() < 0.7 else None
+        pool, ceil, relu = rng.choice(["max", "avg"]), rng.random() < 0.5, rng.random() < 0.5
+        args = (stride, padding, dilation, groups, pool, pk, ps, pp, ceil, relu)
+        return x, w, b, args
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_grid_matches_unfused(dtype):
+    rng = random.Random(3 if dtype == torch.float32 else 4)
+    for _ in range(120 if dtype == torch.float32 else 40):
+        x, w, b, args = random_case(rng, dtype)
+        torch.testing.assert_close(
+            conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[dtype],
+            msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
+        )  # fmt: skip
+
+
+# Large enough that the CPU kernel splits each image into several row bands (tiles of ~512 KB).
+BANDED_CASES = [
+    ((2, 3, 224, 224), (64, 3, 7, 7), 2, 3, "max", (3, 2, 0), True, True),  # GoogLeNet conv1
+    ((1, 64, 56, 56), (192, 64, 3, 3), 1, 1, "max", (3, 2, 0), True, True),  # GoogLeNet conv2
+    ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, "max", (3, 2, 1), False, True),  # ResNet-50 stem
+    ((1, 8, 131, 97), (128, 8, 5, 3), 1, 2, "avg", (3, 2, 1), True, True),  # avg + relu, odd
+    ((1, 8, 131, 97), (128, 8, 3, 3), 1, 1, "avg", (2, 2, 0), False, False),  # avg, bias, no relu
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("case", BANDED_CASES, ids=lambda c: f"x{c[0]}-{c[4]}")
+def test_banded_layouts_match_unfused(case, layout):
+    xs, ws, s, p, pool, (pk, ps, pp), ceil, relu = case
+    x = torch.randn(xs)
+    w = torch.randn(ws) / (ws[1] * ws[2] * ws[3]) ** 0.5
+    b = torch.randn(ws[0])
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # every dimension of x non-contiguous
+        x = torch.randn(xs[0], xs[1] * 2, xs[2] + 3, xs[3] * 2)[:, ::2, 1:-2, ::2]
+        w = torch.randn(ws[0] * 2, *ws[1:])[::2] / (ws[1] * ws[2] * ws[3]) ** 0.5
+        b = torch.randn(ws[0] * 3)[::3]
+    args = ([s, s], [p, p], [1, 1], 1, pool, [pk, pk], [ps, ps], [pp, pp], ceil, relu)
+    out = conv_pool_op(x, w, b, *args)
+    torch.testing.assert_close(out, unfused(x, w, b, *args), rtol=1e-4, atol=1e-5)
+    expected_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=expected_format)
+
+
+def test_bfloat16_matches_float32_reference():
+    rng = random.Random(5)
+    for _ in range(5):
+        x, w, b, args = random_case(rng, torch.float32, max_size=32)
+        as_bf16 = [t.bfloat16() if t is not None else None for t in (x, w, b)]
+        out = conv_pool_op(*as_bf16, *args)
+        ref = unfused(*[t.float() if t is not None else None for t in as_bf16], *args)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), ref, **TOLERANCE[torch.bfloat16])
+
+
+GRAD_CASES = [  # x shape, w shape, stride, padding, dilation, groups, pool, pk, ps, pp, ceil, relu
+    ((2, 4, 9, 8), (6, 2, 3, 3), 1, 1, 1, 2, "max", 2, 2, 0, True, True),
+    ((1, 3, 11, 10), (4, 3, 3, 2), 2, 1, 1, 1, "avg", 3, 2, 1, False, True),
+    ((2, 2, 8, 9), (3, 2, 2, 3), 1, 0, 2, 1, "avg", 2, 1, 0, True, False),
+    ((1, 3, 10, 7), (5, 3, 3, 3), 1, 2, 1, 1, "max", 3, 2, 1, False, False),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"x{c[0]}-{c[6]}")
+def test_gradcheck(case, bias):
+    xs, ws, s, p, d, g, pool, pk, ps, pp, ceil, relu = case
+    x = torch.randn(xs, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(ws, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(ws[0], dtype=torch.float64, requires_grad=True) if bias else None
+    args = ([s, s], [p, p], [d, d], g, pool, [pk, pk], [ps, ps], [pp, pp], ceil, relu)
+    inputs = (x, w, b) if bias else (x, w)
+
+    def fn(*tensors):
+        return conv_pool_op(tensors[0], tensors[1], tensors[2] if bias else None, *args)
+
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+def test_gradcheck_full_jacobian():
+    """Full (not fast-mode) gradcheck on a tiny case."""
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    args = ([1, 1], [1, 1], [1, 1], 1, "max", [2, 2], [2, 2], [1, 1], True, True)
+    assert torch.autograd.gradcheck(lambda *t: conv_pool_op(*t, *args), (x, w, b))
+
+
+def test_gradients_match_unfused_autograd_over_several_bands():
+    """Large enough that the CPU backward recomputes the convolution in several row bands."""
+    x = torch.randn(2, 3, 120, 100, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(64, 3, 5, 5, dtype=torch.float64) / 75**0.5).requires_grad_()
+    b = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    for pool, relu in [("max", True), ("avg", True), ("avg", False)]:
+        args = ([1, 1], [2, 2], [1, 1], 1, pool, [3, 3], [2, 2], [1, 1], True, relu)
+        grad = torch.randn_like(unfused(x, w, b, *args))
+        fused_grads = torch.autograd.grad(conv_pool_op(x, w, b, *args), (x, w, b), grad)
+        ref_grads = torch.autograd.grad(unfused(x, w, b, *args), (x, w, b), grad)
+        for got, want in zip(fused_grads, ref_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+OPCHECK_CASES = [
+    ((2, 4, 10, 9), (6, 4, 3, 3), None, "max", True, torch.contiguous_format),
+    ((1, 4, 12, 11), (4, 2, 3, 1), 4, "avg", False, torch.channels_last),
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=["max-nchw", "avg-nhwc"])
+def test_opcheck(case):
+    xs, ws, bias_size, pool, relu, layout = case
+    x = torch.randn(xs).contiguous(memory_format=layout).requires_grad_()
+    w = torch.randn(ws).requires_grad_()
+    groups = xs[1] // ws[1]
+    b = torch.randn(ws[0], requires_grad=True) if bias_size else None
+    args = (x, w, b, [1, 1], [1, 1], [1, 1], groups, pool, [2, 2], [2, 2], [0, 0], True, relu)
+    torch.library.opcheck(
+        conv_pool_op,
+        args,
+        test_utils=(
+            "test_schema", "test_autograd_registration", "test_faketensor",
+            "test_aot_dispatch_dynamic",
+        ),
+    )  # fmt: skip
+
+
+def test_backward_opcheck():
+    x, w, b = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3), torch.randn(4)
+    args = ([1, 1], [1, 1], [1, 1], 1, "max", [2, 2], [2, 2], [0, 0], False, True)
+    grad = torch.randn(2, 4, 4, 4)
+    torch.library.opcheck(
+        torch.ops.deeprebirth.conv_pool_backward,
+        (grad, x, w, b, *args),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_wrapper_and_module_match_layers():
+    conv, pool = nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2), nn.AvgPool2d(3, 2, 1, True)
+    fused = ConvPool2d.from_modules(conv, pool, relu=True)
+    x = torch.randn(3, 6, 29, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), pool(F.relu(conv(x))), rtol=1e-4, atol=1e-5)
+        via_function = conv_pool(
+            x, conv.weight, conv.bias, 2, 1, groups=2, pool="avg", pool_kernel=3, pool_stride=2,
+            pool_padding=1, ceil_mode=True, relu=True,
+        )  # fmt: skip
+        torch.testing.assert_close(via_function, fused(x))
+
+
+def test_module_finetunes_through_the_op():
+    fused = ConvPool2d(3, 4, 3, padding=1, pool="max", pool_kernel=2)
+    x = torch.randn(2, 3, 8, 8)
+    loss = fused(x).square().sum()
+    loss.backward()
+    assert fused.weight.grad is not None and fused.weight.grad.abs().sum() > 0
+    assert fused.bias.grad is not None and fused.bias.grad.shape == (4,)
+
+
+BAD_INPUTS = {  # override -> text the RuntimeError must contain
+    "x": (dict(x=torch.randn(4, 8, 8)), "x"),
+    "w": (dict(w=torch.randn(4, 4, 3)), "w"),
+    "b": (dict(b=torch.randn(3)), "b"),
+    "groups": (dict(groups=3), "groups"),
+    "stride": (dict(stride=[0, 1]), "stride"),
+    "padding": (dict(padding=[-1, 0]), "padding"),
+    "dilation": (dict(dilation=[1, 0]), "dilation"),
+    "pool": (dict(pool="median"), "pool"),
+    "pool_kernel": (dict(pool_kernel=[0, 2]), "pool_kernel"),
+    "pool_stride": (dict(pool_stride=[2, 0]), "pool_stride"),
+    "pool_padding": (dict(pool_padding=[2, 0]), "pool_padding"),
+    "dtype": (dict(b=torch.randn(4, dtype=torch.float64)), "b"),
+}
+
+
+@pytest.mark.parametrize("argument", sorted(BAD_INPUTS))
+def test_bad_input_raises_naming_the_argument(argument):
+    overrides, name = BAD_INPUTS[argument]
+    kwargs = dict(
+        x=torch.randn(1, 4, 8, 8), w=torch.randn(4, 4, 3, 3), b=None, stride=[1, 1],
+        padding=[0, 0], dilation=[1, 1], groups=1, pool="max", pool_kernel=[2, 2],
+        pool_stride=[2, 2], pool_padding=[0, 0], ceil_mode=False, relu=True,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
+        conv_pool_op(**kwargs)
