@@ -122,5 +122,8 @@ def test_corrupt_image_found_while_training_is_skipped(tmp_path):
 
 
 def test_unknown_surgery_rule_is_named_before_training(tmp_path):
-    with pytest.raises(ConfigError, match=r"surgery\.rules: unknown rule\(s\) \['bogus'\]; known rules: .*streamline"):
+    with pytest.raises(
+        ConfigError,
+        match=r"surgery\.rules: unknown rule\(s\) \['bogus'\]; known rules: .*streamline",
+    ):
         check_surgery_rules(tiny_config(tmp_path, "surgery.rules=[streamline,bogus]"))

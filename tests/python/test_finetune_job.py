@@ -174,5 +174,3 @@ def test_image_folder_job_skips_a_corrupt_image_and_counts_it(tmp_path):
         result = run_job(cfg, student=tiny_student)
     assert not result.stopped and len(result.history) == 6
     assert "- unreadable images skipped: 1" in (tmp_path / "run" / "report.md").read_text()
-
-
