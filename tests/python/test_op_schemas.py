@@ -223,3 +223,22 @@ def test_fake_implementations_give_the_real_shapes():
     with FakeTensorMode() as mode:
         fake = conv_pool_op(mode.from_tensor(real_x), mode.from_tensor(real_w), None, *args)
     assert fake.shape == real.shape and fake.dtype == real.dtype
+
+
+def test_torch_export_keeps_the_batch_dynamic():
+    """Neither operator's autograd/fake path specialises a symbolic batch size."""
+    from torch import nn
+
+    from deeprebirth.ops import BranchConv2d, ConvPool2d
+
+    model = nn.Sequential(
+        ConvPool2d(3, 8, 3, padding=1, pool_kernel=2),
+        BranchConv2d.from_convs([nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 3, padding=1)], relu=True),
+    ).eval()
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        program = torch.export.export(
+            model, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},)
+        )
+        x = torch.randn(5, 3, 16, 16)
+        torch.testing.assert_close(program.module()(x), model(x))

@@ -15,10 +15,8 @@ namespace {
 constexpr const char* kOp = "branch_conv";
 }  // namespace
 
-BranchConvGeometry check_branch_conv_args(const at::Tensor& x, at::TensorList weights,
-                                          const OptionalTensorList& biases,
-                                          c10::IntArrayRef paddings, int64_t stride) {
-  check_4d_float(x, kOp, "x");
+void check_branch_conv_list_lengths(at::TensorList weights, const OptionalTensorList& biases,
+                                    c10::IntArrayRef paddings) {
   const auto branches = static_cast<int64_t>(weights.size());
   TORCH_CHECK(branches > 0, kOp, ": expected weights to hold at least one tensor, but it is empty");
   TORCH_CHECK(static_cast<int64_t>(biases.size()) == branches, kOp,
@@ -27,6 +25,14 @@ BranchConvGeometry check_branch_conv_args(const at::Tensor& x, at::TensorList we
   TORCH_CHECK(static_cast<int64_t>(paddings.size()) == branches, kOp,
               ": expected paddings to hold one value per branch, ", branches, " in all, but got ",
               paddings.size(), " (", paddings, ")");
+}
+
+BranchConvGeometry check_branch_conv_args(const at::Tensor& x, at::TensorList weights,
+                                          const OptionalTensorList& biases,
+                                          c10::IntArrayRef paddings, int64_t stride) {
+  check_4d_float(x, kOp, "x");
+  check_branch_conv_list_lengths(weights, biases, paddings);
+  const auto branches = static_cast<int64_t>(weights.size());
   TORCH_CHECK(stride > 0, kOp, ": expected stride > 0, but got ", stride);
 
   BranchConvGeometry g{};

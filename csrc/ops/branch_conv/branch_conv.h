@@ -27,6 +27,11 @@ struct BranchConvGeometry {
   std::vector<int64_t> channel_offsets;  // first output channel of each branch, plus the total
 };
 
+// Requires one bias entry and one padding per weight, and at least one weight. Reads no tensor
+// sizes, so it is safe under symbolic shapes (the autograd kernel calls it before flattening).
+void check_branch_conv_list_lengths(at::TensorList weights, const OptionalTensorList& biases,
+                                    c10::IntArrayRef paddings);
+
 // Validates every argument (non-empty weight list, matching list lengths, ranks, dtypes, devices,
 // input channels, positive stride, non-negative paddings, kernels that fit the padded input, equal
 // output sizes) and returns the sizes. Errors name the branch index.

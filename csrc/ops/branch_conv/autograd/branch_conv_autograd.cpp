@@ -75,9 +75,9 @@ class BranchConvFunction : public torch::autograd::Function<BranchConvFunction> 
 at::Tensor branch_conv_autograd(const at::Tensor& x, at::TensorList weights,
                                 const OptionalTensorList& biases, c10::IntArrayRef paddings,
                                 int64_t stride, bool relu) {
-  // Validate the lists before flattening them (a bias list of the wrong length would otherwise be
-  // silently re-shaped to one entry per branch).
-  check_branch_conv_args(x, weights, biases, paddings, stride);
+  // Validate the list lengths before flattening (a bias list of the wrong length would otherwise be
+  // silently re-shaped to one entry per branch); the kernel below checks the rest.
+  check_branch_conv_list_lengths(weights, biases, paddings);
   std::vector<at::Tensor> present;
   std::vector<int64_t> biased;
   for (size_t i = 0; i < biases.size(); ++i) {
