@@ -8,18 +8,13 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from aten_references import unfused_branch_conv as unfused
 from torch import nn
 
 from deeprebirth.ops import BranchConv2d, branch_conv
 
 op = torch.ops.deeprebirth.branch_conv
 backward_op = torch.ops.deeprebirth.branch_conv_backward
-
-
-def unfused(x, weights, biases, paddings, stride, relu):
-    """The independent reference: one F.conv2d per branch, ReLU, torch.cat."""
-    outs = [F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=True)]
-    return torch.cat([F.relu(o) if relu else o for o in outs], 1)
 
 
 def random_case(rng: random.Random, dtype=torch.float32, requires_grad=False, max_batch=4):

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from aten_references import unfused_conv_pool as unfused
 from torch import nn
 
 from deeprebirth.ops import ConvPool2d, conv_pool
@@ -18,15 +19,6 @@ TOLERANCE = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
     torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2},
 }
-
-
-def unfused(x, w, b, stride, padding, dilation, groups, pool, pk, ps, pp, ceil, relu):
-    """The ATen sequence conv_pool replaces (the independent reference)."""
-    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-    y = F.relu(y) if relu else y
-    if pool == "max":
-        return F.max_pool2d(y, pk, ps, pp, 1, ceil)
-    return F.avg_pool2d(y, pk, ps, pp, ceil, count_include_pad=True)
 
 
 def random_case(rng: random.Random, dtype=torch.float32, max_size: int = 64):

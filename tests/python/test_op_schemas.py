@@ -8,26 +8,12 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from aten_references import unfused_branch_conv, unfused_conv_pool
 
 import deeprebirth  # noqa: F401  (loads the operators)
 
 conv_pool_op = torch.ops.deeprebirth.conv_pool
 branch_conv_op = torch.ops.deeprebirth.branch_conv
-
-
-def unfused_conv_pool(x, w, b, stride, padding, dilation, groups, pool, pk, ps, pp, ceil, relu):
-    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-    y = F.relu(y) if relu else y
-    if pool == "max":
-        return F.max_pool2d(y, pk, ps, pp, 1, ceil)
-    return F.avg_pool2d(y, pk, ps, pp, ceil, count_include_pad=True)
-
-
-def unfused_branch_conv(x, weights, biases, paddings, stride, relu):
-    outs = [
-        F.conv2d(x, w, b, stride, p) for w, b, p in zip(weights, biases, paddings, strict=False)
-    ]
-    return torch.cat([F.relu(o) if relu else o for o in outs], 1)
 
 
 # (x shape, w shape, stride, padding, dilation, groups, pool, pool k/s/p, ceil, relu)
