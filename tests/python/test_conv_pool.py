@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from aten_references import unfused_conv_pool as unfused
+from op_cases import valid_conv_pool_kwargs
 from torch import nn
 
 from deeprebirth.ops import ConvPool2d, conv_pool
@@ -228,11 +229,5 @@ BAD_INPUTS = {  # override -> text the RuntimeError must contain
 @pytest.mark.parametrize("argument", sorted(BAD_INPUTS))
 def test_bad_input_raises_naming_the_argument(argument):
     overrides, name = BAD_INPUTS[argument]
-    kwargs = dict(
-        x=torch.randn(1, 4, 8, 8), w=torch.randn(4, 4, 3, 3), b=None, stride=[1, 1],
-        padding=[0, 0], dilation=[1, 1], groups=1, pool="max", pool_kernel=[2, 2],
-        pool_stride=[2, 2], pool_padding=[0, 0], ceil_mode=False, relu=True,
-    )  # fmt: skip
-    kwargs.update(overrides)
     with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
-        conv_pool_op(**kwargs)
+        conv_pool_op(**valid_conv_pool_kwargs(**overrides))

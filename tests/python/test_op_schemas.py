@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from aten_references import unfused_branch_conv, unfused_conv_pool
+from op_cases import valid_conv_pool_kwargs
 
 import deeprebirth  # noqa: F401  (loads the operators)
 
@@ -107,16 +108,6 @@ def test_branch_conv_mixed_kernels_grid():
         )
 
 
-def _conv_pool_kwargs(**overrides):
-    kwargs = dict(
-        x=torch.randn(1, 4, 8, 8), w=torch.randn(4, 4, 3, 3), b=None, stride=[1, 1],
-        padding=[0, 0], dilation=[1, 1], groups=1, pool="max", pool_kernel=[2, 2],
-        pool_stride=[2, 2], pool_padding=[0, 0], ceil_mode=False, relu=True,
-    )  # fmt: skip
-    kwargs.update(overrides)
-    return kwargs
-
-
 CONV_POOL_BAD = {
     "x rank": (dict(x=torch.randn(4, 8, 8)), "x"),
     "w rank": (dict(w=torch.randn(4, 4, 3)), "w"),
@@ -140,7 +131,7 @@ CONV_POOL_BAD = {
 def test_conv_pool_bad_input_names_the_argument(case):
     overrides, expected = CONV_POOL_BAD[case]
     with pytest.raises(RuntimeError, match=expected):
-        conv_pool_op(**_conv_pool_kwargs(**overrides))
+        conv_pool_op(**valid_conv_pool_kwargs(**overrides))
 
 
 BRANCH_BAD = {
