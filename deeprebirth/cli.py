@@ -14,7 +14,14 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("deeprebirth.commands.info", "print how the operator library was built"),
-    "demo": ("deeprebirth.commands.demo", "run the default end-to-end job on built-in data"),
+    "demo": (
+        "deeprebirth.commands.demo",
+        "the short DeepRebirth pipeline on Fashion-MNIST: teacher, slim, finetune, verify, export",
+    ),
+    "check-ops": (
+        "deeprebirth.commands.check_ops",
+        "check both operators against ATen on GoogLeNet's layer shapes, with timings",
+    ),
     "slim": (
         "deeprebirth.commands.slim",
         "apply slimming rules to a model; write model file + report",

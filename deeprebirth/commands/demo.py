@@ -1,114 +1,150 @@
-"""``deeprebirth demo``: the default end-to-end job on built-in data (no downloads).
+"""``deeprebirth demo``: the short DeepRebirth pipeline on Fashion-MNIST (no downloads).
 
-Builds Caffe's bvlc_googlenet, captures the input of every block it can fuse, and checks both
-operators against the unfused ATen sequence on those real layer shapes:
-``conv_pool`` on the conv1 (7x7/2 -> ReLU -> max 3/2) and conv2 (3x3 -> ReLU -> max 3/2) chains,
-``branch_conv`` on every Inception module's three 1x1 convolutions over the module input.
-It prints the maximum difference and the latency of fused vs. unfused for each site.
+    deeprebirth demo                                  # configs/fashion_mnist_demo.yaml
+    deeprebirth demo teacher.train.steps=200 data.train_limit=5000
+
+Steps, each printed as it runs:
+
+1. **plan**: the sites ``streamline`` + ``branch_slim`` would change in bvlc_googlenet (width 0.25);
+2. **train + slim + layer-wise finetune**: the finetune job (``deeprebirth.train``) trains the
+   teacher, slims it and learns the new blocks bottom to top (accuracy after every stage);
+3. **deploy**: the exact rules (``fuse_conv_pool``, ``merge_branches``) put deeprebirth's fused
+   operators into the student; ``deeprebirth.verify`` checks they change nothing;
+4. **benchmark**: batch-1 latency (interleaved runs) of teacher, student and deployed student;
+5. **export**: TorchScript (native ops) and ONNX (portable) files of the deployed student, each
+   reloaded and compared with eager.
+
+It ends with one table: accuracy and speed before/after. Output files go to ``output_dir``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist_demo.yaml"
+DEPLOY_RULES = ("fuse_conv_pool", "merge_branches")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options: input size, batch, width multiplier, threads, timing repetitions."""
-    parser.add_argument("--image-size", type=int, default=224, help="input height and width")
-    parser.add_argument("--batch", type=int, default=1, help="batch size")
-    parser.add_argument("--width", type=float, default=1.0, help="GoogLeNet channel multiplier")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant")
+    """Options: ``--config FILE`` (default the demo config), ``--repeats``, ``key=value`` overrides."""
+    parser.add_argument("--config", default=str(CONFIG), help="finetune YAML config")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per model")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
-def _median_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+def _banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
 
 
-def _capture_block_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [
-        module.register_forward_pre_hook(
-            lambda m, args, name=name: inputs.setdefault(name, args[0])
+def _show_plan(cfg, example: torch.Tensor) -> Any:
+    """Prints and returns the plan of ``cfg.surgery.rules`` on a fresh model."""
+    import deeprebirth
+    from deeprebirth.train.student import build_model
+
+    plan = deeprebirth.plan(build_model(cfg).eval(), example, rules=list(cfg.surgery.rules))
+    print(plan)
+    return plan
+
+
+def _deploy(student: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
+    """The student with deeprebirth's fused operators (exact) and its verification."""
+    import deeprebirth
+
+    deployed, report = deeprebirth.slim(student.eval(), list(DEPLOY_RULES), example)
+    for site in report.applied:
+        print(f"{site.rule:<16} {' + '.join(site.modules)}")
+    return deployed.eval(), deeprebirth.verify(student, deployed, example)
+
+
+def _export(model: nn.Module, example: torch.Tensor, out: Path, classes: list[str]) -> list[str]:
+    """Writes TorchScript (native ops) and ONNX files; reloads each and compares with eager."""
+    import deeprebirth
+    from deeprebirth.export import load_exported
+
+    with torch.inference_mode():
+        reference = model(example)
+    lines = []
+    for fmt, suffix in (("torchscript", "ts"), ("onnx", "onnx")):
+        path = deeprebirth.export(
+            model,
+            example,
+            format=fmt,
+            out=out / f"student.{suffix}",
+            metadata={"class_names": classes, "source_model": "bvlc_googlenet (slim)"},
         )
-        for name, module in model.named_children()
-    ]
-    with torch.no_grad():
-        model(x)
-    for hook in hooks:
-        hook.remove()
-    return inputs
+        diff = (load_exported(path)(example) - reference).abs().max().item()
+        lines.append(f"{fmt:<12} {path}  max|logits - eager| = {diff:.2e}")
+    return lines
 
 
-def _fusion_sites(model: nn.Module, inputs: dict[str, torch.Tensor]):
-    """Yields (site, fused callable, unfused callable) for every fusable block."""
-    from deeprebirth import ops
-
-    stem = [("conv1", model.conv1.conv, model.conv1.pool, inputs["conv1"])]
-    # conv2's 3x3 reads the output of its 1x1 reducer; its max-pool comes after LRN, so the
-    # fusable chain is conv -> ReLU -> pool with LRN dropped (as streamline slimming does).
-    reduced = F.relu(model.conv2.reduce(inputs["conv2"]))
-    stem.append(("conv2", model.conv2.conv, model.conv2.pool, reduced))
-    for name, conv, pool, x in stem:
-        fused = ops.ConvPool2d.from_modules(conv, pool, relu=True)
-        yield (
-            f"{name}: conv {tuple(conv.weight.shape)} + relu + maxpool",
-            lambda fused=fused, x=x: fused(x),
-            lambda conv=conv, pool=pool, x=x: pool(F.relu(conv(x))),
+def _summary(history: list[dict], latency_ms: dict[str, float], plan: Any) -> str:
+    """Accuracy, latency and (the plan's) activation memory of teacher and student."""
+    teacher = next(h for h in history if h["label"] == "teacher")
+    student = history[-1]
+    act_kib = {"teacher": plan.before.act_bytes / 1024, "student": plan.after.act_bytes / 1024}
+    act_kib["student (deployed)"] = act_kib["student"]
+    rows = [f"{'model':<20} {'top-1 %':>8} {'latency ms':>11} {'speed-up':>9} {'act. KiB':>9}"]
+    for name, top1 in (
+        ("teacher", teacher["top1"]),
+        ("student", student["top1"]),
+        ("student (deployed)", student["top1"]),
+    ):
+        ms = latency_ms[name]
+        rows.append(
+            f"{name:<20} {top1:>8.2f} {ms:>11.3f} {latency_ms['teacher'] / ms:>8.2f}x "
+            f"{act_kib[name]:>9.1f}"
         )
-    for name, module in model.named_children():
-        if not hasattr(module, "conv_3x3_reduce"):
-            continue
-        convs = [module.conv_1x1, module.conv_3x3_reduce, module.conv_5x5_reduce]
-        merged = ops.BranchConv2d.from_convs(convs, relu=True)
-        x = inputs[name]
-        yield (
-            f"{name}: 1x1 convs {x.shape[1]}->{[c.out_channels for c in convs]}",
-            lambda merged=merged, x=x: merged(x),
-            lambda convs=convs, x=x: torch.cat([F.relu(c(x)) for c in convs], 1),
-        )
+    rows.append(f"accuracy change: {student['top1'] - teacher['top1']:+.2f} points top-1")
+    rows.append("act. KiB: activation memory of one image estimated by the plan")
+    return "\n".join(rows)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the demo; returns 0 when every site matches its reference, 1 otherwise."""
-    import deeprebirth
+    """Runs the pipeline; 0 on success, 1 if the exact deployment changed the outputs,
+    2 on a configuration or data error."""
+    from deeprebirth.train.config import ConfigError, load_config
+    from deeprebirth.train.data import DataError
+    from deeprebirth.train.job import run_job
+    from deeprebirth.utils.benchmark import interleaved_timings, machine_line
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    info = deeprebirth.build_info()
-    print("deeprebirth", info["version"], "| torch", info["torch_runtime_version"], "|",
-          info["parallel_backend"], f"{info['num_threads']} threads | CUDA kernels:",
-          info["with_cuda"])  # fmt: skip
-    model = deeprebirth.models.bvlc_googlenet(width=args.width).eval()
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size)
-    inputs = _capture_block_inputs(model, x)
-    print(f"bvlc_googlenet width {args.width}, input {tuple(x.shape)}\n")
-    header = f"{'site':<58} {'max|diff|':>10} {'fused ms':>9} {'unfused ms':>10} {'ratio':>6}"
-    print(header + "\n" + "-" * len(header))
-    all_match = True
-    with torch.no_grad():
-        for site, fused, unfused in _fusion_sites(model, inputs):
-            out, ref = fused(), unfused()
-            diff = (out - ref).abs().max().item()
-            match = torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
-            all_match &= match
-            t_fused = _median_ms(fused, args.repeats)
-            t_unfused = _median_ms(unfused, args.repeats)
-            flag = "" if match else "  MISMATCH"
-            print(f"{site:<58} {diff:>10.2e} {t_fused:>9.2f} {t_unfused:>10.2f} "
-                  f"{t_unfused / t_fused:>5.2f}x{flag}")  # fmt: skip
-    print("\nall operators match their ATen references" if all_match else "\nMISMATCH found")
-    return 0 if all_match else 1
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+    except ConfigError as error:
+        print(f"deeprebirth demo: {error}", file=sys.stderr)
+        return 2
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    m = cfg.model
+    example = torch.randn(1, m.in_channels, m.input_size, m.input_size)
+    print(machine_line())
+    _banner(f"1/5 plan: {cfg.surgery.rules} on {m.name} width {m.width}, input {m.input_size}")
+    plan = _show_plan(cfg, example)
+    _banner("2/5 teacher -> slim -> layer-wise finetune (deeprebirth finetune)")
+    try:
+        result = run_job(cfg)
+    except (ConfigError, DataError) as error:
+        print(f"deeprebirth demo: {error}", file=sys.stderr)
+        return 2
+    _banner(f"3/5 deploy: exact rules {list(DEPLOY_RULES)}")
+    deployed, check = _deploy(result.student.cpu(), example)
+    print(check)
+    _banner(f"4/5 benchmark: batch 1, {torch.get_num_threads()} threads, {args.repeats} runs")
+    models = {"teacher": result.teacher, "student": result.student, "student (deployed)": deployed}
+    models = {name: model.cpu().eval() for name, model in models.items()}
+    with torch.inference_mode():
+        calls = {name: (lambda m=model: m(example)) for name, model in models.items()}
+        timings = interleaved_timings(calls, repeats=args.repeats)
+    latency_ms = {name: timings[name].median for name in models}
+    _banner("5/5 export")
+    classes = [str(c) for c in range(m.num_classes)]
+    print("\n".join(_export(deployed, example, result.output_dir, classes)))
+    _banner("summary")
+    print(_summary(result.history, latency_ms, plan))
+    print(f"report: {result.output_dir / 'report.md'}")
+    return 0 if check.ok else 1

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deeprebirth.export.loading import load_exported
 from deeprebirth.export.metadata import FORMATS, METADATA_FILE, METADATA_KEY, ExportMetadata
 from deeprebirth.export.portable import make_portable, uses_deeprebirth_ops
 
@@ -37,6 +38,7 @@ __all__ = [
     "METADATA_KEY",
     "ExportMetadata",
     "export",
+    "load_exported",
     "make_portable",
     "read_metadata",
     "uses_deeprebirth_ops",

@@ -28,6 +28,9 @@ INCEPTION_CONFIG: dict[str, tuple[int, int, int, int, int, int, int]] = {
 }
 
 
+INIT_SCHEMES = ("caffe", "kaiming")
+
+
 def _lrn() -> nn.Module:
     """Caffe's LRN (local_size 5, alpha 1e-4, beta 0.75) as used by bvlc_googlenet."""
     return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
@@ -123,11 +126,18 @@ class BVLCGoogLeNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 1000, width: float = 1.0, lrn: bool = True, in_channels: int = 3
+        self,
+        num_classes: int = 1000,
+        width: float = 1.0,
+        lrn: bool = True,
+        in_channels: int = 3,
+        init: str = "caffe",
     ) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"expected width > 0, but got {width}")
+        if init not in INIT_SCHEMES:
+            raise ValueError(f"init: expected one of {list(INIT_SCHEMES)}, but got {init!r}")
 
         def scaled(channels: int) -> int:
             return max(1, round(channels * width))
@@ -147,14 +157,20 @@ class BVLCGoogLeNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.4)
         self.classifier = nn.Linear(channels, num_classes)
-        self.reset_parameters()
+        self.reset_parameters(init)
 
-    def reset_parameters(self) -> None:
-        """Caffe's initialisation for bvlc_googlenet: Xavier weights, constant 0.2 conv biases."""
+    def reset_parameters(self, init: str = "caffe") -> None:
+        """Initialises every layer: ``"caffe"`` is bvlc_googlenet's own (Xavier weights, constant
+        0.2 conv biases); ``"kaiming"`` (He normal, fan-in, zero biases) trains a network without
+        BatchNorm from scratch several times faster, e.g. a small teacher on Fashion-MNIST."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.constant_(module.bias, 0.2)
+                if init == "kaiming":
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                    nn.init.zeros_(module.bias)
+                else:
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.constant_(module.bias, 0.2)
             elif isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -168,7 +184,11 @@ class BVLCGoogLeNet(nn.Module):
 
 
 def bvlc_googlenet(
-    num_classes: int = 1000, width: float = 1.0, lrn: bool = True, in_channels: int = 3
+    num_classes: int = 1000,
+    width: float = 1.0,
+    lrn: bool = True,
+    in_channels: int = 3,
+    init: str = "caffe",
 ) -> BVLCGoogLeNet:
     """Builds Caffe's bvlc_googlenet (3.17 GFLOP at 224x224, width 1).
 
@@ -177,10 +197,14 @@ def bvlc_googlenet(
         width: channel multiplier for every layer (e.g. 0.25 for small-scale runs).
         lrn: keep the two LocalResponseNorm layers (False replaces them with Identity).
         in_channels: input image channels.
+        init: ``"caffe"`` (the original's Xavier + 0.2 bias) or ``"kaiming"``; see
+            :meth:`BVLCGoogLeNet.reset_parameters`.
 
     Example:
         >>> model = bvlc_googlenet(num_classes=10, width=0.25).eval()
         >>> model(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 10])
     """
-    return BVLCGoogLeNet(num_classes=num_classes, width=width, lrn=lrn, in_channels=in_channels)
+    return BVLCGoogLeNet(
+        num_classes=num_classes, width=width, lrn=lrn, in_channels=in_channels, init=init
+    )

@@ -36,6 +36,7 @@ class ModelConfig:
     in_channels: int = 3
     num_classes: int = 1000
     lrn: bool = True
+    init: str = "caffe"  # caffe (bvlc_googlenet's own) | kaiming (trains from scratch faster)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TeacherTrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"
+    warmup_steps: int = 0
     label_smoothing: float = 0.0
 
 
@@ -164,6 +166,7 @@ class FinetuneConfig:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("imagenet", "fashion_mnist", "synthetic"),
+    "model.init": ("caffe", "kaiming"),
     "surgery.init": ("xavier", "inherit"),
     "data.fit": ("resize", "pad"),
     "schedule.mode": ("layerwise", "all_at_once"),
@@ -192,6 +195,7 @@ _NON_NEGATIVE = (
     "schedule.kd_weight",
     "teacher.train.epochs",
     "teacher.train.steps",
+    "teacher.train.warmup_steps",
     "eval_batch_size",
     "data.max_corrupt_fraction",
     "debug.stop_after_steps",

@@ -216,7 +216,7 @@ class _Job:
         if phase.kind == "teacher":
             t = cfg.teacher.train
             opt = build_optimizer(groups, t.optimizer, t.momentum, t.weight_decay)
-            return opt, build_scheduler(opt, phase.steps, t.lr_schedule)
+            return opt, build_scheduler(opt, phase.steps, t.lr_schedule, t.warmup_steps)
         o, s = cfg.optimizer, cfg.lr_schedule
         opt = build_optimizer(groups, o.name, o.momentum, o.weight_decay, o.nesterov)
         return opt, build_scheduler(opt, phase.steps, s.name, s.warmup_steps, s.step_size, s.gamma)
@@ -418,12 +418,30 @@ class _Job:
                 )
             if phase.kind == "teacher":
                 self._evaluate(state, state.teacher, "teacher", phase)
+                self._save_teacher(state)
             elif phase.kind == "finetune" or cfg.schedule.eval_after_regression:
                 self._evaluate(state, state.working, phase.name, phase)
             state.phase_index, state.step = state.phase_index + 1, 0
             state.optimizer = state.scheduler = None
             self._save(state)
         return self._finish(state)
+
+    def _save_teacher(self, state: _State) -> None:
+        """Writes the trained teacher (``teacher.pt``) as soon as stage 0 ends, so later runs can
+        start from it with ``teacher.weights=.../teacher.pt``."""
+        if self.ctx.is_main:
+            teacher_cpu = copy.deepcopy(state.teacher).cpu()
+            io.save_model(self.out / "teacher.pt", teacher_cpu, self._model_metadata(None))
+
+    def _model_metadata(self, stages: list[list[str]] | None) -> dict[str, Any]:
+        """The metadata record saved with ``teacher.pt`` / ``student.pt``."""
+        cfg = self.cfg
+        return {
+            "source": cfg.model.name,
+            "input_size": cfg.model.input_size,
+            "classes": self.data.classes,
+            "stages": stages,
+        }
 
     def _finish(self, state: _State) -> JobResult:
         cfg = self.cfg
@@ -439,14 +457,8 @@ class _Job:
                 speed = measure_speed(
                     {"teacher": teacher_cpu, "student": student_cpu}, shape, cfg.latency_repeats
                 )
-            meta = {
-                "source": cfg.model.name,
-                "input_size": cfg.model.input_size,
-                "classes": self.data.classes,
-                "stages": state.stages,
-            }
-            io.save_model(self.out / "student.pt", student_cpu, meta)
-            io.save_model(self.out / "teacher.pt", teacher_cpu, {**meta, "stages": None})
+            io.save_model(self.out / "student.pt", student_cpu, self._model_metadata(state.stages))
+            io.save_model(self.out / "teacher.pt", teacher_cpu, self._model_metadata(None))
             summary = {
                 "model": f"{cfg.model.name} width {cfg.model.width}, input {cfg.model.input_size}",
                 "data": cfg.data.name,

@@ -24,7 +24,9 @@ def build_model(cfg) -> nn.Module:
             f"model.name: expected a model of deeprebirth.models (e.g. bvlc_googlenet), but got {cfg.model.name!r}"
         )
     m = cfg.model
-    return factory(num_classes=m.num_classes, width=m.width, lrn=m.lrn, in_channels=m.in_channels)
+    return factory(
+        num_classes=m.num_classes, width=m.width, lrn=m.lrn, in_channels=m.in_channels, init=m.init
+    )
 
 
 def load_teacher(cfg) -> tuple[nn.Module, bool]:

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "name", ["synthetic_smoke", "fashion_mnist_googlenet", "imagenet_googlenet"]
+    "name",
+    ["synthetic_smoke", "fashion_mnist_googlenet", "fashion_mnist_demo", "imagenet_googlenet"],
 )
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")

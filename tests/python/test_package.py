@@ -61,10 +61,10 @@ def _ignore_shim_warning():
     return ctx()
 
 
-def test_cli_info_and_demo_run(capsys):
+def test_cli_info_and_check_ops_run(capsys):
     from deeprebirth.cli import main
 
     assert main(["info"]) == 0
     assert '"version"' in capsys.readouterr().out
-    assert main(["demo", "--image-size", "96", "--width", "0.25", "--repeats", "1"]) == 0
+    assert main(["check-ops", "--image-size", "96", "--width", "0.25", "--repeats", "1"]) == 0
     assert "all operators match" in capsys.readouterr().out
