@@ -7,8 +7,11 @@ runner in alternating runs (A B A B …); the Python numbers come from
 Prints slim/original ratios (< 1 means slim is faster or smaller) and the machine line.
 
 The slim model is ``--slim FILE`` (a deeprebirth model file, e.g. from ``deeprebirth slim``);
-without it, an exactly fused GoogLeNet stands in (conv1 as ConvPool2d, every Inception module's
-1x1 convolutions as one BranchConv2d: same logits, fewer non-tensor operators).
+without it, ``deeprebirth.slim`` of the original with the paper's rules (streamline: conv1 and
+conv2 without their pools and LRNs; branch_slim: narrower 3x3/5x5 reducers) and the exact rules
+(fold_bn, fuse_conv_pool, merge_branches: each Inception module's 1x1 convolutions as one
+BranchConv2d). Its new layers are Xavier-initialised, not finetuned: latency does not depend on
+the weights.
 
     python scripts/bench_runner.py --threads 2 --rounds 3 --iters 50
 """
@@ -31,10 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 import deeprebirth  # noqa: E402
 import deeprebirth.io  # noqa: E402
-from deeprebirth.export._exact_fusion import fuse_googlenet_exactly  # noqa: E402
 from deeprebirth.models import bvlc_googlenet  # noqa: E402
 from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
 
+# GoogLeNet-Slim: the paper's slimming, then the exact rules (as scripts/bench_models.py).
+SLIM_RULES = ["streamline", "branch_slim", "fold_bn", "fuse_conv_pool", "merge_branches"]
 RUNNER_FIELDS = {
     "p50_ms": r"p50 ([\d.]+)",
     "p90_ms": r"p90 ([\d.]+)",
@@ -65,7 +69,8 @@ def find_runner() -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--slim", help="slim deeprebirth model file (default: exact fused stand-in)"
+        "--slim",
+        help=f"slim deeprebirth model file (default: deeprebirth.slim with {','.join(SLIM_RULES)})",
     )
     parser.add_argument("--original", help="original model file (default: bvlc_googlenet)")
     parser.add_argument("--image-size", type=int, default=224)
@@ -81,11 +86,13 @@ def main() -> int:
     original = (
         deeprebirth.io.load_model(args.original)[0] if args.original else bvlc_googlenet().eval()
     )
-    slim = (
-        deeprebirth.io.load_model(args.slim)[0] if args.slim else fuse_googlenet_exactly(original)
-    )
-    models = {"original": original.eval(), "slim": slim.eval()}
     example = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    if args.slim:
+        slim = deeprebirth.io.load_model(args.slim)[0]
+    else:  # streamline chooses paddings for this input size
+        slim, report = deeprebirth.slim(original.eval(), SLIM_RULES, example[:1])
+        print(report.summary())
+    models = {"original": original.eval(), "slim": slim.eval()}
     runner = find_runner()
 
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():

@@ -93,15 +93,7 @@ void classify(const dr::LoadedModel& model, const dr::RunnerOptions& options) {
     if (!options.dump_input.empty()) {
       inputs.push_back(input);
     }
-    at::Tensor logits;
-    try {
-      logits = model.forward(input);
-    } catch (const c10::Error& error) {
-      const std::string reason = error.what_without_backtrace();
-      throw dr::RunnerError(dr::ExitCode::kInference,
-                            "the model rejected a " + std::to_string(end - begin) +
-                                "-image batch: " + reason.substr(0, reason.find('\n')));
-    }
+    const auto logits = model.forward(input);
     for (int64_t i = 0; i < end - begin; ++i) {
       print_predictions(chunk[static_cast<size_t>(i)], logits[i], meta, options);
     }

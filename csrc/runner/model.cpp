@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <new>
+#include <string>
 
 #include "errors.h"
 
@@ -22,6 +24,11 @@ RunnerError model_error(const std::string& path, const std::string& what) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+RunnerError inference_error(const at::Tensor& batch, const std::string& what) {
+  return RunnerError(ExitCode::kInference, "the model rejected a " + std::to_string(batch.size(0)) +
+                                               "-image batch: " + forward_failure_reason(what));
+}
+
 // TorchScript, lite and .pt2 files are zip archives: anything else is not a model we can load.
 bool is_zip_archive(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
@@ -31,6 +38,16 @@ bool is_zip_archive(const std::string& path) {
 }
 
 }  // namespace
+
+std::string forward_failure_reason(const std::string& what) {
+  if (what.rfind(kInterpreterFailure, 0) != 0) {
+    return first_line(what);
+  }
+  const auto end = what.find_last_not_of(" \n");  // not npos: `what` starts with the prefix
+  const auto newline = what.rfind('\n', end);
+  const auto begin = newline == std::string::npos ? 0 : newline + 1;
+  return what.substr(begin, end + 1 - begin);
+}
 
 LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
   std::error_code ignored;
@@ -92,7 +109,16 @@ LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
 
 at::Tensor LoadedModel::forward(const at::Tensor& batch) const {
   c10::InferenceMode guard;
-  return forward_(batch);
+  try {
+    return forward_(batch);
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const c10::Error& error) {
+    throw inference_error(batch, error.what_without_backtrace());
+  } catch (const std::exception& error) {
+    // The TorchScript interpreter reports an operator's failure as a std::runtime_error.
+    throw inference_error(batch, error.what());
+  }
 }
 
 }  // namespace deeprebirth::runner

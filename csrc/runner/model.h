@@ -10,6 +10,15 @@
 
 namespace deeprebirth::runner {
 
+// How the TorchScript interpreter starts its report of a failed operator.
+inline constexpr const char* kInterpreterFailure =
+    "The following operation failed in the TorchScript interpreter.";
+
+// The line of a forward's error message that says what went wrong: for a TorchScript interpreter
+// report, its last line (the original exception, after the TorchScript tracebacks); otherwise the
+// first line.
+std::string forward_failure_reason(const std::string& what);
+
 class LoadedModel {
  public:
   // Loads `path` on the CPU. Throws RunnerError(kModel) for a missing, empty or corrupt file,
@@ -17,7 +26,8 @@ class LoadedModel {
   // `optimize` applies torch::jit::optimize_for_inference to TorchScript modules.
   static LoadedModel load(const std::string& path, bool optimize = false);
 
-  // Logits (N, classes) of a (N, 3, H, W) batch, in inference mode.
+  // Logits (N, classes) of a (N, 3, H, W) batch, in inference mode. Throws RunnerError(kInference)
+  // when the model rejects the batch (e.g. a traced model fixed to another size).
   at::Tensor forward(const at::Tensor& batch) const;
 
   const ExportMetadata& metadata() const { return metadata_; }

@@ -1,5 +1,5 @@
-// Units of deeprebirth-run: metadata parsing, preprocessing geometry, latency summary and the
-// top-level operator aggregation of the profiler breakdown.
+// Units of deeprebirth-run: metadata parsing, preprocessing geometry, latency summary, the
+// top-level operator aggregation of the profiler breakdown and forward error messages.
 #include <ATen/ATen.h>
 
 #include <catch2/catch.hpp>
@@ -8,6 +8,7 @@
 
 #include "bench.h"
 #include "metadata.h"
+#include "model.h"
 #include "preprocess.h"
 
 namespace dr = deeprebirth::runner;
@@ -93,4 +94,16 @@ TEST_CASE("top_level_op_times counts only outermost calls per thread", "[runner]
   CHECK_FALSE(ops[2].tensor);
   CHECK_FALSE(dr::is_tensor_op("aten::cat"));
   CHECK(dr::is_tensor_op("aten::linear"));
+}
+
+TEST_CASE("forward_failure_reason keeps the line that says what went wrong", "[runner]") {
+  CHECK(dr::forward_failure_reason("Expected 4D input\nException raised from conv2d") ==
+        "Expected 4D input");
+  const std::string interpreter_report = std::string(dr::kInterpreterFailure) +
+                                         "\nTraceback of TorchScript (most recent call last):\n"
+                                         "    _0 = torch.conv2d(input, CONSTANTS.c0)\n"
+                                         "RuntimeError: expected 1 channels, but got 3\n\n";
+  CHECK(dr::forward_failure_reason(interpreter_report) ==
+        "RuntimeError: expected 1 channels, but got 3");
+  CHECK(dr::forward_failure_reason(dr::kInterpreterFailure) == dr::kInterpreterFailure);
 }

@@ -1,19 +1,27 @@
 """Export formats and the C++ runner agree with the eager model.
 
-Models: bvlc_googlenet (width 0.25, 96x96 crop), a hand-made "slim" GoogLeNet holding deeprebirth
-ops (ConvPool2d for conv1, BranchConv2d over inception_3a's 1x1 convolutions) and torchvision's
-resnet18 (random weights; resnet50 takes ~4x longer to export and keeps the suite over its
-2-minute budget on 2 cores). Logits of eager PyTorch, the TorchScript file in Python, the TorchScript
-file in ``deeprebirth-run`` (on the runner's own preprocessed input, read back with
-``--dump-input``) and ONNX Runtime agree within atol 1e-4; portable and native exports agree; the
-runner's OpenCV preprocessing matches :func:`deeprebirth.export.preprocess.eval_transform` within
-1/255 after normalisation; every bad input gives its message and exit code. The C++ parts are
-skipped when the runner is not built (``cmake --build build/cmake``).
+Models (random weights, 96x96 crop): ``googlenet`` (bvlc_googlenet, width 0.25);
+``slim_googlenet``, the output of ``deeprebirth.slim`` with the paper's rules (streamline +
+branch_slim) and the exact ones (merge_branches puts one BranchConv2d in each Inception module);
+``googlenet_exact_rules``, the exact rules only (fuse_conv_pool turns conv1 into a ConvPool2d,
+where the paper's streamline removes its pool); ``resnet50`` (torchvision, random BatchNorm
+statistics). Each model is built and exported once per module (:class:`ExportedModels`); the tests
+share the files.
+
+Checked: eager PyTorch, the TorchScript file in Python, the TorchScript file in ``deeprebirth-run``
+(on the runner's own preprocessed input, read back with ``--dump-input``) and ONNX Runtime give the
+same logits (atol 1e-4) for googlenet, slim_googlenet and resnet50 (googlenet_exact_rules: all but
+ONNX, which is always portable); portable and native exports agree; the runner's OpenCV
+preprocessing matches :func:`deeprebirth.export.preprocess.eval_transform` within 1/255 after
+normalisation on JPEG/PNG files written here (RGB, grayscale, alpha, 16-bit); every bad input gives
+its message and exit code. The C++ parts are skipped when the runner is not built
+(``cmake --build build/cmake``).
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +32,9 @@ from torch import nn
 import deeprebirth
 import deeprebirth.io
 from deeprebirth.export import ExportMetadata, make_portable, read_metadata, uses_deeprebirth_ops
-from deeprebirth.export._exact_fusion import fuse_googlenet_exactly
 from deeprebirth.export.preprocess import eval_batch
-from deeprebirth.models import bvlc_googlenet
+from deeprebirth.models import build_model
+from deeprebirth.ops import BranchConv2d, ConvPool2d
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated"),
@@ -37,8 +45,11 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 CROP, RESIZE, CLASSES, ATOL = 96, 110, 10, 1e-4
+# The paper's slimming (GoogLeNet-Slim) followed by the exact rules, as scripts/bench_models.py.
+PAPER_RULES = ["streamline", "branch_slim", "fold_bn", "fuse_conv_pool", "merge_branches"]
+EXACT_RULES = ["fuse_conv_pool", "merge_branches"]
 # Exit codes of deeprebirth-run (csrc/runner/errors.h).
-EXIT_USAGE, EXIT_MODEL, EXIT_IMAGE, EXIT_BATCH = 2, 3, 4, 5
+EXIT_USAGE, EXIT_MODEL, EXIT_IMAGE, EXIT_BATCH, EXIT_INFERENCE = 2, 3, 4, 5, 6
 
 
 def _runner_binary() -> Path | None:
@@ -55,33 +66,48 @@ needs_runner = pytest.mark.skipif(
 # ---- models -------------------------------------------------------------------------------
 
 
-def slim_googlenet(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with deeprebirth ops: conv1 fused, inception_3a's 1x1s merged."""
-    return fuse_googlenet_exactly(model, ["inception_3a"])
+def _example() -> torch.Tensor:
+    return torch.randn(2, 3, CROP, CROP, generator=torch.Generator().manual_seed(1))
 
 
 def _googlenet() -> nn.Module:
     torch.manual_seed(0)
-    return bvlc_googlenet(num_classes=CLASSES, width=0.25).eval()
+    return build_model("bvlc_googlenet", num_classes=CLASSES, width=0.25)
 
 
-def _resnet18() -> nn.Module:
-    from deeprebirth.compat.torchvision import import_torchvision
-
+def _slimmed_googlenet(rules: list[str]) -> nn.Module:
+    """``deeprebirth.slim`` of :func:`_googlenet` (new layers Xavier-initialised, not trained)."""
     torch.manual_seed(0)
-    model = import_torchvision().models.resnet18(num_classes=CLASSES).eval()
-    with torch.no_grad():  # random BN statistics so that BN folding is exercised
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
+    slim_model, _report = deeprebirth.slim(_googlenet(), rules, _example())
+    return slim_model.eval()
+
+
+def _resnet50() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet50", num_classes=CLASSES)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.BatchNorm2d):  # random statistics: BN folding is exercised
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
-    return model
+                if name.endswith("bn3"):
+                    # Small residual-branch scales, as trained ResNets have: without them random
+                    # activations double with each of the 16 blocks (logits ~100, where float32
+                    # rounding alone reaches 1e-4).
+                    module.weight.uniform_(0.1, 0.3)
+    return model.eval()
 
 
-MODELS = {
+MODELS: dict[str, Callable[[], nn.Module]] = {
     "googlenet": _googlenet,
-    "slim_googlenet": lambda: slim_googlenet(_googlenet()),
-    "resnet18": _resnet18,
+    "slim_googlenet": lambda: _slimmed_googlenet(PAPER_RULES),
+    "googlenet_exact_rules": lambda: _slimmed_googlenet(EXACT_RULES),
+    "resnet50": _resnet50,
+}
+# What each model must hold so that its native and portable exports differ.
+DEEPREBIRTH_MODULES = {
+    "slim_googlenet": {BranchConv2d},
+    "googlenet_exact_rules": {ConvPool2d, BranchConv2d},
 }
 METADATA = {
     "resize_size": RESIZE,
@@ -90,18 +116,39 @@ METADATA = {
 }
 
 
-def _example() -> torch.Tensor:
-    return torch.randn(2, 3, CROP, CROP, generator=torch.Generator().manual_seed(1))
+class ExportedModels:
+    """Each test model built, and exported to each format, once (on first use) in ``folder``."""
 
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._models: dict[str, nn.Module] = {}
+        self._files: dict[tuple[str, str], Path] = {}
 
-# ---- images -------------------------------------------------------------------------------
+    def model(self, name: str) -> nn.Module:
+        """The eval-mode model ``name`` of :data:`MODELS`."""
+        if name not in self._models:
+            self._models[name] = MODELS[name]()
+        return self._models[name]
+
+    def file(self, name: str, format: str) -> Path:
+        """The native export of ``model(name)`` in ``format``, with the test metadata."""
+        if (name, format) not in self._files:
+            self._files[name, format] = deeprebirth.export(
+                self.model(name),
+                _example(),
+                format,
+                out=self.folder / f"{name}.{format}",
+                metadata={**METADATA, "source_model": name},
+            )
+        return self._files[name, format]
 
 
 @pytest.fixture(scope="module")
-def googlenet_ts(tmp_path_factory) -> Path:
-    """bvlc_googlenet exported once as TorchScript with the test metadata."""
-    out = tmp_path_factory.mktemp("googlenet") / "googlenet.ts"
-    return deeprebirth.export(_googlenet(), _example(), "torchscript", out=out, metadata=METADATA)
+def exported(tmp_path_factory) -> ExportedModels:
+    return ExportedModels(tmp_path_factory.mktemp("exports"))
+
+
+# ---- images -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +189,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def _runner_logits_and_input(
     model_file: Path, image_paths: list[Path], dump: Path, optimize: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs deeprebirth-run with --print-logits and --dump-input; returns (logits, input)."""
-    args = [str(model_file), "--print-logits", "--dump-input", str(dump), "--threads", "2"]
+    """Runs deeprebirth-run with --print-logits and --dump-input; returns (logits, input).
+
+    One thread: OpenMP threads that spin on a shared, busy CPU made these runs ~7x slower.
+    """
+    args = [str(model_file), "--print-logits", "--dump-input", str(dump), "--threads", "1"]
     args += ["--optimize"] if optimize else []
     for path in image_paths:
         args += ["--image", str(path)]
@@ -158,19 +208,13 @@ def _runner_logits_and_input(
 # ---- tests --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_all_formats_give_the_eager_logits(name, images, tmp_path):
-    """Eager == TorchScript (Python) == TorchScript (C++ runner) == ONNX Runtime, atol 1e-4."""
+@pytest.mark.parametrize("name", ["googlenet", "slim_googlenet", "resnet50"])
+def test_python_formats_give_the_eager_logits(name, exported):
+    """Eager == TorchScript (Python) == ONNX Runtime, atol 1e-4; the metadata travels along."""
     import onnxruntime
 
-    model = MODELS[name]()
-    example = _example()
-    meta = {**METADATA, "source_model": name}
-    ts_file = deeprebirth.export(
-        model, example, "torchscript", out=tmp_path / "m.ts", metadata=meta
-    )
-    onnx_file = deeprebirth.export(model, example, "onnx", out=tmp_path / "m.onnx", metadata=meta)
-
+    model, example = exported.model(name), _example()
+    ts_file, onnx_file = exported.file(name, "torchscript"), exported.file(name, "onnx")
     with torch.no_grad():
         expected = model(example)
         scripted = torch.jit.load(str(ts_file))(example)
@@ -182,10 +226,14 @@ def test_all_formats_give_the_eager_logits(name, images, tmp_path):
 
     assert read_metadata(ts_file).source_model == name
     assert read_metadata(onnx_file).portable
-    assert read_metadata(ts_file).portable == (not uses_deeprebirth_ops(model))
+    assert read_metadata(ts_file).portable == (name not in DEEPREBIRTH_MODULES)
 
-    if RUNNER is None:
-        pytest.skip("deeprebirth-run is not built: C++ runner comparison skipped")
+
+@needs_runner
+@pytest.mark.parametrize("name", list(MODELS))
+def test_runner_gives_the_eager_logits(name, exported, images, tmp_path):
+    """The TorchScript file in deeprebirth-run == eager PyTorch on the runner's input, atol 1e-4."""
+    model, ts_file = exported.model(name), exported.file(name, "torchscript")
     paths = [images["rgb.jpg"], images["gray.png"]]
     for optimize in (False, True):  # as saved, and with LibTorch's MKLDNN rewrites
         logits, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in", optimize)
@@ -193,44 +241,40 @@ def test_all_formats_give_the_eager_logits(name, images, tmp_path):
             torch.testing.assert_close(logits, model(runner_input), atol=ATOL, rtol=0)
 
 
-def test_portable_exports_match_native(tmp_path):
-    """The slim model's portable rewrite has no deeprebirth ops and gives the same logits."""
-    slim = slim_googlenet(_googlenet())
-    example = _example()
+@pytest.mark.parametrize("name", list(DEEPREBIRTH_MODULES))
+def test_portable_exports_match_native(name, exported, tmp_path):
+    """A surgery output holds deeprebirth modules; its portable rewrite has none and gives the
+    same logits, in eager PyTorch and as TorchScript; torch.export keeps the ops (native)."""
+    slim, example = exported.model(name), _example()
+    held = {type(m) for m in slim.modules()} & {ConvPool2d, BranchConv2d}
+    assert held == DEEPREBIRTH_MODULES[name]
     portable = make_portable(slim)
     assert uses_deeprebirth_ops(slim) and not uses_deeprebirth_ops(portable)
     with torch.no_grad():
         expected = slim(example)
         torch.testing.assert_close(portable(example), expected, atol=1e-5, rtol=0)
-        for portable_flag in (False, True):
-            ts = deeprebirth.export(
-                slim,
-                example,
-                "torchscript",
-                portable=portable_flag,
-                out=tmp_path / f"{portable_flag}.ts",
-            )
-            graph = str(torch.jit.load(str(ts)).graph)
-            assert ("deeprebirth::" in graph) != portable_flag
-            torch.testing.assert_close(
-                torch.jit.load(str(ts))(example), expected, atol=ATOL, rtol=0
-            )
+        native_ts = exported.file(name, "torchscript")
+        portable_ts = deeprebirth.export(
+            slim, example, "torchscript", portable=True, out=tmp_path / "portable.ts"
+        )
+        assert read_metadata(portable_ts).portable and not read_metadata(native_ts).portable
+        for path, portable_flag in ((native_ts, False), (portable_ts, True)):
+            loaded = torch.jit.load(str(path))
+            assert ("deeprebirth::" in str(loaded.graph)) != portable_flag
+            torch.testing.assert_close(loaded(example), expected, atol=ATOL, rtol=0)
 
-        # torch.export keeps the deeprebirth ops (native); its portable form is plain torch.export.
         from deeprebirth.export.pt2 import load_pt2
 
-        pt2 = deeprebirth.export(slim, example, "pt2", out=tmp_path / "native.pt2")
-        program, meta = load_pt2(pt2)
+        program, meta = load_pt2(exported.file(name, "pt2"))
         assert not meta.portable and meta.format == "pt2"
         assert "deeprebirth" in str(program.graph)
         torch.testing.assert_close(program.module()(example), expected, atol=ATOL, rtol=0)
 
 
-def test_mobile_export_loads_and_matches(tmp_path):
+def test_mobile_export_loads_and_matches(exported):
     """The lite-interpreter file (or the TorchScript fallback) gives the eager logits."""
-    slim = slim_googlenet(_googlenet())
-    example = _example()
-    path = deeprebirth.export(slim, example, "mobile", out=tmp_path / "m.ptl")
+    slim, example = exported.model("slim_googlenet"), _example()
+    path = exported.file("slim_googlenet", "mobile")
     meta = read_metadata(path)
     if meta.format == "mobile":
         from torch.jit.mobile import _load_for_lite_interpreter
@@ -279,9 +323,12 @@ def test_metadata_rejects_bad_records():
 
 
 @needs_runner
-def test_runner_preprocessing_matches_python(images, googlenet_ts, tmp_path):
-    """OpenCV in C++ == the Python eval transform (max abs diff <= 1/255 after normalisation)."""
-    ts_file = googlenet_ts
+def test_runner_preprocessing_matches_python(images, exported, tmp_path):
+    """OpenCV in C++ == the Python eval transform (max abs diff <= 1/255 after normalisation).
+
+    Grayscale, alpha and 16-bit files are converted (exit code 0), not rejected.
+    """
+    ts_file = exported.file("googlenet", "torchscript")
     paths = list(images.values())
     _, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in.bin")
     expected = eval_batch(paths, read_metadata(ts_file))
@@ -295,8 +342,8 @@ def test_runner_preprocessing_matches_python(images, googlenet_ts, tmp_path):
 
 
 @needs_runner
-def test_runner_top_k_and_bench(images, googlenet_ts):
-    ts_file = googlenet_ts
+def test_runner_top_k_and_bench(images, exported):
+    ts_file = exported.file("googlenet", "torchscript")
     result = _run(str(ts_file), "--image", str(images["rgb.jpg"]), "--topk", "3")
     assert result.returncode == 0, result.stderr
     assert len([line for line in result.stdout.splitlines() if "class_" in line]) == 3
@@ -320,8 +367,9 @@ def test_runner_top_k_and_bench(images, googlenet_ts):
 
 
 @needs_runner
-def test_runner_bad_inputs_give_messages_and_exit_codes(images, googlenet_ts, tmp_path):
-    model_file = googlenet_ts
+def test_runner_bad_inputs_give_messages_and_exit_codes(images, exported, tmp_path):
+    model_file = exported.file("googlenet", "torchscript")
+    onnx_file = exported.file("googlenet", "onnx")
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
     text = tmp_path / "notes.txt"
@@ -332,6 +380,9 @@ def test_runner_bad_inputs_give_messages_and_exit_codes(images, googlenet_ts, tm
     deeprebirth.io.save_model(checkpoint, _googlenet())
     no_meta = tmp_path / "plain.ts"
     torch.jit.save(torch.jit.script(nn.Conv2d(3, 4, 3)), str(no_meta))
+    one_channel = deeprebirth.export(  # metadata and all, but it takes 1-channel input
+        nn.Conv2d(1, 4, 3), torch.randn(1, 1, 16, 16), "torchscript", out=tmp_path / "gray.ts"
+    )
     not_image = tmp_path / "fake.jpg"
     not_image.write_bytes(b"\xff\xd8 definitely not a jpeg")
     image = str(images["rgb.jpg"])
@@ -339,6 +390,7 @@ def test_runner_bad_inputs_give_messages_and_exit_codes(images, googlenet_ts, tm
         ((str(tmp_path / "missing.ts"), "--image", image), EXIT_MODEL, "file not found"),
         ((str(empty), "--image", image), EXIT_MODEL, "file is empty"),
         ((str(text), "--image", image), EXIT_MODEL, "not a TorchScript model"),
+        ((str(onnx_file), "--image", image), EXIT_MODEL, "ONNX files run in ONNX Runtime"),
         ((str(truncated), "--image", image), EXIT_MODEL, "corrupt or not a TorchScript model"),
         ((str(checkpoint), "--image", image), EXIT_MODEL, "corrupt or not a TorchScript model"),
         ((str(no_meta), "--image", image), EXIT_MODEL, "carries no deeprebirth.json"),
@@ -346,6 +398,7 @@ def test_runner_bad_inputs_give_messages_and_exit_codes(images, googlenet_ts, tm
         ((str(model_file), "--image", str(empty)), EXIT_IMAGE, "file is empty"),
         ((str(model_file), "--image", str(not_image)), EXIT_IMAGE, "not a readable image"),
         ((str(model_file), "--bench", "--batch", "100000000"), EXIT_BATCH, "does not fit"),
+        ((str(one_channel), "--image", image), EXIT_INFERENCE, "1-image batch: RuntimeError:"),
         ((str(model_file),), EXIT_USAGE, "expected --image"),
         ((str(model_file), "--bench", "--iters", "0"), EXIT_USAGE, "--iters"),
         ((str(model_file), "--bench", "--batch", "two"), EXIT_USAGE, "--batch to be an integer"),
