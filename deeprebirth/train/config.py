@@ -99,6 +99,8 @@ class ScheduleConfig:
     regression_steps: int = 100
     finetune_epochs: int = 0
     finetune_steps: int = 100  # used when finetune_epochs == 0
+    final_finetune_epochs: int = 0  # after the last stage: the whole student, task loss (+KD)
+    final_finetune_steps: int = 0  # used when final_finetune_epochs == 0
     freeze_old: bool = False  # True: only new parameters train in finetune phases
     kd_weight: float = 0.0  # 0 disables knowledge distillation
     kd_temperature: float = 4.0
@@ -192,6 +194,8 @@ _NON_NEGATIVE = (
     "schedule.regression_steps",
     "schedule.finetune_epochs",
     "schedule.finetune_steps",
+    "schedule.final_finetune_epochs",
+    "schedule.final_finetune_steps",
     "schedule.kd_weight",
     "teacher.train.epochs",
     "teacher.train.steps",

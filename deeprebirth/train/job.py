@@ -139,7 +139,10 @@ def _phases(state: _State, cfg, steps_per_epoch: int) -> list[Phase]:
     teacher_steps = (t.epochs * steps_per_epoch or t.steps) if state.teacher_phase else 0
     s = cfg.schedule
     finetune_steps = s.finetune_epochs * steps_per_epoch or s.finetune_steps
-    return plan_phases(state.stages or [], s.regression_steps, finetune_steps, teacher_steps)
+    final_steps = s.final_finetune_epochs * steps_per_epoch or s.final_finetune_steps
+    return plan_phases(
+        state.stages or [], s.regression_steps, finetune_steps, teacher_steps, final_steps
+    )
 
 
 class _Job:

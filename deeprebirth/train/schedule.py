@@ -74,22 +74,31 @@ def group_stages(changed: list[str], mode: str, groups: list[list[str]] | None) 
 
 @dataclass(frozen=True)
 class Phase:
-    """One training phase: ``kind`` is ``teacher``, ``regress`` or ``finetune``."""
+    """One training phase: ``kind`` is ``teacher``, ``regress`` or ``finetune``; ``final`` marks
+    the closing finetune of the whole student (every block's new layers)."""
 
     kind: str
     blocks: tuple[str, ...]
     steps: int
     stage: int  # 0 for the teacher, 1.. for student stages
+    final: bool = False
 
     @property
     def name(self) -> str:
+        if self.final:
+            return "finetune:all"
         return self.kind if self.kind == "teacher" else f"{self.kind}:{'+'.join(self.blocks)}"
 
 
 def plan_phases(
-    stages: list[list[str]], regression_steps: int, finetune_steps: int, teacher_steps: int = 0
+    stages: list[list[str]],
+    regression_steps: int,
+    finetune_steps: int,
+    teacher_steps: int = 0,
+    final_steps: int = 0,
 ) -> list[Phase]:
-    """The ordered phases: optional teacher training, then regression + finetune per stage.
+    """The ordered phases: optional teacher training, regression + finetune per stage, then an
+    optional final finetune of the whole student (``final_steps``).
 
     Phases with zero steps are omitted.
     """
@@ -99,4 +108,7 @@ def plan_phases(
             phases.append(Phase("regress", tuple(blocks), regression_steps, index))
         if finetune_steps:
             phases.append(Phase("finetune", tuple(blocks), finetune_steps, index))
+    if final_steps and stages:
+        every_block = tuple(block for blocks in stages for block in blocks)
+        phases.append(Phase("finetune", every_block, final_steps, len(stages) + 1, final=True))
     return phases

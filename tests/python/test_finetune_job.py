@@ -44,6 +44,8 @@ def test_changed_blocks_bottom_to_top_and_grouping():
         "regress:inception_3a",
         "finetune:inception_3a",
     ]
+    final = plan_phases([["conv1"], ["inception_3a"]], 2, 3, final_steps=5)[-1]
+    assert (final.name, final.blocks, final.steps) == ("finetune:all", ("conv1", "inception_3a"), 5)
 
 
 def test_new_layers_get_ten_times_the_learning_rate():
@@ -100,6 +102,7 @@ def test_job_runs_stages_in_order_and_reports(tmp_path, mode):
         f"schedule.mode={mode}",
         "teacher.train.enabled=true",
         "teacher.train.steps=2",
+        "schedule.final_finetune_steps=2",
         "latency_repeats=2",
     )
     result = run_job(cfg, student=tiny_student)
@@ -111,7 +114,7 @@ def test_job_runs_stages_in_order_and_reports(tmp_path, mode):
     expected = ["teacher", "student, before training"]
     for s in stages:
         expected += [f"regress:{s}", f"finetune:{s}"]
-    assert labels == expected
+    assert labels == expected + ["finetune:all"]
     assert all(0 <= h["top1"] <= h["top5"] <= 100 for h in result.history)
     report = (tmp_path / "report.md").read_text()
     assert "| teacher |" in report and "| student |" in report and "finetune:" in report
