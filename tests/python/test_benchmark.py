@@ -54,8 +54,8 @@ def _tiny_config(out: Path, **overrides) -> SuiteConfig:
         layer_time_models=[zoo.GOOGLENET],
         latency_models=[zoo.GOOGLENET, zoo.GOOGLENET_SLIM],
         peer_pairs=[(zoo.GOOGLENET, zoo.GOOGLENET_SLIM)],
-        latency_runtimes=("eager", "torchscript"),
-        peer_runtimes=("eager", "torchscript"),
+        latency_runtimes=("eager", "eager_channels_last"),
+        peer_runtimes=("eager", "eager_channels_last"),  # TorchScript: see the runtimes doctest
         model_kwargs=TINY,
     )
     settings.update(overrides)
