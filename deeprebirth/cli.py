@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "deeprebirth.commands.export",
         "export a model file for deployment (TorchScript, ONNX …)",
     ),
+    "bench": (
+        "deeprebirth.commands.bench",
+        "benchmark suite: the paper's tables on this machine, peers side by side",
+    ),
 }
 
 

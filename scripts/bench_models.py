@@ -31,35 +31,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import deeprebirth  # noqa: E402
+from deeprebirth.bench.runtimes import eager_channels_last as channels_last  # noqa: E402
+from deeprebirth.bench.runtimes import torchscript_frozen  # noqa: E402
 from deeprebirth.models import build_model  # noqa: E402
 from deeprebirth.utils.benchmark import interleaved_timings, machine_line, peak_extra_memory  # noqa: E402
 
 EXACT = ["fold_bn", "fuse_conv_pool", "merge_branches"]
 
 
-def channels_last(model: nn.Module) -> nn.Module:
-    """A channels_last copy's forward: converts the input too."""
-    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return converted(x.contiguous(memory_format=torch.channels_last))
-
-    return run
-
-
 def jit_optimized(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.jit.optimize_for_inference(freeze(script or trace)) of ``model``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            scripted = torch.jit.script(model)
-            how = "script"
-        except Exception:
-            scripted = torch.jit.trace(model, x)
-            how = "trace"
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
-    print(f"  (torch.jit baseline built with {how})")
-    return frozen
+    return torchscript_frozen(model, x, optimize=True)
 
 
 def scenario(

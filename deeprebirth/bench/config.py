@@ -1,0 +1,104 @@
+"""What a benchmark run measures: :class:`SuiteConfig`, with the full and ``--quick`` presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deeprebirth.bench import zoo
+from deeprebirth.bench.zoo import ModelSpec
+
+SECTIONS = ("non_tensor_share", "layer_times", "latency", "memory", "roofline")
+LATENCY_RUNTIMES = ("eager", "torchscript", "onnxruntime")  # Tables 4/5
+PEER_RUNTIMES = (  # the original model in every form a user might try, and the slim one likewise
+    "eager",
+    "eager_channels_last",
+    "torchscript",
+    "jit_optimized",
+    "compile",
+    "onnxruntime",
+)
+
+
+@dataclass
+class SuiteConfig:
+    """Settings of one benchmark run (see ``deeprebirth bench --help``).
+
+    Attributes:
+        out: folder for the ``*.md`` tables and ``*.png`` plots.
+        image_size: input height and width.
+        batches: batch sizes; the first is the latency batch (1), the others larger.
+        repeats: timed interleaved rounds per variant; ``warmup`` untimed rounds first.
+        profile_forwards: profiled forward passes per model (Table 1, Figure 2, per-block times).
+        threads: torch (and ONNX Runtime) intra-op threads; 0 leaves torch's default.
+        device: ``"cpu"`` or ``"cuda"`` for latency, memory and roofline (profiles are CPU).
+        memory_budget_mib: budget for the largest-batch column of the memory table.
+        gemm_size, copy_mib: sizes of the peak GEMM and copy measurements.
+        sections: which pages to write (:data:`SECTIONS`).
+        non_tensor_models, layer_time_models, latency_models, peer_pairs: what each page compares.
+        latency_runtimes, peer_runtimes: runtimes of the latency table and of the peer comparison.
+        model_kwargs: constructor overrides by model source (tests shrink bvlc_googlenet).
+        command: the command line that reproduces the run (written on every page).
+    """
+
+    out: Path = Path("docs/results")
+    image_size: int = 224
+    batches: tuple[int, ...] = (1, 8)
+    repeats: int = 20
+    warmup: int = 2
+    profile_forwards: int = 5
+    threads: int = 0
+    device: str = "cpu"
+    memory_budget_mib: int = 1024
+    gemm_size: int = 2048
+    copy_mib: int = 256
+    sections: tuple[str, ...] = SECTIONS
+    non_tensor_models: list[ModelSpec] = field(
+        default_factory=lambda: list(zoo.NON_TENSOR_SHARE_MODELS)
+    )
+    layer_time_models: list[ModelSpec] = field(default_factory=lambda: list(zoo.LAYER_TIME_MODELS))
+    latency_models: list[ModelSpec] = field(default_factory=lambda: list(zoo.LATENCY_MODELS))
+    peer_pairs: list[tuple[ModelSpec, ModelSpec]] = field(
+        default_factory=lambda: list(zoo.PEER_PAIRS)
+    )
+    latency_runtimes: tuple[str, ...] = LATENCY_RUNTIMES
+    peer_runtimes: tuple[str, ...] = PEER_RUNTIMES
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    command: str = "python scripts/benchmark.py"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sections) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"expected sections among {SECTIONS}, but got {sorted(unknown)}")
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"expected positive batch sizes, but got {self.batches}")
+        if self.repeats < 1 or self.profile_forwards < 1:
+            raise ValueError(
+                f"expected repeats and profile_forwards >= 1, but got {self.repeats}, {self.profile_forwards}"
+            )
+        self.out = Path(self.out)
+
+    def settings_line(self) -> str:
+        """One line of the run's settings for every page."""
+        return (
+            f"input {self.image_size}x{self.image_size}, batches {', '.join(map(str, self.batches))}, "
+            f"{self.warmup} warm-up + {self.repeats} interleaved timed rounds (medians [min, max]), "
+            f"{self.profile_forwards} profiled forwards, device {self.device}, random weights"
+        )
+
+
+def quick_config(**overrides: Any) -> SuiteConfig:
+    """The ``--quick`` preset: 112x112, batches 1 and 4, 3 rounds, one peer pair; every page is
+    written, in minutes on 2 cores (numbers are indicative only)."""
+    quick = SuiteConfig(
+        image_size=112,
+        batches=(1, 4),
+        repeats=3,
+        warmup=1,
+        profile_forwards=2,
+        gemm_size=1024,
+        copy_mib=64,
+        peer_pairs=[zoo.PEER_PAIRS[0]],
+    )
+    return replace(quick, **overrides)

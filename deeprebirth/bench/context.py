@@ -1,0 +1,146 @@
+"""Shared state of one benchmark run: models built once, profiles, costs and latency timings
+measured once and read by every page that needs them."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from deeprebirth.bench.config import SuiteConfig
+from deeprebirth.bench.costs import ModelCosts, model_costs
+from deeprebirth.bench.profiling import ForwardProfile, profile_forward
+from deeprebirth.bench.runtimes import Runtime, build_runtime
+from deeprebirth.bench.zoo import ModelSpec, build_variant
+from deeprebirth.utils.benchmark import Timing, interleaved_timings, machine_line
+
+LatencyKey = tuple[str, str]  # (model label, runtime name)
+
+
+class BenchContext:
+    """Builds each model once (CPU, eval mode) and caches what pages share.
+
+    Attributes:
+        config: the run's settings.
+        device: where latency, memory and roofline are measured.
+        runtimes: built runtimes by ``(model label, runtime name)``.
+        latency: ``{batch: {(model label, runtime name): Timing or None}}`` once
+            :meth:`measure_latency` ran (None: the runtime is unavailable).
+    """
+
+    def __init__(self, config: SuiteConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested, but torch.cuda.is_available() is False")
+        self.workdir = Path(tempfile.mkdtemp(prefix="deeprebirth-bench-"))
+        self.runtimes: dict[LatencyKey, Runtime] = {}
+        self.latency: dict[int, dict[LatencyKey, Timing | None]] = {}
+        self._models: dict[str, nn.Module] = {}
+        self._device_models: dict[str, nn.Module] = {}
+        self._profiles: dict[tuple[str, int], ForwardProfile] = {}
+        self._costs: dict[str, ModelCosts] = {}
+
+    def machine(self) -> str:
+        """The machine line (CPU, cores, torch, threads), plus the GPU when measuring on one."""
+        line = machine_line()
+        if self.device.type == "cuda":
+            line += f" | {torch.cuda.get_device_name(self.device)}"
+        return line
+
+    def example(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
+        """A seeded random input ``(batch, 3, S, S)``."""
+        generator = torch.Generator().manual_seed(batch)
+        size = self.config.image_size
+        x = torch.randn(batch, 3, size, size, generator=generator)
+        return x.to(device or torch.device("cpu"))
+
+    def model(self, spec: ModelSpec) -> nn.Module:
+        """The CPU model of ``spec`` (built and slimmed on first use)."""
+        if spec.label not in self._models:
+            torch.manual_seed(0)
+            overrides = self.config.model_kwargs.get(spec.source, {})
+            self._models[spec.label] = build_variant(spec, self.config.image_size, **overrides)
+        return self._models[spec.label]
+
+    def device_model(self, spec: ModelSpec) -> nn.Module:
+        """The model of ``spec`` on the measuring device (the CPU model itself on CPU)."""
+        if self.device.type == "cpu":
+            return self.model(spec)
+        if spec.label not in self._device_models:
+            self._device_models[spec.label] = copy.deepcopy(self.model(spec)).to(self.device)
+        return self._device_models[spec.label]
+
+    def profile(self, spec: ModelSpec, batch: int) -> ForwardProfile:
+        """The CPU operator profile of ``spec`` at ``batch`` (cached)."""
+        key = (spec.label, batch)
+        if key not in self._profiles:
+            self._profiles[key] = profile_forward(
+                self.model(spec), self.example(batch), forwards=self.config.profile_forwards
+            )
+        return self._profiles[key]
+
+    def costs(self, spec: ModelSpec) -> ModelCosts:
+        """Parameters, MACs, storage … of ``spec`` at the run's image size (cached)."""
+        if spec.label not in self._costs:
+            self._costs[spec.label] = model_costs(self.model(spec), self.config.image_size)
+        return self._costs[spec.label]
+
+    def timed_call(
+        self, run: Callable[[torch.Tensor], object], x: torch.Tensor
+    ) -> Callable[[], object]:
+        """``run(x)`` as a no-argument call, synchronizing CUDA so the time covers the work."""
+        if self.device.type != "cuda":
+            return lambda: run(x)
+
+        def call() -> object:
+            result = run(x)
+            torch.cuda.synchronize(self.device)
+            return result
+
+        return call
+
+    def latency_plan(self) -> dict[str, tuple[ModelSpec, list[str]]]:
+        """``{model label: (spec, runtime names)}`` the latency and peer pages need."""
+        plan: dict[str, tuple[ModelSpec, list[str]]] = {}
+
+        def want(spec: ModelSpec, names: tuple[str, ...]) -> None:
+            entry = plan.setdefault(spec.label, (spec, []))[1]
+            entry += [n for n in names if n not in entry]
+
+        for spec in self.config.latency_models:
+            want(spec, self.config.latency_runtimes)
+        for original, slim in self.config.peer_pairs:
+            want(original, self.config.peer_runtimes)
+            want(slim, self.config.peer_runtimes)
+        return plan
+
+    def measure_latency(self) -> dict[int, dict[LatencyKey, Timing | None]]:
+        """Builds every runtime of :meth:`latency_plan` and times all of them interleaved in one
+        process, per batch size. Runs once; later calls return the cached result."""
+        if self.latency:
+            return self.latency
+        plan = self.latency_plan()
+        example = self.example(1, self.device)
+        jobs = [(spec, name) for spec, names in plan.values() for name in names]
+        for spec, name in tqdm(jobs, desc="build runtimes", leave=False):
+            self.runtimes[(spec.label, name)] = build_runtime(
+                name,
+                self.device_model(spec),
+                example,
+                threads=torch.get_num_threads(),
+                workdir=self.workdir,
+            )
+        available = {key: rt for key, rt in self.runtimes.items() if rt.run is not None}
+        for batch in tqdm(self.config.batches, desc="latency", leave=False):
+            x = self.example(batch, self.device)
+            calls = {"\t".join(key): self.timed_call(rt.run, x) for key, rt in available.items()}
+            with torch.inference_mode():
+                timings = interleaved_timings(calls, self.config.repeats, self.config.warmup)
+            self.latency[batch] = {key: timings.get("\t".join(key)) for key in self.runtimes}
+        return self.latency

@@ -1,0 +1,70 @@
+"""How far a model runs from the hardware limit: measured peak GEMM and copy throughput.
+
+The compute roof is the best throughput of a large square ``torch.mm`` (``2 n^3`` FLOP); the
+memory roof the best bandwidth of copying a large tensor (read + write bytes). A model's achieved
+throughput is ``2 * MACs * batch / latency``; its arithmetic intensity is FLOP per byte of its
+weights plus one write of every layer output (a lower bound on its memory traffic).
+
+Example:
+    >>> achieved_gflops(macs=1_500_000_000, batch=1, latency_ms=30.0)
+    100.0
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from deeprebirth.bench.costs import ModelCosts
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_seconds(fn, repeats: int, device: torch.device) -> float:
+    fn()
+    _synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_gemm_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best GFLOP/s of an fp32 ``size x size`` matrix product over ``repeats`` runs."""
+    dev = torch.device(device)
+    a = torch.randn(size, size, device=dev)
+    b = torch.randn(size, size, device=dev)
+    out = torch.empty(size, size, device=dev)
+    seconds = _best_seconds(lambda: torch.mm(a, b, out=out), repeats, dev)
+    return 2 * size**3 / seconds / 1e9
+
+
+def peak_copy_gbps(mib: int = 256, repeats: int = 5, device: str = "cpu") -> float:
+    """Best GB/s (read + write) of copying an fp32 tensor of ``mib`` MiB."""
+    dev = torch.device(device)
+    src = torch.randn(mib * 2**20 // 4, device=dev)
+    dst = torch.empty_like(src)
+    seconds = _best_seconds(lambda: dst.copy_(src), repeats, dev)
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def achieved_gflops(macs: int, batch: int, latency_ms: float) -> float:
+    """GFLOP/s of a forward of ``batch`` images of ``macs`` MACs each taking ``latency_ms``."""
+    return 2 * macs * batch / (latency_ms * 1e-3) / 1e9
+
+
+def arithmetic_intensity(costs: ModelCosts, batch: int) -> float:
+    """FLOP per byte of one forward of ``batch`` images: weights read once, outputs written once."""
+    return 2 * costs.macs * batch / (costs.weight_bytes + costs.act_bytes * batch)
+
+
+def attainable_gflops(intensity: float, peak_gflops: float, bandwidth_gbps: float) -> float:
+    """The roofline: ``min(peak, bandwidth * intensity)``."""
+    return min(peak_gflops, bandwidth_gbps * intensity)

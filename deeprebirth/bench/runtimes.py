@@ -1,0 +1,197 @@
+"""One model, several ways to run it: eager, TorchScript, torch.compile, ONNX Runtime.
+
+:func:`build_runtime` returns a :class:`Runtime`: a callable ``run(x)`` plus how long it took to
+build and how far its output is from eager's, or ``run=None`` with the reason when this machine
+cannot build it (torch.compile without a C++ compiler, an exporter failure …), so one missing peer
+never stops a benchmark. Runtimes (:data:`RUNTIMES`):
+
+- ``eager``: the ``nn.Module`` as is.
+- ``eager_channels_last``: the module and its input in channels_last memory format.
+- ``torchscript``: ``torch.jit.freeze(torch.jit.script(model))`` (traced where scripting fails).
+- ``jit_optimized``: ``torch.jit.optimize_for_inference`` of that frozen module.
+- ``compile``: ``torch.compile(model)`` (inductor, static shapes; compiled on the first call).
+- ``onnxruntime``: deeprebirth's ONNX export (portable) in an ONNX Runtime session with every
+  graph optimisation (``ORT_ENABLE_ALL``) and ``threads`` intra-op threads.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RUNTIMES: dict[str, str] = {
+    "eager": "eager",
+    "eager_channels_last": "eager channels_last",
+    "torchscript": "TorchScript frozen",
+    "jit_optimized": "jit optimize_for_inference",
+    "compile": "torch.compile",
+    "onnxruntime": "ONNX Runtime",
+}
+
+Forward = Callable[[torch.Tensor], object]
+
+
+@dataclass
+class Runtime:
+    """A built runtime of one model.
+
+    Attributes:
+        name: key of :data:`RUNTIMES`.
+        run: ``run(x)`` computes the model's output; None when unavailable.
+        build_s: seconds to build (export, compile on the example …).
+        note: why it is unavailable, or how it was built (e.g. "traced").
+        max_abs_diff: largest absolute difference from eager's output on the example.
+    """
+
+    name: str
+    run: Forward | None
+    build_s: float = 0.0
+    note: str = ""
+    max_abs_diff: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The runtime's name in tables."""
+        return RUNTIMES[self.name]
+
+
+def eager_channels_last(model: nn.Module) -> Forward:
+    """A channels_last copy's forward: converts the input too.
+
+    Example:
+        >>> run = eager_channels_last(nn.Conv2d(3, 4, 3))
+        >>> run(torch.randn(1, 3, 8, 8)).shape
+        torch.Size([1, 4, 6, 6])
+    """
+    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return converted(x.contiguous(memory_format=torch.channels_last))
+
+    return run
+
+
+def torchscript_frozen(
+    model: nn.Module, example: torch.Tensor, optimize: bool = False
+) -> torch.jit.ScriptModule:
+    """``freeze(script or trace)`` of ``model``; with ``optimize``, also
+    ``torch.jit.optimize_for_inference`` (MKLDNN-prepacked convolutions on CPU)."""
+    from deeprebirth.export.torchscript import script_or_trace
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        scripted = script_or_trace(model.eval(), example)
+        frozen = torch.jit.freeze(scripted.eval())
+        return torch.jit.optimize_for_inference(frozen) if optimize else frozen
+
+
+def compiled(model: nn.Module, example: torch.Tensor) -> Forward:
+    """``torch.compile(model)``, compiled here by one call on ``example`` (raises if it fails)."""
+    run = torch.compile(model, dynamic=False)
+    with torch.inference_mode():
+        run(example)
+    return run
+
+
+def onnxruntime_forward(
+    model: nn.Module, example: torch.Tensor, path: Path, threads: int
+) -> Forward:
+    """Exports ``model`` to ONNX at ``path`` and returns an ONNX Runtime session's forward
+    (``ORT_ENABLE_ALL``, ``threads`` intra-op threads, CUDA provider when the input is on CUDA
+    and onnxruntime has it)."""
+    import onnxruntime
+
+    import deeprebirth
+
+    deeprebirth.export(model, example.cpu(), format="onnx", out=path)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if example.is_cuda:
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise RuntimeError("this onnxruntime has no CUDAExecutionProvider")
+        providers.insert(0, "CUDAExecutionProvider")
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+    input_name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor):
+        return torch.from_numpy(session.run(None, {input_name: x.cpu().numpy()})[0])
+
+    return run
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def _max_abs_diff(run: Forward, model: nn.Module, example: torch.Tensor) -> float:
+    with torch.inference_mode():
+        expected, actual = model(example), run(example)
+    return (
+        (torch.as_tensor(actual).to(expected.device).float() - expected.float()).abs().max().item()
+    )
+
+
+def build_runtime(
+    name: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    threads: int | None = None,
+    workdir: Path | None = None,
+) -> Runtime:
+    """Builds runtime ``name`` (a key of :data:`RUNTIMES`) of ``model`` for inputs like ``example``.
+
+    Never raises for a runtime this machine cannot build: the returned ``Runtime.run`` is then
+    None and ``note`` says why.
+
+    Args:
+        threads: intra-op threads for ONNX Runtime (default: torch's current setting).
+        workdir: where the ONNX file goes (default: a temporary folder).
+
+    Raises:
+        ValueError: unknown runtime name.
+
+    Example:
+        >>> rt = build_runtime("torchscript", nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8))
+        >>> rt.run is not None and rt.max_abs_diff < 1e-5
+        True
+    """
+    if name not in RUNTIMES:
+        raise ValueError(f"expected a runtime in {sorted(RUNTIMES)}, but got {name!r}")
+    model = model.eval()
+    started, note = time.perf_counter(), ""
+    try:
+        if name == "eager":
+            run: Forward = model
+        elif name == "eager_channels_last":
+            run = eager_channels_last(model)
+        elif name in ("torchscript", "jit_optimized"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                run = torchscript_frozen(model, example, optimize=name == "jit_optimized")
+            if any("tracing instead" in str(w.message) for w in caught):
+                note = "traced (torch.jit.script failed)"
+        elif name == "compile":
+            run = compiled(model, example)
+        else:
+            folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deeprebirth-"))
+            path = folder / f"{type(model).__name__}-{id(model):x}.onnx"
+            run = onnxruntime_forward(model, example, path, threads or torch.get_num_threads())
+        diff = _max_abs_diff(run, model, example)
+    except Exception as error:  # exporters and compilers raise many unrelated types
+        return Runtime(
+            name, None, time.perf_counter() - started, f"unavailable ({_first_line(error)})"
+        )
+    return Runtime(name, run, time.perf_counter() - started, note, diff)

@@ -1,0 +1,298 @@
+"""The benchmark suite on tiny models: counts against closed forms, profiles against an
+independent reading of the profiler, tables and PNGs as written (no timed assertions)."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import deeprebirth
+from deeprebirth.bench import (
+    SuiteConfig,
+    achieved_gflops,
+    build_runtime,
+    costs,
+    is_tensor_op,
+    max_batch_within,
+    model_costs,
+    peak_memory_bytes,
+    profile_forward,
+    profiling,
+    roofline,
+    run_suite,
+    runtimes,
+    tables,
+    zoo,
+)
+from deeprebirth.bench.context import BenchContext
+from deeprebirth.cli import build_parser
+from deeprebirth.commands.bench import config_from_args
+from deeprebirth.utils.benchmark import Timing
+
+TINY = {"bvlc_googlenet": {"width": 0.125}}
+SIZE = 32
+
+
+def _tiny_config(out: Path, **overrides) -> SuiteConfig:
+    settings = dict(
+        out=out,
+        image_size=SIZE,
+        batches=(1, 2),
+        repeats=1,
+        warmup=0,
+        profile_forwards=1,
+        gemm_size=64,
+        copy_mib=1,
+        non_tensor_models=[zoo.GOOGLENET, zoo.GOOGLENET_SLIM],
+        layer_time_models=[zoo.GOOGLENET],
+        latency_models=[zoo.GOOGLENET, zoo.GOOGLENET_SLIM],
+        peer_pairs=[(zoo.GOOGLENET, zoo.GOOGLENET_SLIM)],
+        latency_runtimes=("eager", "eager_channels_last"),
+        peer_runtimes=("eager", "eager_channels_last"),  # TorchScript: see the runtimes doctest
+        model_kwargs=TINY,
+    )
+    settings.update(overrides)
+    return SuiteConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[BenchContext, list[Path]]:
+    """The whole suite once on tiny models: its context (models, timings) and written files."""
+    torch.set_num_threads(2)
+    context = BenchContext(_tiny_config(tmp_path_factory.mktemp("results")))
+    return context, run_suite(context.config, context)
+
+
+def _tiny_googlenet() -> nn.Module:
+    return deeprebirth.models.bvlc_googlenet(width=0.125).eval()
+
+
+@pytest.mark.parametrize("module", [profiling, tables, costs, roofline, runtimes])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize(
+    "conv, size",
+    [
+        (nn.Conv2d(3, 8, 3), 10),
+        (nn.Conv2d(4, 6, (3, 5), stride=2, padding=(1, 2)), 17),
+        (nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False), 9),
+    ],
+)
+def test_macs_and_params_of_a_conv_match_the_closed_form(conv, size):
+    model = nn.Sequential(conv).eval()
+    result = model_costs(model, size, in_channels=conv.in_channels)
+    kh, kw = conv.kernel_size
+    out_h = (size + 2 * conv.padding[0] - kh) // conv.stride[0] + 1
+    out_w = (size + 2 * conv.padding[1] - kw) // conv.stride[1] + 1
+    macs = conv.out_channels * out_h * out_w * (conv.in_channels // conv.groups) * kh * kw
+    params = conv.weight.numel() + (conv.out_channels if conv.bias is not None else 0)
+    assert result.macs == macs
+    assert result.params == params
+    assert result.weight_bytes == 4 * params
+    assert result.act_bytes == 4 * conv.out_channels * out_h * out_w
+    assert result.file_bytes > 4 * params  # the tensors plus torch.save's container
+    assert result.gflop == pytest.approx(2 * macs / 1e9)
+
+
+def test_max_batch_within_budget_is_the_linear_fit():
+    # peak(b) = 10 MiB + 3 MiB * b, weights 100 MiB, budget 1 GiB -> floor((1024 - 110) / 3)
+    mib = 2**20
+    peaks = {1: 13 * mib, 8: 34 * mib}
+    assert max_batch_within(1024 * mib, 100 * mib, peaks) == math.floor((1024 - 110) / 3)
+    assert max_batch_within(50 * mib, 100 * mib, peaks) == 0
+    assert max_batch_within(1024 * mib, 0, {1: 5, 4: 5}) is None
+    with pytest.raises(ValueError, match="two batch sizes"):
+        max_batch_within(1024, 0, {1: 5})
+
+
+def test_peak_memory_is_the_most_live_tensor_bytes():
+    n = 1 << 20
+    assert peak_memory_bytes(lambda: torch.ones(n)) == 4 * n
+    # ones(n) and ones(n) + 1 are alive together (plus a few bytes of scalars)
+    assert 8 * n <= peak_memory_bytes(lambda: (torch.ones(n) + 1).sum()) < 8 * n + 64
+    kept = torch.ones(n)  # alive before the call: not counted
+    assert peak_memory_bytes(lambda: kept.add_(1)) < 64  # the scalar 1 only
+    conv = nn.Conv2d(3, 8, 3, padding=1).eval()
+    peaks = costs.measure_peak_memory(conv, 16, (1, 3))
+    assert peaks[1] >= 4 * 8 * 16 * 16 and peaks[3] >= 3 * 4 * 8 * 16 * 16
+
+
+def test_roofline_formulas():
+    assert achieved_gflops(macs=10**9, batch=4, latency_ms=80.0) == pytest.approx(100.0)
+    c = costs.ModelCosts(params=0, macs=1000, act_bytes=50, weight_bytes=400, file_bytes=0)
+    assert roofline.arithmetic_intensity(c, 2) == pytest.approx(4000 / 500)
+    assert roofline.attainable_gflops(2.0, peak_gflops=100.0, bandwidth_gbps=10.0) == 20.0
+    assert roofline.attainable_gflops(50.0, peak_gflops=100.0, bandwidth_gbps=10.0) == 100.0
+    assert roofline.peak_gemm_gflops(64, repeats=1) > 0
+    assert roofline.peak_copy_gbps(1, repeats=1) > 0
+
+
+def _reference_top_level_ops(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Top-level operator names from plain profiler intervals (no annotations, no parent links):
+    an operator is nested when an earlier one on its thread is still running."""
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        model(x)
+    names, end_by_thread = [], {}
+    for event in sorted(prof.events(), key=lambda e: (e.time_range.start, -e.time_range.end)):
+        if event.time_range.start < end_by_thread.get(event.thread, -1):
+            continue
+        end_by_thread[event.thread] = event.time_range.end
+        names.append(event.name)
+    return names
+
+
+def test_profile_top_level_ops_match_an_interval_reading_of_the_profiler():
+    model, x = _tiny_googlenet(), torch.randn(1, 3, SIZE, SIZE)
+    profile = profile_forward(model, x, forwards=1, warmup=1)
+    names = [op.name for op in profile.ops]
+    assert sorted(names) == sorted(_reference_top_level_ops(model, x))
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert names.count("aten::conv2d") == convs and names.count("aten::linear") == 1
+    assert names.count("aten::cat") == len(deeprebirth.models.INCEPTION_CONFIG)
+
+
+def test_non_tensor_share_is_the_sum_of_non_tensor_op_times_over_all():
+    model, x = _tiny_googlenet(), torch.randn(2, 3, SIZE, SIZE)
+    profile = profile_forward(model, x, forwards=2)
+    non_tensor = sum(op.ms for op in profile.ops if not is_tensor_op(op.name))
+    total = sum(op.ms for op in profile.ops)
+    assert 0.0 < profile.non_tensor_share() < 1.0
+    assert profile.non_tensor_share() == pytest.approx(non_tensor / total)
+    assert profile.op_ms() <= sum(profile.module_ms[""]) + 1e-9  # ops run inside the forward
+    only_convs = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)).eval()
+    assert profile_forward(only_convs, x, forwards=1).non_tensor_share() == 0.0
+    only_pools = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2)).eval()
+    assert profile_forward(only_pools, x, forwards=1).non_tensor_share() == 1.0
+
+
+def test_layer_and_block_times_split_the_profile():
+    model, x = _tiny_googlenet(), torch.randn(1, 3, SIZE, SIZE)
+    profile = profile_forward(model, x, forwards=2)
+    layers = {layer.name: layer for layer in profile.layer_times()}
+    assert sum(layer.total_ms for layer in layers.values()) == pytest.approx(
+        profile.op_ms() / profile.forwards
+    )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            assert layers[name].kind == "Conv2d" and layers[name].non_tensor_ms == 0.0
+    assert layers["conv1.pool"].tensor_ms == 0.0 and layers["conv1.pool"].non_tensor_ms > 0
+    assert layers["inception_3a:cat"].kind == "cat"
+    blocks = zoo.top_level_blocks(model)
+    assert "dropout" not in blocks and blocks[:3] == ["conv1", "conv2", "inception_3a"]
+    block_ms = profile.block_ms(blocks)
+    assert list(block_ms) == blocks
+    assert sum(block_ms.values()) <= profile.forward_ms()
+
+
+def test_fused_ops_count_as_tensor_layers(tiny_run):
+    context, _ = tiny_run
+    profile = context.profile(zoo.GOOGLENET_SLIM, 1)
+    fused = [op for op in profile.ops if op.name.startswith("deeprebirth::")]
+    assert fused and all(op.tensor for op in fused)
+    branch_layers = [layer for layer in profile.layer_times() if layer.kind == "BranchConv2d"]
+    assert branch_layers and all(layer.non_tensor_ms == 0.0 for layer in branch_layers)
+
+
+def test_timing_rows_ratio_is_baseline_over_variant():
+    timings = {"base": Timing((4.0, 6.0, 5.0)), "fast": Timing((2.0, 2.5, 3.0)), "gone": None}
+    rows = tables.timing_rows(timings)
+    assert rows[0] == ["base", "5.00 [4.00, 6.00]", "1.00x"]
+    assert rows[1] == ["fast", "2.50 [2.00, 3.00]", f"{5.0 / 2.5:.2f}x"]
+    assert rows[2] == ["gone", "n/a", "n/a"]
+
+
+def test_unavailable_runtime_is_reported_not_raised(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded\nsecond line")
+
+    monkeypatch.setattr(runtimes, "onnxruntime_forward", broken)
+    runtime = build_runtime("onnxruntime", nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8))
+    assert runtime.run is None and "exporter exploded" in runtime.note
+    with pytest.raises(ValueError, match="expected a runtime"):
+        build_runtime("tensorrt", nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8))
+
+
+def _tables(markdown: str) -> list[list[str]]:
+    """Each table's lines (header, separator, rows) in a Markdown page."""
+    found, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def test_suite_writes_every_page_with_machine_lines_and_readable_pngs(tiny_run):
+    context, paths = tiny_run
+    config, tmp_path = context.config, context.config.out
+    names = {p.name for p in paths}
+    assert {
+        "table1_non_tensor_share.md",
+        "figure2_layer_times.md",
+        "table4_5_latency.md",
+        "peers.md",
+        "summary.md",
+        "table6_memory.md",
+        "roofline.md",
+    } <= names
+    for path in paths:
+        assert path.is_file() and path.parent == tmp_path
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                image.verify()
+                assert image.size[0] > 100 and image.size[1] > 100
+            continue
+        text = path.read_text()
+        machine = text.splitlines()[2]
+        assert machine.startswith("Machine: ") and "torch" in machine
+        assert text.count("\n### ") == text.count(f"_{machine}_")  # every table has it
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert (tmp_path / image).is_file()
+    table1 = (tmp_path / "table1_non_tensor_share.md").read_text()
+    for table in _tables(table1):
+        assert [row.split("|")[1].strip() for row in table[2:]] == ["GoogLeNet", "GoogLeNet-Slim"]
+        for row in table[2:]:
+            tensor, non_tensor = (float(row.split("|")[i]) for i in (3, 4))
+            assert tensor + non_tensor == pytest.approx(100.0, abs=0.11)
+    memory = _tables((tmp_path / "table6_memory.md").read_text())[0]
+    assert len(memory) - 2 == len(config.latency_models)
+
+
+def test_peer_ratio_column_is_baseline_median_over_variant_median(tiny_run):
+    context, _ = tiny_run
+    first = _tables((context.config.out / "peers.md").read_text())[0]
+    latency = context.latency[1]
+    base = latency[("GoogLeNet", "eager")]
+    assert len(first) - 2 == 4  # two models x two runtimes
+    for row in first[2:]:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        label, runtime_label = cells[0].split(" \\| ")
+        key = next(k for k in latency if k[0] == label and runtimes.RUNTIMES[k[1]] == runtime_label)
+        assert cells[1] == tables.timing_cell(latency[key])
+        assert cells[2] == f"{base.median / latency[key].median:.2f}x"
+
+
+def test_cli_options_become_the_config(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["bench", "--quick", "--out", str(tmp_path), "--batches", "1,2"])
+    config = config_from_args(args)
+    assert config.image_size == 112 and config.batches == (1, 2) and config.out == tmp_path
+    assert "compile" in config.peer_runtimes
+    args = parser.parse_args(["bench", "--no-compile", "--sections", "latency,memory"])
+    config = config_from_args(args)
+    assert config.image_size == 224 and "compile" not in config.peer_runtimes
+    assert config.sections == ("latency", "memory")
+    with pytest.raises(ValueError, match="sections"):
+        config_from_args(parser.parse_args(["bench", "--sections", "tables"]))
