@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import platform
@@ -79,6 +80,7 @@ def interleaved_timings(
     return {name: Timing(tuple(s)) for name, s in samples.items()}
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux":
         return None

@@ -20,6 +20,14 @@ PoolKind parse_pool_kind(c10::string_view pool) {
               "\"");
 }
 
+ConvPoolArgs make_conv_pool_args(c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                 c10::IntArrayRef dilation, int64_t groups, c10::string_view pool,
+                                 c10::IntArrayRef pool_kernel, c10::IntArrayRef pool_stride,
+                                 c10::IntArrayRef pool_padding, bool ceil_mode, bool relu) {
+  return ConvPoolArgs{stride,      padding,     dilation,     groups,    parse_pool_kind(pool),
+                      pool_kernel, pool_stride, pool_padding, ceil_mode, relu};
+}
+
 ConvPoolGeometry check_conv_pool_args(const at::Tensor& x, const at::Tensor& w,
                                       const std::optional<at::Tensor>& b,
                                       const ConvPoolArgs& args) {

@@ -33,6 +33,13 @@ struct ConvPoolArgs {
   bool relu;
 };
 
+// ConvPoolArgs from the operator's arguments in schema order (pool by name: "max" or "avg"), the
+// one place the kernels turn their dispatcher arguments into ConvPoolArgs.
+ConvPoolArgs make_conv_pool_args(c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                 c10::IntArrayRef dilation, int64_t groups, c10::string_view pool,
+                                 c10::IntArrayRef pool_kernel, c10::IntArrayRef pool_stride,
+                                 c10::IntArrayRef pool_padding, bool ceil_mode, bool relu);
+
 // Sizes implied by validated arguments.
 struct ConvPoolGeometry {
   int64_t conv_h, conv_w;  // convolution (pre-pool) output

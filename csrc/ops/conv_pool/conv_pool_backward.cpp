@@ -25,8 +25,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_recompute(
     const std::optional<at::Tensor>& b, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation, int64_t groups, c10::string_view pool, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode, bool relu) {
-  const ConvPoolArgs args{stride,      padding,     dilation,     groups,    parse_pool_kind(pool),
-                          pool_kernel, pool_stride, pool_padding, ceil_mode, relu};
+  const ConvPoolArgs args =
+      make_conv_pool_args(stride, padding, dilation, groups, pool, pool_kernel, pool_stride,
+                          pool_padding, ceil_mode, relu);
   check_conv_pool_grad_args(grad, x, w, b, args);
   const at::Tensor pre_activation = at::conv2d(x, w, b, stride, padding, dilation, groups);
   const at::Tensor activation = relu ? at::relu(pre_activation) : pre_activation;

@@ -81,8 +81,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_cpu(
     const std::optional<at::Tensor>& b, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation, int64_t groups, c10::string_view pool, c10::IntArrayRef pool_kernel,
     c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode, bool relu) {
-  const ConvPoolArgs args{stride,      padding,     dilation,     groups,    parse_pool_kind(pool),
-                          pool_kernel, pool_stride, pool_padding, ceil_mode, relu};
+  const ConvPoolArgs args =
+      make_conv_pool_args(stride, padding, dilation, groups, pool, pool_kernel, pool_stride,
+                          pool_padding, ceil_mode, relu);
   const ConvPoolGeometry g = check_conv_pool_grad_args(grad, x, w, b, args);
   const int64_t batch = x.size(0), channels = w.size(0), height = x.size(2);
   at::Tensor grad_x = at::zeros(x.sizes(), x.options().memory_format(conv_pool_memory_format(x)));

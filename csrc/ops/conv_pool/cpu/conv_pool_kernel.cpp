@@ -76,8 +76,9 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                          c10::string_view pool, c10::IntArrayRef pool_kernel,
                          c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding,
                          bool ceil_mode, bool relu) {
-  const ConvPoolArgs args{stride,      padding,     dilation,     groups,    parse_pool_kind(pool),
-                          pool_kernel, pool_stride, pool_padding, ceil_mode, relu};
+  const ConvPoolArgs args =
+      make_conv_pool_args(stride, padding, dilation, groups, pool, pool_kernel, pool_stride,
+                          pool_padding, ceil_mode, relu);
   const ConvPoolGeometry g = check_conv_pool_args(x, w, b, args);
   const int64_t batch = x.size(0), channels = w.size(0);
   at::Tensor out = at::empty({batch, channels, g.out_h, g.out_w},
