@@ -6,7 +6,7 @@ output folder (``--jobs`` at a time, one thread each), then writes one Markdown 
 top-1/top-5 of every variant next to the teacher's:
 
     python scripts/ablation.py --config configs/fashion_mnist_googlenet.yaml \\
-        --teacher runs/fashion_mnist_googlenet/teacher.pt --out docs/results/fashion_mnist_ablation.md
+        --teacher runs/fashion_mnist_googlenet/teacher.pt --out docs/results/fashion_mnist/ablation.md
 
 Extra ``key=value`` arguments go to every run (e.g. a shorter schedule).
 """
@@ -20,6 +20,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from deeprebirth.utils.benchmark import machine_line  # noqa: E402
@@ -89,6 +91,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="variants run at once")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as every variant runs (threads=1): the table's machine line says so
     root = Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
     variants = list(itertools.product(INITS, LR_MULTS))

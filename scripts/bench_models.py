@@ -6,6 +6,9 @@ Scenarios (each at batch 1 and 8, ``--threads`` threads, variants interleaved in
 1. bvlc_googlenet eager vs fully slimmed (streamline + branch_slim + fold_bn + fuse_conv_pool +
    merge_branches). Paper targets: >= 3x lower latency, >= 2.5x lower peak activation memory.
 2. torchvision resnet50 eager vs fold_bn + fuse_conv_pool + streamline (stem). Target >= 1.3x.
+
+Each scenario also runs the slim model after the exact CPU deployment rule ``pack_conv`` (weights
+packed once for oneDNN, ReLUs fused; "packed slim").
 3. torchvision googlenet exact rules only (fold_bn + fuse_conv_pool + merge_branches) vs
    ``torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))`` of the original
    (trace when script fails).
@@ -44,6 +47,12 @@ EXACT = ["fold_bn", "fuse_conv_pool", "merge_branches"]
 def jit_optimized(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.jit.optimize_for_inference(freeze(script or trace)) of ``model``."""
     return torchscript_frozen(model, x, optimize=True)
+
+
+def packed_variants(slim_model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """``slim_model`` after the ``pack_conv`` deployment rule, in both layouts."""
+    packed, _ = deeprebirth.slim(slim_model, ["pack_conv"], example)
+    return {"packed slim": packed, "packed slim channels_last": channels_last(packed)}
 
 
 def scenario(
@@ -115,8 +124,9 @@ def main() -> None:
         scenario(
             "bvlc_googlenet vs GoogLeNet-Slim (streamline + branch_slim + exact rules)",
             {"eager": model, "eager channels_last": channels_last(model),
-             "slim": slim_model, "slim channels_last": channels_last(slim_model)},  # fmt: skip
-            "eager", args.image_size, batches, args.repeats, {"slim": 3.0},
+             "slim": slim_model, "slim channels_last": channels_last(slim_model),
+             **packed_variants(slim_model, example)},  # fmt: skip
+            "eager", args.image_size, batches, args.repeats, {"slim": 3.0, "packed slim": 3.0},
         )  # fmt: skip
 
     if "resnet50" in only:
@@ -128,8 +138,9 @@ def main() -> None:
         scenario(
             "torchvision resnet50 vs fold_bn + fuse_conv_pool + streamline (stem)",
             {"eager": model, "eager channels_last": channels_last(model),
-             "slim": slim_model, "slim channels_last": channels_last(slim_model)},  # fmt: skip
-            "eager", args.image_size, batches, args.repeats, {"slim": 1.3},
+             "slim": slim_model, "slim channels_last": channels_last(slim_model),
+             **packed_variants(slim_model, example)},  # fmt: skip
+            "eager", args.image_size, batches, args.repeats, {"slim": 1.3, "packed slim": 1.3},
         )  # fmt: skip
 
     if "googlenet_jit" in only:
@@ -145,8 +156,9 @@ def main() -> None:
              "jit optimized channels_last": jit_optimized(copy.deepcopy(model).to(memory_format=torch.channels_last),
                                                           example.contiguous(memory_format=torch.channels_last)),
              "eager": model, "eager channels_last": channels_last(model),
-             "exact slim": slim_model, "exact slim channels_last": channels_last(slim_model)},  # fmt: skip
-            "jit optimized", args.image_size, batches, args.repeats, {"exact slim": 1.0},
+             "exact slim": slim_model, "exact slim channels_last": channels_last(slim_model),
+             **packed_variants(slim_model, example)},  # fmt: skip
+            "jit optimized", args.image_size, batches, args.repeats, {"exact slim": 1.0, "packed slim": 1.0},
         )  # fmt: skip
 
 

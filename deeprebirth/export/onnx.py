@@ -37,7 +37,10 @@ def save_onnx(
         ) from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    portable = make_portable(model).eval()
+    # Contiguous weights: channels_last ones (e.g. from channels_last training) make torch.export
+    # specialise the batch of a batch-1 example (its strides are ambiguous) and fail.
+    portable = make_portable(model).eval().to(memory_format=torch.contiguous_format)
+    example_input = example_input.contiguous()
     metadata.portable = True
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():

@@ -15,31 +15,7 @@ import torch
 from torch import nn
 
 from deeprebirth.ops import BranchConv2d, ConvPool2d
-
-
-class ConcatBranches(nn.Module):
-    """``cat([relu?(conv(x)) for conv in convs], 1)`` with standard layers only.
-
-    Shape:
-        ``(N, C_in, H, W) -> (N, sum C_i, H_out, W_out)``.
-
-    Example:
-        >>> merged = ConcatBranches([nn.Conv2d(4, 2, 1), nn.Conv2d(4, 3, 3, padding=1)], relu=True)
-        >>> merged(torch.randn(1, 4, 5, 5)).shape
-        torch.Size([1, 5, 5, 5])
-    """
-
-    def __init__(self, convs: list[nn.Conv2d], relu: bool) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList(convs)
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for conv in self.convs:
-            y = conv(x)
-            outputs.append(torch.relu(y) if self.relu else y)
-        return torch.cat(outputs, 1)
+from deeprebirth.surgery.modules import ConcatBranches, PackedConv2d
 
 
 def conv_pool_as_standard(fused: ConvPool2d) -> nn.Sequential:
@@ -86,7 +62,8 @@ def uses_deeprebirth_ops(model: nn.Module) -> bool:
 
 
 def make_portable(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every ConvPool2d / BranchConv2d replaced by standard layers.
+    """A deep copy of ``model`` with every ConvPool2d / BranchConv2d (and PackedConv2d, a CPU
+    runtime detail) replaced by standard layers.
 
     The input model is not modified; a model without deeprebirth modules is returned as a copy.
 
@@ -106,5 +83,7 @@ def _replace_in_place(module: nn.Module) -> None:
             setattr(module, name, conv_pool_as_standard(child))
         elif isinstance(child, BranchConv2d):
             setattr(module, name, branch_conv_as_standard(child))
+        elif isinstance(child, PackedConv2d):
+            setattr(module, name, child.to_standard())
         else:
             _replace_in_place(child)

@@ -6,8 +6,9 @@
 - :func:`register_rule`: add a user rule (see :mod:`deeprebirth.surgery.registry`).
 - :func:`new_parameters`: parameters of layers inexact rules created (train them at 10x LR).
 
-Built-in rules: ``fold_bn``, ``fuse_conv_pool``, ``merge_branches`` (exact); ``streamline``,
-``branch_slim``, ``tucker`` (not exact: finetune afterwards).
+Built-in rules: ``fold_bn``, ``fuse_conv_pool``, ``merge_branches`` and the CPU deployment rule
+``pack_conv`` (exact); ``streamline``, ``branch_slim``, ``tucker`` (not exact: finetune
+afterwards).
 
 Example:
     >>> model = deeprebirth.models.bvlc_googlenet(width=0.25).eval()

@@ -9,7 +9,7 @@ A rule is a class with a unique ``name``, an ``exact`` flag and two methods:
   Raise :class:`SiteError` to skip the site with a reason instead.
 
 Rules run in ``priority`` order (lower first; structural inexact rules 10-30, exact rules 40-60,
-user rules default to 50); each rule sees the model as the previous rules left it.
+the deployment rule ``pack_conv`` 70, user rules default to 50); each rule sees the model as the previous rules left it.
 
 Example:
     >>> @register_rule
@@ -125,6 +125,7 @@ _BUILTIN_RULES = (
     "streamline",
     "branch_slim",
     "tucker",
+    "pack_conv",
 )
 
 

@@ -296,3 +296,92 @@ def test_cli_options_become_the_config(tmp_path):
     assert config.sections == ("latency", "memory")
     with pytest.raises(ValueError, match="sections"):
         config_from_args(parser.parse_args(["bench", "--sections", "tables"]))
+
+
+def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_path):
+    """scripts/compare_models.py on two saved models: one row per runtime whose speed-up is the
+    baseline median over the candidate median, and a best-of-each row."""
+    import subprocess
+    import sys
+
+    from deeprebirth.io import save_model
+
+    root = Path(__file__).resolve().parents[2]
+    big = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval()
+    small = nn.Sequential(nn.Conv2d(1, 4, 3)).eval()
+    save_model(tmp_path / "teacher.pt", big)
+    save_model(tmp_path / "student.pt", small)
+    out = tmp_path / "speed.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts" / "compare_models.py"),
+            str(tmp_path / "teacher.pt"),
+            str(tmp_path / "student.pt"),
+            "--input-shape",
+            "1,12,12",
+            "--threads",
+            "1",
+            "--batches",
+            "1,2",
+            "--runtimes",
+            "eager,torchscript",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [
+        line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 ")
+    ]
+    assert [r[1].strip() for r in rows] == ["1"] * 3 + ["2"] * 3
+    assert [r[2].strip() for r in rows[:2] + rows[3:5]] == ["eager", "TorchScript frozen"] * 2
+    assert rows[2][2].strip().startswith("best of each") and rows[5][2].strip().startswith("best")
+    for r in rows:
+        teacher_ms, student_ms, ratio = float(r[3]), float(r[4]), float(r[5].strip().rstrip("x"))
+        assert ratio == pytest.approx(teacher_ms / student_ms, rel=0.05)  # printed rounded
+
+
+def test_compare_models_script_rejects_a_bad_runtime(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts" / "compare_models.py"),
+            "a.pt",
+            "b.pt",
+            "--runtimes",
+            "eager,tensorrt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "tensorrt" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "script", ["bench_ops.py", "bench_models.py", "benchmark.py", "compare_models.py"]
+)
+def test_benchmark_scripts_start(script):
+    """Each benchmark script imports and parses its arguments (they are not run by CI)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout

@@ -310,6 +310,28 @@ def test_unscriptable_models_are_traced(tmp_path):
         torch.testing.assert_close(torch.jit.load(str(path))(example), model(example))
 
 
+def test_channels_last_packed_model_exports_from_a_batch_of_one(tmp_path):
+    """A model trained in channels_last (and packed for CPU) exports from a one-image example
+    with a dynamic batch: ONNX Runtime and TorchScript then match eager on three images."""
+    import onnxruntime
+
+    model, _ = deeprebirth.slim(_googlenet().eval(), ["fuse_conv_pool", "pack_conv"], _example())
+    model = model.eval().to(memory_format=torch.channels_last)
+    one = _example()[:1].contiguous(memory_format=torch.channels_last)
+    three = torch.randn(3, 3, CROP, CROP, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(three)
+    onnx_file = deeprebirth.export(model, one, "onnx", out=tmp_path / "m.onnx", metadata=METADATA)
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: three.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=ATOL, rtol=0)
+    ts_file = deeprebirth.export(
+        model, one, "torchscript", out=tmp_path / "m.ts", metadata=METADATA
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts_file))(three), expected, atol=ATOL, rtol=0)
+
+
 def test_metadata_rejects_bad_records():
     with pytest.raises(ValueError, match="resize_size"):
         ExportMetadata(input_size=[96, 96], resize_size=50)

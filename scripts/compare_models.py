@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Latency of two saved models side by side (e.g. a finetune run's teacher and student; not a test).
+
+For every thread count, batch size and runtime it times both models interleaved in one process
+and prints a Markdown table: median latency of each, and ``baseline / candidate`` (> 1: the
+candidate is faster). A last row per thread count and batch compares each model in its own best
+runtime. Input shape comes from ``--input-shape`` or the run's ``config.yaml`` next to the files.
+
+    python scripts/compare_models.py runs/fashion_mnist_googlenet/teacher.pt \\
+        runs/fashion_mnist_googlenet/student.pt --threads 1,2 --batches 1 \\
+        --runtimes eager,eager_channels_last,torchscript,onnxruntime --out speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from deeprebirth.bench.runtimes import RUNTIMES, build_runtime  # noqa: E402
+from deeprebirth.io import load_model  # noqa: E402
+from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
+
+
+def int_list(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``; raises ``argparse.ArgumentTypeError`` naming the bad item."""
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from error
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def input_shape_of(model_path: Path, given: list[int] | None) -> tuple[int, int, int]:
+    """(C, H, W) from ``given`` or from the ``config.yaml`` of the run folder holding the model."""
+    if given:
+        if len(given) != 3:
+            raise SystemExit(f"--input-shape expects C,H,W (3 numbers), got {given}")
+        return tuple(given)  # type: ignore[return-value]
+    config = model_path.parent / "config.yaml"
+    if not config.is_file():
+        raise SystemExit(f"no --input-shape given and no {config} to read it from")
+    model = yaml.safe_load(config.read_text())["model"]
+    return (model["in_channels"], model["input_size"], model["input_size"])
+
+
+def compare(
+    models: dict[str, torch.nn.Module],
+    shape: tuple[int, int, int],
+    threads: list[int],
+    batches: list[int],
+    runtimes: list[str],
+    repeats: int,
+) -> list[str]:
+    """Markdown table rows: per threads x batch x runtime, both models' medians and the ratio."""
+    baseline, candidate = list(models)
+    rows = [
+        f"| threads | batch | runtime | {baseline} (ms) | {candidate} (ms) | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    workdir = Path(tempfile.mkdtemp(prefix="deeprebirth-compare-"))
+    for thread_count in threads:
+        torch.set_num_threads(thread_count)
+        for batch in batches:
+            x = torch.randn(batch, *shape)
+            forwards = {}
+            for runtime in runtimes:
+                for name, model in models.items():
+                    built = build_runtime(runtime, model, x, thread_count, workdir)
+                    if built.run is None:
+                        print(f"{name} / {runtime}: {built.note}", file=sys.stderr)
+                        continue
+                    forwards[(runtime, name)] = built.run
+            with torch.inference_mode():
+                timings = interleaved_timings(
+                    {key: (lambda run=run, x=x: run(x)) for key, run in forwards.items()}, repeats
+                )
+            best = {}
+            for runtime in runtimes:
+                pair = [timings.get((runtime, name)) for name in models]
+                for name, timing in zip(models, pair, strict=True):
+                    if timing is not None and (
+                        name not in best or timing.median < best[name][1].median
+                    ):
+                        best[name] = (runtime, timing)
+                if None in pair:
+                    continue
+                rows.append(
+                    f"| {thread_count} | {batch} | {RUNTIMES[runtime]} | {pair[0].median:.3f} | "
+                    f"{pair[1].median:.3f} | {pair[0].median / pair[1].median:.2f}x |"
+                )
+            if len(best) == 2:
+                (base_rt, base_t), (cand_rt, cand_t) = best[baseline], best[candidate]
+                rows.append(
+                    f"| {thread_count} | {batch} | best of each ({RUNTIMES[base_rt]} / "
+                    f"{RUNTIMES[cand_rt]}) | {base_t.median:.3f} | {cand_t.median:.3f} | "
+                    f"{base_t.median / cand_t.median:.2f}x |"
+                )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("baseline", type=Path, help="model file (deeprebirth.io.save_model)")
+    parser.add_argument("candidate", type=Path, help="model file to compare against baseline")
+    parser.add_argument("--threads", type=int_list, default=[torch.get_num_threads()])
+    parser.add_argument("--batches", type=int_list, default=[1])
+    parser.add_argument(
+        "--runtimes",
+        default="eager,eager_channels_last,torchscript",
+        help=f"comma-separated, from {sorted(RUNTIMES)}",
+    )
+    parser.add_argument("--input-shape", type=int_list, default=None, help="C,H,W")
+    parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown:
+        parser.error(f"unknown runtime(s) {unknown}; expected some of {sorted(RUNTIMES)}")
+    models = {
+        path.stem: load_model(path)[0].float().eval() for path in (args.baseline, args.candidate)
+    }
+    if len(models) != 2:
+        parser.error("the two model files need different names (their stems label the table)")
+    shape = input_shape_of(args.baseline, args.input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rows = compare(models, shape, args.threads, args.batches, runtimes, args.repeats)
+    text = "\n".join([f"Machine: {machine_line()}", f"Input: {shape}", "", *rows]) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
