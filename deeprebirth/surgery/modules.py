@@ -153,7 +153,9 @@ class PackedConv2d(nn.Conv2d):
         )
 
     @torch.jit.unused
-    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _packed_forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
         key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
@@ -169,23 +171,23 @@ class PackedConv2d(nn.Conv2d):
                 list(x.shape),
             )
             self.packed_weights[key] = weight
-        return torch.ops.mkldnn._convolution_pointwise(
-            x,
-            weight,
-            None if self.bias is None else self.bias.detach(),
-            list(self.padding),
-            list(self.stride),
-            list(self.dilation),
-            self.groups,
-            "relu" if self.relu else "none",
-            [],
-            "",
-        )
+        bias = None if self.bias is None else self.bias.detach()
+        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if residual is not None and self.relu:  # relu(conv(x) + residual) in one oneDNN call
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, weight, bias, *geometry, "add", 1.0, "relu", [], ""
+            )
+        attr = "relu" if self.relu and residual is None else "none"
+        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, attr, [], "")
+        return y if residual is None else y + residual
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu?(conv(x) [+ residual])``: the residual is added before the ReLU."""
         if not torch.jit.is_scripting() and self._packed_path_applies(x):
-            return self._packed_forward(x)
+            return self._packed_forward(x, residual)
         y = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            y = y + residual
         return torch.relu(y) if self.relu else y
 
 
@@ -206,3 +208,64 @@ def _conv_sharing_weights(cls: type[nn.Conv2d], conv: nn.Conv2d, **kwargs) -> nn
     )
     new.weight, new.bias = conv.weight, conv.bias
     return new.train(conv.training)
+
+
+class PackedResidualBlock(nn.Module):
+    """A ResNet block after BatchNorm folding, every ReLU and the residual add fused into its
+    packed convolutions: ``relu(last(body(x)) + shortcut(x))`` where ``body`` ends in a ReLU.
+
+    Built by the ``pack_conv`` rule from torchvision's ``BasicBlock`` / ``Bottleneck`` (whose one
+    shared ReLU module a per-layer rewrite cannot remove). Exact up to float32 rounding.
+
+    Args:
+        convs: the block's convolutions in order (conv1, conv2[, conv3]), BatchNorms folded in.
+        shortcut: the 1x1 downsample convolution, or None for the identity shortcut.
+
+    Example:
+        >>> block = PackedResidualBlock([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)])
+        >>> block(torch.randn(1, 8, 6, 6)).shape
+        torch.Size([1, 8, 6, 6])
+    """
+
+    def __init__(self, convs: Sequence[nn.Conv2d], shortcut: nn.Conv2d | None = None) -> None:
+        super().__init__()
+        *body, last = convs
+        self.body = nn.Sequential(*(PackedConv2d.from_conv(c, relu=True) for c in body))
+        self.last = PackedConv2d.from_conv(last, relu=True)
+        self.shortcut = nn.Identity() if shortcut is None else PackedConv2d.from_conv(shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.body(x), self.shortcut(x))
+
+    def to_standard(self) -> "ResidualBlock":
+        """The same block of plain layers (sharing the weights)."""
+        body = [layer for packed in self.body for layer in _as_layers(packed.to_standard())]
+        shortcut = self.shortcut
+        if isinstance(shortcut, PackedConv2d):
+            shortcut = shortcut.to_standard()
+        return ResidualBlock(
+            nn.Sequential(*body), _conv_sharing_weights(nn.Conv2d, self.last), shortcut
+        )
+
+
+class ResidualBlock(nn.Module):
+    """``relu(last(body(x)) + shortcut(x))`` with standard layers: the portable form of
+    :class:`PackedResidualBlock`.
+
+    Example:
+        >>> block = ResidualBlock(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()), nn.Conv2d(4, 4, 1))
+        >>> block(torch.randn(1, 4, 5, 5)).shape
+        torch.Size([1, 4, 5, 5])
+    """
+
+    def __init__(self, body: nn.Module, last: nn.Module, shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body, self.last = body, last
+        self.shortcut = nn.Identity() if shortcut is None else shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.last(self.body(x)) + self.shortcut(x))
+
+
+def _as_layers(module: nn.Module) -> list[nn.Module]:
+    return list(module) if isinstance(module, nn.Sequential) else [module]

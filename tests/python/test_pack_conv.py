@@ -15,7 +15,7 @@ from torch import nn
 import deeprebirth
 from deeprebirth.export.portable import make_portable
 from deeprebirth.models import build_model
-from deeprebirth.surgery.modules import PackedConv2d
+from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock
 
 needs_mkldnn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not in this torch build"
@@ -149,6 +149,59 @@ def test_calls_below_the_mac_threshold_run_the_plain_convolution(monkeypatch) ->
         assert list(packed.packed_weights)[0][0] == tuple(large.shape)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_residual_is_added_before_the_relu(relu: bool, grad: bool) -> None:
+    torch.manual_seed(4)
+    conv = nn.Conv2d(6, 8, 3, padding=1).eval()
+    packed = PackedConv2d.from_conv(conv, relu=relu).eval()
+    x, residual = torch.randn(2, 6, 9, 9), torch.randn(2, 8, 9, 9)
+    expected = _reference(conv, x, False) + residual
+    expected = F.relu(expected) if relu else expected
+    with torch.set_grad_enabled(grad):
+        actual = packed(x, residual)
+    assert bool(packed.packed_weights) == (not grad and torch.backends.mkldnn.is_available())
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_packed_residual_block_matches_the_torchvision_block(block: str) -> None:
+    """The block after fold_bn + pack_conv against torchvision's block in eval mode (BatchNorm
+    with random statistics): packed inference, autograd and TorchScript."""
+    from deeprebirth.compat.torchvision import import_torchvision
+
+    resnet = import_torchvision().models.resnet
+    torch.manual_seed(5)
+    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+    if block == "BasicBlock":
+        original = resnet.BasicBlock(16, 32, stride=2, downsample=downsample)
+    else:
+        original = resnet.Bottleneck(16, 8, stride=2, downsample=downsample)
+    original = randomize_batchnorm(nn.Sequential(original)).eval()
+    x = torch.randn(2, 16, 12, 12)
+    slim_model, report = deeprebirth.slim(original, ["fold_bn", "pack_conv"], x)
+    assert isinstance(slim_model[0], PackedResidualBlock), report
+    with torch.inference_mode():
+        expected = original(x)
+        torch.testing.assert_close(slim_model(x), expected, rtol=1e-4, atol=1e-4)
+    assert slim_model[0].last.packed_weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(slim_model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-4)
+    slim_model(x).sum().backward()  # autograd runs the plain path
+    assert slim_model[0].last.weight.grad is not None
+
+
+def test_unfolded_residual_blocks_are_packed_layer_by_layer_with_the_reason() -> None:
+    model = randomize_batchnorm(build_model("torchvision:resnet18", num_classes=10)).eval()
+    report = deeprebirth.plan(model, torch.zeros(1, 3, 32, 32), rules=["pack_conv"])
+    reasons = [s.reason for s in report.skipped]
+    assert len(reasons) == 8 and all("run fold_bn first" in r for r in reasons)
+    assert len(report.applied) == 20  # every convolution, one by one
+
+
 def test_unsupported_padding_is_refused() -> None:
     with pytest.raises(ValueError, match="padding_mode"):
         PackedConv2d.from_conv(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
@@ -181,12 +234,16 @@ def test_pack_conv_rule_keeps_outputs(name: str) -> None:
     plain = [n for n, m in slim_model.named_modules() if type(m) is nn.Conv2d]
     assert not plain, f"{name}: convolutions left unpacked: {plain[:3]}"
     sites = [s for s in report.applied if s.rule == "pack_conv"]
-    assert len(sites) == len(packed)
+    blocks = [m for m in slim_model.modules() if isinstance(m, PackedResidualBlock)]
+    in_blocks = sum(1 for b in blocks for m in b.modules() if isinstance(m, PackedConv2d))
+    assert len(sites) == len(packed) - in_blocks + len(blocks)
     for site in sites:  # a fused ReLU is gone from the model and flagged on the conv
         if len(site.modules) == 2:
             assert isinstance(slim_model.get_submodule(site.modules[1]), nn.Identity)
             assert slim_model.get_submodule(site.modules[0]).relu
-    # resnet's ReLUs are shared by several calls and mobilenet's are ReLU6: both kept
+    # resnet's blocks (shared ReLU, residual add) become PackedResidualBlocks; mobilenet's
+    # activations are ReLU6 and stay
+    assert len(blocks) == (8 if name == "torchvision:resnet18" else 0)
     fuses = name in ("bvlc_googlenet", "torchvision:squeezenet1_1")
     assert any(len(s.modules) == 2 for s in sites) == fuses
     again = deeprebirth.plan(slim_model, x, rules=["pack_conv"])

@@ -5,15 +5,20 @@ A deployment rule for CPU inference, run after the other rules (priority 70): ea
 weights, which keeps oneDNN's packed copy of the weights instead of reordering them on every call.
 When the convolution's only reader is a ReLU layer called once, that ReLU is fused into the
 convolution and replaced by ``nn.Identity`` (a functional or shared ReLU stays where it is).
+torchvision's ResNet blocks (``BasicBlock``, ``Bottleneck``) whose BatchNorms were folded become
+one :class:`~deeprebirth.surgery.modules.PackedResidualBlock`: their shared ReLU and the residual
+add are fused into the packed convolutions as well.
 Training, autograd and TorchScript use the plain convolution, so the rewrite is exact everywhere.
-Skipped with the reason: padding modes other than zeros and string padding (``"same"``).
+Skipped with the reason: padding modes other than zeros and string padding (``"same"``); ResNet
+blocks with BatchNorms left (run ``fold_bn`` first) or layers already rewritten are packed layer
+by layer instead.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.surgery.modules import PackedConv2d
+from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
 from deeprebirth.surgery.rules._chains import called_once, sole_user
@@ -29,9 +34,20 @@ class PackConv(Rule):
 
     def find(self, ctx: SurgeryContext) -> list[Site]:
         graph = ctx.graph
-        sites = []
+        sites, in_blocks = [], set()
+        for name, block in ctx.model.named_modules():
+            if type(block).__name__ not in RESIDUAL_BLOCKS or not type(block).__module__.startswith(
+                "torchvision."
+            ):
+                continue
+            problem = _residual_block_problem(block) or called_once(graph, f"{name}.conv1")
+            if problem:
+                sites.append(self.site((name,), f"{name} packed layer by layer: {problem}", False))
+                continue
+            sites.append(self.site((name,), f"pack {name}, fuse its ReLUs and residual add"))
+            in_blocks.update(f"{name}.{n}" for n, _ in block.named_modules() if n)
         for node, conv in graph.module_nodes(nn.Conv2d):
-            if isinstance(conv, PackedConv2d):
+            if isinstance(conv, PackedConv2d) or node.target in in_blocks:
                 continue
             if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
                 reason = (
@@ -55,6 +71,52 @@ class PackConv(Rule):
     def replacements(
         self, model: nn.Module, site: Site, options: SlimOptions
     ) -> dict[str, nn.Module]:
+        block = model.get_submodule(site.modules[0])
+        if type(block).__name__ in RESIDUAL_BLOCKS:
+            return {site.modules[0]: _packed_block(block)}
         conv_name, *relu = site.modules
         packed = PackedConv2d.from_conv(model.get_submodule(conv_name), relu=bool(relu))
         return {conv_name: packed, **{name: nn.Identity() for name in relu}}
+
+
+RESIDUAL_BLOCKS = {"BasicBlock": 2, "Bottleneck": 3}  # torchvision class -> its convolutions
+
+
+def _packable(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+def _shortcut_conv(block: nn.Module) -> nn.Module | None:
+    """The downsample's only layer left after BatchNorm folding (None without a downsample)."""
+    if block.downsample is None:
+        return None
+    layers = [m for m in block.downsample.children() if not isinstance(m, nn.Identity)]
+    return layers[0] if len(layers) == 1 else block.downsample
+
+
+def _residual_block_problem(block: nn.Module) -> str:
+    """'' when a torchvision ResNet block can become a PackedResidualBlock, else why not."""
+    count = RESIDUAL_BLOCKS[type(block).__name__]
+    convs = [getattr(block, f"conv{i}", None) for i in range(1, count + 1)]
+    norms = [getattr(block, f"bn{i}", None) for i in range(1, count + 1)]
+    if not all(isinstance(n, nn.Identity) for n in norms):
+        return "its BatchNorms are not folded (run fold_bn first)"
+    if not all(_packable(c) for c in convs):
+        return "a convolution was rewritten or is not packable"
+    if not isinstance(getattr(block, "relu", None), nn.ReLU):
+        return "its activation is not nn.ReLU"
+    shortcut = _shortcut_conv(block)
+    if shortcut is not None and not _packable(shortcut):
+        return "its downsample is not one packable convolution"
+    return ""
+
+
+def _packed_block(block: nn.Module) -> PackedResidualBlock:
+    count = RESIDUAL_BLOCKS[type(block).__name__]
+    convs = [getattr(block, f"conv{i}") for i in range(1, count + 1)]
+    block_mode = block.training
+    return PackedResidualBlock(convs, _shortcut_conv(block)).train(block_mode)
