@@ -43,9 +43,10 @@ class PackedConv2d(nn.Conv2d):
 
     A plain CPU convolution hands oneDNN the weights in PyTorch's layout, and oneDNN reorders them
     into its blocked layout on every call: at batch 1 that copy costs about as much as the
-    arithmetic of a late ResNet layer. This module keeps the packed copy (one per input shape,
-    rebuilt when the weight changes) and calls ``torch.ops.mkldnn._convolution_pointwise``,
-    which also applies the fused ReLU in the same pass. The result equals ``relu?(conv2d(x))``
+    arithmetic of a late ResNet layer. This module keeps the packed copy (one per input shape, at
+    most :attr:`max_packed_shapes` of them, rebuilt when the weight changes) and calls
+    ``torch.ops.mkldnn._convolution_pointwise``, which also applies the fused ReLU (and a residual
+    add, ``forward(x, residual)``) in the same pass. The result equals ``relu?(conv2d(x))``
     up to float32 rounding.
 
     The packed path runs only where it pays and is safe: calls of at least
@@ -78,6 +79,8 @@ class PackedConv2d(nn.Conv2d):
     #: Fashion-MNIST-size GoogLeNet (all layers < 1M MACs) ran 1.7x slower packed, ResNet-50's
     #: layers (>= 12M MACs at 224x224) 1.4x faster. Set it on an instance or the class.
     min_packed_macs: int = 1 << 22
+    #: Packed copies kept per layer, one per input shape (the most recently packed ones).
+    max_packed_shapes: int = 2
 
     def __init__(self, *args, relu: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -161,7 +164,10 @@ class PackedConv2d(nn.Conv2d):
         key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
         weight = self.packed_weights.get(key)
         if weight is None:
-            self.packed_weights = {k: v for k, v in self.packed_weights.items() if k[1:] == key[1:]}
+            # Same weight only, and at most max_packed_shapes input shapes (the newest): each packed
+            # copy is as large as the weight, and a server sees many batch sizes.
+            kept = [(k, v) for k, v in self.packed_weights.items() if k[1:] == key[1:]]
+            self.packed_weights = dict(kept[len(kept) - self.max_packed_shapes + 1 :])
             weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 self.weight.detach().to_mkldnn(),
                 list(self.padding),

@@ -110,6 +110,17 @@ def test_weight_updates_repack() -> None:
 
 
 @needs_mkldnn
+def test_at_most_max_packed_shapes_copies_are_kept() -> None:
+    conv = nn.Conv2d(3, 4, 3).eval()
+    packed = PackedConv2d.from_conv(conv).eval()
+    with torch.no_grad():
+        for batch in (1, 2, 3):
+            x = torch.randn(batch, 3, 8, 8)
+            torch.testing.assert_close(packed(x), _reference(conv, x, False), rtol=1e-4, atol=1e-5)
+    assert [k[0][0] for k in packed.packed_weights] == [2, 3][-PackedConv2d.max_packed_shapes :]
+
+
+@needs_mkldnn
 def test_copy_save_script_and_standard_form_after_a_packed_forward() -> None:
     conv = nn.Conv2d(3, 6, 3, stride=2, padding=1).eval()
     packed = PackedConv2d.from_conv(conv, relu=True).eval()
