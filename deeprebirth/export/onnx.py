@@ -16,6 +16,7 @@ from torch import nn
 
 from deeprebirth.export.metadata import METADATA_KEY, ExportMetadata
 from deeprebirth.export.portable import make_portable
+from deeprebirth.export.pt2 import contiguous_for_export, dynamic_batch
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -37,12 +38,8 @@ def save_onnx(
         ) from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Contiguous weights: channels_last ones (e.g. from channels_last training) make torch.export
-    # specialise the batch of a batch-1 example (its strides are ambiguous) and fail.
-    portable = make_portable(model).eval().to(memory_format=torch.contiguous_format)
-    example_input = example_input.contiguous()
+    portable, example_input = contiguous_for_export(make_portable(model).eval(), example_input)
     metadata.portable = True
-    batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -52,7 +49,7 @@ def save_onnx(
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=dynamic_batch(),
             optimize=True,
             verbose=False,
         )

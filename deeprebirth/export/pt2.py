@@ -8,6 +8,8 @@ not done here: it needs a C++ compiler at export time and produces a platform-sp
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 from pathlib import Path
 
@@ -17,10 +19,29 @@ from torch import nn
 from deeprebirth.export.metadata import METADATA_FILE, ExportMetadata
 
 
+def dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
+    """``dynamic_shapes`` of a one-input model whose batch dimension is dynamic (1 to 4096)."""
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
+def contiguous_for_export(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[nn.Module, torch.Tensor]:
+    """``model`` (a contiguous copy when any weight is not) and a contiguous ``example_input``.
+
+    Channels_last weights (e.g. from channels_last training) make ``torch.export`` specialise the
+    batch of a one-image example, whose strides are ambiguous, and fail the dynamic batch.
+    """
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if not all(t.is_contiguous() for t in tensors):
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    return model, example_input.contiguous()
+
+
 def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``model`` (eval mode) with a dynamic batch dimension."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    return torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: batch},))
+    model, example_input = contiguous_for_export(model.eval(), example_input)
+    return torch.export.export(model, (example_input,), dynamic_shapes=dynamic_batch())
 
 
 def save_pt2(
