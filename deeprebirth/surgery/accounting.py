@@ -57,6 +57,20 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) 
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def conv2d_macs(module: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """MACs of one call of a 2-D convolution (``Conv2d`` or the conv of ``ConvPool2d``) on an input
+    of ``in_shape`` (N, C, H, W).
+
+    Example:
+        >>> conv2d_macs(nn.Conv2d(3, 8, 3), (1, 3, 10, 10))
+        13824
+    """
+    out_channels, per_group_in, kh, kw = module.weight.shape
+    h = _conv_out(in_shape[2], kh, module.stride[0], module.padding[0], module.dilation[0])
+    w = _conv_out(in_shape[3], kw, module.stride[1], module.padding[1], module.dilation[1])
+    return in_shape[0] * out_channels * h * w * per_group_in * kh * kw
+
+
 def leaf_macs(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
     """MACs of one call of a tensor layer; 0 for every other layer.
 
@@ -77,10 +91,7 @@ def leaf_macs(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int
     if isinstance(module, nn.Linear):
         return math.prod(out_shape) * module.in_features
     if isinstance(module, ConvPool2d):
-        kh, kw = module.weight.shape[2:]
-        h = _conv_out(in_shape[2], kh, module.stride[0], module.padding[0], module.dilation[0])
-        w = _conv_out(in_shape[3], kw, module.stride[1], module.padding[1], module.dilation[1])
-        return in_shape[0] * module.out_channels * h * w * module.weight.shape[1] * kh * kw
+        return conv2d_macs(module, in_shape)
     if isinstance(module, BranchConv2d):
         spatial = in_shape[0] * out_shape[2] * out_shape[3]
         return sum(spatial * w.shape[0] * math.prod(w.shape[1:]) for w in module.weights)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from deeprebirth.surgery.accounting import conv2d_macs
+
 
 class ConcatBranches(nn.Module):
     """Runs each branch on the same input and concatenates the outputs along channels
@@ -84,11 +86,9 @@ class PackedConv2d(nn.Conv2d):
 
     def __init__(self, *args, relu: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError(
-                "PackedConv2d needs padding_mode='zeros' and numeric padding, but got "
-                f"padding_mode={self.padding_mode!r}, padding={self.padding!r}"
-            )
+        problem = packing_problem(self)
+        if problem:
+            raise ValueError(problem)
         self.relu = relu
         self.packed_weights: dict = {}
 
@@ -121,19 +121,7 @@ class PackedConv2d(nn.Conv2d):
 
     def macs(self, input_shape: Sequence[int]) -> int:
         """Multiply-accumulates of one call on an input of ``input_shape`` (N, C, H, W)."""
-        out_hw = [
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(
-                input_shape[2:],
-                self.kernel_size,
-                self.stride,
-                self.padding,
-                self.dilation,
-                strict=True,
-            )
-        ]
-        per_output = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
-        return input_shape[0] * self.out_channels * out_hw[0] * out_hw[1] * per_output
+        return conv2d_macs(self, tuple(input_shape))
 
     @torch.jit.unused
     def _packed_path_applies(self, x: torch.Tensor) -> bool:
@@ -195,6 +183,16 @@ class PackedConv2d(nn.Conv2d):
         if residual is not None:
             y = y + residual
         return torch.relu(y) if self.relu else y
+
+
+def packing_problem(conv: nn.Conv2d) -> str:
+    """'' when ``conv``'s settings fit :class:`PackedConv2d`, else why not."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return (
+            f"padding_mode={conv.padding_mode!r}, padding={conv.padding!r}: PackedConv2d needs "
+            "padding_mode='zeros' and numeric padding"
+        )
+    return ""
 
 
 def _conv_sharing_weights(cls: type[nn.Conv2d], conv: nn.Conv2d, **kwargs) -> nn.Conv2d:

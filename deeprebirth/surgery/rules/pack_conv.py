@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock
+from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock, packing_problem
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
 from deeprebirth.surgery.rules._chains import called_once, sole_user
@@ -49,11 +49,9 @@ class PackConv(Rule):
         for node, conv in graph.module_nodes(nn.Conv2d):
             if isinstance(conv, PackedConv2d) or node.target in in_blocks:
                 continue
-            if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-                reason = (
-                    f"padding_mode={conv.padding_mode!r}, padding={conv.padding!r}: not packable"
-                )
-                sites.append(self.site((node.target,), reason, applies=False))
+            problem = packing_problem(conv)
+            if problem:
+                sites.append(self.site((node.target,), problem, applies=False))
                 continue
             user = sole_user(graph, node)
             relu_module = graph.module(user) if user is not None and user.kind == "relu" else None
@@ -83,11 +81,7 @@ RESIDUAL_BLOCKS = {"BasicBlock": 2, "Bottleneck": 3}  # torchvision class -> its
 
 
 def _packable(conv: nn.Module) -> bool:
-    return (
-        type(conv) is nn.Conv2d
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-    )
+    return type(conv) is nn.Conv2d and not packing_problem(conv)
 
 
 def _shortcut_conv(block: nn.Module) -> nn.Module | None:
@@ -100,9 +94,7 @@ def _shortcut_conv(block: nn.Module) -> nn.Module | None:
 
 def _residual_block_problem(block: nn.Module) -> str:
     """'' when a torchvision ResNet block can become a PackedResidualBlock, else why not."""
-    count = RESIDUAL_BLOCKS[type(block).__name__]
-    convs = [getattr(block, f"conv{i}", None) for i in range(1, count + 1)]
-    norms = [getattr(block, f"bn{i}", None) for i in range(1, count + 1)]
+    convs, norms = _block_layers(block, "conv"), _block_layers(block, "bn")
     if not all(isinstance(n, nn.Identity) for n in norms):
         return "its BatchNorms are not folded (run fold_bn first)"
     if not all(_packable(c) for c in convs):
@@ -115,8 +107,12 @@ def _residual_block_problem(block: nn.Module) -> str:
     return ""
 
 
-def _packed_block(block: nn.Module) -> PackedResidualBlock:
+def _block_layers(block: nn.Module, prefix: str) -> list[nn.Module | None]:
+    """The block's ``conv1, conv2[, conv3]`` (prefix "conv") or ``bn1 …`` (prefix "bn")."""
     count = RESIDUAL_BLOCKS[type(block).__name__]
-    convs = [getattr(block, f"conv{i}") for i in range(1, count + 1)]
-    block_mode = block.training
-    return PackedResidualBlock(convs, _shortcut_conv(block)).train(block_mode)
+    return [getattr(block, f"{prefix}{i}", None) for i in range(1, count + 1)]
+
+
+def _packed_block(block: nn.Module) -> PackedResidualBlock:
+    convs = _block_layers(block, "conv")
+    return PackedResidualBlock(convs, _shortcut_conv(block)).train(block.training)
