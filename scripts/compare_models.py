@@ -5,6 +5,8 @@ For every thread count, batch size and runtime it times both models interleaved 
 and prints a Markdown table: median latency of each, and ``baseline / candidate`` (> 1: the
 candidate is faster). A last row per thread count and batch compares each model in its own best
 runtime. Input shape comes from ``--input-shape`` or the run's ``config.yaml`` next to the files.
+``--candidate-rules`` / ``--baseline-rules`` first apply exact deployment rules to that model
+(e.g. ``pack_conv``), checked against the loaded model.
 
     python scripts/compare_models.py runs/fashion_mnist_googlenet/teacher.pt \\
         runs/fashion_mnist_googlenet/student.pt --threads 1,2 --batches 1 \\
@@ -23,6 +25,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+import deeprebirth  # noqa: E402
 from deeprebirth.bench.runtimes import RUNTIMES, build_runtime  # noqa: E402
 from deeprebirth.io import load_model  # noqa: E402
 from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
@@ -52,6 +55,23 @@ def input_shape_of(model_path: Path, given: list[int] | None) -> tuple[int, int,
         raise SystemExit(f"no --input-shape given and no {config} to read it from")
     model = yaml.safe_load(config.read_text())["model"]
     return (model["in_channels"], model["input_size"], model["input_size"])
+
+
+def with_exact_rules(
+    model: torch.nn.Module, rules: list[str], shape: tuple[int, int, int]
+) -> torch.nn.Module:
+    """``model`` after the exact ``rules`` (``model`` itself when there are none); exits naming
+    the problem when a rule is inexact or the outputs moved beyond 1e-4 relative."""
+    if not rules:
+        return model
+    example = torch.randn(2, *shape)
+    slim_model, report = deeprebirth.slim(model, rules, example)
+    if not report.exact:
+        raise SystemExit(f"rules {rules} are not exact; compare the finetuned model instead")
+    check = deeprebirth.verify(model, slim_model, example)
+    if check.max_rel > 1e-4:
+        raise SystemExit(f"rules {rules} changed the outputs: {check}")
+    return slim_model.eval()
 
 
 def compare(
@@ -121,6 +141,12 @@ def main() -> int:
         help=f"comma-separated, from {sorted(RUNTIMES)}",
     )
     parser.add_argument("--input-shape", type=int_list, default=None, help="C,H,W")
+    for side in ("baseline", "candidate"):
+        parser.add_argument(
+            f"--{side}-rules",
+            default="",
+            help=f"comma-separated exact rules applied to the {side} first (e.g. pack_conv)",
+        )
     parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
@@ -128,12 +154,17 @@ def main() -> int:
     unknown = sorted(set(runtimes) - set(RUNTIMES))
     if unknown:
         parser.error(f"unknown runtime(s) {unknown}; expected some of {sorted(RUNTIMES)}")
-    models = {
-        path.stem: load_model(path)[0].float().eval() for path in (args.baseline, args.candidate)
-    }
+    shape = input_shape_of(args.baseline, args.input_shape)
+    models = {}
+    for path, rule_text in (
+        (args.baseline, args.baseline_rules),
+        (args.candidate, args.candidate_rules),
+    ):
+        rules = [r.strip() for r in rule_text.split(",") if r.strip()]
+        label = path.stem + (f" + {'+'.join(rules)}" if rules else "")
+        models[label] = with_exact_rules(load_model(path)[0].float().eval(), rules, shape)
     if len(models) != 2:
         parser.error("the two model files need different names (their stems label the table)")
-    shape = input_shape_of(args.baseline, args.input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         rows = compare(models, shape, args.threads, args.batches, runtimes, args.repeats)

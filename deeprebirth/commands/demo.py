@@ -9,7 +9,8 @@ Steps, each printed as it runs:
 2. **train + slim + layer-wise finetune**: the finetune job (``deeprebirth.train``) trains the
    teacher, slims it and learns the new blocks bottom to top (accuracy after every stage);
 3. **deploy**: the exact rules (``fuse_conv_pool``, ``merge_branches``) put deeprebirth's fused
-   operators into the student; ``deeprebirth.verify`` checks they change nothing;
+   operators into the student and ``pack_conv`` picks each remaining convolution's CPU kernel;
+   ``deeprebirth.verify`` checks they change nothing;
 4. **benchmark**: batch-1 latency (interleaved runs) of teacher, student and deployed student;
 5. **export**: TorchScript (native ops) and ONNX (portable) files of the deployed student, each
    reloaded and compared with eager.
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist_demo.yaml"
-DEPLOY_RULES = ("fuse_conv_pool", "merge_branches")
+DEPLOY_RULES = ("fuse_conv_pool", "merge_branches", "pack_conv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from deeprebirth.ops import BranchConv2d, ConvPool2d
-from deeprebirth.surgery.modules import ConcatBranches, PackedConv2d, PackedResidualBlock
+from deeprebirth.surgery.modules import (
+    ConcatBranches,
+    PackedConv2d,
+    PackedResidualBlock,
+    PackedResidualStage,
+)
 
 
 def conv_pool_as_standard(fused: ConvPool2d) -> nn.Sequential:
@@ -63,7 +68,7 @@ def uses_deeprebirth_ops(model: nn.Module) -> bool:
 
 def make_portable(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every ConvPool2d / BranchConv2d (and PackedConv2d /
-    PackedResidualBlock, CPU runtime details) replaced by standard layers.
+    PackedResidualBlock / PackedResidualStage, CPU runtime details) replaced by standard layers.
 
     The input model is not modified; a model without deeprebirth modules is returned as a copy.
 
@@ -83,7 +88,7 @@ def _replace_in_place(module: nn.Module) -> None:
             setattr(module, name, conv_pool_as_standard(child))
         elif isinstance(child, BranchConv2d):
             setattr(module, name, branch_conv_as_standard(child))
-        elif isinstance(child, (PackedConv2d, PackedResidualBlock)):
+        elif isinstance(child, (PackedConv2d, PackedResidualBlock, PackedResidualStage)):
             setattr(module, name, child.to_standard())
         else:
             _replace_in_place(child)

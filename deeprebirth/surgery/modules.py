@@ -53,9 +53,12 @@ class PackedConv2d(nn.Conv2d):
 
     The packed path runs only where it pays and is safe: calls of at least
     :attr:`min_packed_macs` multiply-accumulates, eval mode, no autograd needed, a plain float32
-    CPU tensor, oneDNN available, and not while scripting, tracing, exporting or compiling. Every
-    other call (training, gradients, other dtypes/devices, TorchScript) is the ordinary
-    ``Conv2d`` forward followed by ReLU when ``relu``. ``train()`` drops the packed copies.
+    CPU tensor, oneDNN available, and not while scripting, tracing, exporting or compiling.
+    Smaller batch-1 calls of kernels larger than 3x3 (ungrouped, undilated; conv2d gives those to
+    oneDNN) run ATen's im2col + GEMM kernel instead, also in TorchScript: 3-4x faster than
+    oneDNN's per-call cost on tiny 5x5 layers (at batch 8 oneDNN was faster). Every other call (training,
+    gradients, other dtypes/devices, TorchScript) is the ordinary ``Conv2d`` forward followed by
+    ReLU when ``relu``. ``train()`` drops the packed copies.
     Outputs of the packed path are channels_last (oneDNN's fast layout) whatever the input's
     layout; values and shapes are those of ``Conv2d``.
 
@@ -75,7 +78,8 @@ class PackedConv2d(nn.Conv2d):
         True
     """
 
-    __jit_ignored_attributes__ = ["packed_weights"]
+    __jit_ignored_attributes__ = ["packed_weights", "_kernel_by_shape"]
+    __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs"]  # read by _scripted_conv
     #: Calls with fewer multiply-accumulates run the plain convolution: oneDNN's fixed cost per
     #: call (tens of microseconds here) exceeds what packing saves on tiny layers. A
     #: Fashion-MNIST-size GoogLeNet (all layers < 1M MACs) ran 1.7x slower packed, ResNet-50's
@@ -91,6 +95,7 @@ class PackedConv2d(nn.Conv2d):
             raise ValueError(problem)
         self.relu = relu
         self.packed_weights: dict = {}
+        self._kernel_by_shape: dict = {}  # (input shape, min_packed_macs) -> _kernel_for_shape
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":
@@ -112,43 +117,81 @@ class PackedConv2d(nn.Conv2d):
     def train(self, mode: bool = True) -> "PackedConv2d":
         if mode:  # the weights are about to change: free the packed copies
             self.packed_weights = {}
+        self._kernel_by_shape = {}
         return super().train(mode)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["packed_weights"] = {}  # oneDNN's opaque tensors can be neither copied nor pickled
+        state["_kernel_by_shape"] = {}
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_kernel_by_shape", {})  # files saved before the cache existed
+        super().__setstate__(state)
 
     def macs(self, input_shape: Sequence[int]) -> int:
         """Multiply-accumulates of one call on an input of ``input_shape`` (N, C, H, W)."""
         return conv2d_macs(self, tuple(input_shape))
 
     @torch.jit.unused
-    def _packed_path_applies(self, x: torch.Tensor) -> bool:
-        return (
+    def _inference_kernel(self, x: torch.Tensor) -> str:
+        """ "packed" (oneDNN, packed weights), "small" (ATen's im2col + GEMM kernel) or "" (the
+        plain ``Conv2d`` forward) for a call on ``x``. Runs on every call of layers that may take
+        microseconds: the shape-dependent choice is cached per shape, and the per-call checks run
+        only when it is not the plain forward."""
+        if type(x) is not torch.Tensor:  # fx proxies, fake tensors of torch.export / compile
+            return ""
+        key = (x.shape, self.min_packed_macs)
+        kernel = self._kernel_by_shape.get(key)
+        if kernel is None:
+            kernel = self._kernel_for_shape(x.shape)
+            self._kernel_by_shape[key] = kernel
+        if not kernel:
+            return ""
+        weight = self.weight
+        cpu_inference = (
             not self.training
-            and type(x) is torch.Tensor
-            and x.device.type == "cpu"
+            and x.is_cpu
             and x.dtype == torch.float32
-            and x.dim() == 4
-            and x.numel() > 0
-            and self.weight.device.type == "cpu"
-            and self.weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
-            and not torch.jit.is_tracing()
+            and weight.is_cpu
+            and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.compiler.is_compiling()
-            and self.macs(x.shape) >= self.min_packed_macs
+            and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu")
+            and (kernel != "packed" or torch.backends.mkldnn.enabled)
+        )
+        return kernel if cpu_inference else ""
+
+    @torch.jit.unused
+    def _kernel_for_shape(self, shape: torch.Size) -> str:
+        if len(shape) != 4 or shape.numel() == 0:
+            return ""
+        if self.macs(shape) >= self.min_packed_macs:
+            return "packed" if torch.backends.mkldnn.is_available() else ""
+        return "small" if self._takes_small_kernel(shape[0]) else ""
+
+    def _takes_small_kernel(self, batch: int) -> bool:
+        # Batch 1, ungrouped, undilated, kernel larger than 3x3: where conv2d picks oneDNN for
+        # any input size (ATen's heuristic); smaller kernels on small inputs already get ATen's
+        # im2col + GEMM kernel from conv2d, through a faster call than _small_forward.
+        return (
+            batch == 1
+            and self.groups == 1
+            and self.dilation[0] == 1
+            and self.dilation[1] == 1
+            and self.kernel_size[0] > 3
+            and self.kernel_size[1] > 3
         )
 
     @torch.jit.unused
-    def _packed_forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-            x = x.contiguous()
+    def _packed_path_applies(self, x: torch.Tensor) -> bool:
+        return self._inference_kernel(x) == "packed"
+
+    @torch.jit.unused
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """oneDNN's packed copy of the weight for inputs shaped like ``x`` (made on first use)."""
         key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
         weight = self.packed_weights.get(key)
         if weight is None:
@@ -165,6 +208,14 @@ class PackedConv2d(nn.Conv2d):
                 list(x.shape),
             )
             self.packed_weights[key] = weight
+        return weight
+
+    @torch.jit.unused
+    def _packed_forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = _dense(x)
+        weight = self._packed_weight(x)
         bias = None if self.bias is None else self.bias.detach()
         geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if residual is not None and self.relu:  # relu(conv(x) + residual) in one oneDNN call
@@ -175,14 +226,89 @@ class PackedConv2d(nn.Conv2d):
         y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, attr, [], "")
         return y if residual is None else y + residual
 
+    @torch.jit.unused
+    def _small_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ATen's im2col + GEMM convolution. For a 5x5 or 7x7 layer under min_packed_macs at batch
+        # 1, conv2d picks oneDNN, whose fixed per-call cost (weight reorder, primitive) made it 3-4x
+        # slower than this kernel (the 5x5 branches of a Fashion-MNIST-size GoogLeNet); at batch 8
+        # oneDNN was faster on that model.
+        return torch._C._nn.thnn_conv2d(
+            x, self.weight, self.kernel_size, self.bias, self.stride, self.padding
+        )
+
+    def _scripted_conv(self, x: torch.Tensor) -> torch.Tensor:
+        # The convolution in TorchScript (no packed path there): ATen's im2col + GEMM kernel for
+        # the calls that take it in eager mode (_takes_small_kernel, under min_packed_macs),
+        # conv2d otherwise. Its autograd works, so no inference check is needed.
+        if (
+            x.dim() == 4
+            and x.is_cpu
+            and x.dtype == torch.float32
+            and self._takes_small_kernel(x.size(0))
+        ):
+            kh, kw = self.kernel_size[0], self.kernel_size[1]
+            out_h = (x.size(2) + 2 * self.padding[0] - kh) // self.stride[0] + 1
+            out_w = (x.size(3) + 2 * self.padding[1] - kw) // self.stride[1] + 1
+            macs = self.out_channels * out_h * out_w * self.in_channels * kh * kw
+            if macs < self.min_packed_macs:
+                return torch.ops.aten.thnn_conv2d(
+                    x, self.weight, self.kernel_size, self.bias, self.stride, self.padding
+                )
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def add_into_(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``relu?(conv(x) + residual)`` written over ``residual``, which it returns.
+
+        For a residual that nothing reads afterwards (a block's fresh shortcut output): on the
+        packed path with a channels_last ``residual`` oneDNN accumulates into it as it writes
+        (its "sum" post-op), which measured 1.5x faster than ``forward(x, residual)`` on
+        ResNet-50's 64->256 1x1 layers at batch 8 (2 threads) and needs no second output tensor.
+        Elsewhere it is ``residual.add_(conv(x))`` (then ``relu_``). Not for TorchScript.
+        """
+        if self._packed_path_applies(x):
+            x = _dense(x)
+            bias = None if self.bias is None else self.bias.detach()
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual,
+                x,
+                self._packed_weight(x),
+                bias,
+                list(self.padding),
+                list(self.stride),
+                list(self.dilation),
+                self.groups,
+                "add",
+                1.0,
+                "relu" if self.relu else None,
+                [],
+                "",
+            )
+        residual.add_(self._conv_forward(x, self.weight, self.bias))
+        return residual.relu_() if self.relu else residual
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu?(conv(x) [+ residual])``: the residual is added before the ReLU."""
-        if not torch.jit.is_scripting() and self._packed_path_applies(x):
-            return self._packed_forward(x, residual)
-        y = self._conv_forward(x, self.weight, self.bias)
+        if torch.jit.is_scripting():
+            y = self._scripted_conv(x)
+        else:
+            kernel = self._inference_kernel(x)
+            if kernel == "packed":
+                return self._packed_forward(x, residual)
+            if kernel == "small":
+                y = self._small_forward(x)
+            else:
+                y = self._conv_forward(x, self.weight, self.bias)
         if residual is not None:
             y = y + residual
-        return torch.relu(y) if self.relu else y
+        return y.relu_() if self.relu else y  # y is this call's own tensor
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if it is contiguous in NCHW or channels_last (what oneDNN reads), else a copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
 
 
 def packing_problem(conv: nn.Conv2d) -> str:
@@ -238,8 +364,22 @@ class PackedResidualBlock(nn.Module):
         self.last = PackedConv2d.from_conv(last, relu=True)
         self.shortcut = nn.Identity() if shortcut is None else PackedConv2d.from_conv(shortcut)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(self.body(x), self.shortcut(x))
+    def forward(self, x: torch.Tensor, x_is_scratch: bool = False) -> torch.Tensor:
+        """The block's output. ``x_is_scratch``: nothing reads ``x`` after this call, so the output
+        may be written over it (set by :class:`PackedResidualStage` for the blocks it feeds)."""
+        y = self.body(x)
+        if not torch.jit.is_scripting():
+            return self._add_shortcut(x, y, x_is_scratch)
+        return self.last(y, self.shortcut(x))
+
+    @torch.jit.unused
+    def _add_shortcut(self, x: torch.Tensor, y: torch.Tensor, x_is_scratch: bool) -> torch.Tensor:
+        # A downsample's output is fresh; an identity shortcut's is x itself. On the packed path
+        # the last convolution then accumulates into that tensor instead of writing a new one.
+        fresh_shortcut = not isinstance(self.shortcut, nn.Identity)
+        if (fresh_shortcut or x_is_scratch) and self.last._packed_path_applies(y):
+            return self.last.add_into_(y, self.shortcut(x))
+        return self.last(y, self.shortcut(x))
 
     def to_standard(self) -> "ResidualBlock":
         """The same block of plain layers (sharing the weights)."""
@@ -250,6 +390,44 @@ class PackedResidualBlock(nn.Module):
         return ResidualBlock(
             nn.Sequential(*body), _conv_sharing_weights(nn.Conv2d, self.last), shortcut
         )
+
+
+class PackedResidualStage(nn.Sequential):
+    """A run of :class:`PackedResidualBlock` (a ResNet stage such as torchvision's ``layer1``) in
+    which every block after the first writes its output over its input.
+
+    Those inputs are outputs of the stage's own blocks that nothing else reads, so no block past
+    the first allocates an output, and each last convolution accumulates into the residual as it
+    writes (see :meth:`PackedConv2d.add_into_`). A block with forward hooks (on it or one of its
+    layers, which may keep the output) turns the reuse off for its successor; the stage's input
+    is never written. Exact, as its blocks are; ``to_standard()`` gives the plain ``nn.Sequential``
+    of ``ResidualBlock``.
+
+    Example:
+        >>> stage = PackedResidualStage(
+        ...     *(PackedResidualBlock([nn.Conv2d(8, 8, 3, padding=1)] * 2) for _ in range(2))
+        ... )
+        >>> stage(torch.randn(1, 8, 6, 6)).shape
+        torch.Size([1, 8, 6, 6])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_is_scratch = False
+        for block in self:  # a loop over the blocks: TorchScript unrolls it
+            x = block(x, x_is_scratch)
+            if not torch.jit.is_scripting():
+                x_is_scratch = self._output_is_private(block)
+        return x
+
+    @torch.jit.unused
+    def _output_is_private(self, block: nn.Module) -> bool:
+        if nn.modules.module._global_forward_hooks:
+            return False
+        return not any(module._forward_hooks for module in block.modules())
+
+    def to_standard(self) -> nn.Sequential:
+        """The same stage of plain layers (``ResidualBlock``), sharing the weights."""
+        return nn.Sequential(*(block.to_standard() for block in self))
 
 
 class ResidualBlock(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from deeprebirth.ops import BranchConv2d, ConvPool2d
-from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock
+from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock, PackedResidualStage
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}
@@ -34,7 +34,8 @@ class LeafTracer(fx.Tracer):
     """``torch.fx`` tracer that keeps deeprebirth's fused and packed modules as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (ConvPool2d, BranchConv2d, PackedConv2d, PackedResidualBlock)):
+        leaves = (ConvPool2d, BranchConv2d, PackedConv2d, PackedResidualBlock, PackedResidualStage)
+        if isinstance(m, leaves):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -298,44 +298,36 @@ def test_cli_options_become_the_config(tmp_path):
         config_from_args(parser.parse_args(["bench", "--sections", "tables"]))
 
 
-def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_path):
-    """scripts/compare_models.py on two saved models: one row per runtime whose speed-up is the
-    baseline median over the candidate median, and a best-of-each row."""
+def _compare_models(*args: str, timeout: int = 300):
+    """Runs scripts/compare_models.py with ``args``; returns the finished process."""
     import subprocess
     import sys
 
+    script = Path(__file__).resolve().parents[2] / "scripts" / "compare_models.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_path):
+    """scripts/compare_models.py on two saved models: one row per runtime whose speed-up is the
+    baseline median over the candidate median, and a best-of-each row."""
     from deeprebirth.io import save_model
 
-    root = Path(__file__).resolve().parents[2]
     big = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval()
     small = nn.Sequential(nn.Conv2d(1, 4, 3)).eval()
     save_model(tmp_path / "teacher.pt", big)
     save_model(tmp_path / "student.pt", small)
     out = tmp_path / "speed.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(root / "scripts" / "compare_models.py"),
-            str(tmp_path / "teacher.pt"),
-            str(tmp_path / "student.pt"),
-            "--input-shape",
-            "1,12,12",
-            "--threads",
-            "1",
-            "--batches",
-            "1,2",
-            "--runtimes",
-            "eager,torchscript",
-            "--repeats",
-            "2",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = _compare_models(
+        str(tmp_path / "teacher.pt"),
+        str(tmp_path / "student.pt"),
+        *("--input-shape", "1,12,12", "--threads", "1", "--batches", "1,2"),
+        *("--runtimes", "eager,torchscript", "--repeats", "2"),
+        *("--candidate-rules", "pack_conv", "--out", str(out)),
     )
     assert done.returncode == 0, done.stderr
+    assert "| teacher (ms) | student + pack_conv (ms) |" in out.read_text()
     rows = [
         line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 ")
     ]
@@ -347,24 +339,22 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
         assert ratio == pytest.approx(teacher_ms / student_ms, rel=0.05)  # printed rounded
 
 
-def test_compare_models_script_rejects_a_bad_runtime(tmp_path):
-    import subprocess
-    import sys
+def test_compare_models_script_refuses_inexact_rules(tmp_path):
+    from deeprebirth.io import save_model
 
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(root / "scripts" / "compare_models.py"),
-            "a.pt",
-            "b.pt",
-            "--runtimes",
-            "eager,tensorrt",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    save_model(tmp_path / "a.pt", model)
+    save_model(tmp_path / "b.pt", model)
+    done = _compare_models(
+        str(tmp_path / "a.pt"),
+        str(tmp_path / "b.pt"),
+        *("--input-shape", "1,8,8", "--candidate-rules", "streamline"),
     )
+    assert done.returncode != 0 and "not exact" in done.stderr
+
+
+def test_compare_models_script_rejects_a_bad_runtime(tmp_path):
+    done = _compare_models("a.pt", "b.pt", "--runtimes", "eager,tensorrt", timeout=120)
     assert done.returncode == 2 and "tensorrt" in done.stderr
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import deeprebirth
 from deeprebirth.export.portable import make_portable
 from deeprebirth.models import build_model
-from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock
+from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock, PackedResidualStage
 
 needs_mkldnn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not in this torch build"
@@ -145,19 +145,41 @@ def test_copy_save_script_and_standard_form_after_a_packed_forward() -> None:
 
 
 @needs_mkldnn
-def test_calls_below_the_mac_threshold_run_the_plain_convolution(monkeypatch) -> None:
-    conv = nn.Conv2d(8, 16, 3, padding=1).eval()
-    packed = PackedConv2d.from_conv(conv).eval()
+def test_calls_below_the_mac_threshold_are_not_packed(monkeypatch) -> None:
+    """Below min_packed_macs: ATen's im2col + GEMM kernel for kernels larger than 3x3 at batch 1
+    (ungrouped, undilated; eager and TorchScript), the plain conv2d otherwise; all equal conv2d."""
+    conv = nn.Conv2d(8, 16, 5, padding=2).eval()
+    packed = PackedConv2d.from_conv(conv, relu=True).eval()
     small, large = torch.randn(1, 8, 6, 6), torch.randn(2, 8, 12, 12)
-    assert packed.macs(small.shape) == 1 * 16 * 6 * 6 * 8 * 9  # closed form: N C_out H W C_in k k
+    assert packed.macs(small.shape) == 1 * 16 * 6 * 6 * 8 * 25  # closed form: N C_out H W C_in k k
     monkeypatch.setattr(PackedConv2d, "min_packed_macs", packed.macs(large.shape))
+    small_calls = []
+    small_forward = PackedConv2d._small_forward
+    monkeypatch.setattr(
+        PackedConv2d,
+        "_small_forward",
+        lambda self, x: small_calls.append(1) or small_forward(self, x),
+    )
     with torch.no_grad():
-        torch.testing.assert_close(packed(small), _reference(conv, small, False))
-        assert not packed.packed_weights
+        torch.testing.assert_close(packed(small), _reference(conv, small, True))
+        assert not packed.packed_weights and len(small_calls) == 1
+        two_small = torch.cat([small, small])  # batch 2: the plain path
+        torch.testing.assert_close(packed(two_small), _reference(conv, two_small, True))
+        assert len(small_calls) == 1
         torch.testing.assert_close(
-            packed(large), _reference(conv, large, False), rtol=1e-4, atol=1e-5
+            packed(large), _reference(conv, large, True), rtol=1e-4, atol=1e-5
         )
         assert list(packed.packed_weights)[0][0] == tuple(large.shape)
+        for conv2d in (nn.Conv2d(8, 16, 5, padding=4, dilation=2), nn.Conv2d(8, 16, 3, padding=1)):
+            plain = PackedConv2d.from_conv(conv2d).eval()  # dilated; 3x3 (conv2d's own choice)
+            torch.testing.assert_close(plain(small), _reference(plain, small, False))
+        assert len(small_calls) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(PackedConv2d.from_conv(conv, relu=True).eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(small), _reference(conv, small, True))
+    assert "thnn_conv2d" in str(scripted._scripted_conv.graph)  # TorchScript: the same kernel
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -205,6 +227,81 @@ def test_packed_residual_block_matches_the_torchvision_block(block: str) -> None
     assert slim_model[0].last.weight.grad is not None
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_add_into_writes_the_sum_over_the_residual(relu: bool, grad: bool, layout: str) -> None:
+    """Packed (oneDNN's in-place sum) and plain paths: relu?(conv(x) + residual), in residual."""
+    torch.manual_seed(6)
+    conv = nn.Conv2d(6, 8, 3, padding=1).eval()
+    packed = PackedConv2d.from_conv(conv, relu=relu).eval()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 6, 9, 9).contiguous(memory_format=fmt)
+    residual = torch.randn(2, 8, 9, 9).contiguous(memory_format=fmt)
+    expected = _reference(conv, x, False) + residual
+    expected = F.relu(expected) if relu else expected
+    with torch.set_grad_enabled(grad):
+        actual = packed.add_into_(x, residual)
+    assert actual.data_ptr() == residual.data_ptr()
+    assert bool(packed.packed_weights) == (not grad and torch.backends.mkldnn.is_available())
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def _bottleneck_stage() -> nn.Module:
+    """torchvision's Bottleneck stage (downsampling first block + 2 identity blocks) with random
+    BatchNorm statistics, inside a Sequential (a rule replaces submodules, not the model)."""
+    from deeprebirth.compat.torchvision import import_torchvision
+
+    resnet = import_torchvision().models.resnet
+    torch.manual_seed(7)
+    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+    blocks = [resnet.Bottleneck(16, 8, stride=2, downsample=downsample)]
+    blocks += [resnet.Bottleneck(32, 8) for _ in range(2)]
+    return randomize_batchnorm(nn.Sequential(nn.Sequential(*blocks))).eval()
+
+
+@needs_mkldnn
+def test_packed_residual_stage_writes_blocks_over_their_inputs_exactly(monkeypatch) -> None:
+    """A ResNet stage after fold_bn + pack_conv against torchvision's: same output, its input
+    untouched, every block's last convolution accumulating in place (unless a hook may keep a
+    block's output), TorchScript and the portable form."""
+    original = _bottleneck_stage()
+    x = torch.randn(2, 16, 12, 12)
+    slim_model, report = deeprebirth.slim(original, ["fold_bn", "pack_conv"], x)
+    stage = slim_model[0]
+    assert isinstance(stage, PackedResidualStage), report
+    assert [s.modules for s in report.applied if s.rule == "pack_conv"] == [("0",)]
+    in_place_calls = []
+    add_into = PackedConv2d.add_into_
+    monkeypatch.setattr(
+        PackedConv2d, "add_into_", lambda self, *a: in_place_calls.append(1) or add_into(self, *a)
+    )
+    x_before = x.clone()
+    with torch.inference_mode():
+        expected = original(x)
+        torch.testing.assert_close(slim_model(x), expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(x, x_before)
+        assert len(in_place_calls) == 3  # downsample's fresh output, then two scratch inputs
+
+        kept = []  # a hook keeping block 1's output: block 2 must not overwrite it
+        hook = stage[1].register_forward_hook(lambda module, inputs, output: kept.append(output))
+        in_place_calls.clear()
+        torch.testing.assert_close(slim_model(x), expected, rtol=1e-4, atol=1e-4)
+        assert len(in_place_calls) == 2
+        torch.testing.assert_close(kept[0], original[0][:2](x), rtol=1e-4, atol=1e-4)
+
+    hook.remove()  # TorchScript compiles hooks and the class, not these test helpers
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(slim_model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-4)
+    portable = make_portable(slim_model)
+    assert type(portable[0]) is nn.Sequential
+    assert deeprebirth.verify(original, portable, x).max_rel <= 1e-4
+
+
 def test_unfolded_residual_blocks_are_packed_layer_by_layer_with_the_reason() -> None:
     model = randomize_batchnorm(build_model("torchvision:resnet18", num_classes=10)).eval()
     report = deeprebirth.plan(model, torch.zeros(1, 3, 32, 32), rules=["pack_conv"])
@@ -246,8 +343,10 @@ def test_pack_conv_rule_keeps_outputs(name: str) -> None:
     assert not plain, f"{name}: convolutions left unpacked: {plain[:3]}"
     sites = [s for s in report.applied if s.rule == "pack_conv"]
     blocks = [m for m in slim_model.modules() if isinstance(m, PackedResidualBlock)]
+    stages = [m for m in slim_model.modules() if isinstance(m, PackedResidualStage)]
     in_blocks = sum(1 for b in blocks for m in b.modules() if isinstance(m, PackedConv2d))
-    assert len(sites) == len(packed) - in_blocks + len(blocks)
+    lone_blocks = len(blocks) - sum(len(stage) for stage in stages)
+    assert len(sites) == len(packed) - in_blocks + lone_blocks + len(stages)
     for site in sites:  # a fused ReLU is gone from the model and flagged on the conv
         if len(site.modules) == 2:
             assert isinstance(slim_model.get_submodule(site.modules[1]), nn.Identity)
@@ -255,6 +354,7 @@ def test_pack_conv_rule_keeps_outputs(name: str) -> None:
     # resnet's blocks (shared ReLU, residual add) become PackedResidualBlocks; mobilenet's
     # activations are ReLU6 and stay
     assert len(blocks) == (8 if name == "torchvision:resnet18" else 0)
+    assert len(stages) == (4 if name == "torchvision:resnet18" else 0)  # layer1-4
     fuses = name in ("bvlc_googlenet", "torchvision:squeezenet1_1")
     assert any(len(s.modules) == 2 for s in sites) == fuses
     again = deeprebirth.plan(slim_model, x, rules=["pack_conv"])
@@ -262,6 +362,41 @@ def test_pack_conv_rule_keeps_outputs(name: str) -> None:
     portable = make_portable(slim_model)
     assert not any(isinstance(m, PackedConv2d) for m in portable.modules())
     assert deeprebirth.verify(model, portable, x).max_rel <= 1e-4
+
+
+class _SharedReLU(nn.Module):
+    """Two convolutions sharing one ReLU module (as bvlc_googlenet's Inception modules do);
+    ``relu_after_add``: the second call reads a sum instead of a convolution."""
+
+    def __init__(self, relu_after_add: bool) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2)
+        self.relu, self.relu_after_add = nn.ReLU(), relu_after_add
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.a(x))
+        z = self.b(y)
+        return self.relu(z + y if self.relu_after_add else z)
+
+
+@pytest.mark.parametrize("relu_after_add", [False, True])
+def test_a_shared_relu_is_fused_when_every_call_follows_a_convolution(relu_after_add) -> None:
+    torch.manual_seed(8)
+    model, x = _SharedReLU(relu_after_add).eval(), torch.randn(1, 3, 9, 9)
+    slim_model, report = deeprebirth.slim(model, ["pack_conv"], x)
+    fused = not relu_after_add
+    assert isinstance(slim_model.relu, nn.Identity) == fused
+    assert slim_model.a.relu == fused and slim_model.b.relu == fused
+    if fused:
+        assert [s.modules for s in report.applied] == [("a", "b", "relu")]
+    assert deeprebirth.verify(model, slim_model, x).max_rel <= 1e-4
+    student, _ = deeprebirth.slim(
+        build_model("bvlc_googlenet", num_classes=10, width=0.25).eval(),
+        ["streamline", "branch_slim"],
+        torch.zeros(1, 3, 64, 64),
+    )
+    packed, _ = deeprebirth.slim(student.eval(), ["pack_conv"], torch.zeros(1, 3, 64, 64))
+    assert all(isinstance(m.relu, nn.Identity) for m in packed.modules() if hasattr(m, "conv_5x5"))
 
 
 def test_pack_conv_rule_skips_unpackable_convolutions_with_the_reason() -> None:

@@ -7,7 +7,9 @@ When the convolution's only reader is a ReLU layer called once, that ReLU is fus
 convolution and replaced by ``nn.Identity`` (a functional or shared ReLU stays where it is).
 torchvision's ResNet blocks (``BasicBlock``, ``Bottleneck``) whose BatchNorms were folded become
 one :class:`~deeprebirth.surgery.modules.PackedResidualBlock`: their shared ReLU and the residual
-add are fused into the packed convolutions as well.
+add are fused into the packed convolutions as well, and a ``nn.Sequential`` of such blocks (a
+ResNet stage) becomes a :class:`~deeprebirth.surgery.modules.PackedResidualStage`, whose blocks
+write their outputs over their inputs.
 Training, autograd and TorchScript use the plain convolution, so the rewrite is exact everywhere.
 Skipped with the reason: padding modes other than zeros and string padding (``"same"``); ResNet
 blocks with BatchNorms left (run ``fold_bn`` first) or layers already rewritten are packed layer
@@ -18,10 +20,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock, packing_problem
+from deeprebirth.surgery.modules import (
+    PackedConv2d,
+    PackedResidualBlock,
+    PackedResidualStage,
+    packing_problem,
+)
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
 from deeprebirth.surgery.rules._chains import called_once, sole_user
+from deeprebirth.surgery.trace import ModelGraph
 
 
 @register_rule
@@ -34,20 +42,16 @@ class PackConv(Rule):
 
     def find(self, ctx: SurgeryContext) -> list[Site]:
         graph = ctx.graph
-        sites, in_blocks = [], set()
-        for name, block in ctx.model.named_modules():
-            if type(block).__name__ not in RESIDUAL_BLOCKS or not type(block).__module__.startswith(
-                "torchvision."
-            ):
-                continue
-            problem = _residual_block_problem(block) or called_once(graph, f"{name}.conv1")
-            if problem:
-                sites.append(self.site((name,), f"{name} packed layer by layer: {problem}", False))
-                continue
-            sites.append(self.site((name,), f"pack {name}, fuse its ReLUs and residual add"))
-            in_blocks.update(f"{name}.{n}" for n, _ in block.named_modules() if n)
+        sites, handled = self._residual_sites(ctx)
+        for relu_name, convs in _shared_relu_groups(graph, handled).items():
+            reason = (
+                f"pack {', '.join(convs)}; fuse their shared ReLU {relu_name} (each of its "
+                f"{len(convs)} calls follows one of them)"
+            )
+            sites.append(self.site((*convs, relu_name), reason))
+            handled.update(convs)
         for node, conv in graph.module_nodes(nn.Conv2d):
-            if isinstance(conv, PackedConv2d) or node.target in in_blocks:
+            if isinstance(conv, PackedConv2d) or node.target in handled:
                 continue
             problem = packing_problem(conv)
             if problem:
@@ -66,18 +70,110 @@ class PackConv(Rule):
             sites.append(self.site(modules, reason))
         return sites
 
+    def _residual_sites(self, ctx: SurgeryContext) -> tuple[list[Site], set[str]]:
+        """Sites for torchvision ResNet stages and blocks, and the module names they cover."""
+        graph = ctx.graph
+        sites, covered = [], set()
+        problems = {  # torchvision ResNet block name -> why it cannot be packed whole ('' if it can)
+            name: _residual_block_problem(block) or called_once(graph, f"{name}.conv1")
+            for name, block in ctx.model.named_modules()
+            if _is_residual_block(block)
+        }
+        stages = _packable_stages(ctx.model, problems)
+        for name in stages:
+            count = len(ctx.model.get_submodule(name))
+            sites.append(
+                self.site(
+                    (name,),
+                    f"pack {name} ({count} blocks), fuse their ReLUs and residual adds; "
+                    "each block's output written over its input",
+                )
+            )
+        for name, problem in problems.items():
+            if problem:
+                sites.append(self.site((name,), f"{name} packed layer by layer: {problem}", False))
+                continue
+            if _parent(name) not in stages:
+                sites.append(self.site((name,), f"pack {name}, fuse its ReLUs and residual add"))
+            block = ctx.model.get_submodule(name)
+            covered.update(f"{name}.{n}" for n, _ in block.named_modules() if n)
+        return sites, covered
+
     def replacements(
         self, model: nn.Module, site: Site, options: SlimOptions
     ) -> dict[str, nn.Module]:
         block = model.get_submodule(site.modules[0])
-        if type(block).__name__ in RESIDUAL_BLOCKS:
+        if _is_residual_block(block):
             return {site.modules[0]: _packed_block(block)}
-        conv_name, *relu = site.modules
-        packed = PackedConv2d.from_conv(model.get_submodule(conv_name), relu=bool(relu))
-        return {conv_name: packed, **{name: nn.Identity() for name in relu}}
+        if isinstance(block, nn.Sequential):  # a stage of residual blocks
+            stage = PackedResidualStage(*(_packed_block(b) for b in block))
+            return {site.modules[0]: stage.train(block.training)}
+        # one or more convolutions, then the ReLU module fused into all of them (if any)
+        *convs, last = site.modules
+        relu = isinstance(model.get_submodule(last), nn.ReLU)
+        convs = convs if relu else [*convs, last]
+        packed = {
+            name: PackedConv2d.from_conv(model.get_submodule(name), relu=relu) for name in convs
+        }
+        return {**packed, **({last: nn.Identity()} if relu else {})}
 
 
 RESIDUAL_BLOCKS = {"BasicBlock": 2, "Bottleneck": 3}  # torchvision class -> its convolutions
+
+
+def _shared_relu_groups(graph: ModelGraph, handled: set[str]) -> dict[str, list[str]]:
+    """ReLU module name -> the convolutions it can be fused into, for ReLU modules called more
+    than once (e.g. bvlc_googlenet's Inception modules share one) where every call reads a
+    packable Conv2d, called once, whose only reader is that call."""
+    calls: dict[str, list] = {}
+    for node in graph.nodes:
+        if node.kind == "relu" and isinstance(graph.module(node), nn.ReLU):
+            calls.setdefault(node.target, []).append(node)
+    groups = {}
+    for relu_name, relu_calls in calls.items():
+        if len(relu_calls) < 2 or graph.call_counts.get(relu_name) != len(relu_calls):
+            continue
+        convs = []
+        for call in relu_calls:
+            source = graph.nodes[call.inputs[0]] if len(call.inputs) == 1 else None
+            conv = graph.module(source) if source is not None else None
+            if (
+                type(conv) is not nn.Conv2d
+                or packing_problem(conv)
+                or source.target in handled
+                or called_once(graph, source.target)
+                or sole_user(graph, source) is not call
+            ):
+                break
+            convs.append(source.target)
+        else:
+            groups[relu_name] = convs
+    return groups
+
+
+def _is_residual_block(module: nn.Module) -> bool:
+    kind = type(module)
+    return kind.__name__ in RESIDUAL_BLOCKS and kind.__module__.startswith("torchvision.")
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _packable_stages(model: nn.Module, problems: dict[str, str]) -> list[str]:
+    """Names of the ``nn.Sequential`` submodules whose children are all packable residual
+    blocks (the model itself excluded: a rule replaces submodules)."""
+    stages = []
+    for name, module in model.named_modules():
+        children = [f"{name}.{child}" for child, _ in module.named_children()]
+        if (
+            name
+            and type(module) is nn.Sequential
+            and children
+            and all(problems.get(child, "not a block") == "" for child in children)
+        ):
+            stages.append(name)
+    return stages
 
 
 def _packable(conv: nn.Module) -> bool:
