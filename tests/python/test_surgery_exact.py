@@ -1,4 +1,5 @@
-"""Exact rules (fold_bn, fuse_conv_pool, merge_branches) keep outputs to fp32 rounding.
+"""Exact rules (fold_bn, fuse_conv_pool, merge_branches, then pack_conv) keep outputs to fp32
+rounding.
 
 Reference: the unmodified model on the same input (random weights, randomised BatchNorm
 statistics so that folding is not the identity). Small inputs keep each model to a few forwards.
@@ -15,6 +16,7 @@ from torch import nn
 import deeprebirth
 from deeprebirth.models import build_model
 from deeprebirth.ops import BranchConv2d, ConvPool2d
+from deeprebirth.surgery.modules import PackedConv2d
 
 EXACT_RULES = ["fold_bn", "fuse_conv_pool", "merge_branches"]
 
@@ -41,7 +43,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_exact_rules_keep_outputs(name: str) -> None:
+def test_exact_rules_keep_outputs(name: str, monkeypatch) -> None:
     size, kwargs, expected = MODELS[name]
     model = randomize_batchnorm(build_model(name, num_classes=10, **kwargs))
     x = torch.randn(1, 3, size, size)
@@ -62,6 +64,13 @@ def test_exact_rules_keep_outputs(name: str) -> None:
     assert (
         sum(isinstance(m, BranchConv2d) for m in slim_model.modules()) == counts["merge_branches"]
     )
+    # then the CPU deployment rule, every remaining convolution on its packed path
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0)
+    packed, packed_report = deeprebirth.slim(slim_model, ["pack_conv"], x)
+    assert packed_report.exact and packed_report.applied
+    check = deeprebirth.verify(model, packed, x)
+    assert check.max_rel <= 1e-4, f"{name} + pack_conv: {check}"
+    assert any(m.packed_weights for m in packed.modules() if isinstance(m, PackedConv2d))
 
 
 def test_fold_bn_matches_closed_form_batch_norm() -> None:
