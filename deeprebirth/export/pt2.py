@@ -39,8 +39,14 @@ def contiguous_for_export(
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of ``model`` (eval mode) with a dynamic batch dimension."""
+    """``torch.export.export`` of ``model`` (eval mode) with a dynamic batch dimension.
+
+    A one-image example is traced as two copies of the image: torch.export specialises sizes 0
+    and 1, so a batch of one cannot stand for a dynamic batch.
+    """
     model, example_input = contiguous_for_export(model.eval(), example_input)
+    if example_input.size(0) == 1:
+        example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
     return torch.export.export(model, (example_input,), dynamic_shapes=dynamic_batch())
 
 

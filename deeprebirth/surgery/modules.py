@@ -149,7 +149,7 @@ class PackedConv2d(nn.Conv2d):
             self._kernel_by_shape[key] = kernel
         if not kernel:
             return ""
-        weight = self.weight
+        weight = self._parameters["weight"]
         cpu_inference = (
             not self.training
             and x.is_cpu
@@ -227,13 +227,15 @@ class PackedConv2d(nn.Conv2d):
         return y if residual is None else y + residual
 
     @torch.jit.unused
-    def _small_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _small_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # ATen's im2col + GEMM convolution. For a 5x5 or 7x7 layer under min_packed_macs at batch
         # 1, conv2d picks oneDNN, whose fixed per-call cost (weight reorder, primitive) made it 3-4x
         # slower than this kernel (the 5x5 branches of a Fashion-MNIST-size GoogLeNet); at batch 8
         # oneDNN was faster on that model.
         return torch._C._nn.thnn_conv2d(
-            x, self.weight, self.kernel_size, self.bias, self.stride, self.padding
+            x, weight, self.kernel_size, bias, self.stride, self.padding
         )
 
     def _scripted_conv(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,16 +291,25 @@ class PackedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu?(conv(x) [+ residual])``: the residual is added before the ReLU."""
-        if torch.jit.is_scripting():
-            y = self._scripted_conv(x)
+        if not torch.jit.is_scripting():
+            return self._eager_forward(x, residual)
+        y = self._scripted_conv(x)
+        if residual is not None:
+            y = y + residual
+        return y.relu_() if self.relu else y  # y is this call's own tensor
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        kernel = self._inference_kernel(x)
+        if kernel == "packed":
+            return self._packed_forward(x, residual)
+        # Parameters read from _parameters: nn.Module.__getattr__ costs about 1 us per read,
+        # which adds up on small models whose layers take a few microseconds.
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        if kernel == "small":
+            y = self._small_forward(x, weight, bias)
         else:
-            kernel = self._inference_kernel(x)
-            if kernel == "packed":
-                return self._packed_forward(x, residual)
-            if kernel == "small":
-                y = self._small_forward(x)
-            else:
-                y = self._conv_forward(x, self.weight, self.bias)
+            y = self._conv_forward(x, weight, bias)
         if residual is not None:
             y = y + residual
         return y.relu_() if self.relu else y  # y is this call's own tensor

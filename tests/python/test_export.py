@@ -271,6 +271,20 @@ def test_portable_exports_match_native(name, exported, tmp_path):
         torch.testing.assert_close(program.module()(example), expected, atol=ATOL, rtol=0)
 
 
+def test_pt2_export_from_one_image_has_a_dynamic_batch():
+    """torch.export specialises size-1 dims; the exporter still gives a program for any batch."""
+    from deeprebirth.export.pt2 import export_program
+    from deeprebirth.models import bvlc_googlenet
+
+    torch.manual_seed(9)
+    model = bvlc_googlenet(num_classes=10, width=0.125, in_channels=1).eval()
+    program = export_program(model, torch.randn(1, 1, 32, 32))
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=0)
+
+
 def test_mobile_export_loads_and_matches(exported):
     """The lite-interpreter file (or the TorchScript fallback) gives the eager logits."""
     slim, example = exported.model("slim_googlenet"), _example()
