@@ -6,7 +6,8 @@ and prints a Markdown table: median latency of each, and ``baseline / candidate`
 candidate is faster). A last row per thread count and batch compares each model in its own best
 runtime. Input shape comes from ``--input-shape`` or the run's ``config.yaml`` next to the files.
 ``--candidate-rules`` / ``--baseline-rules`` first apply exact deployment rules to that model
-(e.g. ``pack_conv``), checked against the loaded model.
+(e.g. ``pack_conv``), checked against the loaded model; ``--candidate-flatten`` /
+``--baseline-flatten`` then flatten it (``deeprebirth.surgery.flatten_for_inference``).
 
     python scripts/compare_models.py runs/fashion_mnist_googlenet/teacher.pt \\
         runs/fashion_mnist_googlenet/student.pt --threads 1,2 --batches 1 \\
@@ -57,21 +58,24 @@ def input_shape_of(model_path: Path, given: list[int] | None) -> tuple[int, int,
     return (model["in_channels"], model["input_size"], model["input_size"])
 
 
-def with_exact_rules(
-    model: torch.nn.Module, rules: list[str], shape: tuple[int, int, int]
+def deployed(
+    model: torch.nn.Module, rules: list[str], flatten: bool, shape: tuple[int, int, int]
 ) -> torch.nn.Module:
-    """``model`` after the exact ``rules`` (``model`` itself when there are none); exits naming
-    the problem when a rule is inexact or the outputs moved beyond 1e-4 relative."""
-    if not rules:
-        return model
+    """``model`` after the exact ``rules`` and, with ``flatten``, flattened (``model`` itself
+    when neither); exits naming the problem when a rule is inexact or the outputs moved beyond
+    1e-4 relative."""
     example = torch.randn(2, *shape)
-    slim_model, report = deeprebirth.slim(model, rules, example)
-    if not report.exact:
-        raise SystemExit(f"rules {rules} are not exact; compare the finetuned model instead")
-    check = deeprebirth.verify(model, slim_model, example)
+    result = model
+    if rules:
+        result, report = deeprebirth.slim(model, rules, example)
+        if not report.exact:
+            raise SystemExit(f"rules {rules} are not exact; compare the finetuned model instead")
+    if flatten:
+        result = deeprebirth.surgery.flatten_for_inference(result.eval())
+    check = deeprebirth.verify(model, result, example)
     if check.max_rel > 1e-4:
-        raise SystemExit(f"rules {rules} changed the outputs: {check}")
-    return slim_model.eval()
+        raise SystemExit(f"rules {rules} (flatten={flatten}) changed the outputs: {check}")
+    return result.eval()
 
 
 def compare(
@@ -147,6 +151,11 @@ def main() -> int:
             default="",
             help=f"comma-separated exact rules applied to the {side} first (e.g. pack_conv)",
         )
+        parser.add_argument(
+            f"--{side}-flatten",
+            action="store_true",
+            help=f"flatten the {side} into one fx graph without no-op layers",
+        )
     parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
@@ -156,13 +165,14 @@ def main() -> int:
         parser.error(f"unknown runtime(s) {unknown}; expected some of {sorted(RUNTIMES)}")
     shape = input_shape_of(args.baseline, args.input_shape)
     models = {}
-    for path, rule_text in (
-        (args.baseline, args.baseline_rules),
-        (args.candidate, args.candidate_rules),
-    ):
+    sides = (
+        (args.baseline, args.baseline_rules, args.baseline_flatten),
+        (args.candidate, args.candidate_rules, args.candidate_flatten),
+    )
+    for path, rule_text, flatten in sides:
         rules = [r.strip() for r in rule_text.split(",") if r.strip()]
-        label = path.stem + (f" + {'+'.join(rules)}" if rules else "")
-        models[label] = with_exact_rules(load_model(path)[0].float().eval(), rules, shape)
+        label = path.stem + "".join(f" + {step}" for step in [*rules, *["flat"] * flatten])
+        models[label] = deployed(load_model(path)[0].float().eval(), rules, flatten, shape)
     if len(models) != 2:
         parser.error("the two model files need different names (their stems label the table)")
     with warnings.catch_warnings():

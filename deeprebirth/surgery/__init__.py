@@ -5,6 +5,7 @@
 - :func:`verify`: max abs/relative output difference of two models.
 - :func:`register_rule`: add a user rule (see :mod:`deeprebirth.surgery.registry`).
 - :func:`new_parameters`: parameters of layers inexact rules created (train them at 10x LR).
+- :func:`flatten_for_inference`: the model as one fx graph without no-op layers (eager speed).
 
 Built-in rules: ``fold_bn``, ``fuse_conv_pool``, ``merge_branches`` and the CPU deployment rule
 ``pack_conv`` (exact); ``streamline``, ``branch_slim``, ``tucker`` (not exact: finetune
@@ -19,6 +20,7 @@ Example:
 """
 
 from deeprebirth.surgery.accounting import ModuleStats, profile_modules
+from deeprebirth.surgery.flatten import flatten_for_inference
 from deeprebirth.surgery.modify import new_parameters
 from deeprebirth.surgery.plan import Plan, Site, Totals
 from deeprebirth.surgery.registry import (
@@ -42,6 +44,7 @@ __all__ = [
     "SurgeryContext",
     "Totals",
     "Verification",
+    "flatten_for_inference",
     "known_rules",
     "new_parameters",
     "plan",

@@ -324,10 +324,10 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
         str(tmp_path / "student.pt"),
         *("--input-shape", "1,12,12", "--threads", "1", "--batches", "1,2"),
         *("--runtimes", "eager,torchscript", "--repeats", "2"),
-        *("--candidate-rules", "pack_conv", "--out", str(out)),
+        *("--candidate-rules", "pack_conv", "--candidate-flatten", "--out", str(out)),
     )
     assert done.returncode == 0, done.stderr
-    assert "| teacher (ms) | student + pack_conv (ms) |" in out.read_text()
+    assert "| teacher (ms) | student + pack_conv + flat (ms) |" in out.read_text()
     rows = [
         line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 ")
     ]

@@ -253,3 +253,33 @@ def test_build_model_loads_local_weights_and_rejects_unknown_names(tmp_path) -> 
         build_model("alexnet")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model("bvlc_googlenet", weights=str(tmp_path / "missing.pth"))
+
+
+def test_flatten_for_inference_inlines_containers_and_drops_no_ops() -> None:
+    """Same outputs as the packed student; no Identity/Dropout calls left; scriptable; refuses
+    training mode and names untraceable models."""
+    from deeprebirth.surgery import flatten_for_inference
+
+    teacher = deeprebirth.models.bvlc_googlenet(num_classes=10, width=0.125, in_channels=1)
+    x = torch.randn(2, 1, 32, 32)
+    student, _ = deeprebirth.slim(teacher.eval(), ["streamline", "branch_slim"], x)
+    packed, _ = deeprebirth.slim(student.eval(), ["pack_conv"], x)
+    flat = flatten_for_inference(packed.eval())
+    assert deeprebirth.verify(packed, flat, x).max_abs == 0
+    called = [flat.get_submodule(n.target) for n in flat.graph.nodes if n.op == "call_module"]
+    assert called and not any(isinstance(m, (nn.Identity, nn.Dropout)) for m in called)
+    assert not any(type(m).__name__ == "Inception" for m in called)  # containers inlined
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(flat)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), packed(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="eval-mode"):
+        flatten_for_inference(packed.train())
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # data-dependent control flow
+
+    with pytest.raises(RuntimeError, match="cannot trace Branchy"):
+        flatten_for_inference(Branchy().eval())

