@@ -6,12 +6,12 @@ Scenarios (each at batch 1 and 8, ``--threads`` threads, variants interleaved in
 1. bvlc_googlenet eager vs fully slimmed (streamline + branch_slim + fold_bn + fuse_conv_pool +
    merge_branches). Paper targets: >= 3x lower latency, >= 2.5x lower peak activation memory.
 2. torchvision resnet50 eager vs fold_bn + fuse_conv_pool + streamline (stem). Target >= 1.3x.
-
-Each scenario also runs the slim model after the exact CPU deployment rule ``pack_conv`` (weights
-packed once for oneDNN, ReLUs fused; "packed slim").
 3. torchvision googlenet exact rules only (fold_bn + fuse_conv_pool + merge_branches) vs
    ``torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))`` of the original
    (trace when script fails).
+
+Each scenario also runs the slim model after the exact CPU deployment rule ``pack_conv`` (weights
+packed once for oneDNN, ReLUs fused; "packed slim").
 
 Every variant is also run in channels_last (its best layout may be either). Random weights:
 latency does not depend on them. Ratios are ``baseline median / variant median`` (> 1: faster)

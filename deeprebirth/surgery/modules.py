@@ -117,7 +117,6 @@ class PackedConv2d(nn.Conv2d):
     def train(self, mode: bool = True) -> "PackedConv2d":
         if mode:  # the weights are about to change: free the packed copies
             self.packed_weights = {}
-        self._kernel_by_shape = {}
         return super().train(mode)
 
     def __getstate__(self) -> dict:
@@ -211,19 +210,25 @@ class PackedConv2d(nn.Conv2d):
         return weight
 
     @torch.jit.unused
+    def _onednn_args(self, x: torch.Tensor) -> tuple:
+        """``(x, packed weight, bias, padding, stride, dilation, groups)`` for the
+        ``mkldnn::_convolution_pointwise`` ops, ``x`` made dense for oneDNN."""
+        x = _dense(x)
+        bias = None if self.bias is None else self.bias.detach()
+        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        return (x, self._packed_weight(x), bias, *geometry)
+
+    @torch.jit.unused
     def _packed_forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x = _dense(x)
-        weight = self._packed_weight(x)
-        bias = None if self.bias is None else self.bias.detach()
-        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        x, *conv = self._onednn_args(x)
         if residual is not None and self.relu:  # relu(conv(x) + residual) in one oneDNN call
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual, weight, bias, *geometry, "add", 1.0, "relu", [], ""
+                x, residual, *conv, "add", 1.0, "relu", [], ""
             )
         attr = "relu" if self.relu and residual is None else "none"
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, attr, [], "")
+        y = torch.ops.mkldnn._convolution_pointwise(x, *conv, attr, [], "")
         return y if residual is None else y + residual
 
     @torch.jit.unused
@@ -269,22 +274,9 @@ class PackedConv2d(nn.Conv2d):
         Elsewhere it is ``residual.add_(conv(x))`` (then ``relu_``). Not for TorchScript.
         """
         if self._packed_path_applies(x):
-            x = _dense(x)
-            bias = None if self.bias is None else self.bias.detach()
+            unary = "relu" if self.relu else None
             return torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual,
-                x,
-                self._packed_weight(x),
-                bias,
-                list(self.padding),
-                list(self.stride),
-                list(self.dilation),
-                self.groups,
-                "add",
-                1.0,
-                "relu" if self.relu else None,
-                [],
-                "",
+                residual, *self._onednn_args(x), "add", 1.0, unary, [], ""
             )
         residual.add_(self._conv_forward(x, self.weight, self.bias))
         return residual.relu_() if self.relu else residual
