@@ -6,7 +6,10 @@ Cases: every bvlc GoogLeNet Inception module's three 1x1 convs over the module i
 side runs in NCHW and in channels_last (weights too); the ratio compares the best layout of each
 (reference median / branch_conv median, > 1 means branch_conv is faster), all variants interleaved
 in one process (deeprebirth.utils.benchmark). Peak memory is the peak resident memory one call
-adds (VmHWM, output included), for each side's best layout.
+adds (VmHWM, output included), for each side's best layout. "GF/s" is each side's best-layout
+throughput (2 x MACs / median); "bound" is the machine's fp32 peak (a large 3x3 convolution,
+deeprebirth.bench.roofline.peak_conv_gflops, measured at the start) over the reference's
+throughput: about the most any kernel that does the same arithmetic can gain over it.
 
     python scripts/bench_branch_conv.py [--quick] [--threads N]
 """
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deeprebirth.bench.roofline import peak_conv_gflops  # noqa: E402
 from deeprebirth.ops import branch_conv  # noqa: E402
 from deeprebirth.utils.benchmark import (  # noqa: E402
     configure_allocator,
@@ -71,6 +75,12 @@ def reference(x, weights, biases, paddings):
     return torch.cat(outs, 1)
 
 
+def case_macs(case: Case, batch: int) -> int:
+    """Multiply-accumulates of all branches of ``case`` ("same" padding, stride 1)."""
+    per_pixel = sum(c * case.in_channels * k * k for c, k in case.branches)
+    return batch * case.size * case.size * per_pixel
+
+
 def measure(case: Case, batch: int, repeats: int) -> dict:
     """Times the four variants of one case interleaved; returns medians, ratio and peak memory."""
     torch.manual_seed(0)
@@ -102,6 +112,7 @@ def measure(case: Case, batch: int, repeats: int) -> dict:
         "ratio": timings[best_ref].median / timings[best_ours].median,
         "mem_ref": peak_extra_memory(variants[best_ref]),
         "mem_ours": peak_extra_memory(variants[best_ours]),
+        "macs": case_macs(case, batch),
     }
 
 
@@ -116,13 +127,19 @@ def run(quick: bool = False, batches: Sequence[int] = (1, 32)) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """The ratio table (medians in ms; memory in MiB)."""
+def format_table(rows: list[dict], peak_gflops: float) -> str:
+    """The ratio table (medians in ms; memory in MiB; throughput and bound against
+    ``peak_gflops``)."""
     head = (
         f"{'case':<14}{'N':>3} {'ref nchw':>9} {'ref cl':>9} {'ours nchw':>10} {'ours cl':>9} "
         f"{'ratio':>6}  {'best ref/ours':<17}{'MiB ref':>8}{'MiB ours':>9}"
+        f"{'GF/s ref':>9}{'GF/s ours':>10}{'bound':>7}"
     )
     lines = [head, "-" * len(head)]
+
+    def gflops(row: dict, variant: str) -> float:
+        return 2 * row["macs"] / (row["timings"][variant].median * 1e-3) / 1e9
+
     for r in rows:
         t = r["timings"]
         lines.append(
@@ -130,6 +147,8 @@ def format_table(rows: list[dict]) -> str:
             f"{t['ours nchw'].median:>10.3f} {t['ours cl'].median:>9.3f} {r['ratio']:>5.2f}x  "
             f"{r['best_ref'].split()[1] + '/' + r['best_ours'].split()[1]:<17}"
             f"{r['mem_ref'] / 2**20:>8.2f}{r['mem_ours'] / 2**20:>9.2f}"
+            f"{gflops(r, r['best_ref']):>9.0f}{gflops(r, r['best_ours']):>10.0f}"
+            f"{peak_gflops / gflops(r, r['best_ref']):>6.2f}x"
         )
     return "\n".join(lines)
 
@@ -143,12 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     configure_allocator()  # before any timing, so every row runs under the same allocator setting
+    peak = peak_conv_gflops()
     rows = run(quick=args.quick)
-    print(format_table(rows))
+    print(format_table(rows, peak))
     for batch in sorted({r["batch"] for r in rows}):
         ratios = [r["ratio"] for r in rows if r["batch"] == batch]
         print(f"batch {batch}: ratio min {min(ratios):.2f}x, median "
               f"{sorted(ratios)[len(ratios) // 2]:.2f}x, max {max(ratios):.2f}x")  # fmt: skip
+    print(f"fp32 peak: {peak:.0f} GFLOP/s (3x3 convolution 256->256 at 28x28, batch 32)")
     print(machine_line())
     return 0
 

@@ -3,14 +3,13 @@
 Not a test. For GoogLeNet conv1 / conv2 and the ResNet-50 stem at batch 1 and 32, prints the
 latency of each variant from interleaved runs in one process (median [min, max] in ms), the
 unfused/fused ratio per layout (contiguous, channels_last) and against the unfused sequence in its
-best layout, and the peak extra resident memory of each (VmHWM, see
-deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
+best layout, the bound (best unfused / the convolution alone, timed in the same run: what making
+ReLU and pooling free would gain; only at large batches, where writing the pre-pool tensor costs
+the convolution itself, can fusion gain more), and the peak extra resident memory of each (VmHWM,
+see deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
 
-    PYTHONPATH=. python scripts/bench_conv_pool.py            # full grid (from the repo root)
-    PYTHONPATH=. python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats
-
-(PYTHONPATH=. makes the checkout's package, with its freshly built extension, win over an
-installed one: a script's own folder, not the working directory, heads sys.path.)
+    python scripts/bench_conv_pool.py            # full grid
+    python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats
 """
 
 from __future__ import annotations
@@ -18,14 +17,23 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from deeprebirth.ops import conv_pool
-from deeprebirth.utils.benchmark import interleaved_timings, machine_line, peak_extra_memory
+if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deeprebirth.ops import conv_pool  # noqa: E402
+from deeprebirth.utils.benchmark import (  # noqa: E402
+    interleaved_timings,
+    machine_line,
+    peak_extra_memory,
+)
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -55,8 +63,9 @@ LAYERS = (
 
 def make_variants(
     layer: Layer, batch: int, layout: torch.memory_format
-) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
-    """(fused, unfused) closures over random inputs of ``layer`` in ``layout``."""
+) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """(fused, unfused, convolution alone) closures over random inputs of ``layer`` in
+    ``layout``."""
     x = torch.randn(batch, *layer.in_shape).contiguous(memory_format=layout)
     fan_in = layer.in_shape[0] * layer.kernel**2
     w = torch.randn(layer.out_channels, layer.in_shape[0], layer.kernel, layer.kernel)
@@ -76,8 +85,11 @@ def make_variants(
             y, layer.pool_kernel, layer.pool_stride, layer.pool_padding, 1, layer.ceil_mode
         )
 
+    def convolution() -> torch.Tensor:
+        return F.conv2d(x, w, b, layer.stride, layer.padding)
+
     torch.testing.assert_close(fused(), unfused(), rtol=1e-4, atol=1e-4)
-    return fused, unfused
+    return fused, unfused, convolution
 
 
 def run(layers: Sequence[Layer], batches: Sequence[int], repeats: int) -> list[dict]:
@@ -87,11 +99,13 @@ def run(layers: Sequence[Layer], batches: Sequence[int], repeats: int) -> list[d
         for batch in batches:
             variants, memory = {}, {}
             for layout_name, layout in LAYOUTS.items():
-                fused, unfused = make_variants(layer, batch, layout)
+                fused, unfused, convolution = make_variants(layer, batch, layout)
                 variants[f"fused/{layout_name}"] = fused
                 variants[f"unfused/{layout_name}"] = unfused
+                variants[f"conv/{layout_name}"] = convolution
             for name, fn in variants.items():  # median of 5: RSS readings jitter by ~1 MiB
-                memory[name] = statistics.median(peak_extra_memory(fn) for _ in range(5))
+                if not name.startswith("conv/"):
+                    memory[name] = statistics.median(peak_extra_memory(fn) for _ in range(5))
             timings = interleaved_timings(variants, repeats=repeats, warmup=3)
             rows.append({"layer": layer.name, "batch": batch, "t": timings, "mem": memory})
     return rows
@@ -101,18 +115,20 @@ def format_table(rows: Sequence[dict]) -> str:
     """The results as a fixed-width text table."""
     header = (
         f"{'layer':<16} {'N':>3} {'layout':<13} {'fused ms':>24} {'unfused ms':>24} "
-        f"{'ratio':>6} {'vs best':>7} {'fused MiB':>9} {'unfused MiB':>11} {'mem %':>6}"
+        f"{'ratio':>6} {'vs best':>7} {'bound':>6} {'fused MiB':>9} {'unfused MiB':>11} "
+        f"{'mem %':>6}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         t, mem = row["t"], row["mem"]
         best_unfused = min(t[f"unfused/{name}"].median for name in LAYOUTS)
+        bound = best_unfused / min(t[f"conv/{name}"].median for name in LAYOUTS)
         for name in LAYOUTS:
             f, u = t[f"fused/{name}"], t[f"unfused/{name}"]
             fm, um = mem[f"fused/{name}"], mem[f"unfused/{name}"]
             lines.append(
                 f"{row['layer']:<16} {row['batch']:>3} {name:<13} {f!s:>24} {u!s:>24} "
-                f"{u.median / f.median:>6.2f} {best_unfused / f.median:>7.2f} "
+                f"{u.median / f.median:>6.2f} {best_unfused / f.median:>7.2f} {bound:>6.2f} "
                 f"{fm / 2**20:>9.2f} {um / 2**20:>11.2f} {100 * fm / max(um, 1):>5.0f}%"
             )
     return "\n".join(lines)
@@ -132,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows))
     print(
         "ratio = unfused / fused median in the same layout; vs best = best-layout unfused / fused; "
-        "memory = peak extra RSS (VmHWM) of one call, inputs excluded"
+        "bound = best-layout unfused / best-layout F.conv2d alone (what free ReLU + pooling "
+        "would gain); memory = peak extra RSS (VmHWM) of one call, inputs "
+        "excluded"
     )
     print(machine_line())
     return 0

@@ -135,6 +135,7 @@ def test_roofline_formulas():
     assert roofline.attainable_gflops(50.0, peak_gflops=100.0, bandwidth_gbps=10.0) == 100.0
     assert roofline.peak_gemm_gflops(64, repeats=1) > 0
     assert roofline.peak_copy_gbps(1, repeats=1) > 0
+    assert roofline.peak_conv_gflops(channels=8, size=8, batch=1, repeats=1) > 0
 
 
 def _reference_top_level_ops(model: nn.Module, x: torch.Tensor) -> list[str]:

@@ -95,6 +95,33 @@ def test_banded_layouts_match_unfused(case, layout):
     assert out.is_contiguous(memory_format=expected_format)
 
 
+# (x shape, w shape, stride, padding, dilation, groups, pool (kernel, stride, padding)): images
+# with over 2 MB of convolution output, so the CPU kernel bands them.
+SCHEDULE_CASES = [
+    ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1, 1, (3, 2, 0)),  # GoogLeNet conv1
+    ((1, 16, 101, 99), (128, 8, 3, 3), 1, 2, 2, 2, (3, 2, 1)),  # groups, dilation, odd sizes
+    ((3, 8, 120, 80), (96, 8, 5, 5), 1, 2, 1, 1, (2, 2, 0)),  # more images than threads
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", SCHEDULE_CASES, ids=lambda c: f"x{c[0]}-g{c[5]}")
+def test_band_schedules_match_unfused(case, dtype, threads):
+    """Fewer images than threads cut each image into bands for every thread, more images give each
+    thread its own; float32 bands share one weight packed by oneDNN, float64 ones use conv2d."""
+    xs, ws, s, p, d, groups, (pk, ps, pp) = case
+    torch.set_num_threads(threads)
+    x = torch.randn(xs, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(ws, dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5
+    b = torch.randn(ws[0], dtype=dtype)
+    for pool, relu in [("max", True), ("avg", False)]:
+        args = ([s, s], [p, p], [d, d], groups, pool, [pk, pk], [ps, ps], [pp, pp], True, relu)
+        torch.testing.assert_close(
+            conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[dtype]
+        )
+
+
 def test_bfloat16_matches_float32_reference():
     rng = random.Random(5)
     for _ in range(5):

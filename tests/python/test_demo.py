@@ -62,3 +62,6 @@ def test_demo_deploys_fused_operators(tmp_path):
     deployed, check = _deploy(student, x)
     assert uses_deeprebirth_ops(deployed) and not uses_deeprebirth_ops(student)
     assert check.ok
+    # flattened: one graph whose modules are layers, no containers left to dispatch through
+    assert isinstance(deployed, torch.fx.GraphModule)
+    assert not any(isinstance(m, torch.nn.Sequential) for m in deployed.modules())

@@ -16,10 +16,12 @@
 namespace deeprebirth::ops {
 namespace {
 
-// max that propagates NaN like ATen's max_pool2d.
+// max that propagates NaN like ATen's max_pool2d. Branch-free (`|`, not `||`) so that loops
+// over it vectorise.
 template <typename T>
 inline T max_nan(T a, T b) {
-  return (b > a || b != b) ? b : a;
+  const bool take_b = (b > a) | (b != b);
+  return take_b ? b : a;
 }
 
 template <typename scalar_t>
