@@ -11,6 +11,7 @@ libdeeprebirth_ops.so. csrc/bindings.cpp adds the pybind11 module on top.
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -41,11 +42,24 @@ def op_sources(with_cuda: bool) -> list[str]:
     return [str(p.relative_to(ROOT)) for p in files]
 
 
+def openmp_flags() -> list[str]:
+    """``-fopenmp`` when torch runs its intra-op threads on OpenMP (the Linux wheels).
+
+    at::parallel_for is a header template: compiled without OpenMP it runs its whole range on the
+    calling thread. The extension then links libgomp.so.1, which resolves to the copy torch has
+    already loaded, so both share one thread pool.
+    """
+    import torch
+
+    uses_openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return ["-fopenmp"] if uses_openmp and sys.platform.startswith("linux") else []
+
+
 def extension():
     with_cuda = build_with_cuda()
     version = read_version()
     macros = [("DEEPREBIRTH_VERSION", f'"{version}"')]
-    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    cxx_flags = ["-O3", "-fvisibility=hidden", *openmp_flags()]
     extra = {"cxx": cxx_flags}
     kind = CppExtension
     if with_cuda:
@@ -59,6 +73,7 @@ def extension():
         include_dirs=[str(CSRC)],
         define_macros=macros,
         extra_compile_args=extra,
+        extra_link_args=openmp_flags(),
     )
 
 

@@ -15,8 +15,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         d["torch_version"] = info.torch_version;
         d["with_cuda"] = info.with_cuda;
         d["parallel_backend"] = info.parallel_backend;
+        d["parallel_kernels"] = info.parallel_kernels;
         d["num_threads"] = info.num_threads;
         return d;
       },
-      "Build facts: version, torch_version, with_cuda, parallel_backend, num_threads.");
+      "Build facts: version, torch_version, with_cuda, parallel_backend, parallel_kernels, "
+      "num_threads.");
 }

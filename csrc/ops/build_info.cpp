@@ -31,6 +31,12 @@ BuildInfo build_info() {
   info.with_cuda = false;
 #endif
   info.parallel_backend = parallel_backend_name();
+#ifdef INTRA_OP_PARALLEL  // ATen's parallel headers define it when this compiler can run the
+                          // backend
+  info.parallel_kernels = true;
+#else
+  info.parallel_kernels = false;
+#endif
   info.num_threads = at::get_num_threads();
   return info;
 }

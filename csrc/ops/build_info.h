@@ -10,6 +10,8 @@ struct BuildInfo {
   std::string torch_version;     // the torch headers it was compiled against
   bool with_cuda;                // CUDA kernels compiled in
   std::string parallel_backend;  // ATen's intra-op backend (OpenMP, native thread pool, TBB)
+  bool parallel_kernels;         // at::parallel_for in these kernels uses that backend's threads
+                                 // (false: built without it, every kernel loop is serial)
   int num_threads;               // at::get_num_threads() now
 };
 

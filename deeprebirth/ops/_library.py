@@ -33,7 +33,9 @@ def build_info() -> dict[str, Any]:
     Returns:
         A dict with ``version``, ``torch_version`` (headers compiled against),
         ``torch_runtime_version``, ``with_cuda`` (CUDA kernels compiled in), ``cuda_available``,
-        ``parallel_backend`` (ATen's intra-op backend) and ``num_threads``.
+        ``parallel_backend`` (ATen's intra-op backend), ``parallel_kernels`` (whether the
+        kernels' ``at::parallel_for`` loops run on that backend's threads: False when the library
+        was compiled without it, e.g. without ``-fopenmp``) and ``num_threads``.
 
     Example:
         >>> info = build_info()

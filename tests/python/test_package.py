@@ -18,6 +18,14 @@ def test_build_info_reports_the_build():
     assert info["parallel_backend"] in ("OpenMP", "native thread pool", "unknown")
 
 
+def test_kernels_run_on_torchs_intra_op_threads():
+    """Compiled without OpenMP, at::parallel_for (a header template) runs every kernel loop on the
+    calling thread while torch itself uses OpenMP: the kernels silently lose their threads."""
+    torch_backend = torch.__config__.parallel_info()
+    if "parallel backend: OpenMP" in torch_backend or "native thread pool" in torch_backend:
+        assert deeprebirth.build_info()["parallel_kernels"]
+
+
 def test_bvlc_googlenet_layout_matches_caffe():
     model = bvlc_googlenet()
     names = [name for name, _ in model.named_children()]
