@@ -79,12 +79,18 @@ class PackedConv2d(nn.Conv2d):
     """
 
     __jit_ignored_attributes__ = ["packed_weights", "_kernel_by_shape"]
-    __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs"]  # read by _scripted_conv
+    # read by _scripted_conv
+    __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs", "max_strided_im2col"]
     #: Calls with fewer multiply-accumulates run the plain convolution: oneDNN's fixed cost per
     #: call (tens of microseconds here) exceeds what packing saves on tiny layers. A
     #: Fashion-MNIST-size GoogLeNet (all layers < 1M MACs) ran 1.7x slower packed, ResNet-50's
     #: layers (>= 12M MACs at 224x224) 1.4x faster. Set it on an instance or the class.
     min_packed_macs: int = 1 << 22
+    #: Strided small-kernel calls (see ``_takes_small_kernel``) with a larger im2col buffer
+    #: (elements: C_in * kh * kw * H_out * W_out) run conv2d: ATen's strided im2col copies element
+    #: by element. 1->16 7x7 stride 2 to 32x32 (50K) ran 1.2-1.5x slower than conv2d, 3->16 7x7
+    #: stride 2 to 16x16 (38K) 1.15-1.3x slower, 1->16 7x7 stride 4 to 16x16 (12.5K) 1.4-1.7x faster.
+    max_strided_im2col: int = 1 << 14
     #: Packed copies kept per layer, one per input shape (the most recently packed ones).
     max_packed_shapes: int = 2
 
@@ -169,20 +175,29 @@ class PackedConv2d(nn.Conv2d):
             return ""
         if self.macs(shape) >= self.min_packed_macs:
             return "packed" if torch.backends.mkldnn.is_available() else ""
-        return "small" if self._takes_small_kernel(shape[0]) else ""
+        return "small" if self._takes_small_kernel(list(shape)) else ""
 
-    def _takes_small_kernel(self, batch: int) -> bool:
+    def _takes_small_kernel(self, shape: list[int]) -> bool:
         # Batch 1, ungrouped, undilated, kernel larger than 3x3: where conv2d picks oneDNN for
         # any input size (ATen's heuristic); smaller kernels on small inputs already get ATen's
-        # im2col + GEMM kernel from conv2d, through a faster call than _small_forward.
-        return (
-            batch == 1
+        # im2col + GEMM kernel from conv2d, through a faster call than _small_forward. Strided
+        # layers only while their im2col buffer is small (max_strided_im2col). The caller checks
+        # the MAC threshold.
+        kh, kw = self.kernel_size[0], self.kernel_size[1]
+        if not (
+            shape[0] == 1
             and self.groups == 1
             and self.dilation[0] == 1
             and self.dilation[1] == 1
-            and self.kernel_size[0] > 3
-            and self.kernel_size[1] > 3
-        )
+            and kh > 3
+            and kw > 3
+        ):
+            return False
+        if self.stride[0] == 1 and self.stride[1] == 1:
+            return True
+        out_h = (shape[2] + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        out_w = (shape[3] + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        return self.in_channels * kh * kw * out_h * out_w <= self.max_strided_im2col
 
     @torch.jit.unused
     def _packed_path_applies(self, x: torch.Tensor) -> bool:
@@ -251,7 +266,7 @@ class PackedConv2d(nn.Conv2d):
             x.dim() == 4
             and x.is_cpu
             and x.dtype == torch.float32
-            and self._takes_small_kernel(x.size(0))
+            and self._takes_small_kernel(x.size())
         ):
             kh, kw = self.kernel_size[0], self.kernel_size[1]
             out_h = (x.size(2) + 2 * self.padding[0] - kh) // self.stride[0] + 1

@@ -182,6 +182,34 @@ def test_calls_below_the_mac_threshold_are_not_packed(monkeypatch) -> None:
     assert "thnn_conv2d" in str(scripted._scripted_conv.graph)  # TorchScript: the same kernel
 
 
+@pytest.mark.parametrize("stride, small_kernel", [(1, True), (4, True), (2, False)])
+def test_strided_layers_take_the_small_kernel_only_with_a_small_im2col(
+    monkeypatch, stride: int, small_kernel: bool
+) -> None:
+    """1->16 7x7 on 64x64: im2col 49 x 1024 (stride 1 and 2) or 49 x 256 (stride 4) elements;
+    the strided case over max_strided_im2col (16K) goes to conv2d, eager and TorchScript."""
+    conv = nn.Conv2d(1, 16, 7, stride=stride, padding=3).eval()
+    packed = PackedConv2d.from_conv(conv, relu=True).eval()
+    x = torch.randn(1, 1, 64, 64)
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 10 * packed.macs(x.shape))
+    calls = []
+    small_forward = PackedConv2d._small_forward
+    monkeypatch.setattr(
+        PackedConv2d,
+        "_small_forward",
+        lambda self, *args: calls.append(1) or small_forward(self, *args),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), _reference(conv, x, True))
+    assert len(calls) == int(small_kernel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(PackedConv2d.from_conv(conv, relu=True).eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), _reference(conv, x, True))
+    assert scripted._takes_small_kernel(list(x.shape)) == small_kernel  # the compiled decision
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("grad", [False, True])
 def test_residual_is_added_before_the_relu(relu: bool, grad: bool) -> None:
