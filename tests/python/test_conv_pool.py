@@ -108,8 +108,9 @@ SCHEDULE_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", SCHEDULE_CASES, ids=lambda c: f"x{c[0]}-g{c[5]}")
 def test_band_schedules_match_unfused(case, dtype, threads):
-    """Fewer images than threads cut each image into bands for every thread, more images give each
-    thread its own; float32 bands share one weight packed by oneDNN, float64 ones use conv2d."""
+    """Fewer images than threads: bands one after another, each on every thread; otherwise each
+    thread takes its own bands. float32 bands share one weight packed by oneDNN, float64 ones use
+    conv2d."""
     xs, ws, s, p, d, groups, (pk, ps, pp) = case
     torch.set_num_threads(threads)
     x = torch.randn(xs, dtype=dtype).contiguous(memory_format=torch.channels_last)

@@ -1,16 +1,18 @@
 // CPU kernel of deeprebirth::conv_pool: row-band tiled convolution (oneDNN) with a fused
 // bias + ReLU + pooling epilogue.
 //
-// Two schedules:
+// Three schedules:
 // - banded: at::parallel_for over (image, band of pooled rows). Each task convolves only the input
 //   rows its band needs (one thread, channels-last), pools the tile while it sits in L2 and frees
-//   it; the full pre-pool tensor never exists. Used when an image's convolution output is larger
-//   than one tile (the memory and cache win); with fewer images than threads, each image is cut
-//   into an equal number of bands per thread. (Bands one after another, each convolved by oneDNN
-//   on all threads, measured no faster at batch 1: 0.85-0.91x of the unfused sequence, like this.)
+//   it; the full pre-pool tensor never exists. Used when there are at least as many images as
+//   threads and an image's convolution output is larger than one tile (the memory and cache win).
+// - sequential: fewer images than threads (batch 1 on two threads). The bands run one after the
+//   other, each convolved by oneDNN on all threads, then pooled by all threads: at batch 1 this
+//   measured 1.04-1.25x of the unfused sequence on GoogLeNet conv1 and the ResNet-50 stem, against
+//   0.94-1.12x for one thread per band.
 // - whole: one multi-threaded convolution over the batch, then the same epilogue in parallel. Used
 //   for small problems, where per-band convolution calls would cost more than they save.
-// Both convolve in channels-last (the fast layout for the epilogue and for oneDNN here), every band
+// All convolve in channels-last (the fast layout for the epilogue and for oneDNN here), every band
 // of a call on one packed weight (BandConvolution), and write the output in
 // conv_pool_memory_format(x).
 #include <ATen/ATen.h>
@@ -32,6 +34,10 @@ namespace {
 
 // Below this many convolution-output bytes per image, banding has nothing to save.
 constexpr int64_t kMinBandedImageBytes = 2 * kCpuTileBytes;
+// Convolution-output bytes per band of the sequential schedule. Its bands run oneDNN on all
+// threads, which loses parallel efficiency on short bands (GoogLeNet conv1 at batch 1: 1.16 ms
+// whole, 1.20 ms in two bands, 1.31 ms in four); 1.0-2.0 MiB measured within noise of each other.
+constexpr int64_t kSequentialTileBytes = 1536 * 1024;
 
 // The input shape of `band` for one image of `x`.
 std::vector<int64_t> band_shape(const at::Tensor& x, const RowBand& band) {
@@ -59,6 +65,24 @@ void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor
       bias_relu_pool_rows_cpu(tile, band.c0, bias, band, g, args, out[n]);
     }
   });
+}
+
+void conv_pool_sequential(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                          const ConvPoolGeometry& g, const ConvPoolArgs& args, int64_t band_rows,
+                          const at::Tensor& out) {
+  const BandConvolution convolve(
+      w, args, band_shape(x, row_band(0, std::min(g.out_h, band_rows), g, args, w.size(2))));
+  for (int64_t n = 0; n < x.size(0); ++n) {
+    const at::Tensor image = x.slice(0, n, n + 1);
+    for (int64_t p0 = 0; p0 < g.out_h; p0 += band_rows) {
+      const RowBand band = row_band(p0, std::min(g.out_h, p0 + band_rows), g, args, w.size(2));
+      const at::Tensor tile = convolve(band_input(image, band));
+      at::parallel_for(band.p0, band.p1, 1, [&](int64_t begin, int64_t end) {
+        const RowBand rows = row_band(begin, end, g, args, w.size(2));
+        bias_relu_pool_rows_cpu(tile, band.c0, bias, rows, g, args, out[n]);
+      });
+    }
+  }
 }
 
 void conv_pool_whole(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -92,15 +116,13 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
 
   const int64_t image_bytes = channels * g.conv_h * g.conv_w * x.element_size();
-  int64_t band_rows = pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
+  const int64_t band_rows =
+      pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
   const int64_t threads = at::get_num_threads();
-  if (batch < threads) {  // an equal number of equal bands per thread for the few images there are
-    const int64_t bands = (g.out_h + band_rows - 1) / band_rows;
-    const int64_t per_round = (threads + batch - 1) / batch;
-    const int64_t balanced = std::min(g.out_h, (bands + per_round - 1) / per_round * per_round);
-    band_rows = (g.out_h + balanced - 1) / balanced;
-  }
-  if (image_bytes >= kMinBandedImageBytes && band_rows < g.out_h) {
+  if (batch < threads && image_bytes >= kMinBandedImageBytes) {  // equal bands, one at a time
+    const int64_t bands = (image_bytes + kSequentialTileBytes - 1) / kSequentialTileBytes;
+    conv_pool_sequential(x, w, bias, g, args, (g.out_h + bands - 1) / bands, out);
+  } else if (image_bytes >= kMinBandedImageBytes && band_rows < g.out_h) {
     conv_pool_banded(x, w, bias, g, args, band_rows, out);
   } else {
     conv_pool_whole(x, w, bias, g, args, out);
