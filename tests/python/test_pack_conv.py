@@ -144,6 +144,18 @@ def test_copy_save_script_and_standard_form_after_a_packed_forward() -> None:
     assert not isinstance(packed.to_standard()[0], PackedConv2d)
 
 
+def _count_small_kernel_calls(monkeypatch) -> list:
+    """A list that grows by one each time a PackedConv2d runs ATen's im2col kernel."""
+    calls: list = []
+    small_forward = PackedConv2d._small_forward
+    monkeypatch.setattr(
+        PackedConv2d,
+        "_small_forward",
+        lambda self, *args: calls.append(1) or small_forward(self, *args),
+    )
+    return calls
+
+
 @needs_mkldnn
 def test_calls_below_the_mac_threshold_are_not_packed(monkeypatch) -> None:
     """Below min_packed_macs: ATen's im2col + GEMM kernel for kernels larger than 3x3 at batch 1
@@ -153,13 +165,7 @@ def test_calls_below_the_mac_threshold_are_not_packed(monkeypatch) -> None:
     small, large = torch.randn(1, 8, 6, 6), torch.randn(2, 8, 12, 12)
     assert packed.macs(small.shape) == 1 * 16 * 6 * 6 * 8 * 25  # closed form: N C_out H W C_in k k
     monkeypatch.setattr(PackedConv2d, "min_packed_macs", packed.macs(large.shape))
-    small_calls = []
-    small_forward = PackedConv2d._small_forward
-    monkeypatch.setattr(
-        PackedConv2d,
-        "_small_forward",
-        lambda self, *args: small_calls.append(1) or small_forward(self, *args),
-    )
+    small_calls = _count_small_kernel_calls(monkeypatch)
     with torch.no_grad():
         torch.testing.assert_close(packed(small), _reference(conv, small, True))
         assert not packed.packed_weights and len(small_calls) == 1
@@ -192,13 +198,7 @@ def test_strided_layers_take_the_small_kernel_only_with_a_small_im2col(
     packed = PackedConv2d.from_conv(conv, relu=True).eval()
     x = torch.randn(1, 1, 64, 64)
     monkeypatch.setattr(PackedConv2d, "min_packed_macs", 10 * packed.macs(x.shape))
-    calls = []
-    small_forward = PackedConv2d._small_forward
-    monkeypatch.setattr(
-        PackedConv2d,
-        "_small_forward",
-        lambda self, *args: calls.append(1) or small_forward(self, *args),
-    )
+    calls = _count_small_kernel_calls(monkeypatch)
     with torch.no_grad():
         torch.testing.assert_close(packed(x), _reference(conv, x, True))
     assert len(calls) == int(small_kernel)
