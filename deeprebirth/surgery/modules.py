@@ -100,10 +100,8 @@ class PackedConv2d(nn.Conv2d):
         if problem:
             raise ValueError(problem)
         self.relu = relu
-        # Not annotated: TorchScript warns about instance-level annotations of empty containers
-        # (both attributes are __jit_ignored_attributes__ anyway).
-        self.packed_weights = {}  # (input shape, weight ptr, version) -> oneDNN packed weight
-        self._kernel_by_shape = {}  # (input shape, min_packed_macs) -> _kernel_for_shape
+        self.packed_weights: dict = {}
+        self._kernel_by_shape: dict = {}  # (input shape, min_packed_macs) -> _kernel_for_shape
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":

@@ -432,11 +432,3 @@ def test_pack_conv_rule_skips_unpackable_convolutions_with_the_reason() -> None:
     report = deeprebirth.plan(model, torch.zeros(1, 3, 8, 8), rules=["pack_conv"])
     assert not report.applied
     assert any("padding_mode='reflect'" in s.reason for s in report.skipped)
-
-
-def test_scripting_warns_only_about_torchscripts_deprecation() -> None:
-    packed = PackedConv2d.from_conv(nn.Conv2d(3, 4, 5), relu=True).eval()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.jit.script(packed)
-    assert [str(w.message) for w in caught if "deprecated" not in str(w.message)] == []
