@@ -26,10 +26,16 @@ def _first_line(error: Exception) -> str:
 def script_or_trace(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.script(model)``, or
     ``torch.jit.trace(model, example_input)`` when scripting fails (Python constructs TorchScript cannot compile); TorchScript's deprecation warnings
-    are silenced here, the fallback is reported as a ``UserWarning``."""
+    and its note on torch.fx.GraphModule's attribute annotations are silenced here, the fallback is
+    reported as a ``UserWarning``."""
     model = model.eval()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=Warning)
+        # torch.fx.GraphModule's __init__ (a flattened model) annotates empty attributes, which
+        # TorchScript reports on every scripting; nothing a caller can act on.
+        warnings.filterwarnings(
+            "ignore", message=r".*instance-level annotations on empty non-base types"
+        )
         try:
             return torch.jit.script(model)
         except Exception as error:  # TorchScript compile errors have no common type

@@ -21,6 +21,7 @@ its message and exit code. The C++ parts are skipped when the runner is not buil
 from __future__ import annotations
 
 import subprocess
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import deeprebirth
 import deeprebirth.io
 from deeprebirth.export import ExportMetadata, make_portable, read_metadata, uses_deeprebirth_ops
 from deeprebirth.export.preprocess import eval_batch
-from deeprebirth.models import build_model
+from deeprebirth.models import build_model, bvlc_googlenet
 from deeprebirth.ops import BranchConv2d, ConvPool2d
 
 pytestmark = [
@@ -477,3 +478,15 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
     torch.save({"weights": torch.zeros(1)}, foreign)
     assert main(["export", str(foreign), "--out", str(tmp_path / "x.ts")]) == 1
     assert "not a deeprebirth model file" in capsys.readouterr().err
+
+
+def test_flattened_model_exports_to_torchscript_without_warnings(tmp_path):
+    """torch.fx.GraphModule's attribute annotations make TorchScript warn on every scripting."""
+    model = bvlc_googlenet(num_classes=10, width=0.125, in_channels=1).eval()
+    flat = deeprebirth.surgery.flatten_for_inference(model)
+    x = torch.randn(1, 1, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = deeprebirth.export(flat, x, format="torchscript", out=tmp_path / "flat.ts")
+    assert [str(w.message) for w in caught] == []
+    torch.testing.assert_close(torch.jit.load(str(path))(x), model(x))
