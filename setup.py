@@ -59,7 +59,8 @@ def extension():
     with_cuda = build_with_cuda()
     version = read_version()
     macros = [("DEEPREBIRTH_VERSION", f'"{version}"')]
-    cxx_flags = ["-O3", "-fvisibility=hidden", *openmp_flags()]
+    openmp = openmp_flags()
+    cxx_flags = ["-O3", "-fvisibility=hidden", *openmp]
     extra = {"cxx": cxx_flags}
     kind = CppExtension
     if with_cuda:
@@ -73,7 +74,7 @@ def extension():
         include_dirs=[str(CSRC)],
         define_macros=macros,
         extra_compile_args=extra,
-        extra_link_args=openmp_flags(),
+        extra_link_args=openmp,
     )
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeprebirth.bench.roofline import peak_conv_gflops  # noqa: E402
+from deeprebirth.bench.roofline import achieved_gflops, peak_conv_gflops  # noqa: E402
 from deeprebirth.ops import branch_conv  # noqa: E402
 from deeprebirth.utils.benchmark import (  # noqa: E402
     configure_allocator,
@@ -75,10 +75,10 @@ def reference(x, weights, biases, paddings):
     return torch.cat(outs, 1)
 
 
-def case_macs(case: Case, batch: int) -> int:
-    """Multiply-accumulates of all branches of ``case`` ("same" padding, stride 1)."""
+def case_macs(case: Case) -> int:
+    """Multiply-accumulates of all branches of ``case`` for one image ("same" padding, stride 1)."""
     per_pixel = sum(c * case.in_channels * k * k for c, k in case.branches)
-    return batch * case.size * case.size * per_pixel
+    return case.size * case.size * per_pixel
 
 
 def measure(case: Case, batch: int, repeats: int) -> dict:
@@ -112,7 +112,7 @@ def measure(case: Case, batch: int, repeats: int) -> dict:
         "ratio": timings[best_ref].median / timings[best_ours].median,
         "mem_ref": peak_extra_memory(variants[best_ref]),
         "mem_ours": peak_extra_memory(variants[best_ours]),
-        "macs": case_macs(case, batch),
+        "macs": case_macs(case),
     }
 
 
@@ -138,7 +138,7 @@ def format_table(rows: list[dict], peak_gflops: float) -> str:
     lines = [head, "-" * len(head)]
 
     def gflops(row: dict, variant: str) -> float:
-        return 2 * row["macs"] / (row["timings"][variant].median * 1e-3) / 1e9
+        return achieved_gflops(row["macs"], row["batch"], row["timings"][variant].median)
 
     for r in rows:
         t = r["timings"]

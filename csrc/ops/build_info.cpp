@@ -31,8 +31,9 @@ BuildInfo build_info() {
   info.with_cuda = false;
 #endif
   info.parallel_backend = parallel_backend_name();
-#ifdef INTRA_OP_PARALLEL  // ATen's parallel headers define it when this compiler can run the
-                          // backend
+  // ATen's parallel headers define INTRA_OP_PARALLEL when this compilation can run the backend
+  // (for OpenMP: only under -fopenmp).
+#ifdef INTRA_OP_PARALLEL
   info.parallel_kernels = true;
 #else
   info.parallel_kernels = false;

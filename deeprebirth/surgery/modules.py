@@ -178,11 +178,12 @@ class PackedConv2d(nn.Conv2d):
         return "small" if self._takes_small_kernel(list(shape)) else ""
 
     def _takes_small_kernel(self, shape: list[int]) -> bool:
-        # Batch 1, ungrouped, undilated, kernel larger than 3x3: where conv2d picks oneDNN for
-        # any input size (ATen's heuristic); smaller kernels on small inputs already get ATen's
-        # im2col + GEMM kernel from conv2d, through a faster call than _small_forward. Strided
-        # layers only while their im2col buffer is small (max_strided_im2col). The caller checks
-        # the MAC threshold.
+        # Batch 1, ungrouped, undilated, kernel larger than 3x3, under min_packed_macs: where
+        # conv2d picks oneDNN for any input size (ATen's heuristic); smaller kernels on small
+        # inputs already get ATen's im2col + GEMM kernel from conv2d, through a faster call than
+        # _small_forward. Strided layers only while their im2col buffer is small
+        # (max_strided_im2col). Eager and TorchScript decide here, so the MAC count restates
+        # accounting.conv2d_macs (undilated, batch 1), which TorchScript cannot call.
         kh, kw = self.kernel_size[0], self.kernel_size[1]
         if not (
             shape[0] == 1
@@ -193,11 +194,13 @@ class PackedConv2d(nn.Conv2d):
             and kw > 3
         ):
             return False
-        if self.stride[0] == 1 and self.stride[1] == 1:
-            return True
         out_h = (shape[2] + 2 * self.padding[0] - kh) // self.stride[0] + 1
         out_w = (shape[3] + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        return self.in_channels * kh * kw * out_h * out_w <= self.max_strided_im2col
+        im2col = self.in_channels * kh * kw * out_h * out_w
+        if im2col * self.out_channels >= self.min_packed_macs:
+            return False
+        strided = self.stride[0] != 1 or self.stride[1] != 1
+        return not strided or im2col <= self.max_strided_im2col
 
     @torch.jit.unused
     def _packed_path_applies(self, x: torch.Tensor) -> bool:
@@ -260,22 +263,16 @@ class PackedConv2d(nn.Conv2d):
 
     def _scripted_conv(self, x: torch.Tensor) -> torch.Tensor:
         # The convolution in TorchScript (no packed path there): ATen's im2col + GEMM kernel for
-        # the calls that take it in eager mode (_takes_small_kernel, under min_packed_macs),
-        # conv2d otherwise. Its autograd works, so no inference check is needed.
+        # the calls that take it in eager mode (_takes_small_kernel), conv2d otherwise. Its autograd works, so no inference check is needed.
         if (
             x.dim() == 4
             and x.is_cpu
             and x.dtype == torch.float32
             and self._takes_small_kernel(x.size())
         ):
-            kh, kw = self.kernel_size[0], self.kernel_size[1]
-            out_h = (x.size(2) + 2 * self.padding[0] - kh) // self.stride[0] + 1
-            out_w = (x.size(3) + 2 * self.padding[1] - kw) // self.stride[1] + 1
-            macs = self.out_channels * out_h * out_w * self.in_channels * kh * kw
-            if macs < self.min_packed_macs:
-                return torch.ops.aten.thnn_conv2d(
-                    x, self.weight, self.kernel_size, self.bias, self.stride, self.padding
-                )
+            return torch.ops.aten.thnn_conv2d(
+                x, self.weight, self.kernel_size, self.bias, self.stride, self.padding
+            )
         return self._conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused

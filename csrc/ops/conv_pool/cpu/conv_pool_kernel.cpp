@@ -39,9 +39,19 @@ constexpr int64_t kMinBandedImageBytes = 2 * kCpuTileBytes;
 // whole, 1.20 ms in two bands, 1.31 ms in four); 1.0-2.0 MiB measured within noise of each other.
 constexpr int64_t kSequentialTileBytes = 1536 * 1024;
 
-// The input shape of `band` for one image of `x`.
-std::vector<int64_t> band_shape(const at::Tensor& x, const RowBand& band) {
-  return {1, x.size(1), band.in1 - band.in0, x.size(3)};
+// The band of at most `band_rows` pooled rows starting at pooled row p0.
+RowBand band_at(int64_t p0, int64_t band_rows, const ConvPoolGeometry& g, const ConvPoolArgs& args,
+                const at::Tensor& w) {
+  return row_band(p0, std::min(g.out_h, p0 + band_rows), g, args, w.size(2));
+}
+
+// The band convolution of a call, its weight packed for the input shape of the first band.
+BandConvolution band_convolution(const at::Tensor& x, const at::Tensor& w,
+                                 const ConvPoolGeometry& g, const ConvPoolArgs& args,
+                                 int64_t band_rows) {
+  const RowBand first = band_at(0, band_rows, g, args, w);
+  const std::vector<int64_t> first_shape{1, x.size(1), first.in1 - first.in0, x.size(3)};
+  return BandConvolution(w, args, first_shape);
 }
 
 void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -49,8 +59,7 @@ void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor
                       const at::Tensor& out) {
   const int64_t bands = (g.out_h + band_rows - 1) / band_rows;
   const int64_t tasks = x.size(0) * bands;
-  const BandConvolution convolve(
-      w, args, band_shape(x, row_band(0, std::min(g.out_h, band_rows), g, args, w.size(2))));
+  const BandConvolution convolve = band_convolution(x, w, g, args, band_rows);
   const at::ThreadLocalState caller_state;  // grad mode and dispatch keys for the workers
   // Threads take bands from a shared counter rather than a fixed half each: a thread the OS
   // preempts (the cores are shared) or a short last band does not leave the other one idle.
@@ -60,7 +69,7 @@ void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     const at::ThreadLocalStateGuard state_guard(caller_state);
     for (int64_t task = next_task++; task < tasks; task = next_task++) {
       const int64_t n = task / bands, p0 = (task % bands) * band_rows;
-      const RowBand band = row_band(p0, std::min(g.out_h, p0 + band_rows), g, args, w.size(2));
+      const RowBand band = band_at(p0, band_rows, g, args, w);
       const at::Tensor tile = convolve(band_input(x.slice(0, n, n + 1), band));
       bias_relu_pool_rows_cpu(tile, band.c0, bias, band, g, args, out[n]);
     }
@@ -70,12 +79,11 @@ void conv_pool_banded(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 void conv_pool_sequential(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                           const ConvPoolGeometry& g, const ConvPoolArgs& args, int64_t band_rows,
                           const at::Tensor& out) {
-  const BandConvolution convolve(
-      w, args, band_shape(x, row_band(0, std::min(g.out_h, band_rows), g, args, w.size(2))));
+  const BandConvolution convolve = band_convolution(x, w, g, args, band_rows);
   for (int64_t n = 0; n < x.size(0); ++n) {
     const at::Tensor image = x.slice(0, n, n + 1);
     for (int64_t p0 = 0; p0 < g.out_h; p0 += band_rows) {
-      const RowBand band = row_band(p0, std::min(g.out_h, p0 + band_rows), g, args, w.size(2));
+      const RowBand band = band_at(p0, band_rows, g, args, w);
       const at::Tensor tile = convolve(band_input(image, band));
       at::parallel_for(band.p0, band.p1, 1, [&](int64_t begin, int64_t end) {
         const RowBand rows = row_band(begin, end, g, args, w.size(2));
@@ -119,10 +127,11 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const int64_t band_rows =
       pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
   const int64_t threads = at::get_num_threads();
-  if (batch < threads && image_bytes >= kMinBandedImageBytes) {  // equal bands, one at a time
+  const bool bandable = image_bytes >= kMinBandedImageBytes;
+  if (bandable && batch < threads) {  // equal bands, one at a time
     const int64_t bands = (image_bytes + kSequentialTileBytes - 1) / kSequentialTileBytes;
     conv_pool_sequential(x, w, bias, g, args, (g.out_h + bands - 1) / bands, out);
-  } else if (image_bytes >= kMinBandedImageBytes && band_rows < g.out_h) {
+  } else if (bandable && band_rows < g.out_h) {
     conv_pool_banded(x, w, bias, g, args, band_rows, out);
   } else {
     conv_pool_whole(x, w, bias, g, args, out);
