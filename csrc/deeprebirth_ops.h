@@ -5,3 +5,4 @@
 #include "ops/branch_conv/branch_conv.h"
 #include "ops/build_info.h"
 #include "ops/conv_pool/conv_pool.h"
+#include "ops/direct_conv/direct_conv.h"

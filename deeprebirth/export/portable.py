@@ -18,6 +18,7 @@ from deeprebirth.ops import BranchConv2d, ConvPool2d
 from deeprebirth.surgery.modules import (
     ConcatBranches,
     PackedConv2d,
+    PackedConvConcat,
     PackedResidualBlock,
     PackedResidualStage,
 )
@@ -62,13 +63,15 @@ def branch_conv_as_standard(merged: BranchConv2d) -> ConcatBranches:
 
 
 def uses_deeprebirth_ops(model: nn.Module) -> bool:
-    """Whether ``model`` contains a module that calls a ``torch.ops.deeprebirth`` operator."""
-    return any(isinstance(m, (ConvPool2d, BranchConv2d)) for m in model.modules())
+    """Whether ``model`` contains a module that calls a ``torch.ops.deeprebirth`` operator
+    (PackedConv2d does in TorchScript, for its small calls)."""
+    return any(isinstance(m, (ConvPool2d, BranchConv2d, PackedConv2d)) for m in model.modules())
 
 
 def make_portable(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every ConvPool2d / BranchConv2d (and PackedConv2d /
-    PackedResidualBlock / PackedResidualStage, CPU runtime details) replaced by standard layers.
+    PackedConvConcat / PackedResidualBlock / PackedResidualStage, CPU runtime details) replaced by
+    standard layers.
 
     The input model is not modified; a model without deeprebirth modules is returned as a copy.
 
@@ -88,7 +91,9 @@ def _replace_in_place(module: nn.Module) -> None:
             setattr(module, name, conv_pool_as_standard(child))
         elif isinstance(child, BranchConv2d):
             setattr(module, name, branch_conv_as_standard(child))
-        elif isinstance(child, (PackedConv2d, PackedResidualBlock, PackedResidualStage)):
+        elif isinstance(
+            child, (PackedConv2d, PackedConvConcat, PackedResidualBlock, PackedResidualStage)
+        ):
             setattr(module, name, child.to_standard())
         else:
             _replace_in_place(child)

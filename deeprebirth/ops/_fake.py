@@ -66,3 +66,19 @@ def _branch_conv_backward_fake(
     )
     grad_biases = [grad_output.new_empty((w.shape[0],)) for w in weights] if need_b else []
     return grad_x, grad_weights, grad_biases
+
+
+@torch.library.register_fake("deeprebirth::direct_conv")
+def _direct_conv_fake(x, packed_w, b, out_channels, stride, padding, relu):
+    # conv2d with an (out_channels, C_in, kh, kw) weight gives the output's sizes.
+    w = packed_w.new_empty((out_channels, *packed_w.shape[1:4]))
+    return torch.nn.functional.conv2d(x, w, b, stride, padding).contiguous()
+
+
+@torch.library.register_fake("deeprebirth::direct_conv_cat")
+def _direct_conv_cat_fake(xs, packed_ws, bs, out_channels, strides, paddings, relu):
+    outs = [
+        _direct_conv_fake(x, w, b, c, strides[2 * i : 2 * i + 2], paddings[2 * i : 2 * i + 2], relu)
+        for i, (x, w, b, c) in enumerate(zip(xs, packed_ws, bs, out_channels, strict=True))
+    ]
+    return torch.cat(outs, 1)

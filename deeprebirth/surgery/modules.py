@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+import deeprebirth.ops  # noqa: F401  (loads torch.ops.deeprebirth.direct_conv)
 from deeprebirth.surgery.accounting import conv2d_macs
 
 
@@ -54,13 +55,18 @@ class PackedConv2d(nn.Conv2d):
     The packed path runs only where it pays and is safe: calls of at least
     :attr:`min_packed_macs` multiply-accumulates, eval mode, no autograd needed, a plain float32
     CPU tensor, oneDNN available, and not while scripting, tracing, exporting or compiling.
-    Smaller batch-1 calls of kernels larger than 3x3 (ungrouped, undilated; conv2d gives those to
-    oneDNN) run ATen's im2col + GEMM kernel instead, also in TorchScript: 3-4x faster than
-    oneDNN's per-call cost on tiny 5x5 layers (at batch 8 oneDNN was faster). Every other call (training,
-    gradients, other dtypes/devices, TorchScript) is the ordinary ``Conv2d`` forward followed by
-    ReLU when ``relu``. ``train()`` drops the packed copies.
+    Smaller calls (ungrouped, undilated; 1x1 layers only up to :attr:`max_direct_1x1_pixels`
+    output pixels) run deeprebirth's direct convolution (``torch.ops.deeprebirth.small_conv2d``,
+    ReLU fused) on a weight packed once, in eager mode and in TorchScript: faster than conv2d on
+    small layers, whose fixed cost per call (im2col, GEMM setup, oneDNN's weight reorder) exceeds
+    their arithmetic (``scripts/bench_direct_conv.py``). Every other call (training,
+    gradients, other dtypes/devices) is the ordinary ``Conv2d`` forward followed by ReLU when
+    ``relu``. ``train()`` drops the packed copies. In TorchScript the direct kernel's weight is
+    packed by the graph, which ``torch.jit.freeze`` folds into a constant (unfrozen, every call
+    packs it), and the module needs the deeprebirth library where it is loaded
+    (:func:`~deeprebirth.export.make_portable` gives a model that does not).
     Outputs of the packed path are channels_last (oneDNN's fast layout) whatever the input's
-    layout; values and shapes are those of ``Conv2d``.
+    layout, those of the direct path contiguous; values and shapes are those of ``Conv2d``.
 
     Args:
         *args, **kwargs: as for ``nn.Conv2d`` (``padding_mode="zeros"``, numeric padding).
@@ -78,19 +84,17 @@ class PackedConv2d(nn.Conv2d):
         True
     """
 
-    __jit_ignored_attributes__ = ["packed_weights", "_kernel_by_shape"]
-    # read by _scripted_conv
-    __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs", "max_strided_im2col"]
+    __jit_ignored_attributes__ = ["packed_weights", "_kernel_by_shape", "_direct_weight"]
+    # read by _takes_direct_kernel in TorchScript
+    __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs", "max_direct_1x1_pixels"]
     #: Calls with fewer multiply-accumulates run the plain convolution: oneDNN's fixed cost per
     #: call (tens of microseconds here) exceeds what packing saves on tiny layers. A
     #: Fashion-MNIST-size GoogLeNet (all layers < 1M MACs) ran 1.7x slower packed, ResNet-50's
     #: layers (>= 12M MACs at 224x224) 1.4x faster. Set it on an instance or the class.
     min_packed_macs: int = 1 << 22
-    #: Strided small-kernel calls (see ``_takes_small_kernel``) with a larger im2col buffer
-    #: (elements: C_in * kh * kw * H_out * W_out) run conv2d: ATen's strided im2col copies element
-    #: by element. 1->16 7x7 stride 2 to 32x32 (50K) ran 1.2-1.5x slower than conv2d, 3->16 7x7
-    #: stride 2 to 16x16 (38K) 1.15-1.3x slower, 1->16 7x7 stride 4 to 16x16 (12.5K) 1.4-1.7x faster.
-    max_strided_im2col: int = 1 << 14
+    #: 1x1 calls with more output pixels per image than this run conv2d: a GEMM over the pixels
+    #: beats the direct kernel there (1.5-2x at 14x14 and larger), which wins up to 8x8 (1.1-1.6x).
+    max_direct_1x1_pixels: int = 64
     #: Packed copies kept per layer, one per input shape (the most recently packed ones).
     max_packed_shapes: int = 2
 
@@ -102,6 +106,7 @@ class PackedConv2d(nn.Conv2d):
         self.relu = relu
         self.packed_weights: dict = {}
         self._kernel_by_shape: dict = {}  # (input shape, min_packed_macs) -> _kernel_for_shape
+        self._direct_weight: tuple = ()  # (weight key, direct_conv_pack(weight))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":
@@ -123,16 +128,19 @@ class PackedConv2d(nn.Conv2d):
     def train(self, mode: bool = True) -> "PackedConv2d":
         if mode:  # the weights are about to change: free the packed copies
             self.packed_weights = {}
+            self._direct_weight = ()
         return super().train(mode)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["packed_weights"] = {}  # oneDNN's opaque tensors can be neither copied nor pickled
         state["_kernel_by_shape"] = {}
+        state["_direct_weight"] = ()
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_kernel_by_shape", {})  # files saved before the cache existed
+        state.setdefault("_kernel_by_shape", {})  # files saved before these caches existed
+        state.setdefault("_direct_weight", ())
         super().__setstate__(state)
 
     def macs(self, input_shape: Sequence[int]) -> int:
@@ -141,7 +149,7 @@ class PackedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _inference_kernel(self, x: torch.Tensor) -> str:
-        """ "packed" (oneDNN, packed weights), "small" (ATen's im2col + GEMM kernel) or "" (the
+        """ "packed" (oneDNN, packed weights), "small" (``deeprebirth::small_conv2d``) or "" (the
         plain ``Conv2d`` forward) for a call on ``x``. Runs on every call of layers that may take
         microseconds: the shape-dependent choice is cached per shape, and the per-call checks run
         only when it is not the plain forward."""
@@ -175,32 +183,7 @@ class PackedConv2d(nn.Conv2d):
             return ""
         if self.macs(shape) >= self.min_packed_macs:
             return "packed" if torch.backends.mkldnn.is_available() else ""
-        return "small" if self._takes_small_kernel(list(shape)) else ""
-
-    def _takes_small_kernel(self, shape: list[int]) -> bool:
-        # Batch 1, ungrouped, undilated, kernel larger than 3x3, under min_packed_macs: where
-        # conv2d picks oneDNN for any input size (ATen's heuristic); smaller kernels on small
-        # inputs already get ATen's im2col + GEMM kernel from conv2d, through a faster call than
-        # _small_forward. Strided layers only while their im2col buffer is small
-        # (max_strided_im2col). Eager and TorchScript decide here, so the MAC count restates
-        # accounting.conv2d_macs (undilated, batch 1), which TorchScript cannot call.
-        kh, kw = self.kernel_size[0], self.kernel_size[1]
-        if not (
-            shape[0] == 1
-            and self.groups == 1
-            and self.dilation[0] == 1
-            and self.dilation[1] == 1
-            and kh > 3
-            and kw > 3
-        ):
-            return False
-        out_h = (shape[2] + 2 * self.padding[0] - kh) // self.stride[0] + 1
-        out_w = (shape[3] + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        im2col = self.in_channels * kh * kw * out_h * out_w
-        if im2col * self.out_channels >= self.min_packed_macs:
-            return False
-        strided = self.stride[0] != 1 or self.stride[1] != 1
-        return not strided or im2col <= self.max_strided_im2col
+        return "small" if self.groups == 1 and self.dilation == (1, 1) else ""
 
     @torch.jit.unused
     def _packed_path_applies(self, x: torch.Tensor) -> bool:
@@ -250,30 +233,52 @@ class PackedConv2d(nn.Conv2d):
         return y if residual is None else y + residual
 
     @torch.jit.unused
-    def _small_forward(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    def _small_forward(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        # Parameters read from _parameters: nn.Module.__getattr__ costs about 1 us per read,
+        # which adds up on small models whose layers take a few microseconds.
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        return self._small_conv2d(x, weight, self._direct_packed_weight(), bias, relu)
+
+    @torch.jit.unused
+    def _direct_packed_weight(self) -> torch.Tensor:
+        """``direct_conv_pack(weight)``, kept while the weight tensor and its version stay."""
+        weight = self._parameters["weight"]
+        key = (weight.data_ptr(), weight._version)
+        if not self._direct_weight or self._direct_weight[0] != key:
+            self._direct_weight = (key, torch.ops.deeprebirth.direct_conv_pack(weight.detach()))
+        return self._direct_weight[1]
+
+    def _small_conv2d(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        packed_weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        relu: bool,
     ) -> torch.Tensor:
-        # ATen's im2col + GEMM convolution. For a 5x5 or 7x7 layer under min_packed_macs at batch
-        # 1, conv2d picks oneDNN, whose fixed per-call cost (weight reorder, primitive) made it 3-4x
-        # slower than this kernel (the 5x5 branches of a Fashion-MNIST-size GoogLeNet); at batch 8
-        # oneDNN was faster on that model.
-        return torch._C._nn.thnn_conv2d(
-            x, weight, self.kernel_size, bias, self.stride, self.padding
+        # deeprebirth::small_conv2d: the direct kernel where it pays, conv2d otherwise.
+        return torch.ops.deeprebirth.small_conv2d(
+            x,
+            weight,
+            packed_weight,
+            bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            relu,
+            self.min_packed_macs,
+            self.max_direct_1x1_pixels,
         )
 
-    def _scripted_conv(self, x: torch.Tensor) -> torch.Tensor:
-        # The convolution in TorchScript (no packed path there): ATen's im2col + GEMM kernel for
-        # the calls that take it in eager mode (_takes_small_kernel), conv2d otherwise. Its autograd works, so no inference check is needed.
-        if (
-            x.dim() == 4
-            and x.is_cpu
-            and x.dtype == torch.float32
-            and self._takes_small_kernel(x.size())
-        ):
-            return torch.ops.aten.thnn_conv2d(
-                x, self.weight, self.kernel_size, self.bias, self.stride, self.padding
-            )
-        return self._conv_forward(x, self.weight, self.bias)
+    def _scripted_forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        # TorchScript: one small_conv2d call, no branches of the graph's own. The weight is
+        # packed by the graph; torch.jit.freeze folds that into a constant.
+        packed_weight = torch.ops.deeprebirth.direct_conv_pack(self.weight)
+        if residual is None:
+            return self._small_conv2d(x, self.weight, packed_weight, self.bias, self.relu)
+        y = self._small_conv2d(x, self.weight, packed_weight, self.bias, False) + residual
+        return y.relu_() if self.relu else y
 
     @torch.jit.unused
     def add_into_(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -297,26 +302,158 @@ class PackedConv2d(nn.Conv2d):
         """``relu?(conv(x) [+ residual])``: the residual is added before the ReLU."""
         if not torch.jit.is_scripting():
             return self._eager_forward(x, residual)
-        y = self._scripted_conv(x)
-        if residual is not None:
-            y = y + residual
-        return y.relu_() if self.relu else y  # y is this call's own tensor
+        return self._scripted_forward(x, residual)
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         kernel = self._inference_kernel(x)
         if kernel == "packed":
             return self._packed_forward(x, residual)
-        # Parameters read from _parameters: nn.Module.__getattr__ costs about 1 us per read,
-        # which adds up on small models whose layers take a few microseconds.
-        weight, bias = self._parameters["weight"], self._parameters["bias"]
         if kernel == "small":
-            y = self._small_forward(x, weight, bias)
+            if residual is None:
+                return self._small_forward(x, self.relu)
+            y = self._small_forward(x, False)
         else:
+            weight, bias = self._parameters["weight"], self._parameters["bias"]
             y = self._conv_forward(x, weight, bias)
         if residual is not None:
             y = y + residual
         return y.relu_() if self.relu else y  # y is this call's own tensor
+
+
+class ConvConcat(nn.Module):
+    """``cat([conv_i(x_i) for i], 1)``: layers over their own inputs, outputs concatenated along
+    channels (the standard form of :class:`PackedConvConcat`).
+
+    Shape:
+        ``[(N, C_i, H_i, W_i)] -> (N, sum of output channels, H_out, W_out)``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        outputs = []
+        for i, layer in enumerate(self.layers):  # a loop: TorchScript compiles it
+            outputs.append(layer(xs[i]))
+        return torch.cat(outputs, 1)
+
+
+class PackedConvConcat(nn.Module):
+    """``cat([conv_i(x_i) for i], 1)`` over :class:`PackedConv2d` layers (one ReLU setting) in one
+    ``deeprebirth::small_conv2d_cat`` call: where every layer takes the direct kernel, each output
+    is written straight into its channels of the result and no ``torch.cat`` runs (an Inception
+    module's branches after branch slimming); otherwise the layers' own forwards and ``torch.cat``.
+
+    ``flatten_for_inference`` puts it where a concatenation's inputs are such layers' outputs and
+    nothing else reads them. It shares the layers (and their weights); equal to ``ConvConcat`` of
+    them up to float32 rounding. TorchScript takes the packed weights when it scripts the module
+    (``__prepare_scriptable__``): script or export it once the weights are final, as
+    ``deeprebirth.export`` does.
+
+    Args:
+        convs: PackedConv2d layers, all with or all without a fused ReLU, ungrouped, undilated.
+
+    Raises:
+        ValueError: ``convs`` does not fit (the message says why; :meth:`problem`).
+    """
+
+    __constants__ = ["relu", "min_packed_macs", "max_direct_1x1_pixels"]
+    _script_weights: list[torch.Tensor]
+    _script_packed: list[torch.Tensor]
+    _script_biases: list[torch.Tensor | None]
+    _script_strides: list[int]
+    _script_paddings: list[int]
+
+    def __init__(self, convs: Sequence[PackedConv2d]) -> None:
+        super().__init__()
+        problem = self.problem(convs)
+        if problem:
+            raise ValueError(problem)
+        self.convs = nn.ModuleList(convs)
+        self.relu = convs[0].relu
+        self.min_packed_macs = min(conv.min_packed_macs for conv in convs)
+        self.max_direct_1x1_pixels = min(conv.max_direct_1x1_pixels for conv in convs)
+        self.__prepare_scriptable__()
+
+    @staticmethod
+    def problem(convs: Sequence[nn.Module]) -> str:
+        """'' when ``convs`` can form a PackedConvConcat, else why not."""
+        if len(convs) < 2:
+            return f"expected at least two layers, but got {len(convs)}"
+        for i, conv in enumerate(convs):
+            if not isinstance(conv, PackedConv2d):
+                return f"layer {i} is a {type(conv).__name__}, not a PackedConv2d"
+            if conv.groups != 1 or tuple(conv.dilation) != (1, 1):
+                return f"layer {i} has groups={conv.groups}, dilation={conv.dilation}"
+            if conv.relu != convs[0].relu:
+                return f"layer {i} has relu={conv.relu}, layer 0 relu={convs[0].relu}"
+        return ""
+
+    def to_standard(self) -> ConvConcat:
+        """The ``ConvConcat`` of the layers' standard forms (sharing their weights)."""
+        return ConvConcat([conv.to_standard() for conv in self.convs])
+
+    def __prepare_scriptable__(self) -> "PackedConvConcat":
+        # TorchScript reads the layers' settings and packed weights from plain lists taken here
+        # (torch.jit.script calls this first), which torch.jit.freeze turns into constants.
+        convs = list(self.convs)
+        self._script_weights = [conv.weight for conv in convs]
+        self._script_packed = [conv._direct_packed_weight() for conv in convs]
+        self._script_biases = [conv.bias for conv in convs]
+        self._script_strides = [v for conv in convs for v in conv.stride]
+        self._script_paddings = [v for conv in convs for v in conv.padding]
+        return self
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._eager_forward(xs)
+        return self._op(
+            xs,
+            self._script_weights,
+            self._script_packed,
+            self._script_biases,
+            self._script_strides,
+            self._script_paddings,
+        )
+
+    @torch.jit.unused
+    def _eager_forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        convs = list(self.convs)
+        if len(xs) != len(convs) or any(
+            conv._inference_kernel(x) != "small" for conv, x in zip(convs, xs, strict=True)
+        ):
+            return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
+        return self._op(
+            xs,
+            [conv.weight for conv in convs],
+            [conv._direct_packed_weight() for conv in convs],
+            [conv.bias for conv in convs],
+            [v for conv in convs for v in conv.stride],
+            [v for conv in convs for v in conv.padding],
+        )
+
+    def _op(
+        self,
+        xs: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        packed: list[torch.Tensor],
+        biases: list[torch.Tensor | None],
+        strides: list[int],
+        paddings: list[int],
+    ) -> torch.Tensor:
+        return torch.ops.deeprebirth.small_conv2d_cat(
+            xs,
+            weights,
+            packed,
+            biases,
+            strides,
+            paddings,
+            self.relu,
+            self.min_packed_macs,
+            self.max_direct_1x1_pixels,
+        )
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:

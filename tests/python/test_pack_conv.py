@@ -144,70 +144,69 @@ def test_copy_save_script_and_standard_form_after_a_packed_forward() -> None:
     assert not isinstance(packed.to_standard()[0], PackedConv2d)
 
 
-def _count_small_kernel_calls(monkeypatch) -> list:
-    """A list that grows by one each time a PackedConv2d runs ATen's im2col kernel."""
-    calls: list = []
-    small_forward = PackedConv2d._small_forward
-    monkeypatch.setattr(
-        PackedConv2d,
-        "_small_forward",
-        lambda self, *args: calls.append(1) or small_forward(self, *args),
-    )
-    return calls
+def _ran_direct_kernel(fn) -> bool:
+    """Whether calling ``fn`` ran deeprebirth::direct_conv (seen by the profiler)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return any(event.name == "deeprebirth::direct_conv" for event in prof.events())
 
 
 @needs_mkldnn
-def test_calls_below_the_mac_threshold_are_not_packed(monkeypatch) -> None:
-    """Below min_packed_macs: ATen's im2col + GEMM kernel for kernels larger than 3x3 at batch 1
-    (ungrouped, undilated; eager and TorchScript), the plain conv2d otherwise; all equal conv2d."""
+def test_calls_below_the_mac_threshold_take_the_direct_kernel(monkeypatch) -> None:
+    """Below min_packed_macs: deeprebirth's direct kernel (ungrouped, undilated; eager and
+    TorchScript), conv2d for dilated layers and in training; at the threshold the packed path.
+    All equal conv2d (+ ReLU)."""
     conv = nn.Conv2d(8, 16, 5, padding=2).eval()
     packed = PackedConv2d.from_conv(conv, relu=True).eval()
     small, large = torch.randn(1, 8, 6, 6), torch.randn(2, 8, 12, 12)
     assert packed.macs(small.shape) == 1 * 16 * 6 * 6 * 8 * 25  # closed form: N C_out H W C_in k k
     monkeypatch.setattr(PackedConv2d, "min_packed_macs", packed.macs(large.shape))
-    small_calls = _count_small_kernel_calls(monkeypatch)
     with torch.no_grad():
+        assert _ran_direct_kernel(lambda: packed(small))
         torch.testing.assert_close(packed(small), _reference(conv, small, True))
-        assert not packed.packed_weights and len(small_calls) == 1
-        two_small = torch.cat([small, small])  # batch 2: the plain path
+        assert not packed.packed_weights
+        two_small = torch.cat([small, small])  # batch 2: still small
+        assert _ran_direct_kernel(lambda: packed(two_small))
         torch.testing.assert_close(packed(two_small), _reference(conv, two_small, True))
-        assert len(small_calls) == 1
+        assert not _ran_direct_kernel(lambda: packed(large))
         torch.testing.assert_close(
             packed(large), _reference(conv, large, True), rtol=1e-4, atol=1e-5
         )
         assert list(packed.packed_weights)[0][0] == tuple(large.shape)
-        for conv2d in (nn.Conv2d(8, 16, 5, padding=4, dilation=2), nn.Conv2d(8, 16, 3, padding=1)):
-            plain = PackedConv2d.from_conv(conv2d).eval()  # dilated; 3x3 (conv2d's own choice)
-            torch.testing.assert_close(plain(small), _reference(plain, small, False))
-        assert len(small_calls) == 1
+        dilated = PackedConv2d.from_conv(nn.Conv2d(8, 16, 5, padding=4, dilation=2)).eval()
+        assert not _ran_direct_kernel(lambda: dilated(small))
+        torch.testing.assert_close(dilated(small), _reference(dilated, small, False))
+    training = PackedConv2d.from_conv(conv, relu=True)  # training mode: conv2d, differentiable
+    assert not _ran_direct_kernel(lambda: training(small))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.script(PackedConv2d.from_conv(conv, relu=True).eval())
+        scripted = torch.jit.freeze(torch.jit.script(PackedConv2d.from_conv(conv, True).eval()))
     with torch.no_grad():
+        assert _ran_direct_kernel(lambda: scripted(small))  # TorchScript: the same kernel
         torch.testing.assert_close(scripted(small), _reference(conv, small, True))
-    assert "thnn_conv2d" in str(scripted._scripted_conv.graph)  # TorchScript: the same kernel
+        assert not _ran_direct_kernel(lambda: scripted(large))
+        torch.testing.assert_close(
+            scripted(large), _reference(conv, large, True), rtol=1e-4, atol=1e-5
+        )
 
 
-@pytest.mark.parametrize("stride, small_kernel", [(1, True), (4, True), (2, False)])
-def test_strided_layers_take_the_small_kernel_only_with_a_small_im2col(
-    monkeypatch, stride: int, small_kernel: bool
+@pytest.mark.parametrize("size, direct", [(8, True), (9, False)])
+def test_1x1_layers_take_the_direct_kernel_up_to_max_direct_1x1_pixels(
+    monkeypatch, size: int, direct: bool
 ) -> None:
-    """1->16 7x7 on 64x64: im2col 49 x 1024 (stride 1 and 2) or 49 x 256 (stride 4) elements;
-    the strided case over max_strided_im2col (16K) goes to conv2d, eager and TorchScript."""
-    conv = nn.Conv2d(1, 16, 7, stride=stride, padding=3).eval()
+    """A 1x1 layer's output of 8x8 = 64 pixels (max_direct_1x1_pixels) runs the direct kernel,
+    9x9 conv2d (a GEMM over the pixels), eager and TorchScript."""
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 1 << 22)
+    conv = nn.Conv2d(32, 16, 1).eval()
+    x = torch.randn(1, 32, size, size)
     packed = PackedConv2d.from_conv(conv, relu=True).eval()
-    x = torch.randn(1, 1, 64, 64)
-    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 10 * packed.macs(x.shape))
-    calls = _count_small_kernel_calls(monkeypatch)
-    with torch.no_grad():
-        torch.testing.assert_close(packed(x), _reference(conv, x, True))
-    assert len(calls) == int(small_kernel)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.script(PackedConv2d.from_conv(conv, relu=True).eval())
+        scripted = torch.jit.freeze(torch.jit.script(PackedConv2d.from_conv(conv, True).eval()))
     with torch.no_grad():
-        torch.testing.assert_close(scripted(x), _reference(conv, x, True))
-    assert scripted._takes_small_kernel(list(x.shape)) == small_kernel  # the compiled decision
+        for module in (packed, scripted):
+            assert _ran_direct_kernel(lambda module=module: module(x)) == direct
+            torch.testing.assert_close(module(x), _reference(conv, x, True))
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -283,3 +283,36 @@ def test_flatten_for_inference_inlines_containers_and_drops_no_ops() -> None:
 
     with pytest.raises(RuntimeError, match="cannot trace Branchy"):
         flatten_for_inference(Branchy().eval())
+
+
+def test_flatten_writes_concatenated_packed_convolutions_in_place() -> None:
+    """Each Inception module's cat of PackedConv2d outputs becomes one PackedConvConcat call:
+    equal outputs in eager mode and frozen TorchScript (whose graph calls small_conv2d_cat with
+    the packed weights folded and no cat), and a portable copy without deeprebirth operators."""
+    from deeprebirth.export import make_portable, uses_deeprebirth_ops
+    from deeprebirth.surgery import flatten_for_inference
+    from deeprebirth.surgery.modules import PackedConvConcat
+
+    teacher = deeprebirth.models.bvlc_googlenet(num_classes=10, width=0.125, in_channels=1)
+    x = torch.randn(1, 1, 64, 64)
+    student, _ = deeprebirth.slim(teacher.eval(), ["streamline", "branch_slim"], x)
+    packed, _ = deeprebirth.slim(student.eval(), ["pack_conv"], x)
+    flat = flatten_for_inference(packed.eval())
+    called = [flat.get_submodule(n.target) for n in flat.graph.nodes if n.op == "call_module"]
+    assert sum(isinstance(m, PackedConvConcat) for m in called) == 9  # one per Inception module
+    assert not any(n.target is torch.cat for n in flat.graph.nodes)
+    with torch.no_grad():
+        expected = student(x)
+        torch.testing.assert_close(flat(x), expected, rtol=1e-4, atol=1e-5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(torch.jit.script(flat))
+        kinds = [node.kind() for node in frozen.graph.nodes()]
+        assert kinds.count("deeprebirth::small_conv2d_cat") == 9
+        assert "deeprebirth::direct_conv_pack" not in kinds and "aten::cat" not in kinds
+        torch.testing.assert_close(frozen(x), expected, rtol=1e-4, atol=1e-5)
+        portable = make_portable(flat)
+        assert uses_deeprebirth_ops(flat) and not uses_deeprebirth_ops(portable)
+        torch.testing.assert_close(portable(x), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="layer 1 is a Conv2d, not a PackedConv2d"):
+        PackedConvConcat([flat.concat.convs[0], nn.Conv2d(3, 4, 1)])

@@ -1,0 +1,340 @@
+// CPU kernel of deeprebirth::direct_conv (float32).
+//
+// For each image the input is copied once into a zero-bordered buffer (when padded), so the inner
+// loops need no bounds checks. A task computes whole output rows of one 16-channel block: tiles of
+// up to 8 output pixels (from up to 8 rows when the output is narrow) hold 16 channels each in a
+// vector register and accumulate
+// input value x weight vector over (C_in, kh, kw), starting from the bias; the tile is then ReLU'd
+// and written out channel by channel (NCHW). The weight block is read once per tile from
+// direct_conv_pack's layout, in the order the loops use it. at::parallel_for splits the
+// (image, block, row) tasks only when a chunk keeps enough arithmetic to pay for a thread.
+// direct_conv_cat runs the same loop per branch, each writing its channels of one output.
+// The row loop is compiled for AVX-512, AVX2 + FMA and baseline x86-64 (GCC or Clang on
+// x86-64; elsewhere once, for the compiler's target), each with as many accumulators as its
+// registers hold, and chosen from the CPU's features when the library loads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "ops/direct_conv/direct_conv.h"
+
+namespace deeprebirth::ops {
+namespace {
+
+// `Width` float32 lanes in one vector register: 16 (AVX-512), 8 (AVX2), 4 (SSE, NEON). A block of
+// 16 output channels is 16 / Width of them. Unaligned loads and stores (aligned(4)). Each ISA
+// gets its own width: GCC keeps a vector wider than the target's registers in memory, several
+// times slower.
+template <int Width>
+struct Vector {
+  typedef float type __attribute__((vector_size(Width * sizeof(float)), aligned(4)));
+};
+
+// Multiply-accumulates per parallel chunk below which a chunk is not split further: a thread
+// costs a few microseconds to wake, the time of about 100K multiply-accumulates here.
+constexpr int64_t kMinChunkMacs = 1 << 17;
+// Output pixels per task: a task is one block's rows, as many as make this many pixels.
+constexpr int64_t kTaskPixels = 8;
+
+// Output rows [first_row, first_row + rows) of one 16-channel block of one image.
+struct RowTask {
+  const float* input;   // the image's (padded) input, (C_in, in_h, in_w)
+  int64_t in_h, in_w;   // its (padded) size
+  const float* weight;  // the packed block, (C_in, kh, kw, 16)
+  const float* bias;    // the block's bias values (`lanes` of them), or null
+  int64_t in_channels, kernel_h, kernel_w, stride_h, stride_w;
+  int64_t first_row, rows, out_w;
+  int64_t lanes;  // the block's output channels (16, fewer in the last block)
+  bool relu;
+  float* out;     // the first row of the block's first output channel
+  int64_t plane;  // the distance between output channels
+};
+
+// out[r * P + p][:] = bias + sum over (c, i, j) of
+//   input[c][r * stride_h + i][p * stride_w + j] * weight[c][i][j][:]
+// for the R x P output pixels whose top-left input is `input`, in vectors of `Width` lanes.
+template <int Width, int R, int P>
+__attribute__((always_inline)) inline void tile(const RowTask& t, const float* __restrict bias,
+                                                const float* __restrict input,
+                                                float (*__restrict out)[kDirectConvBlock]) {
+  using Vec = typename Vector<Width>::type;
+  constexpr int kVectors = kDirectConvBlock / Width;
+  Vec acc[R * P][kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    const Vec b = *reinterpret_cast<const Vec*>(bias + v * Width);
+    for (int q = 0; q < R * P; ++q) acc[q][v] = b;
+  }
+  const float* __restrict w = t.weight;
+  const int64_t channels = t.in_channels, kernel_h = t.kernel_h, kernel_w = t.kernel_w;
+  const int64_t plane = t.in_h * t.in_w, in_w = t.in_w, stride = t.stride_w;
+  const int64_t row_step = t.stride_h * in_w;
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t i = 0; i < kernel_h; ++i) {
+      const float* __restrict row = input + c * plane + i * in_w;
+      for (int64_t j = 0; j < kernel_w; ++j, w += kDirectConvBlock) {
+#pragma GCC unroll 4
+        for (int v = 0; v < kVectors; ++v) {
+          const Vec wv = *reinterpret_cast<const Vec*>(w + v * Width);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+            for (int p = 0; p < P; ++p)
+              acc[r * P + p][v] += row[r * row_step + p * stride + j] * wv;
+          }
+        }
+      }
+    }
+  }
+  for (int q = 0; q < R * P; ++q) {
+    for (int v = 0; v < kVectors; ++v) *reinterpret_cast<Vec*>(out[q] + v * Width) = acc[q][v];
+  }
+}
+
+// The largest power of two <= min(n, limit).
+inline int64_t power_of_two_at_most(int64_t n, int64_t limit) {
+  int64_t p = 1;
+  while (p * 2 <= n && p * 2 <= limit) p *= 2;
+  return p;
+}
+
+// The task's rows in tiles of up to `TilePixels` pixels (from several rows when the output is
+// narrower, as in the late layers of small networks), written channel by channel.
+// TilePixels x 16 / Width accumulators cover the latency of the fused multiply-adds as long as
+// they fit in the vector registers beside the weight vectors.
+template <int Width, int TilePixels>
+__attribute__((always_inline)) inline void rows_in_tiles(const RowTask& t) {
+  const int64_t first_row = t.first_row, rows = t.rows, out_w = t.out_w, lanes = t.lanes,
+                plane = t.plane;
+  const bool relu = t.relu;
+  float* out = t.out;
+  float bias[kDirectConvBlock] = {};
+  for (int64_t l = 0; t.bias != nullptr && l < lanes; ++l) bias[l] = t.bias[l];
+  float tile_out[TilePixels][kDirectConvBlock];
+  for (int64_t y = 0; y < rows;) {
+    const int64_t r = power_of_two_at_most(rows - y, TilePixels);
+    const float* input = t.input + (first_row + y) * t.stride_h * t.in_w;
+    for (int64_t x = 0; x < out_w;) {
+      const int64_t p = power_of_two_at_most(out_w - x, TilePixels / r);
+      const float* at = input + x * t.stride_w;
+      switch (r * 16 + p) {
+        case 1 * 16 + 8:
+          if constexpr (TilePixels >= 8) tile<Width, 1, 8>(t, bias, at, tile_out);
+          break;
+        case 1 * 16 + 4:
+          if constexpr (TilePixels >= 4) tile<Width, 1, 4>(t, bias, at, tile_out);
+          break;
+        case 1 * 16 + 2:
+          tile<Width, 1, 2>(t, bias, at, tile_out);
+          break;
+        case 2 * 16 + 4:
+          if constexpr (TilePixels >= 8) tile<Width, 2, 4>(t, bias, at, tile_out);
+          break;
+        case 2 * 16 + 2:
+          if constexpr (TilePixels >= 4) tile<Width, 2, 2>(t, bias, at, tile_out);
+          break;
+        case 2 * 16 + 1:
+          tile<Width, 2, 1>(t, bias, at, tile_out);
+          break;
+        case 4 * 16 + 2:
+          if constexpr (TilePixels >= 8) tile<Width, 4, 2>(t, bias, at, tile_out);
+          break;
+        case 4 * 16 + 1:
+          if constexpr (TilePixels >= 4) tile<Width, 4, 1>(t, bias, at, tile_out);
+          break;
+        case 8 * 16 + 1:
+          if constexpr (TilePixels >= 8) tile<Width, 8, 1>(t, bias, at, tile_out);
+          break;
+        default:
+          tile<Width, 1, 1>(t, bias, at, tile_out);
+      }
+      for (int64_t l = 0; l < lanes; ++l) {
+        for (int64_t i = 0; i < r; ++i) {
+          float* dst = out + l * plane + (y + i) * out_w + x;
+          for (int64_t q = 0; q < p; ++q) {
+            const float v = tile_out[i * p + q][l];
+            dst[q] = relu ? std::max(v, 0.0f) : v;
+          }
+        }
+      }
+      x += p;
+    }
+    y += r;
+  }
+}
+
+using RowsFunction = void (*)(const RowTask&);
+
+struct RowsKernel {
+  const char* isa;
+  RowsFunction rows;
+};
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Eight accumulator registers each: 8 pixels x 1 AVX-512 vector (of 32 registers), 4 pixels x 2
+// AVX2 vectors or 2 pixels x 4 SSE vectors (of 16).
+__attribute__((target("avx512f"))) void rows_avx512(const RowTask& t) { rows_in_tiles<16, 8>(t); }
+__attribute__((target("avx2,fma"))) void rows_avx2(const RowTask& t) { rows_in_tiles<8, 4>(t); }
+void rows_sse2(const RowTask& t) { rows_in_tiles<4, 2>(t); }
+
+// The widest kernel the CPU runs, chosen by feature rather than by CPU model (GCC's
+// target_clones("arch=haswell") is skipped on AMD CPUs), or the one DEEPREBIRTH_DIRECT_CONV_ISA
+// names (avx512, avx2, sse2) where the CPU has it: tests run each one this way.
+RowsKernel pick_rows_kernel() {
+  __builtin_cpu_init();
+  const RowsKernel supported[] = {
+      {"avx512", __builtin_cpu_supports("avx512f") ? rows_avx512 : nullptr},
+      {"avx2",
+       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? rows_avx2 : nullptr},
+      {"sse2", rows_sse2}};
+  const char* requested = std::getenv("DEEPREBIRTH_DIRECT_CONV_ISA");
+  for (const RowsKernel& kernel : supported) {
+    if (kernel.rows != nullptr && (requested == nullptr || std::strcmp(requested, kernel.isa) == 0))
+      return kernel;
+  }
+  TORCH_WARN("DEEPREBIRTH_DIRECT_CONV_ISA=", requested,
+             ": not a kernel this CPU runs (avx512, avx2 or sse2); using the widest it runs");
+  for (const RowsKernel& kernel : supported) {
+    if (kernel.rows != nullptr) return kernel;
+  }
+  return supported[2];
+}
+#else
+// 128-bit vectors (NEON has 32 registers: 16 accumulators).
+RowsKernel pick_rows_kernel() {
+  return {"portable", [](const RowTask& t) { rows_in_tiles<4, 4>(t); }};
+}
+#endif
+
+const RowsKernel& rows_kernel() {
+  static const RowsKernel kernel = pick_rows_kernel();
+  return kernel;
+}
+
+// x with `pad_h` / `pad_w` zero rows / columns on each side, contiguous (x itself when unpadded
+// and contiguous). Plain loops: on the small inputs this kernel is for, an ATen pad costs
+// several times the copy.
+at::Tensor zero_bordered(const at::Tensor& x, int64_t pad_h, int64_t pad_w) {
+  const at::Tensor dense = x.contiguous();
+  if (pad_h == 0 && pad_w == 0) return dense;
+  const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w;
+  at::Tensor out = at::empty({x.size(0), x.size(1), padded_h, padded_w}, x.options());
+  const float* src = dense.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    std::fill_n(dst, pad_h * padded_w, 0.0f);
+    dst += pad_h * padded_w;
+    for (int64_t r = 0; r < h; ++r, src += w, dst += padded_w) {
+      std::fill_n(dst, pad_w, 0.0f);
+      std::copy_n(src, w, dst + pad_w);
+      std::fill_n(dst + pad_w + w, pad_w, 0.0f);
+    }
+    std::fill_n(dst, pad_h * padded_w, 0.0f);
+    dst += pad_h * padded_w;
+  }
+  return out;
+}
+
+// Writes relu?(conv2d(x, w, b)) into channels [first_channel, first_channel + C_out) of `out`
+// (contiguous NCHW, the size g implies in every other dimension). Arguments already checked.
+void direct_conv_into(const at::Tensor& x, const at::Tensor& packed_w,
+                      const std::optional<at::Tensor>& b, const DirectConvGeometry& g,
+                      c10::IntArrayRef stride, c10::IntArrayRef padding, bool relu, at::Tensor& out,
+                      int64_t first_channel) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat,
+              "direct_conv: expected float32 tensors on the CPU, but got x of dtype ",
+              x.scalar_type());
+  if (g.batch == 0) return;
+  const at::Tensor input = zero_bordered(x, padding[0], padding[1]);
+  const at::Tensor weight = packed_w.contiguous();
+  const int64_t blocks = weight.size(0);
+  const bool has_bias = b.has_value() && b->defined();
+  const at::Tensor bias = has_bias ? b->contiguous() : at::Tensor();
+
+  const int64_t in_h = input.size(2), in_w = input.size(3);
+  const int64_t block_weights = g.in_channels * g.kernel_h * g.kernel_w * kDirectConvBlock;
+  const int64_t plane = g.out_h * g.out_w;
+  const int64_t out_image = out.size(1) * plane;
+  // A task: one block's output rows for one image, as many as make kTaskPixels pixels.
+  const int64_t task_rows = std::min(g.out_h, std::max<int64_t>(1, kTaskPixels / g.out_w));
+  const int64_t row_groups = (g.out_h + task_rows - 1) / task_rows;
+  const int64_t task_macs = task_rows * g.out_w * block_weights;
+  const int64_t tasks = g.batch * blocks * row_groups;
+  const float* input_data = input.data_ptr<float>();
+  const float* weight_data = weight.data_ptr<float>();
+  const float* bias_data = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* out_data = out.data_ptr<float>() + first_channel * plane;
+  at::parallel_for(0, tasks, std::max<int64_t>(1, kMinChunkMacs / task_macs),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t task = begin; task < end; ++task) {
+                       const int64_t first_row = (task % row_groups) * task_rows;
+                       const int64_t block = (task / row_groups) % blocks;
+                       const int64_t image = task / (row_groups * blocks);
+                       const int64_t first = block * kDirectConvBlock;
+                       RowTask t;
+                       t.input = input_data + image * g.in_channels * in_h * in_w;
+                       t.in_h = in_h;
+                       t.in_w = in_w;
+                       t.weight = weight_data + block * block_weights;
+                       t.bias = has_bias ? bias_data + first : nullptr;
+                       t.in_channels = g.in_channels;
+                       t.kernel_h = g.kernel_h;
+                       t.kernel_w = g.kernel_w;
+                       t.stride_h = stride[0];
+                       t.stride_w = stride[1];
+                       t.first_row = first_row;
+                       t.rows = std::min(task_rows, g.out_h - first_row);
+                       t.out_w = g.out_w;
+                       t.lanes = std::min(kDirectConvBlock, g.out_channels - first);
+                       t.relu = relu;
+                       t.out = out_data + image * out_image + first * plane + first_row * g.out_w;
+                       t.plane = plane;
+                       rows_kernel().rows(t);
+                     }
+                   });
+}
+
+at::Tensor direct_conv_cpu(const at::Tensor& x, const at::Tensor& packed_w,
+                           const std::optional<at::Tensor>& b, int64_t out_channels,
+                           c10::IntArrayRef stride, c10::IntArrayRef padding, bool relu) {
+  const DirectConvGeometry g =
+      check_direct_conv_args(x, packed_w, b, out_channels, stride, padding);
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+  direct_conv_into(x, packed_w, b, g, stride, padding, relu, out, 0);
+  return out;
+}
+
+at::Tensor direct_conv_cat_cpu(at::TensorList xs, at::TensorList packed_ws,
+                               const c10::List<std::optional<at::Tensor>>& bs,
+                               c10::IntArrayRef out_channels, c10::IntArrayRef strides,
+                               c10::IntArrayRef paddings, bool relu) {
+  const std::vector<DirectConvGeometry> branches =
+      check_direct_conv_cat_args(xs, packed_ws, bs, out_channels, strides, paddings);
+  int64_t channels = 0;
+  for (const DirectConvGeometry& g : branches) channels += g.out_channels;
+  const DirectConvGeometry& first = branches.front();
+  at::Tensor out = at::empty({first.batch, channels, first.out_h, first.out_w}, xs[0].options());
+  int64_t offset = 0;
+  for (size_t i = 0; i < branches.size(); ++i) {
+    direct_conv_into(xs[i], packed_ws[i], bs.get(i), branches[i], strides.slice(2 * i, 2),
+                     paddings.slice(2 * i, 2), relu, out, offset);
+    offset += branches[i].out_channels;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string direct_conv_isa() { return rows_kernel().isa; }
+
+TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) {
+  m.impl("direct_conv", &direct_conv_cpu);
+  m.impl("direct_conv_cat", &direct_conv_cat_cpu);
+}
+
+}  // namespace deeprebirth::ops

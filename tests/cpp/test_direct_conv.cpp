@@ -1,0 +1,82 @@
+// deeprebirth::direct_conv and small_conv2d from C++ through the dispatcher: against ATen's
+// conv2d (+ relu) over a seeded grid of small layers, and the argument errors.
+#include <ATen/ATen.h>
+
+#include <catch2/catch.hpp>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "deeprebirth_ops.h"
+
+using deeprebirth::ops::direct_conv;
+using deeprebirth::ops::direct_conv_pack;
+using deeprebirth::ops::small_conv2d;
+
+TEST_CASE("direct_conv matches conv2d -> relu", "[direct_conv]") {
+  at::manual_seed(0);
+  std::mt19937 rng(3);
+  auto pick = [&rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int i = 0; i < 40; ++i) {
+    const int64_t kh = pick(1, 7), kw = pick(1, 7), sh = pick(1, 3), sw = pick(1, 3);
+    const int64_t ph = pick(0, kh / 2), pw = pick(0, kw / 2);
+    const int64_t h = pick(kh, 24), w = pick(kw, 24), c_in = pick(1, 33), c_out = pick(1, 40);
+    const at::Tensor x = at::randn({pick(0, 2), c_in, h, w});
+    const at::Tensor weight = at::randn({c_out, c_in, kh, kw}) / std::sqrt(c_in * kh * kw);
+    const std::optional<at::Tensor> bias =
+        i % 3 == 0 ? std::nullopt : std::optional<at::Tensor>(at::randn({c_out}));
+    const bool relu = i % 2 == 0;
+    at::Tensor expected = at::conv2d(x, weight, bias, {sh, sw}, {ph, pw});
+    if (relu) expected = at::relu(expected);
+    const at::Tensor out =
+        direct_conv(x, direct_conv_pack(weight), bias, c_out, {sh, sw}, {ph, pw}, relu);
+    INFO("kernel " << kh << "x" << kw << " stride " << sh << "," << sw << " channels " << c_in
+                   << "->" << c_out);
+    REQUIRE(out.sizes() == expected.sizes());
+    CHECK(at::allclose(out, expected, 1e-4, 1e-5));
+    const at::Tensor chosen = small_conv2d(x, weight, direct_conv_pack(weight), bias, {sh, sw},
+                                           {ph, pw}, {1, 1}, 1, relu, int64_t{1} << 22, 64);
+    CHECK(at::allclose(chosen, expected, 1e-4, 1e-5));
+  }
+}
+
+TEST_CASE("direct_conv errors name the argument", "[direct_conv][errors]") {
+  const at::Tensor x = at::randn({1, 3, 5, 5});
+  const at::Tensor packed = direct_conv_pack(at::randn({4, 3, 3, 3}));
+  auto message = [](auto&& call) {
+    try {
+      call();
+    } catch (const c10::Error& e) {
+      return std::string(e.what_without_backtrace());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(message([&] { direct_conv(x, packed, std::nullopt, 17, {1, 1}, {0, 0}, false); }),
+             Catch::Contains("expected out_channels in (0, 16]"));
+  CHECK_THAT(message([&] {
+               direct_conv(at::randn({1, 2, 5, 5}), packed, std::nullopt, 4, {1, 1}, {0, 0}, false);
+             }),
+             Catch::Contains("expected x to have packed_w.size(1) = 3 channels"));
+  CHECK_THAT(message([&] { direct_conv(x, packed, std::nullopt, 4, {0, 1}, {0, 0}, false); }),
+             Catch::Contains("stride"));
+}
+
+TEST_CASE("direct_conv_cat writes each branch into its channels", "[direct_conv]") {
+  at::manual_seed(1);
+  const std::vector<at::Tensor> xs = {at::randn({2, 6, 8, 8}), at::randn({2, 3, 8, 8})};
+  const std::vector<at::Tensor> ws = {at::randn({20, 6, 3, 3}) / 7, at::randn({5, 3, 5, 5}) / 8};
+  c10::List<std::optional<at::Tensor>> bs;
+  bs.push_back(at::randn({20}));
+  bs.push_back(std::nullopt);
+  const std::vector<at::Tensor> packed = {direct_conv_pack(ws[0]), direct_conv_pack(ws[1])};
+  const at::Tensor expected = at::cat({at::relu(at::conv2d(xs[0], ws[0], bs.get(0), 1, 1)),
+                                       at::relu(at::conv2d(xs[1], ws[1], std::nullopt, 1, 2))},
+                                      1);
+  const at::Tensor out =
+      deeprebirth::ops::direct_conv_cat(xs, packed, bs, {20, 5}, {1, 1, 1, 1}, {1, 1, 2, 2}, true);
+  CHECK(at::allclose(out, expected, 1e-4, 1e-5));
+  const at::Tensor chosen = deeprebirth::ops::small_conv2d_cat(
+      xs, ws, packed, bs, {1, 1, 1, 1}, {1, 1, 2, 2}, true, int64_t{1} << 22, 64);
+  CHECK(at::allclose(chosen, expected, 1e-4, 1e-5));
+}
