@@ -5,7 +5,7 @@
 #include "ops/build_info.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "deeprebirth operator library (conv_pool, branch_conv) and build facts";
+  m.doc() = "deeprebirth operator library (conv_pool, branch_conv, direct_conv) and build facts";
   m.def(
       "build_info",
       [] {

@@ -26,7 +26,12 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeprebirth.ops import direct_conv, direct_conv_pack, small_conv2d  # noqa: E402
+from deeprebirth.ops import (  # noqa: E402
+    direct_conv,
+    direct_conv_isa,
+    direct_conv_pack,
+    small_conv2d,
+)
 from deeprebirth.surgery.modules import PackedConv2d  # noqa: E402
 from deeprebirth.train import config as job_config  # noqa: E402
 from deeprebirth.train.student import build_model, build_student  # noqa: E402
@@ -107,7 +112,10 @@ def main() -> int:
     size = cfg.model.input_size
     x = torch.randn(args.batch, cfg.model.in_channels, size, size)
     print(machine_line())
-    print(f"batch {args.batch}, medians in microseconds (relu included)\n")
+    print(
+        f"batch {args.batch}, medians in microseconds (relu included); direct kernel: "
+        f"{direct_conv_isa()}\n"
+    )
     print(
         "| layer (C, H, W -> C_out k/s) | MMACs | conv2d | im2col | direct | vs best | small_conv2d |"
     )

@@ -359,8 +359,54 @@ def test_compare_models_script_rejects_a_bad_runtime(tmp_path):
     assert done.returncode == 2 and "tensorrt" in done.stderr
 
 
+def test_untrained_models_have_the_configs_architectures_and_feed_compare_models(tmp_path):
+    """scripts/untrained_models.py writes the teacher and student a run of the config trains
+    (same parameter names and shapes as the job's build_model / build_student) and the config
+    compare_models.py reads the input shape from."""
+    import subprocess
+    import sys
+
+    from deeprebirth.io import load_model
+    from deeprebirth.train.config import load_config
+    from deeprebirth.train.student import build_model, build_student
+
+    root = Path(__file__).resolve().parents[2]
+    config = root / "configs" / "synthetic_smoke.yaml"
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "untrained_models.py"), str(config)]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    cfg = load_config(config)
+    teacher = build_model(cfg)
+    expected = {"teacher": teacher, "student": build_student(teacher, cfg)[0]}
+    for name, model in expected.items():
+        written = load_model(tmp_path / f"{name}.pt")[0]
+        shapes = {k: v.shape for k, v in written.state_dict().items()}
+        assert shapes == {k: v.shape for k, v in model.state_dict().items()}, name
+    compared = _compare_models(
+        str(tmp_path / "teacher.pt"),
+        str(tmp_path / "student.pt"),
+        *("--threads", "1", "--runtimes", "eager", "--repeats", "1"),
+    )
+    assert compared.returncode == 0, compared.stderr
+    size = cfg.model.input_size
+    assert f"Input: ({cfg.model.in_channels}, {size}, {size})" in compared.stdout
+
+
 @pytest.mark.parametrize(
-    "script", ["bench_ops.py", "bench_models.py", "benchmark.py", "compare_models.py"]
+    "script",
+    [
+        "bench_ops.py",
+        "bench_models.py",
+        "bench_direct_conv.py",
+        "benchmark.py",
+        "compare_models.py",
+        "untrained_models.py",
+    ],
 )
 def test_benchmark_scripts_start(script):
     """Each benchmark script imports and parses its arguments (they are not run by CI)."""
