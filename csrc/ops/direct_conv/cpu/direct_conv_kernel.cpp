@@ -102,6 +102,28 @@ inline int64_t power_of_two_at_most(int64_t n, int64_t limit) {
   return p;
 }
 
+// tile<Width, R, P> for the run-time size r x p (powers of two, r * p <= TilePixels): every
+// size the row loop below asks for is compiled with its accumulators in registers.
+template <int Width, int R, int P>
+__attribute__((always_inline)) inline void tile_of_width(int64_t p, const RowTask& t,
+                                                         const float* bias, const float* at,
+                                                         float (*out)[kDirectConvBlock]) {
+  if constexpr (P >= 1) {
+    if (p == P) return tile<Width, R, P>(t, bias, at, out);
+    tile_of_width<Width, R, P / 2>(p, t, bias, at, out);
+  }
+}
+
+template <int Width, int TilePixels, int R = TilePixels>
+__attribute__((always_inline)) inline void tile_of_size(int64_t r, int64_t p, const RowTask& t,
+                                                        const float* bias, const float* at,
+                                                        float (*out)[kDirectConvBlock]) {
+  if constexpr (R >= 1) {
+    if (r == R) return tile_of_width<Width, R, TilePixels / R>(p, t, bias, at, out);
+    tile_of_size<Width, TilePixels, R / 2>(r, p, t, bias, at, out);
+  }
+}
+
 // The task's rows in tiles of up to `TilePixels` pixels (from several rows when the output is
 // narrower, as in the late layers of small networks), written channel by channel.
 // TilePixels x 16 / Width accumulators cover the latency of the fused multiply-adds as long as
@@ -121,37 +143,7 @@ __attribute__((always_inline)) inline void rows_in_tiles(const RowTask& t) {
     for (int64_t x = 0; x < out_w;) {
       const int64_t p = power_of_two_at_most(out_w - x, TilePixels / r);
       const float* at = input + x * t.stride_w;
-      switch (r * 16 + p) {
-        case 1 * 16 + 8:
-          if constexpr (TilePixels >= 8) tile<Width, 1, 8>(t, bias, at, tile_out);
-          break;
-        case 1 * 16 + 4:
-          if constexpr (TilePixels >= 4) tile<Width, 1, 4>(t, bias, at, tile_out);
-          break;
-        case 1 * 16 + 2:
-          tile<Width, 1, 2>(t, bias, at, tile_out);
-          break;
-        case 2 * 16 + 4:
-          if constexpr (TilePixels >= 8) tile<Width, 2, 4>(t, bias, at, tile_out);
-          break;
-        case 2 * 16 + 2:
-          if constexpr (TilePixels >= 4) tile<Width, 2, 2>(t, bias, at, tile_out);
-          break;
-        case 2 * 16 + 1:
-          tile<Width, 2, 1>(t, bias, at, tile_out);
-          break;
-        case 4 * 16 + 2:
-          if constexpr (TilePixels >= 8) tile<Width, 4, 2>(t, bias, at, tile_out);
-          break;
-        case 4 * 16 + 1:
-          if constexpr (TilePixels >= 4) tile<Width, 4, 1>(t, bias, at, tile_out);
-          break;
-        case 8 * 16 + 1:
-          if constexpr (TilePixels >= 8) tile<Width, 8, 1>(t, bias, at, tile_out);
-          break;
-        default:
-          tile<Width, 1, 1>(t, bias, at, tile_out);
-      }
+      tile_of_size<Width, TilePixels>(r, p, t, bias, at, tile_out);
       for (int64_t l = 0; l < lanes; ++l) {
         for (int64_t i = 0; i < r; ++i) {
           float* dst = out + l * plane + (y + i) * out_w + x;
