@@ -395,15 +395,29 @@ class PackedConvConcat(nn.Module):
         """The ``ConvConcat`` of the layers' standard forms (sharing their weights)."""
         return ConvConcat([conv.to_standard() for conv in self.convs])
 
+    @torch.jit.unused
+    def _op_arguments(self) -> tuple[list, list, list, list, list]:
+        """The layers' weights, packed weights, biases, strides and paddings as
+        ``small_conv2d_cat`` takes them (the packed weights current)."""
+        convs = list(self.convs)
+        return (
+            [conv.weight for conv in convs],
+            [conv._direct_packed_weight() for conv in convs],
+            [conv.bias for conv in convs],
+            [v for conv in convs for v in conv.stride],
+            [v for conv in convs for v in conv.padding],
+        )
+
     def __prepare_scriptable__(self) -> "PackedConvConcat":
         # TorchScript reads the layers' settings and packed weights from plain lists taken here
         # (torch.jit.script calls this first), which torch.jit.freeze turns into constants.
-        convs = list(self.convs)
-        self._script_weights = [conv.weight for conv in convs]
-        self._script_packed = [conv._direct_packed_weight() for conv in convs]
-        self._script_biases = [conv.bias for conv in convs]
-        self._script_strides = [v for conv in convs for v in conv.stride]
-        self._script_paddings = [v for conv in convs for v in conv.padding]
+        (
+            self._script_weights,
+            self._script_packed,
+            self._script_biases,
+            self._script_strides,
+            self._script_paddings,
+        ) = self._op_arguments()
         return self
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -425,14 +439,7 @@ class PackedConvConcat(nn.Module):
             conv._inference_kernel(x) != "small" for conv, x in zip(convs, xs, strict=True)
         ):
             return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
-        return self._op(
-            xs,
-            [conv.weight for conv in convs],
-            [conv._direct_packed_weight() for conv in convs],
-            [conv.bias for conv in convs],
-            [v for conv in convs for v in conv.stride],
-            [v for conv in convs for v in conv.padding],
-        )
+        return self._op(xs, *self._op_arguments())
 
     def _op(
         self,

@@ -13,6 +13,12 @@ namespace deeprebirth::ops {
 
 namespace {
 constexpr const char* kOp = "direct_conv";
+
+// Whether autograd would record a conv2d of these (grad mode on and an input requiring grad).
+bool conv_needs_grad(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  return at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
+                                        (b.has_value() && b->defined() && b->requires_grad()));
+}
 }  // namespace
 
 at::Tensor direct_conv_pack(const at::Tensor& w) {
@@ -94,9 +100,7 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                         bool relu, int64_t max_macs, int64_t max_1x1_pixels) {
-  const bool needs_grad =
-      at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
-                                     (b.has_value() && b->defined() && b->requires_grad()));
+  const bool needs_grad = conv_needs_grad(x, w, b);
   if (!needs_grad &&
       direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
     return direct_conv(x, packed_w, b, w.size(0), stride, padding, relu);
@@ -153,12 +157,9 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
   bool direct = true;
   std::vector<int64_t> out_channels;
   for (size_t i = 0; i < n && direct; ++i) {
-    const std::optional<at::Tensor> b = bs.get(i);
-    direct =
-        !(at::GradMode::is_enabled() && (xs[i].requires_grad() || ws[i].requires_grad() ||
-                                         (b.has_value() && b->defined() && b->requires_grad()))) &&
-        direct_conv_pays(xs[i], ws[i], strides.slice(2 * i, 2), paddings.slice(2 * i, 2), {1, 1}, 1,
-                         max_macs, max_1x1_pixels);
+    direct = !conv_needs_grad(xs[i], ws[i], bs.get(i)) &&
+             direct_conv_pays(xs[i], ws[i], strides.slice(2 * i, 2), paddings.slice(2 * i, 2),
+                              {1, 1}, 1, max_macs, max_1x1_pixels);
     out_channels.push_back(ws[i].size(0));
   }
   if (direct) return direct_conv_cat(xs, packed_ws, bs, out_channels, strides, paddings, relu);

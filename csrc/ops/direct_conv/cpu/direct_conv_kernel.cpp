@@ -2,10 +2,10 @@
 //
 // For each image the input is copied once into a zero-bordered buffer (when padded), so the inner
 // loops need no bounds checks. A task computes whole output rows of one 16-channel block: tiles of
-// up to 8 output pixels (from up to 8 rows when the output is narrow) hold 16 channels each in a
-// vector register and accumulate
-// input value x weight vector over (C_in, kh, kw), starting from the bias; the tile is then ReLU'd
-// and written out channel by channel (NCHW). The weight block is read once per tile from
+// up to 8, 4 or 2 output pixels (by instruction set; from several rows when the output is narrow)
+// hold 16 channels each in vector registers and accumulate input value x weight vector over
+// (C_in, kh, kw), starting from the bias; the tile is then ReLU'd and written out channel by
+// channel (NCHW). The weight block is read once per tile from
 // direct_conv_pack's layout, in the order the loops use it. at::parallel_for splits the
 // (image, block, row) tasks only when a chunk keeps enough arithmetic to pay for a thread.
 // direct_conv_cat runs the same loop per branch, each writing its channels of one output.
@@ -261,6 +261,19 @@ void direct_conv_into(const at::Tensor& x, const at::Tensor& packed_w,
   const float* weight_data = weight.data_ptr<float>();
   const float* bias_data = has_bias ? bias.data_ptr<float>() : nullptr;
   float* out_data = out.data_ptr<float>() + first_channel * plane;
+  // What every task shares; each fills in its block, rows and image.
+  RowTask shared{};
+  shared.in_h = in_h;
+  shared.in_w = in_w;
+  shared.in_channels = g.in_channels;
+  shared.kernel_h = g.kernel_h;
+  shared.kernel_w = g.kernel_w;
+  shared.stride_h = stride[0];
+  shared.stride_w = stride[1];
+  shared.out_w = g.out_w;
+  shared.relu = relu;
+  shared.plane = plane;
+  const RowsFunction rows_of_task = rows_kernel().rows;
   at::parallel_for(0, tasks, std::max<int64_t>(1, kMinChunkMacs / task_macs),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t task = begin; task < end; ++task) {
@@ -268,25 +281,15 @@ void direct_conv_into(const at::Tensor& x, const at::Tensor& packed_w,
                        const int64_t block = (task / row_groups) % blocks;
                        const int64_t image = task / (row_groups * blocks);
                        const int64_t first = block * kDirectConvBlock;
-                       RowTask t;
+                       RowTask t = shared;
                        t.input = input_data + image * g.in_channels * in_h * in_w;
-                       t.in_h = in_h;
-                       t.in_w = in_w;
                        t.weight = weight_data + block * block_weights;
                        t.bias = has_bias ? bias_data + first : nullptr;
-                       t.in_channels = g.in_channels;
-                       t.kernel_h = g.kernel_h;
-                       t.kernel_w = g.kernel_w;
-                       t.stride_h = stride[0];
-                       t.stride_w = stride[1];
                        t.first_row = first_row;
                        t.rows = std::min(task_rows, g.out_h - first_row);
-                       t.out_w = g.out_w;
                        t.lanes = std::min(kDirectConvBlock, g.out_channels - first);
-                       t.relu = relu;
                        t.out = out_data + image * out_image + first * plane + first_row * g.out_w;
-                       t.plane = plane;
-                       rows_kernel().rows(t);
+                       rows_of_task(t);
                      }
                    });
 }
