@@ -5,8 +5,10 @@ latency of each variant from interleaved runs in one process (median [min, max] 
 unfused/fused ratio per layout (contiguous, channels_last) and against the unfused sequence in its
 best layout, the bound (best unfused / the convolution alone, timed in the same run: what making
 ReLU and pooling free would gain; only at large batches, where writing the pre-pool tensor costs
-the convolution itself, can fusion gain more), and the peak extra resident memory of each (VmHWM,
-see deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
+the convolution itself, can fusion gain more; GoogLeNet conv2, a 3x3 stride-1 layer, convolves by
+the Winograd algorithm inside the fused op, with 2.25x fewer multiply-adds, so it can pass the bound
+at any batch), and the peak extra resident memory of each (VmHWM, see
+deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
 
     python scripts/bench_conv_pool.py            # full grid
     python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats
@@ -149,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "ratio = unfused / fused median in the same layout; vs best = best-layout unfused / fused; "
         "bound = best-layout unfused / best-layout F.conv2d alone (what free ReLU + pooling "
-        "would gain); memory = peak extra RSS (VmHWM) of one call, inputs "
-        "excluded"
+        "would gain with the same convolution arithmetic; googlenet.conv2 is fused with Winograd "
+        "F(2x2, 3x3), 2.25x fewer multiply-adds); memory = peak extra RSS (VmHWM) of one call, "
+        "inputs excluded"
     )
     print(machine_line())
     return 0

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "deeprebirth_ops.h"
+#include "ops/conv_pool/cpu/winograd_convolution.h"
 
 namespace {
 
@@ -94,4 +95,48 @@ TEST_CASE("conv_pool_backward matches autograd of the unfused sequence", "[conv_
     CAPTURE(i);
     CHECK(at::allclose(got[i], want[i], 1e-9, 1e-10));
   }
+}
+
+TEST_CASE("Winograd F(2x2, 3x3) band convolution matches at::conv2d", "[conv_pool][cpu]") {
+  using deeprebirth::ops::WinogradConvolution;
+  at::manual_seed(3);
+  struct Shape {
+    int64_t n, c_in, c_out, h, w, padding;
+  };
+  // odd and even rows and columns (partial 2x2 blocks), one-pixel outputs, several chunks
+  for (const Shape& s :
+       {Shape{1, 8, 16, 3, 3, 0}, Shape{2, 9, 17, 7, 10, 1}, Shape{1, 64, 192, 29, 56, 1},
+        Shape{3, 16, 32, 12, 5, 2}, Shape{1, 12, 24, 1, 6, 1}}) {
+    const at::Tensor x =
+        at::randn({s.n, s.c_in, s.h, s.w}).contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor w = at::randn({s.c_out, s.c_in, 3, 3}) / std::sqrt(9.0 * s.c_in);
+    const int64_t p = s.padding;
+    // the band's rows come with their vertical padding; the convolution adds the horizontal
+    const at::Tensor rows = at::constant_pad_nd(x, {0, 0, p, p}, 0);
+    const at::Tensor got = WinogradConvolution(w, p)(rows);
+    const at::Tensor want = at::conv2d(x, w, /*bias=*/{}, 1, p);
+    CAPTURE(s.n, s.c_in, s.c_out, s.h, s.w, p);
+    REQUIRE(got.sizes() == want.sizes());
+    CHECK(got.is_contiguous(at::MemoryFormat::ChannelsLast));
+    CHECK(at::allclose(got, want, /*rtol=*/1e-4, /*atol=*/1e-5));
+  }
+}
+
+TEST_CASE("Winograd applies to float32 3x3 stride-1 layers only", "[conv_pool][cpu]") {
+  using deeprebirth::ops::make_conv_pool_args;
+  using deeprebirth::ops::WinogradConvolution;
+  // ConvPoolArgs views its int lists: keep them alive for the whole test
+  const std::vector<int64_t> one{1, 1}, two{2, 2}, zero{0, 0}, three{3, 3};
+  const auto args = [&](const std::vector<int64_t>& stride, const std::vector<int64_t>& dilation,
+                        int64_t groups) {
+    return make_conv_pool_args(stride, one, dilation, groups, "max", three, two, zero, false, true);
+  };
+  const at::Tensor w = at::randn({192, 64, 3, 3});
+  CHECK(WinogradConvolution::applies(w, args(one, one, 1)));
+  CHECK_FALSE(WinogradConvolution::applies(w.to(at::kDouble), args(one, one, 1)));
+  CHECK_FALSE(WinogradConvolution::applies(w, args(two, one, 1)));
+  CHECK_FALSE(WinogradConvolution::applies(w, args(one, two, 1)));
+  CHECK_FALSE(WinogradConvolution::applies(w, args(one, one, 2)));
+  CHECK_FALSE(WinogradConvolution::applies(at::randn({192, 64, 5, 5}), args(one, one, 1)));
+  CHECK_FALSE(WinogradConvolution::applies(at::randn({8, 4, 3, 3}), args(one, one, 1)));
 }

@@ -3,7 +3,10 @@ autograd (gradcheck), torch.library.opcheck, the Python wrappers and argument er
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -62,6 +65,62 @@ def test_random_grid_matches_unfused(dtype):
             conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[dtype],
             msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_layers_match_unfused(threads):
+    """float32 3x3 stride-1 layers with enough channels take the Winograd F(2x2, 3x3) convolution
+    on the CPU: odd and even sizes (partial 2x2 output blocks), every padding, batch sizes for the
+    whole-batch, per-thread and sequential band schedules, both layouts."""
+    torch.set_num_threads(threads)
+    rng = random.Random(11 + threads)
+    sizes = [(rng.randint(0, 3), rng.randint(1, 40), rng.randint(1, 40)) for _ in range(24)]
+    sizes += [(1, 97, 61), (3, 75, 66), (2, 120, 31)]  # over 2 MB of convolution output: banded
+    for n, h, w_ in sizes:
+        cin, cout, pad = rng.randint(8, 40), rng.randint(16, 80), rng.randint(0, 2)
+        if min(h, w_) + 2 * pad < 3:
+            continue
+        layout = rng.choice([torch.contiguous_format, torch.channels_last])
+        x = torch.randn(n, cin, h, w_).contiguous(memory_format=layout)
+        w = torch.randn(cout, cin, 3, 3) / (9 * cin) ** 0.5
+        b = torch.randn(cout) if rng.random() < 0.7 else None
+        conv_size = min(h, w_) + 2 * pad - 2
+        pk = rng.randint(1, min(3, conv_size))
+        args = ([1, 1], [pad, pad], [1, 1], 1, rng.choice(["max", "avg"]), [pk, pk],
+                [rng.randint(1, 2)] * 2, [rng.randint(0, pk // 2)] * 2, rng.random() < 0.5,
+                rng.random() < 0.5)  # fmt: skip
+        torch.testing.assert_close(
+            conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[torch.float32],
+            msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
+        )  # fmt: skip
+
+
+def test_winograd_can_be_switched_off(tmp_path):
+    """DEEPREBIRTH_CONV_POOL_WINOGRAD=0 (read when the library loads) sends GoogLeNet conv2 to
+    oneDNN instead: both results match the unfused sequence, and they differ in rounding, which
+    shows that the switch changes the algorithm."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 56, 56).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(192, 64, 3, 3) / 24
+    b = torch.randn(192)
+    args = ([1, 1], [1, 1], [1, 1], 1, "max", [3, 3], [2, 2], [0, 0], True, True)
+    torch.save((x, w, b, args), tmp_path / "case.pt")
+    script = (
+        "import sys, torch, deeprebirth.ops\n"
+        "x, w, b, args = torch.load(sys.argv[1])\n"
+        "torch.save(torch.ops.deeprebirth.conv_pool(x, w, b, *args), sys.argv[2])\n"
+    )
+    env = {**os.environ, "DEEPREBIRTH_CONV_POOL_WINOGRAD": "0"}
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "case.pt"), str(tmp_path / "out.pt")],
+        env=env, check=True, timeout=120,
+    )  # fmt: skip
+    onednn = torch.load(tmp_path / "out.pt")
+    winograd = conv_pool_op(x, w, b, *args)
+    reference = unfused(x, w, b, *args)
+    torch.testing.assert_close(winograd, reference, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(onednn, reference, **TOLERANCE[torch.float32])
+    assert not torch.equal(winograd, onednn)
 
 
 # Large enough that the CPU kernel splits each image into several row bands (tiles of ~512 KB).

@@ -14,7 +14,8 @@
 //   for small problems, where per-band convolution calls would cost more than they save.
 // All convolve in channels-last (the fast layout for the epilogue and for oneDNN here), every band
 // of a call on one packed weight (BandConvolution), and write the output in
-// conv_pool_memory_format(x).
+// conv_pool_memory_format(x). Float32 3x3 stride-1 layers (GoogLeNet conv2) convolve by the
+// Winograd F(2x2, 3x3) algorithm in every schedule (winograd_convolution.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -95,7 +96,7 @@ void conv_pool_sequential(const at::Tensor& x, const at::Tensor& w, const at::Te
 
 void conv_pool_whole(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                      const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
-  const at::Tensor conv = conv_rows(x, w, args, args.padding[0]);
+  const at::Tensor conv = conv_whole(x, w, args);
   const int64_t rows_per_task = std::max<int64_t>(1, (g.out_h + 3) / 4);
   const int64_t tasks_per_image = (g.out_h + rows_per_task - 1) / rows_per_task;
   at::parallel_for(0, x.size(0) * tasks_per_image, 1, [&](int64_t begin, int64_t end) {

@@ -1,0 +1,44 @@
+// Winograd F(2x2, 3x3) convolution of conv_pool's row bands on the CPU (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", CVPR 2016).
+//
+// A 3x3, stride-1 convolution computes each 2x2 block of output pixels from a 4x4 patch of input
+// with 16 multiplications per (input, output channel) pair instead of 36: the patch is
+// transformed (V = B^T d B, additions only), multiplied element-wise by the transformed weight
+// (U = G g G^T, once per call) and summed over input channels, which for a group of patches is 16
+// matrix products (one per element of the 4x4 transform: (tiles x C_in) x (C_in x C_out), ATen's
+// bmm), and transformed back (Y = A^T M A, additions only). 2.25x fewer multiply-adds than a direct
+// convolution; float32 results agree with at::conv2d to about 1e-6 of the output's magnitude
+// (only additions and multiplications by 1/2 are added). Chunks of patch rows keep the 16 products
+// under 384 KiB each; chunks run in parallel under at::parallel_for.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "ops/conv_pool/conv_pool.h"
+
+namespace deeprebirth::ops {
+
+class WinogradConvolution {
+ public:
+  // Whether conv_pool's CPU kernel convolves with w (and x of w's dtype) this way: float32, a 3x3
+  // kernel, stride 1,
+  // dilation 1, one group and enough channels (C_in >= 8, C_out >= 16) for the matrix products to
+  // outweigh the transforms; not when DEEPREBIRTH_CONV_POOL_WINOGRAD=0 was set when the library
+  // loaded.
+  static bool applies(const at::Tensor& w, const ConvPoolArgs& args);
+
+  // Transforms the weight w (C_out, C_in, 3, 3; any layout). `padding_w`: the horizontal padding.
+  WinogradConvolution(const at::Tensor& w, int64_t padding_w);
+
+  // The convolution (no bias) of `input` (N, C_in, rows, W; vertical padding already added, any
+  // layout): (N, C_out, rows - 2, W + 2 * padding_w - 2), channels-last contiguous.
+  at::Tensor operator()(const at::Tensor& input) const;
+
+ private:
+  at::Tensor transformed_weight_;  // U: (16, C_in, C_out), element (i, j) of the 4x4 at 4 * i + j
+  int64_t padding_w_;
+};
+
+}  // namespace deeprebirth::ops
