@@ -20,12 +20,12 @@ void check_4d_float(const at::Tensor& t, const char* op, const std::string& name
               " to have a floating-point dtype, but got ", t.scalar_type());
 }
 
-void check_same_dtype_and_device(const at::Tensor& t, const std::string& name, const at::Tensor& ref,
-                                 const char* ref_name, const char* op) {
+void check_same_dtype_and_device(const at::Tensor& t, const std::string& name,
+                                 const at::Tensor& ref, const char* ref_name, const char* op) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " to have dtype ",
               ref.scalar_type(), " (the dtype of ", ref_name, "), but got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), op, ": expected ", name, " to be on device ", ref.device(),
-              " (the device of ", ref_name, "), but got ", t.device());
+  TORCH_CHECK(t.device() == ref.device(), op, ": expected ", name, " to be on device ",
+              ref.device(), " (the device of ", ref_name, "), but got ", t.device());
 }
 
 void check_int_list(c10::IntArrayRef values, int64_t expected_len, bool allow_zero, const char* op,

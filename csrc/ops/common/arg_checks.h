@@ -2,7 +2,8 @@
 //
 // Each check raises c10::Error (a Python RuntimeError) whose message names the operator, the
 // argument, the expected value and the actual value, e.g.
-//   "conv_pool: expected x to be a 4-D tensor (N, C, H, W), but got a 3-D tensor of shape [3, 8, 8]".
+//   "conv_pool: expected x to be a 4-D tensor (N, C, H, W), but got a 3-D tensor of shape [3, 8,
+//   8]".
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -17,8 +18,8 @@ namespace deeprebirth::ops {
 void check_4d_float(const at::Tensor& t, const char* op, const std::string& name);
 
 // Requires `t` to have the same dtype and device as `ref`.
-void check_same_dtype_and_device(const at::Tensor& t, const std::string& name, const at::Tensor& ref,
-                                 const char* ref_name, const char* op);
+void check_same_dtype_and_device(const at::Tensor& t, const std::string& name,
+                                 const at::Tensor& ref, const char* ref_name, const char* op);
 
 // Requires exactly `expected_len` entries, each > 0 (or >= 0 when allow_zero).
 void check_int_list(c10::IntArrayRef values, int64_t expected_len, bool allow_zero, const char* op,
