@@ -2,8 +2,8 @@
 //
 // Each check raises c10::Error (a Python RuntimeError) whose message names the operator, the
 // argument, the expected value and the actual value, e.g.
-//   "conv_pool: expected x to be a 4-D tensor (N, C, H, W), but got a 3-D tensor of shape [3, 8,
-//   8]".
+//   "conv_pool: expected x to be a 4-D tensor (N, C, H, W), but got a 3-D tensor of shape"
+//   " [3, 8, 8]".
 #pragma once
 
 #include <ATen/core/Tensor.h>

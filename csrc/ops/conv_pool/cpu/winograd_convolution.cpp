@@ -61,7 +61,7 @@ inline void over_channels(int64_t channels, const Body& body) {
 // [1/2, -1/2, 1/2], [0, 0, 1]]: from g laid out (C_in, 3, 3, C_out), over runs of output
 // channels, in parallel over input channels.
 at::Tensor transform_weight(const at::Tensor& w) {
-  const at::Tensor g = w.detach().to(at::kFloat).permute({1, 2, 3, 0}).contiguous();
+  const at::Tensor g = w.detach().permute({1, 2, 3, 0}).contiguous();  // float32: applies()
   const int64_t in_channels = g.size(0), out_channels = g.size(3);
   at::Tensor u = at::empty({16, in_channels, out_channels}, g.options());
   const float* src = g.const_data_ptr<float>();
@@ -140,15 +140,23 @@ void transform_back(const float* __restrict m, int64_t m_step, int64_t channels,
 
 // Rows [row0, row1) of image n of `source` (channels-last contiguous), (row1 - row0, padded_w,
 // C_in): `padding_w` zero columns on the left, zeros right of the image and below its last row.
+// Each value is written once: the image's rows copied, only the border zeroed.
 at::Tensor padded_rows(const at::Tensor& source, int64_t n, int64_t row0, int64_t row1,
                        int64_t padded_w, int64_t padding_w) {
   const int64_t channels = source.size(1), height = source.size(2), width = source.size(3);
-  at::Tensor rows = at::zeros({row1 - row0, padded_w, channels}, source.options());
+  at::Tensor rows = at::empty({row1 - row0, padded_w, channels}, source.options());
   const float* src = source.const_data_ptr<float>() + n * height * width * channels;
   float* dst = rows.mutable_data_ptr<float>();
-  for (int64_t r = row0; r < std::min(row1, height); ++r) {
-    std::memcpy(dst + ((r - row0) * padded_w + padding_w) * channels, src + r * width * channels,
-                width * channels * sizeof(float));
+  const int64_t left = padding_w * channels, image = width * channels;
+  const int64_t right = (padded_w - padding_w - width) * channels;
+  for (int64_t r = row0; r < row1; ++r, dst += padded_w * channels) {
+    if (r >= height) {
+      std::fill_n(dst, padded_w * channels, 0.0f);
+      continue;
+    }
+    std::fill_n(dst, left, 0.0f);
+    std::memcpy(dst + left, src + r * image, image * sizeof(float));
+    std::fill_n(dst + left + image, right, 0.0f);
   }
   return rows;
 }
