@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "deeprebirth_ops.h"
+#include "ops/conv_pool/cpu/direct_band_convolution.h"
 #include "ops/conv_pool/cpu/winograd_convolution.h"
 
 namespace {
@@ -139,4 +140,53 @@ TEST_CASE("Winograd applies to float32 3x3 stride-1 layers only", "[conv_pool][c
   CHECK_FALSE(WinogradConvolution::applies(w, args(one, one, 2)));
   CHECK_FALSE(WinogradConvolution::applies(at::randn({192, 64, 5, 5}), args(one, one, 1)));
   CHECK_FALSE(WinogradConvolution::applies(at::randn({8, 4, 3, 3}), args(one, one, 1)));
+}
+
+TEST_CASE("Direct band convolution of first layers matches at::conv2d", "[conv_pool][cpu]") {
+  using deeprebirth::ops::DirectBandConvolution;
+  using deeprebirth::ops::make_conv_pool_args;
+  at::manual_seed(5);
+  struct Shape {
+    int64_t c_in, c_out, h, w, kernel, stride, padding, row0, row1;
+  };
+  // GoogLeNet conv1 rows inside and at both edges (vertical padding), a partial last block of
+  // output channels, a channels-last image, widths that leave every tile size a remainder
+  const std::vector<Shape> shapes{
+      {3, 64, 224, 224, 7, 2, 3, 0, 9},     {3, 64, 224, 224, 7, 2, 3, 50, 59},
+      {3, 64, 224, 224, 7, 2, 3, 105, 112}, {1, 17, 13, 29, 5, 1, 2, 0, 13},
+      {4, 40, 20, 11, 3, 3, 1, 2, 5},       {2, 5, 9, 9, 1, 1, 0, 4, 5}};
+  const std::vector<int64_t> dilation{1, 1}, zero{0, 0}, two{2, 2};
+  for (const Shape& s : shapes) {
+    const at::Tensor x = at::randn({s.c_in, s.h, s.w});
+    const at::Tensor image =
+        s.c_in == 2 ? x.unsqueeze(0).contiguous(at::MemoryFormat::ChannelsLast)[0] : x;
+    const at::Tensor w = at::randn({s.c_out, s.c_in, s.kernel, s.kernel});
+    const std::vector<int64_t> stride{s.stride, s.stride}, padding{s.padding, s.padding};
+    const auto args =
+        make_conv_pool_args(stride, padding, dilation, 1, "max", two, two, zero, false, true);
+    const at::Tensor want = at::conv2d(x.unsqueeze(0), w, /*bias=*/{}, stride, padding)[0];
+    const int64_t conv_w = want.size(2);
+    at::Tensor got = at::full({s.row1 - s.row0, conv_w, s.c_out}, NAN);
+    std::vector<float> scratch;
+    DirectBandConvolution(w, args, conv_w)(image, s.row0, s.row1, got.data_ptr<float>(), scratch);
+    CAPTURE(s.c_in, s.c_out, s.h, s.w, s.kernel, s.stride, s.padding, s.row0, s.row1);
+    CHECK(at::allclose(got.permute({2, 0, 1}), want.slice(1, s.row0, s.row1), 1e-4, 1e-4));
+  }
+}
+
+TEST_CASE("Direct band convolution applies to float32 first layers only", "[conv_pool][cpu]") {
+  using deeprebirth::ops::DirectBandConvolution;
+  using deeprebirth::ops::make_conv_pool_args;
+  const std::vector<int64_t> one{1, 1}, two{2, 2}, three{3, 3}, zero{0, 0};
+  const auto args = [&](const std::vector<int64_t>& dilation, int64_t groups) {
+    return make_conv_pool_args(two, three, dilation, groups, "max", three, two, zero, true, true);
+  };
+  const at::Tensor w = at::randn({64, 3, 7, 7});
+  CHECK(DirectBandConvolution::applies(w, args(one, 1)));
+  CHECK(DirectBandConvolution::applies(at::randn({16, 4, 3, 3}), args(one, 1)));
+  CHECK_FALSE(DirectBandConvolution::applies(at::randn({16, 5, 3, 3}), args(one, 1)));
+  CHECK_FALSE(DirectBandConvolution::applies(w.to(at::kDouble), args(one, 1)));
+  CHECK_FALSE(DirectBandConvolution::applies(w.to(at::kBFloat16), args(one, 1)));
+  CHECK_FALSE(DirectBandConvolution::applies(w, args(two, 1)));
+  CHECK_FALSE(DirectBandConvolution::applies(at::randn({64, 1, 7, 7}), args(one, 3)));
 }

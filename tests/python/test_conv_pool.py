@@ -95,32 +95,87 @@ def test_winograd_layers_match_unfused(threads):
         )  # fmt: skip
 
 
-def test_winograd_can_be_switched_off(tmp_path):
-    """DEEPREBIRTH_CONV_POOL_WINOGRAD=0 (read when the library loads) sends GoogLeNet conv2 to
-    oneDNN instead: both results match the unfused sequence, and they differ in rounding, which
-    shows that the switch changes the algorithm."""
+def check_direct_layers(seed: int, threads: int, cases: int = 30) -> None:
+    """float32 ungrouped, undilated layers with at most 4 input channels (first layers) take the
+    direct convolution on the CPU: random kernels, strides, paddings and output channels (not
+    multiples of 16 too), batch 0-4, images large enough for several bands and segments per
+    image, every layout, max/avg, ceil and relu toggled, against the unfused ATen sequence."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rng = random.Random(seed)
+    try:
+        for case in range(cases):
+            size = 160 if case % 5 == 0 else 40  # 160: several bands per segment
+            n, h, w_ = rng.randint(0, 4), rng.randint(1, size), rng.randint(1, size)
+            cin, cout = rng.randint(1, 4), rng.choice([1, 5, 16, 17, 40, 64, 80])
+            kh, kw = rng.randint(1, 7), rng.randint(1, 7)
+            stride, padding = [rng.randint(1, 3), rng.randint(1, 3)], [kh // 2, kw // 2]
+            conv_h = (h + 2 * padding[0] - kh) // stride[0] + 1
+            conv_w = (w_ + 2 * padding[1] - kw) // stride[1] + 1
+            if min(conv_h, conv_w) < 1:
+                continue
+            pk = [rng.randint(1, min(3, conv_h)), rng.randint(1, min(3, conv_w))]
+            pp = [rng.randint(0, pk[0] // 2), rng.randint(0, pk[1] // 2)]
+            layout = rng.choice([torch.contiguous_format, torch.channels_last, None])
+            if layout is None:  # every dimension of x non-contiguous
+                x = torch.randn(n, cin * 2, h + 3, w_ * 2)[:, ::2, 1:-2, ::2]
+            else:
+                x = torch.randn(n, cin, h, w_).contiguous(memory_format=layout)
+            w = torch.randn(cout, cin, kh, kw) / (cin * kh * kw) ** 0.5
+            b = torch.randn(cout) if rng.random() < 0.7 else None
+            ps = [rng.randint(1, 2), rng.randint(1, 2)]
+            if size > 40 and min(conv_h, conv_w) >= 3:  # overlapping windows across bands
+                pk, ps = [3, 3], [2, 2]
+            args = (stride, padding, [1, 1], 1, rng.choice(["max", "avg"]), pk, ps, pp,
+                    rng.random() < 0.5, rng.random() < 0.5)  # fmt: skip
+            torch.testing.assert_close(
+                conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[torch.float32],
+                msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
+            )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_layers_match_unfused(threads):
+    check_direct_layers(seed=21 + threads, threads=threads)
+
+
+# (switch, x shape, w shape, stride, padding): a layer each algorithm takes, and the switch that
+# sends it to oneDNN instead.
+SWITCHED_LAYERS = [
+    ("DEEPREBIRTH_CONV_POOL_WINOGRAD", (1, 64, 56, 56), (192, 64, 3, 3), 1, 1),  # GoogLeNet conv2
+    ("DEEPREBIRTH_CONV_POOL_DIRECT", (1, 3, 224, 224), (64, 3, 7, 7), 2, 3),  # GoogLeNet conv1
+]
+
+
+@pytest.mark.parametrize("layer", SWITCHED_LAYERS, ids=lambda layer: layer[0].rsplit("_", 1)[1])
+def test_convolution_algorithm_can_be_switched_off(layer, tmp_path):
+    """<switch>=0 (read when the library loads) sends the layer to oneDNN instead: both results
+    match the unfused sequence, and they differ in rounding, which shows that the switch changes
+    the algorithm."""
+    switch, xs, ws, stride, padding = layer
     torch.manual_seed(0)
-    x = torch.randn(1, 64, 56, 56).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(192, 64, 3, 3) / 24
-    b = torch.randn(192)
-    args = ([1, 1], [1, 1], [1, 1], 1, "max", [3, 3], [2, 2], [0, 0], True, True)
+    x = torch.randn(xs).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(ws) / (ws[1] * ws[2] * ws[3]) ** 0.5
+    b = torch.randn(ws[0])
+    args = ([stride] * 2, [padding] * 2, [1, 1], 1, "max", [3, 3], [2, 2], [0, 0], True, True)
     torch.save((x, w, b, args), tmp_path / "case.pt")
     script = (
         "import sys, torch, deeprebirth.ops\n"
         "x, w, b, args = torch.load(sys.argv[1])\n"
         "torch.save(torch.ops.deeprebirth.conv_pool(x, w, b, *args), sys.argv[2])\n"
     )
-    env = {**os.environ, "DEEPREBIRTH_CONV_POOL_WINOGRAD": "0"}
     subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "case.pt"), str(tmp_path / "out.pt")],
-        env=env, check=True, timeout=120,
+        env={**os.environ, switch: "0"}, check=True, timeout=120,
     )  # fmt: skip
     onednn = torch.load(tmp_path / "out.pt")
-    winograd = conv_pool_op(x, w, b, *args)
+    fused = conv_pool_op(x, w, b, *args)
     reference = unfused(x, w, b, *args)
-    torch.testing.assert_close(winograd, reference, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(fused, reference, **TOLERANCE[torch.float32])
     torch.testing.assert_close(onednn, reference, **TOLERANCE[torch.float32])
-    assert not torch.equal(winograd, onednn)
+    assert not torch.equal(fused, onednn)
 
 
 # Large enough that the CPU kernel splits each image into several row bands (tiles of ~512 KB).

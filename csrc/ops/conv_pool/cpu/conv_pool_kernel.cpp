@@ -23,12 +23,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "ops/conv_pool/conv_pool.h"
 #include "ops/conv_pool/conv_pool_tiling.h"
 #include "ops/conv_pool/cpu/band_convolution.h"
 #include "ops/conv_pool/cpu/bias_relu_pool.h"
+#include "ops/conv_pool/cpu/direct_band_convolution.h"
 
 namespace deeprebirth::ops {
 namespace {
@@ -94,6 +96,58 @@ void conv_pool_sequential(const at::Tensor& x, const at::Tensor& w, const at::Te
   }
 }
 
+// Convolution-output bytes of one band of the direct schedule: the tile stays in a 512 KiB L2
+// beside the input rows and weights while it is pooled.
+constexpr int64_t kDirectTileBytes = 256 * 1024;
+
+// Layers with few input channels (DirectBandConvolution), any batch. Each image is split into
+// segments of pooled rows, enough for every thread to take two at batch 1; a thread takes
+// (image, segment) tasks from a shared counter and walks its segment in bands, keeping the
+// convolution rows two neighbouring bands share (pooling windows overlap) instead of computing
+// them again, so only the segment boundaries repeat work. One band tile per thread.
+void conv_pool_direct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                      const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
+  const DirectBandConvolution convolve(w, args, g.conv_w);
+  const int64_t batch = x.size(0), channels = w.size(0), row_size = g.conv_w * channels;
+  const int64_t band_rows =
+      pooled_rows_per_band(g, args, channels, x.element_size(), kDirectTileBytes);
+  const int64_t tile_rows =
+      std::min(g.conv_h, (band_rows - 1) * args.pool_stride[0] + args.pool_kernel[0]);
+  const int64_t threads = at::get_num_threads();
+  const int64_t wanted_segments = std::min(g.out_h, (2 * threads + batch - 1) / batch);
+  const int64_t segment_rows = (g.out_h + wanted_segments - 1) / wanted_segments;
+  const int64_t segments = (g.out_h + segment_rows - 1) / segment_rows;
+  const int64_t tasks = batch * segments;
+  const at::ThreadLocalState caller_state;
+  std::atomic<int64_t> next_task{0};
+  at::parallel_for(0, std::min(tasks, threads), 1, [&](int64_t, int64_t) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
+    const at::Tensor tile = at::empty({1, channels, tile_rows, g.conv_w},
+                                      x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    float* tile_data = tile.mutable_data_ptr<float>();
+    std::vector<float> scratch;
+    for (int64_t task = next_task++; task < tasks; task = next_task++) {
+      const int64_t n = task / segments, s0 = (task % segments) * segment_rows;
+      const int64_t s1 = std::min(g.out_h, s0 + segment_rows);
+      const at::Tensor image = x[n];
+      int64_t held0 = 0, held1 = 0;  // the convolution rows in the tile
+      for (int64_t p0 = s0; p0 < s1; p0 += band_rows) {
+        const RowBand band = row_band(p0, std::min(s1, p0 + band_rows), g, args, w.size(2));
+        const int64_t kept = band.c0 >= held0 ? std::max<int64_t>(0, held1 - band.c0) : 0;
+        if (kept > 0) {
+          std::memmove(tile_data, tile_data + (band.c0 - held0) * row_size,
+                       kept * row_size * sizeof(float));
+        }
+        convolve(image, band.c0 + kept, band.c1, tile_data + kept * row_size, scratch);
+        held0 = band.c0;
+        held1 = band.c1;
+        bias_relu_pool_rows_cpu(tile.narrow(2, 0, band.c1 - band.c0), band.c0, bias, band, g, args,
+                                out[n]);
+      }
+    }
+  });
+}
+
 void conv_pool_whole(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                      const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
   const at::Tensor conv = conv_whole(x, w, args);
@@ -129,7 +183,9 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
       pooled_rows_per_band(g, args, channels, x.element_size(), kCpuTileBytes);
   const int64_t threads = at::get_num_threads();
   const bool bandable = image_bytes >= kMinBandedImageBytes;
-  if (bandable && batch < threads) {  // equal bands, one at a time
+  if (DirectBandConvolution::applies(w, args)) {
+    conv_pool_direct(x, w, bias, g, args, out);
+  } else if (bandable && batch < threads) {  // equal bands, one at a time
     const int64_t bands = (image_bytes + kSequentialTileBytes - 1) / kSequentialTileBytes;
     conv_pool_sequential(x, w, bias, g, args, (g.out_h + bands - 1) / bands, out);
   } else if (bandable && band_rows < g.out_h) {

@@ -21,19 +21,11 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/direct_conv/cpu/direct_conv_tile.h"
 #include "ops/direct_conv/direct_conv.h"
 
 namespace deeprebirth::ops {
 namespace {
-
-// `Width` float32 lanes in one vector register: 16 (AVX-512), 8 (AVX2), 4 (SSE, NEON). A block of
-// 16 output channels is 16 / Width of them. Unaligned loads and stores (aligned(4)). Each ISA
-// gets its own width: GCC keeps a vector wider than the target's registers in memory, several
-// times slower.
-template <int Width>
-struct Vector {
-  typedef float type __attribute__((vector_size(Width * sizeof(float)), aligned(4)));
-};
 
 // Multiply-accumulates per parallel chunk below which a chunk is not split further: a thread
 // costs a few microseconds to wake, the time of about 100K multiply-accumulates here.
@@ -41,59 +33,17 @@ constexpr int64_t kMinChunkMacs = 1 << 17;
 // Output pixels per task: a task is one block's rows, as many as make this many pixels.
 constexpr int64_t kTaskPixels = 8;
 
-// Output rows [first_row, first_row + rows) of one 16-channel block of one image.
-struct RowTask {
-  const float* input;   // the image's (padded) input, (C_in, in_h, in_w)
-  int64_t in_h, in_w;   // its (padded) size
-  const float* weight;  // the packed block, (C_in, kh, kw, 16)
-  const float* bias;    // the block's bias values (`lanes` of them), or null
-  int64_t in_channels, kernel_h, kernel_w, stride_h, stride_w;
+// Output rows [first_row, first_row + rows) of one 16-channel block of one image, whose
+// (padded) input planes (C_in, in_h, in_w) start at `input`.
+struct RowTask : TileWindow {
+  const float* input;
+  const float* bias;  // the block's bias values (`lanes` of them), or null
   int64_t first_row, rows, out_w;
   int64_t lanes;  // the block's output channels (16, fewer in the last block)
   bool relu;
   float* out;     // the first row of the block's first output channel
   int64_t plane;  // the distance between output channels
 };
-
-// out[r * P + p][:] = bias + sum over (c, i, j) of
-//   input[c][r * stride_h + i][p * stride_w + j] * weight[c][i][j][:]
-// for the R x P output pixels whose top-left input is `input`, in vectors of `Width` lanes.
-template <int Width, int R, int P>
-__attribute__((always_inline)) inline void tile(const RowTask& t, const float* __restrict bias,
-                                                const float* __restrict input,
-                                                float (*__restrict out)[kDirectConvBlock]) {
-  using Vec = typename Vector<Width>::type;
-  constexpr int kVectors = kDirectConvBlock / Width;
-  Vec acc[R * P][kVectors];
-  for (int v = 0; v < kVectors; ++v) {
-    const Vec b = *reinterpret_cast<const Vec*>(bias + v * Width);
-    for (int q = 0; q < R * P; ++q) acc[q][v] = b;
-  }
-  const float* __restrict w = t.weight;
-  const int64_t channels = t.in_channels, kernel_h = t.kernel_h, kernel_w = t.kernel_w;
-  const int64_t plane = t.in_h * t.in_w, in_w = t.in_w, stride = t.stride_w;
-  const int64_t row_step = t.stride_h * in_w;
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t i = 0; i < kernel_h; ++i) {
-      const float* __restrict row = input + c * plane + i * in_w;
-      for (int64_t j = 0; j < kernel_w; ++j, w += kDirectConvBlock) {
-#pragma GCC unroll 4
-        for (int v = 0; v < kVectors; ++v) {
-          const Vec wv = *reinterpret_cast<const Vec*>(w + v * Width);
-#pragma GCC unroll 8
-          for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-            for (int p = 0; p < P; ++p)
-              acc[r * P + p][v] += row[r * row_step + p * stride + j] * wv;
-          }
-        }
-      }
-    }
-  }
-  for (int q = 0; q < R * P; ++q) {
-    for (int v = 0; v < kVectors; ++v) *reinterpret_cast<Vec*>(out[q] + v * Width) = acc[q][v];
-  }
-}
 
 // The largest power of two <= min(n, limit).
 inline int64_t power_of_two_at_most(int64_t n, int64_t limit) {
@@ -109,7 +59,7 @@ __attribute__((always_inline)) inline void tile_of_width(int64_t p, const RowTas
                                                          const float* bias, const float* at,
                                                          float (*out)[kDirectConvBlock]) {
   if constexpr (P >= 1) {
-    if (p == P) return tile<Width, R, P>(t, bias, at, out);
+    if (p == P) return tile<Width, R, P>(t, bias, at, out[0], kDirectConvBlock);
     tile_of_width<Width, R, P / 2>(p, t, bias, at, out);
   }
 }

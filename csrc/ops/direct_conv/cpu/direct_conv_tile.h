@@ -1,0 +1,74 @@
+// The register tile of the CPU direct convolutions: deeprebirth::direct_conv's kernel and
+// conv_pool's convolution of first layers (conv_pool/cpu/direct_band_convolution.h).
+//
+// A tile is R x P output pixels of one block of 16 output channels, held in vector registers of
+// `Width` float32 lanes while they accumulate input value x weight vector over (C_in, kh, kw). The
+// callers compile it once per instruction set (GCC / Clang `target` attributes on the functions
+// it is inlined into) with as many accumulators as the registers hold.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/direct_conv/direct_conv.h"
+
+namespace deeprebirth::ops {
+
+// `Width` float32 lanes in one vector register: 16 (AVX-512), 8 (AVX2), 4 (SSE, NEON). A block of
+// 16 output channels is 16 / Width of them. Unaligned loads and stores (aligned(4)). Each ISA
+// gets its own width: GCC keeps a vector wider than the target's registers in memory, several
+// times slower.
+template <int Width>
+struct Vector {
+  typedef float type __attribute__((vector_size(Width * sizeof(float)), aligned(4)));
+};
+
+// What a tile reads: zero-bordered input planes and one packed block of the weight.
+struct TileWindow {
+  int64_t in_h, in_w;   // the input planes' size (padding included)
+  const float* weight;  // the packed block, (C_in, kh, kw, 16) (direct_conv_pack)
+  int64_t in_channels, kernel_h, kernel_w, stride_h, stride_w;
+};
+
+// out[(r * P + p) * pixel_stride + l] = bias[l] + sum over (c, i, j) of
+//   input[c][r * stride_h + i][p * stride_w + j] * weight[c][i][j][l]   for the 16 lanes l
+// of the R x P output pixels whose top-left input is `input`, in vectors of `Width` lanes.
+template <int Width, int R, int P>
+__attribute__((always_inline)) inline void tile(const TileWindow& t, const float* __restrict bias,
+                                                const float* __restrict input,
+                                                float* __restrict out, int64_t pixel_stride) {
+  using Vec = typename Vector<Width>::type;
+  constexpr int kVectors = kDirectConvBlock / Width;
+  Vec acc[R * P][kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    const Vec b = *reinterpret_cast<const Vec*>(bias + v * Width);
+    for (int q = 0; q < R * P; ++q) acc[q][v] = b;
+  }
+  const float* __restrict w = t.weight;
+  const int64_t channels = t.in_channels, kernel_h = t.kernel_h, kernel_w = t.kernel_w;
+  const int64_t plane = t.in_h * t.in_w, in_w = t.in_w, stride = t.stride_w;
+  const int64_t row_step = t.stride_h * in_w;
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t i = 0; i < kernel_h; ++i) {
+      const float* __restrict row = input + c * plane + i * in_w;
+      for (int64_t j = 0; j < kernel_w; ++j, w += kDirectConvBlock) {
+        // The weight vectors first, then one input value at a time (live: the accumulators, the
+        // weight vectors and one broadcast; broadcasting every input first spilled accumulators).
+        Vec wv[kVectors];
+#pragma GCC unroll 4
+        for (int v = 0; v < kVectors; ++v) wv[v] = *reinterpret_cast<const Vec*>(w + v * Width);
+#pragma GCC unroll 16
+        for (int q = 0; q < R * P; ++q) {
+          const float value = row[(q / P) * row_step + (q % P) * stride + j];
+#pragma GCC unroll 4
+          for (int v = 0; v < kVectors; ++v) acc[q][v] += value * wv[v];
+        }
+      }
+    }
+  }
+  for (int q = 0; q < R * P; ++q) {
+    for (int v = 0; v < kVectors; ++v)
+      *reinterpret_cast<Vec*>(out + q * pixel_stride + v * Width) = acc[q][v];
+  }
+}
+
+}  // namespace deeprebirth::ops
