@@ -43,11 +43,13 @@ def conv_pool(
         relu: apply ReLU between the convolution and the pooling.
 
     Returns:
-        ``(N, C_out, H_out, W_out)``, equal to the unfused sequence (to rounding: on the CPU,
-        float32 3x3 stride-1 convolutions with at least 8 input and 16 output channels use the
-        Winograd F(2x2, 3x3) algorithm, 2.25x fewer multiply-adds, with errors of the same size as
-        ATen's convolution; set ``DEEPREBIRTH_CONV_POOL_WINOGRAD=0`` before the library loads to
-        convolve those with oneDNN instead).
+        ``(N, C_out, H_out, W_out)``, equal to the unfused sequence to rounding. On the CPU,
+        float32 layers with at most 4 input channels (first layers: GoogLeNet conv1, the ResNet
+        stem) convolve with the library's own direct kernel, and float32 3x3 stride-1 layers with
+        at least 8 input and 16 output channels by the Winograd F(2x2, 3x3) algorithm (2.25x
+        fewer multiply-adds, errors the size of ATen's convolution); setting
+        ``DEEPREBIRTH_CONV_POOL_DIRECT=0`` or ``DEEPREBIRTH_CONV_POOL_WINOGRAD=0`` before the
+        library loads sends those layers to oneDNN instead.
 
     Raises:
         RuntimeError: bad shapes, dtypes, devices or sizes; the message names the argument.

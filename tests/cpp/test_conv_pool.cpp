@@ -99,27 +99,34 @@ TEST_CASE("conv_pool_backward matches autograd of the unfused sequence", "[conv_
 }
 
 TEST_CASE("Winograd F(2x2, 3x3) band convolution matches at::conv2d", "[conv_pool][cpu]") {
+  using deeprebirth::ops::make_conv_pool_args;
   using deeprebirth::ops::WinogradConvolution;
   at::manual_seed(3);
   struct Shape {
-    int64_t n, c_in, c_out, h, w, padding;
+    int64_t c_in, c_out, h, w, padding, row0, row1;
+    bool channels_last;
   };
-  // odd and even rows and columns (partial 2x2 blocks), one-pixel outputs, several chunks
-  for (const Shape& s :
-       {Shape{1, 8, 16, 3, 3, 0}, Shape{2, 9, 17, 7, 10, 1}, Shape{1, 64, 192, 29, 56, 1},
-        Shape{3, 16, 32, 12, 5, 2}, Shape{1, 12, 24, 1, 6, 1}}) {
-    const at::Tensor x =
-        at::randn({s.n, s.c_in, s.h, s.w}).contiguous(at::MemoryFormat::ChannelsLast);
+  // rows at both edges (vertical padding) and inside, odd first rows and row counts (partial 2x2
+  // blocks), odd widths, one-row outputs, several chunks (GoogLeNet conv2), both image layouts
+  const std::vector<Shape> shapes{
+      {8, 16, 3, 3, 0, 0, 1, false},     {9, 17, 7, 10, 1, 0, 7, true},
+      {64, 192, 56, 56, 1, 0, 56, true}, {64, 192, 56, 56, 1, 23, 30, false},
+      {16, 32, 12, 5, 2, 3, 14, false},  {12, 24, 1, 6, 1, 0, 1, true}};
+  const std::vector<int64_t> one{1, 1}, two{2, 2}, zero{0, 0};
+  for (const Shape& s : shapes) {
+    const at::Tensor x = at::randn({1, s.c_in, s.h, s.w});
+    const at::Tensor image =
+        (s.channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x)[0];
     const at::Tensor w = at::randn({s.c_out, s.c_in, 3, 3}) / std::sqrt(9.0 * s.c_in);
-    const int64_t p = s.padding;
-    // the band's rows come with their vertical padding; the convolution adds the horizontal
-    const at::Tensor rows = at::constant_pad_nd(x, {0, 0, p, p}, 0);
-    const at::Tensor got = WinogradConvolution(w, p)(rows);
-    const at::Tensor want = at::conv2d(x, w, /*bias=*/{}, 1, p);
-    CAPTURE(s.n, s.c_in, s.c_out, s.h, s.w, p);
-    REQUIRE(got.sizes() == want.sizes());
-    CHECK(got.is_contiguous(at::MemoryFormat::ChannelsLast));
-    CHECK(at::allclose(got, want, /*rtol=*/1e-4, /*atol=*/1e-5));
+    const std::vector<int64_t> padding{s.padding, s.padding};
+    const auto args = make_conv_pool_args(one, padding, one, 1, "max", two, two, zero, false, true);
+    const at::Tensor want = at::conv2d(x, w, /*bias=*/{}, 1, s.padding)[0];
+    at::Tensor got = at::full({s.row1 - s.row0, want.size(2), s.c_out}, NAN);
+    std::vector<float> scratch;
+    WinogradConvolution(w, args, want.size(2))(image, s.row0, s.row1, got.data_ptr<float>(),
+                                               scratch);
+    CAPTURE(s.c_in, s.c_out, s.h, s.w, s.padding, s.row0, s.row1, s.channels_last);
+    CHECK(at::allclose(got.permute({2, 0, 1}), want.slice(1, s.row0, s.row1), 1e-4, 1e-5));
   }
 }
 

@@ -70,8 +70,8 @@ def test_random_grid_matches_unfused(dtype):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_winograd_layers_match_unfused(threads):
     """float32 3x3 stride-1 layers with enough channels take the Winograd F(2x2, 3x3) convolution
-    on the CPU: odd and even sizes (partial 2x2 output blocks), every padding, batch sizes for the
-    whole-batch, per-thread and sequential band schedules, both layouts."""
+    on the CPU: odd and even sizes (partial 2x2 output blocks), every padding, batch 0-3 and images
+    large enough for several bands per segment, both layouts."""
     torch.set_num_threads(threads)
     rng = random.Random(11 + threads)
     sizes = [(rng.randint(0, 3), rng.randint(1, 40), rng.randint(1, 40)) for _ in range(24)]
@@ -223,8 +223,8 @@ SCHEDULE_CASES = [
 @pytest.mark.parametrize("case", SCHEDULE_CASES, ids=lambda c: f"x{c[0]}-g{c[5]}")
 def test_band_schedules_match_unfused(case, dtype, threads):
     """Fewer images than threads: bands one after another, each on every thread; otherwise each
-    thread takes its own bands. float32 bands share one weight packed by oneDNN, float64 ones use
-    conv2d."""
+    thread takes its own bands. float32 bands share one weight packed by oneDNN (GoogLeNet conv1:
+    the direct convolution, each thread its own bands at any batch), float64 ones use conv2d."""
     xs, ws, s, p, d, groups, (pk, ps, pp) = case
     torch.set_num_threads(threads)
     x = torch.randn(xs, dtype=dtype).contiguous(memory_format=torch.channels_last)

@@ -38,19 +38,9 @@ at::Tensor conv_rows(const at::Tensor& x, const at::Tensor& w, const ConvPoolArg
       .contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-at::Tensor conv_whole(const at::Tensor& x, const at::Tensor& w, const ConvPoolArgs& args) {
-  if (!WinogradConvolution::applies(w, args)) return conv_rows(x, w, args, args.padding[0]);
-  const int64_t pad = args.padding[0];
-  return WinogradConvolution(w, args.padding[1])(at::constant_pad_nd(x, {0, 0, pad, pad}, 0));
-}
-
 BandConvolution::BandConvolution(const at::Tensor& w, const ConvPoolArgs& args,
                                  c10::IntArrayRef band_shape)
     : weight_(w), args_(args), padding_{0, args.padding[1]} {
-  if (WinogradConvolution::applies(w, args)) {
-    winograd_.emplace(w, args.padding[1]);
-    return;
-  }
   if (w.scalar_type() != at::kFloat || !at::globalContext().userEnabledMkldnn() ||
       !pointwise_convolution().has_value()) {
     return;
@@ -61,7 +51,6 @@ BandConvolution::BandConvolution(const at::Tensor& w, const ConvPoolArgs& args,
 }
 
 at::Tensor BandConvolution::operator()(const at::Tensor& input) const {
-  if (winograd_.has_value()) return (*winograd_)(input);
   if (!packed()) return conv_rows(input, weight_, args_, 0);
   return pointwise_convolution()
       ->call(input.contiguous(at::MemoryFormat::ChannelsLast), packed_weight_, std::nullopt,

@@ -4,19 +4,17 @@
 // the weight is reordered into oneDNN's blocked layout once per call and every band runs
 // mkldnn::_convolution_pointwise on that packed copy; at::conv2d would reorder it again for each
 // band (measured 0.1 ms of a 1.3 ms GoogLeNet conv1 at batch 1 with two bands). Other dtypes, and
-// builds without oneDNN, convolve each band with at::conv2d. Float32 3x3 stride-1 layers take the
-// Winograd F(2x2, 3x3) algorithm instead (winograd_convolution.h: 2.25x fewer multiply-adds).
+// builds without oneDNN, convolve each band with at::conv2d. (Layers that
+// DirectBandConvolution or WinogradConvolution take never come here.)
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
-#include <optional>
 #include <vector>
 
 #include "ops/conv_pool/conv_pool.h"
-#include "ops/conv_pool/cpu/winograd_convolution.h"
 
 namespace deeprebirth::ops {
 
@@ -25,10 +23,6 @@ namespace deeprebirth::ops {
 // the whole-batch convolution of the CPU kernel.
 at::Tensor conv_rows(const at::Tensor& x, const at::Tensor& w, const ConvPoolArgs& args,
                      int64_t padding_h);
-
-// conv_rows(x, w, args, args.padding[0]) for the whole images x, by the Winograd algorithm where
-// it applies: the convolution of the CPU kernel's whole-batch schedule.
-at::Tensor conv_whole(const at::Tensor& x, const at::Tensor& w, const ConvPoolArgs& args);
 
 class BandConvolution {
  public:
@@ -40,15 +34,14 @@ class BandConvolution {
   // without bias, channels-last contiguous.
   at::Tensor operator()(const at::Tensor& input) const;
 
-  // Whether the bands run on oneDNN's packed weight (false: Winograd or at::conv2d per band).
+  // Whether the bands run on oneDNN's packed weight (false: at::conv2d per band).
   bool packed() const { return packed_weight_.defined(); }
 
  private:
   const at::Tensor& weight_;
   const ConvPoolArgs& args_;
-  std::vector<int64_t> padding_;                 // {0, args.padding[1]}: the rows come padded
-  at::Tensor packed_weight_;                     // undefined unless packed()
-  std::optional<WinogradConvolution> winograd_;  // set where WinogradConvolution::applies
+  std::vector<int64_t> padding_;  // {0, args.padding[1]}: the rows come padded
+  at::Tensor packed_weight_;      // undefined unless packed()
 };
 
 }  // namespace deeprebirth::ops

@@ -1,21 +1,24 @@
-// CPU kernel of deeprebirth::conv_pool: row-band tiled convolution (oneDNN) with a fused
-// bias + ReLU + pooling epilogue.
+// CPU kernel of deeprebirth::conv_pool: row-band tiled convolution with a fused bias + ReLU +
+// pooling epilogue; the full pre-pool tensor never exists.
 //
-// Three schedules:
+// Float32 layers that one of our own convolutions takes run the thread-band schedule:
+// - DirectBandConvolution: at most 4 input channels (GoogLeNet conv1, the ResNet-50 stem);
+// - WinogradConvolution: 3x3 stride-1 layers with C_in >= 8 (GoogLeNet conv2).
+// Each thread convolves its own bands of one image, pools each while it sits in L2, and carries
+// the rows that neighbouring bands share.
+// Everything else convolves with oneDNN (on one weight packed per call, BandConvolution) or
+// at::conv2d, in one of three schedules:
 // - banded: at::parallel_for over (image, band of pooled rows). Each task convolves only the input
-//   rows its band needs (one thread, channels-last), pools the tile while it sits in L2 and frees
-//   it; the full pre-pool tensor never exists. Used when there are at least as many images as
-//   threads and an image's convolution output is larger than one tile (the memory and cache win).
+//   rows its band needs (one thread, channels-last), pools the tile and frees it. Used when there
+//   are at least as many images as threads and an image's convolution output is larger than one
+//   tile (the memory and cache win).
 // - sequential: fewer images than threads (batch 1 on two threads). The bands run one after the
-//   other, each convolved by oneDNN on all threads, then pooled by all threads: at batch 1 this
-//   measured 1.04-1.25x of the unfused sequence on GoogLeNet conv1 and the ResNet-50 stem, against
-//   0.94-1.12x for one thread per band.
+//   other, each convolved by oneDNN on all threads, then pooled by all threads (oneDNN on one
+//   thread per band measured slower at batch 1).
 // - whole: one multi-threaded convolution over the batch, then the same epilogue in parallel. Used
 //   for small problems, where per-band convolution calls would cost more than they save.
-// All convolve in channels-last (the fast layout for the epilogue and for oneDNN here), every band
-// of a call on one packed weight (BandConvolution), and write the output in
-// conv_pool_memory_format(x). Float32 3x3 stride-1 layers (GoogLeNet conv2) convolve by the
-// Winograd F(2x2, 3x3) algorithm in every schedule (winograd_convolution.h).
+// All convolve into channels-last tiles (the fast layout for the epilogue and for oneDNN here) and
+// write the output in conv_pool_memory_format(x).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -31,6 +34,7 @@
 #include "ops/conv_pool/cpu/band_convolution.h"
 #include "ops/conv_pool/cpu/bias_relu_pool.h"
 #include "ops/conv_pool/cpu/direct_band_convolution.h"
+#include "ops/conv_pool/cpu/winograd_convolution.h"
 
 namespace deeprebirth::ops {
 namespace {
@@ -96,21 +100,23 @@ void conv_pool_sequential(const at::Tensor& x, const at::Tensor& w, const at::Te
   }
 }
 
-// Convolution-output bytes of one band of the direct schedule: the tile stays in a 512 KiB L2
-// beside the input rows and weights while it is pooled.
-constexpr int64_t kDirectTileBytes = 256 * 1024;
+// Convolution-output bytes of one band of the thread-band schedule: the tile stays in a 512 KiB
+// L2 beside the input rows and weights while it is pooled.
+constexpr int64_t kThreadBandTileBytes = 256 * 1024;
 
-// Layers with few input channels (DirectBandConvolution), any batch. Each image is split into
-// segments of pooled rows, enough for every thread to take two at batch 1; a thread takes
-// (image, segment) tasks from a shared counter and walks its segment in bands, keeping the
-// convolution rows two neighbouring bands share (pooling windows overlap) instead of computing
-// them again, so only the segment boundaries repeat work. One band tile per thread.
-void conv_pool_direct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                      const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
-  const DirectBandConvolution convolve(w, args, g.conv_w);
+// The schedule of our own convolutions (DirectBandConvolution, WinogradConvolution: rows of one
+// image into a buffer, on the calling thread), any batch. Each image is split into segments of
+// pooled rows, enough for every thread to take two at batch 1; a thread takes (image, segment)
+// tasks from a shared counter and walks its segment in bands, keeping the convolution rows two
+// neighbouring bands share (pooling windows overlap) instead of computing them again, so only the
+// segment boundaries repeat work. One band tile and one scratch buffer per thread.
+template <typename Convolution>
+void conv_pool_thread_bands(const Convolution& convolve, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& bias, const ConvPoolGeometry& g,
+                            const ConvPoolArgs& args, const at::Tensor& out) {
   const int64_t batch = x.size(0), channels = w.size(0), row_size = g.conv_w * channels;
   const int64_t band_rows =
-      pooled_rows_per_band(g, args, channels, x.element_size(), kDirectTileBytes);
+      pooled_rows_per_band(g, args, channels, x.element_size(), kThreadBandTileBytes);
   const int64_t tile_rows =
       std::min(g.conv_h, (band_rows - 1) * args.pool_stride[0] + args.pool_kernel[0]);
   const int64_t threads = at::get_num_threads();
@@ -150,7 +156,7 @@ void conv_pool_direct(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 
 void conv_pool_whole(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                      const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
-  const at::Tensor conv = conv_whole(x, w, args);
+  const at::Tensor conv = conv_rows(x, w, args, args.padding[0]);
   const int64_t rows_per_task = std::max<int64_t>(1, (g.out_h + 3) / 4);
   const int64_t tasks_per_image = (g.out_h + rows_per_task - 1) / rows_per_task;
   at::parallel_for(0, x.size(0) * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
@@ -184,7 +190,9 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const int64_t threads = at::get_num_threads();
   const bool bandable = image_bytes >= kMinBandedImageBytes;
   if (DirectBandConvolution::applies(w, args)) {
-    conv_pool_direct(x, w, bias, g, args, out);
+    conv_pool_thread_bands(DirectBandConvolution(w, args, g.conv_w), x, w, bias, g, args, out);
+  } else if (WinogradConvolution::applies(w, args)) {
+    conv_pool_thread_bands(WinogradConvolution(w, args, g.conv_w), x, w, bias, g, args, out);
   } else if (bandable && batch < threads) {  // equal bands, one at a time
     const int64_t bands = (image_bytes + kSequentialTileBytes - 1) / kSequentialTileBytes;
     conv_pool_sequential(x, w, bias, g, args, (g.out_h + bands - 1) / bands, out);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "ops/conv_pool/cpu/padded_rows.h"
 #include "ops/direct_conv/cpu/direct_conv_tile.h"
 #include "ops/direct_conv/direct_conv.h"
 
@@ -99,30 +100,6 @@ BandFunction band_function() {
   return function;
 }
 
-// Copies the padded input rows [first, first + rows) of `image` (C, H, W; padded row r is image
-// row r - padding_h, zero outside) with padding_w zero columns on each side to dst,
-// (C, rows, W + 2 * padding_w) contiguous.
-void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int64_t padding_h,
-                      int64_t padding_w, float* dst) {
-  const float* src = image.const_data_ptr<float>();
-  const int64_t channels = image.size(0), height = image.size(1), width = image.size(2);
-  const int64_t sc = image.stride(0), sh = image.stride(1), sw = image.stride(2);
-  const int64_t padded_w = width + 2 * padding_w;
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t r = 0; r < rows; ++r, dst += padded_w) {
-      const int64_t y = first + r - padding_h;
-      if (y < 0 || y >= height) {
-        std::fill_n(dst, padded_w, 0.0f);
-        continue;
-      }
-      const float* line = src + c * sc + y * sh;
-      std::fill_n(dst, padding_w, 0.0f);
-      for (int64_t q = 0; q < width; ++q) dst[padding_w + q] = line[q * sw];
-      std::fill_n(dst + padding_w + width, padding_w, 0.0f);
-    }
-  }
-}
-
 }  // namespace
 
 bool DirectBandConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args) {
@@ -149,7 +126,8 @@ void DirectBandConvolution::operator()(const at::Tensor& image, int64_t row0, in
   const int64_t in_h = (row1 - row0 - 1) * stride_h_ + kernel_h_;
   const int64_t in_w = image.size(2) + 2 * padding_w_;
   scratch.resize(in_channels_ * in_h * in_w);
-  copy_padded_rows(image, row0 * stride_h_, in_h, padding_h_, padding_w_, scratch.data());
+  copy_padded_rows(image, row0 * stride_h_, in_h, padding_h_, padding_w_, in_w, scratch.data(),
+                   {in_h * in_w, in_w, 1});
   BandRows band{};
   band.in_h = in_h;
   band.in_w = in_w;

@@ -5,7 +5,7 @@
 //   V             (16, tiles, C_in)   transformed patches of one chunk
 //   U             (16, C_in, C_out)   transformed weight
 //   M = V U       (16, tiles, C_out)  per element of the 4x4 transform
-//   output        (N, rows, cols, C_out)
+//   output rows   (rows, cols, C_out)
 #include "ops/conv_pool/cpu/winograd_convolution.h"
 
 #include <ATen/ATen.h>
@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+
+#include "ops/conv_pool/cpu/padded_rows.h"
 
 namespace deeprebirth::ops {
 namespace {
@@ -138,29 +140,6 @@ void transform_back(const float* __restrict m, int64_t m_step, int64_t channels,
   });
 }
 
-// Rows [row0, row1) of image n of `source` (channels-last contiguous), (row1 - row0, padded_w,
-// C_in): `padding_w` zero columns on the left, zeros right of the image and below its last row.
-// Each value is written once: the image's rows copied, only the border zeroed.
-at::Tensor padded_rows(const at::Tensor& source, int64_t n, int64_t row0, int64_t row1,
-                       int64_t padded_w, int64_t padding_w) {
-  const int64_t channels = source.size(1), height = source.size(2), width = source.size(3);
-  at::Tensor rows = at::empty({row1 - row0, padded_w, channels}, source.options());
-  const float* src = source.const_data_ptr<float>() + n * height * width * channels;
-  float* dst = rows.mutable_data_ptr<float>();
-  const int64_t left = padding_w * channels, image = width * channels;
-  const int64_t right = (padded_w - padding_w - width) * channels;
-  for (int64_t r = row0; r < row1; ++r, dst += padded_w * channels) {
-    if (r >= height) {
-      std::fill_n(dst, padded_w * channels, 0.0f);
-      continue;
-    }
-    std::fill_n(dst, left, 0.0f);
-    std::memcpy(dst + left, src + r * image, image * sizeof(float));
-    std::fill_n(dst + left + image, right, 0.0f);
-  }
-  return rows;
-}
-
 }  // namespace
 
 bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args) {
@@ -169,56 +148,52 @@ bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args)
          args.dilation[1] == 1 && args.groups == 1 && w.size(1) >= 8 && w.size(0) >= 16;
 }
 
-WinogradConvolution::WinogradConvolution(const at::Tensor& w, int64_t padding_w)
-    : transformed_weight_(transform_weight(w)), padding_w_(padding_w) {}
+WinogradConvolution::WinogradConvolution(const at::Tensor& w, const ConvPoolArgs& args,
+                                         int64_t conv_w)
+    : transformed_weight_(transform_weight(w)),
+      padding_h_(args.padding[0]),
+      padding_w_(args.padding[1]),
+      conv_w_(conv_w) {}
 
-at::Tensor WinogradConvolution::operator()(const at::Tensor& input) const {
-  const int64_t batch = input.size(0), in_channels = input.size(1), height = input.size(2);
+void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int64_t row1,
+                                     float* out, std::vector<float>& scratch) const {
+  const int64_t in_channels = transformed_weight_.size(1);
   const int64_t out_channels = transformed_weight_.size(2);
-  const int64_t rows = height - 2, cols = input.size(3) + 2 * padding_w_ - 2;
+  const int64_t rows = row1 - row0, cols = conv_w_;
   const int64_t tile_rows = (rows + 1) / 2, tile_cols = (cols + 1) / 2;
   const int64_t padded_w = 2 * tile_cols + 2;
-  at::Tensor out = at::empty({batch, out_channels, rows, cols},
-                             input.options().memory_format(at::MemoryFormat::ChannelsLast));
-
-  // Chunks of whole patch rows of one image, about kChunkBytes of products each; at batch sizes
-  // under the thread count, as many per image as make every thread's share equal.
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t image_product_bytes = tile_rows * tile_cols * 16 * out_channels * 4;
-  const int64_t per_image_share = (threads + batch - 1) / batch;
-  int64_t chunks_per_image = (image_product_bytes + kChunkBytes - 1) / kChunkBytes;
-  chunks_per_image = (chunks_per_image + per_image_share - 1) / per_image_share * per_image_share;
-  chunks_per_image = std::clamp<int64_t>(chunks_per_image, 1, tile_rows);
-  float* dst = out.mutable_data_ptr<float>();
   const int64_t in_row = padded_w * in_channels, out_row = cols * out_channels;
-  const at::Tensor source = input.contiguous(at::MemoryFormat::ChannelsLast);
-  at::parallel_for(0, batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t n = chunk / chunks_per_image, part = chunk % chunks_per_image;
-      const int64_t first = part * tile_rows / chunks_per_image;  // patch rows [first, last)
-      const int64_t last = (part + 1) * tile_rows / chunks_per_image;
-      const int64_t tiles = (last - first) * tile_cols;
-      const at::Tensor patch_rows =
-          padded_rows(source, n, 2 * first, 2 * last + 2, padded_w, padding_w_);
-      const float* in = patch_rows.const_data_ptr<float>();
-      at::Tensor v = at::empty({16, tiles, in_channels}, input.options());
-      float* v_data = v.mutable_data_ptr<float>();
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t ty = t / tile_cols, tx = t % tile_cols;
-        transform_patch(in + 2 * ty * in_row + 2 * tx * in_channels, in_channels, in_row,
-                        in_channels, v_data + t * in_channels, tiles * in_channels);
-      }
-      const at::Tensor m = at::bmm(v, transformed_weight_);
-      const float* m_data = m.const_data_ptr<float>();
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t y = 2 * (first + t / tile_cols), x = 2 * (t % tile_cols);
-        transform_back(m_data + t * out_channels, tiles * out_channels, out_channels,
-                       std::min<int64_t>(2, rows - y), std::min<int64_t>(2, cols - x),
-                       dst + (n * rows + y) * out_row + x * out_channels, out_channels, out_row);
-      }
+  // chunks of whole patch rows, about kChunkBytes of products each
+  const int64_t row_product_bytes = tile_cols * 16 * out_channels * 4;
+  const int64_t chunk_rows =
+      std::clamp<int64_t>(kChunkBytes / row_product_bytes, 1, std::max<int64_t>(tile_rows, 1));
+  const int64_t chunk_tiles = chunk_rows * tile_cols;
+  // scratch: the chunk's padded input rows, V (16, tiles, C_in) and M (16, tiles, C_out)
+  const int64_t input_size = (2 * chunk_rows + 2) * in_row;
+  scratch.resize(input_size + 16 * chunk_tiles * (in_channels + out_channels));
+  float* input = scratch.data();
+  float* v_data = input + input_size;
+  float* m_data = v_data + 16 * chunk_tiles * in_channels;
+  const at::TensorOptions options = transformed_weight_.options();
+  for (int64_t first = 0; first < tile_rows; first += chunk_rows) {  // patch rows [first, last)
+    const int64_t last = std::min(tile_rows, first + chunk_rows);
+    const int64_t tiles = (last - first) * tile_cols;
+    copy_padded_rows(image, row0 + 2 * first, 2 * (last - first) + 2, padding_h_, padding_w_,
+                     padded_w, input, {1, in_row, in_channels});
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t ty = t / tile_cols, tx = t % tile_cols;
+      transform_patch(input + 2 * ty * in_row + 2 * tx * in_channels, in_channels, in_row,
+                      in_channels, v_data + t * in_channels, tiles * in_channels);
     }
-  });
-  return out;
+    at::Tensor m = at::from_blob(m_data, {16, tiles, out_channels}, options);
+    at::bmm_out(m, at::from_blob(v_data, {16, tiles, in_channels}, options), transformed_weight_);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t y = 2 * (first + t / tile_cols), x = 2 * (t % tile_cols);
+      transform_back(m_data + t * out_channels, tiles * out_channels, out_channels,
+                     std::min<int64_t>(2, rows - y), std::min<int64_t>(2, cols - x),
+                     out + y * out_row + x * out_channels, out_channels, out_row);
+    }
+  }
 }
 
 }  // namespace deeprebirth::ops

@@ -9,12 +9,13 @@
 // bmm), and transformed back (Y = A^T M A, additions only). 2.25x fewer multiply-adds than a direct
 // convolution; float32 results agree with at::conv2d to about 1e-6 of the output's magnitude
 // (only additions and multiplications by 1/2 are added). Chunks of patch rows keep the 16 products
-// under 384 KiB each; chunks run in parallel under at::parallel_for.
+// under 384 KiB each, one chunk after another on the calling thread.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "ops/conv_pool/conv_pool.h"
 
@@ -29,16 +30,19 @@ class WinogradConvolution {
   // loaded.
   static bool applies(const at::Tensor& w, const ConvPoolArgs& args);
 
-  // Transforms the weight w (C_out, C_in, 3, 3; any layout). `padding_w`: the horizontal padding.
-  WinogradConvolution(const at::Tensor& w, int64_t padding_w);
+  // Transforms the weight w (C_out, C_in, 3, 3; any layout; in parallel) for convolutions with
+  // the padding of `args` whose output is `conv_w` columns wide.
+  WinogradConvolution(const at::Tensor& w, const ConvPoolArgs& args, int64_t conv_w);
 
-  // The convolution (no bias) of `input` (N, C_in, rows, W; vertical padding already added, any
-  // layout): (N, C_out, rows - 2, W + 2 * padding_w - 2), channels-last contiguous.
-  at::Tensor operator()(const at::Tensor& input) const;
+  // Writes the convolution rows [row0, row1) of `image` (C_in, H, W; float32, any strides),
+  // without bias, to `out` as (row1 - row0, conv_w, C_out) contiguous. `scratch` holds one chunk's
+  // input rows and transforms (one buffer per thread; grown as needed).
+  void operator()(const at::Tensor& image, int64_t row0, int64_t row1, float* out,
+                  std::vector<float>& scratch) const;
 
  private:
   at::Tensor transformed_weight_;  // U: (16, C_in, C_out), element (i, j) of the 4x4 at 4 * i + j
-  int64_t padding_w_;
+  int64_t padding_h_, padding_w_, conv_w_;
 };
 
 }  // namespace deeprebirth::ops

@@ -1,0 +1,47 @@
+// Zero-bordered row copies (see padded_rows.h).
+#include "ops/conv_pool/cpu/padded_rows.h"
+
+#include <algorithm>
+
+namespace deeprebirth::ops {
+
+void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int64_t padding_h,
+                      int64_t padding_w, int64_t padded_w, float* dst, const RowsLayout& layout) {
+  const float* src = image.const_data_ptr<float>();
+  const int64_t channels = image.size(0), height = image.size(1), width = image.size(2);
+  const int64_t sc = image.stride(0), sh = image.stride(1), sw = image.stride(2);
+  // the image's columns [0, q1) land in padded columns [padding_w, q1 + padding_w)
+  const int64_t q1 = std::min(width, padded_w - padding_w);
+  const RowsLayout& to = layout;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t y = first + r - padding_h;
+    const bool inside = 0 <= y && y < height && q1 > 0;
+    const float* line = inside ? src + y * sh : nullptr;
+    if (to.channel_step == 1) {  // pixels of C contiguous channels (column_step == C)
+      float* row = dst + r * to.row_step;
+      const int64_t begin = inside ? padding_w : padded_w;
+      const int64_t end = inside ? q1 + padding_w : padded_w;
+      std::fill_n(row, begin * to.column_step, 0.0f);
+      for (int64_t q = begin; q < end; ++q) {
+        float* pixel = row + q * to.column_step;
+        const float* from = line + (q - padding_w) * sw;
+        for (int64_t c = 0; c < channels; ++c) pixel[c] = from[c * sc];
+      }
+      std::fill(row + end * to.column_step, row + padded_w * to.column_step, 0.0f);
+      continue;
+    }
+    for (int64_t c = 0; c < channels; ++c) {  // planes: one row of one channel at a time
+      float* row = dst + c * to.channel_step + r * to.row_step;
+      if (!inside) {
+        for (int64_t q = 0; q < padded_w; ++q) row[q * to.column_step] = 0.0f;
+        continue;
+      }
+      const float* from = line + c * sc;
+      for (int64_t q = 0; q < padding_w; ++q) row[q * to.column_step] = 0.0f;
+      for (int64_t q = 0; q < q1; ++q) row[(q + padding_w) * to.column_step] = from[q * sw];
+      for (int64_t q = q1 + padding_w; q < padded_w; ++q) row[q * to.column_step] = 0.0f;
+    }
+  }
+}
+
+}  // namespace deeprebirth::ops
