@@ -5,10 +5,10 @@ latency of each variant from interleaved runs in one process (median [min, max] 
 unfused/fused ratio per layout (contiguous, channels_last) and against the unfused sequence in its
 best layout, the bound (best unfused / the convolution alone, timed in the same run: what making
 ReLU and pooling free would gain; only at large batches, where writing the pre-pool tensor costs
-the convolution itself, can fusion gain more; but the fused op has convolutions of its own:
-GoogLeNet conv2, a 3x3 stride-1 layer, convolves by the Winograd algorithm, with 2.25x fewer
-multiply-adds, and conv1 and the stem by a direct kernel faster than oneDNN on three input
-channels, so they can pass the bound at any batch), and the peak extra resident memory of each (VmHWM, see
+the convolution itself, can fusion gain more; GoogLeNet conv2, a 3x3 stride-1 layer, convolves
+by the Winograd algorithm inside the fused op, with 2.25x fewer multiply-adds, so it can pass the
+bound at any batch; conv1 and the stem convolve with the library's direct kernel, about as fast as
+oneDNN's on two threads), and the peak extra resident memory of each (VmHWM, see
 deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
 
     python scripts/bench_conv_pool.py            # full grid
@@ -153,9 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio = unfused / fused median in the same layout; vs best = best-layout unfused / fused; "
         "bound = best-layout unfused / best-layout F.conv2d alone (what free ReLU + pooling "
         "would gain with the same convolution arithmetic; googlenet.conv2 is fused with Winograd "
-        "F(2x2, 3x3), 2.25x fewer multiply-adds, conv1 and the stem with a direct kernel faster "
-        "than oneDNN's); memory = peak extra RSS (VmHWM) of one call, "
-        "inputs excluded"
+        "F(2x2, 3x3), 2.25x fewer multiply-adds; conv1 and the stem with the direct kernel); "
+        "memory = peak extra RSS (VmHWM) of one call, inputs excluded"
     )
     print(machine_line())
     return 0
