@@ -25,6 +25,15 @@ TOLERANCE = {
 }
 
 
+def assert_matches_unfused(x, w, b, args) -> None:
+    """The fused op against the unfused ATen sequence at x's dtype tolerance; a failure names the
+    shapes and arguments."""
+    torch.testing.assert_close(
+        conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[x.dtype],
+        msg=lambda m: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
+    )  # fmt: skip
+
+
 def random_case(rng: random.Random, dtype=torch.float32, max_size: int = 64):
     """(x, w, b, args) for one random valid configuration of the issue's grid."""
     while True:
@@ -61,10 +70,7 @@ def test_random_grid_matches_unfused(dtype):
     rng = random.Random(3 if dtype == torch.float32 else 4)
     for _ in range(120 if dtype == torch.float32 else 40):
         x, w, b, args = random_case(rng, dtype)
-        torch.testing.assert_close(
-            conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[dtype],
-            msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
-        )  # fmt: skip
+        assert_matches_unfused(x, w, b, args)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -89,10 +95,7 @@ def test_winograd_layers_match_unfused(threads):
         args = ([1, 1], [pad, pad], [1, 1], 1, rng.choice(["max", "avg"]), [pk, pk],
                 [rng.randint(1, 2)] * 2, [rng.randint(0, pk // 2)] * 2, rng.random() < 0.5,
                 rng.random() < 0.5)  # fmt: skip
-        torch.testing.assert_close(
-            conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[torch.float32],
-            msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
-        )  # fmt: skip
+        assert_matches_unfused(x, w, b, args)
 
 
 def check_direct_layers(seed: int, threads: int, cases: int = 30) -> None:
@@ -128,10 +131,7 @@ def check_direct_layers(seed: int, threads: int, cases: int = 30) -> None:
                 pk, ps = [3, 3], [2, 2]
             args = (stride, padding, [1, 1], 1, rng.choice(["max", "avg"]), pk, ps, pp,
                     rng.random() < 0.5, rng.random() < 0.5)  # fmt: skip
-            torch.testing.assert_close(
-                conv_pool_op(x, w, b, *args), unfused(x, w, b, *args), **TOLERANCE[torch.float32],
-                msg=lambda m, x=x, w=w, args=args: f"x {tuple(x.shape)} w {tuple(w.shape)} {args}: {m}",
-            )  # fmt: skip
+            assert_matches_unfused(x, w, b, args)
     finally:
         torch.set_num_threads(previous)
 

@@ -139,7 +139,7 @@ void conv_pool_thread_bands(const Convolution& convolve, const at::Tensor& x, co
       int64_t held0 = 0, held1 = 0;  // the convolution rows in the tile
       for (int64_t p0 = s0; p0 < s1; p0 += band_rows) {
         const RowBand band = row_band(p0, std::min(s1, p0 + band_rows), g, args, w.size(2));
-        const int64_t kept = band.c0 >= held0 ? std::max<int64_t>(0, held1 - band.c0) : 0;
+        const int64_t kept = std::max<int64_t>(0, held1 - band.c0);  // bands only move down
         if (kept > 0) {
           std::memmove(tile_data, tile_data + (band.c0 - held0) * row_size,
                        kept * row_size * sizeof(float));

@@ -4,10 +4,9 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
+#include "ops/common/env_switch.h"
 #include "ops/conv_pool/cpu/padded_rows.h"
 #include "ops/direct_conv/cpu/direct_conv_tile.h"
 #include "ops/direct_conv/direct_conv.h"
@@ -18,10 +17,7 @@ namespace {
 constexpr int64_t kMaxInChannels = 4;
 
 bool direct_enabled() {
-  static const bool enabled = [] {
-    const char* value = std::getenv("DEEPREBIRTH_CONV_POOL_DIRECT");
-    return value == nullptr || std::strcmp(value, "0") != 0;
-  }();
+  static const bool enabled = env_switch_on("DEEPREBIRTH_CONV_POOL_DIRECT");
   return enabled;
 }
 

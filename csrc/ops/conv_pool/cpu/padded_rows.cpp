@@ -6,13 +6,12 @@
 namespace deeprebirth::ops {
 
 void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int64_t padding_h,
-                      int64_t padding_w, int64_t padded_w, float* dst, const RowsLayout& layout) {
+                      int64_t padding_w, int64_t padded_w, float* dst, const RowsLayout& to) {
   const float* src = image.const_data_ptr<float>();
   const int64_t channels = image.size(0), height = image.size(1), width = image.size(2);
   const int64_t sc = image.stride(0), sh = image.stride(1), sw = image.stride(2);
   // the image's columns [0, q1) land in padded columns [padding_w, q1 + padding_w)
   const int64_t q1 = std::min(width, padded_w - padding_w);
-  const RowsLayout& to = layout;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t y = first + r - padding_h;
     const bool inside = 0 <= y && y < height && q1 > 0;

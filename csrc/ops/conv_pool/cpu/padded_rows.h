@@ -16,9 +16,9 @@ struct RowsLayout {
 };
 
 // Copies the padded rows [first, first + rows) of `image` (C, H, W; float32, any strides), columns
-// [0, padded_w), to dst in `layout`. Padded row r is image row r - padding_h and padded column q
-// image column q - padding_w; everything outside the image is zero.
+// [0, padded_w), to dst laid out as `to`. Padded row r is image row r - padding_h and padded
+// column q image column q - padding_w; everything outside the image is zero.
 void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int64_t padding_h,
-                      int64_t padding_w, int64_t padded_w, float* dst, const RowsLayout& layout);
+                      int64_t padding_w, int64_t padded_w, float* dst, const RowsLayout& to);
 
 }  // namespace deeprebirth::ops

@@ -24,10 +24,9 @@ namespace deeprebirth::ops {
 class WinogradConvolution {
  public:
   // Whether conv_pool's CPU kernel convolves with w (and x of w's dtype) this way: float32, a 3x3
-  // kernel, stride 1,
-  // dilation 1, one group and enough channels (C_in >= 8, C_out >= 16) for the matrix products to
-  // outweigh the transforms; not when DEEPREBIRTH_CONV_POOL_WINOGRAD=0 was set when the library
-  // loaded.
+  // kernel, stride 1, dilation 1, one group and enough channels (C_in >= 8, C_out >= 16) for the
+  // matrix products to outweigh the transforms; not when DEEPREBIRTH_CONV_POOL_WINOGRAD=0 was set
+  // when the library loaded.
   static bool applies(const at::Tensor& w, const ConvPoolArgs& args);
 
   // Transforms the weight w (C_out, C_in, 3, 3; any layout; in parallel) for convolutions with
