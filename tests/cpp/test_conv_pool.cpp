@@ -149,6 +149,19 @@ TEST_CASE("Winograd applies to float32 3x3 stride-1 layers only", "[conv_pool][c
   CHECK_FALSE(WinogradConvolution::applies(at::randn({8, 4, 3, 3}), args(one, one, 1)));
 }
 
+TEST_CASE("Winograd passes hold at most a third of a large transformed weight",
+          "[conv_pool][cpu]") {
+  using deeprebirth::ops::WinogradConvolution;
+  const at::Tensor conv2 = at::randn({192, 64, 3, 3});  // transformed: 16 * 64 * 192 floats
+  const int64_t conv2_output = 192 * 56 * 56 * 4;       // one image's pre-pool tensor
+  CHECK(WinogradConvolution::channels_per_pass(conv2, conv2_output) == 64);
+  CHECK(WinogradConvolution::channels_per_pass(conv2, 32 * conv2_output) == 192);     // batch 32
+  CHECK(WinogradConvolution::channels_per_pass(at::randn({64, 32, 3, 3}), 0) == 64);  // 128 KiB
+  // over 256 KiB: equal groups, whole 16-channel blocks
+  CHECK(WinogradConvolution::channels_per_pass(at::randn({192, 96, 3, 3}), 0) == 48);
+  CHECK(WinogradConvolution::channels_per_pass(at::randn({20, 256, 3, 3}), 0) == 16);
+}
+
 TEST_CASE("Direct band convolution of first layers matches at::conv2d", "[conv_pool][cpu]") {
   using deeprebirth::ops::DirectBandConvolution;
   using deeprebirth::ops::make_conv_pool_args;

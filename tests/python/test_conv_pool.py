@@ -98,6 +98,22 @@ def test_winograd_layers_match_unfused(threads):
         assert_matches_unfused(x, w, b, args)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("in_channels, out_channels", [(64, 200), (48, 100), (96, 192)])
+def test_winograd_passes_over_channel_groups_match_unfused(threads, in_channels, out_channels):
+    """A transformed weight over 256 KiB on a small input runs in passes over groups of output
+    channels (64 at a time, the last group partial: 200 = 3 x 64 + 8, 100 = 64 + 36), each
+    writing its channels of the output, in both layouts and with a channels-last weight."""
+    torch.set_num_threads(threads)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(1, in_channels, 23, 30).contiguous(memory_format=layout)
+        w = torch.randn(out_channels, in_channels, 3, 3) / (9 * in_channels) ** 0.5
+        w = w.contiguous(memory_format=layout)
+        args = ([1, 1], [1, 1], [1, 1], 1, "max", [3, 3], [2, 2], [0, 0], True, True)
+        assert_matches_unfused(x, w, torch.randn(out_channels), args)
+        assert_matches_unfused(x, w, None, args[:4] + ("avg",) + args[5:])
+
+
 def check_direct_layers(seed: int, threads: int, cases: int = 30) -> None:
     """float32 ungrouped, undilated layers with at most 4 input channels (first layers) take the
     direct convolution on the CPU: random kernels, strides, paddings and output channels (not

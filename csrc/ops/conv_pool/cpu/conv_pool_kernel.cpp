@@ -100,23 +100,20 @@ void conv_pool_sequential(const at::Tensor& x, const at::Tensor& w, const at::Te
   }
 }
 
-// Convolution-output bytes of one band of the thread-band schedule: the tile stays in a 512 KiB
-// L2 beside the input rows and weights while it is pooled.
-constexpr int64_t kThreadBandTileBytes = 256 * 1024;
-
 // The schedule of our own convolutions (DirectBandConvolution, WinogradConvolution: rows of one
 // image into a buffer, on the calling thread), any batch. Each image is split into segments of
 // pooled rows, enough for every thread to take two at batch 1; a thread takes (image, segment)
 // tasks from a shared counter and walks its segment in bands, keeping the convolution rows two
 // neighbouring bands share (pooling windows overlap) instead of computing them again, so only the
-// segment boundaries repeat work. One band tile and one scratch buffer per thread.
+// segment boundaries repeat work. One band tile (at most Convolution::kBandTileBytes, at least the
+// rows of one pooled row) and one scratch buffer per thread.
 template <typename Convolution>
 void conv_pool_thread_bands(const Convolution& convolve, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& bias, const ConvPoolGeometry& g,
                             const ConvPoolArgs& args, const at::Tensor& out) {
   const int64_t batch = x.size(0), channels = w.size(0), row_size = g.conv_w * channels;
   const int64_t band_rows =
-      pooled_rows_per_band(g, args, channels, x.element_size(), kThreadBandTileBytes);
+      pooled_rows_per_band(g, args, channels, x.element_size(), Convolution::kBandTileBytes);
   const int64_t tile_rows =
       std::min(g.conv_h, (band_rows - 1) * args.pool_stride[0] + args.pool_kernel[0]);
   const int64_t threads = at::get_num_threads();
@@ -192,7 +189,15 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   if (DirectBandConvolution::applies(w, args)) {
     conv_pool_thread_bands(DirectBandConvolution(w, args, g.conv_w), x, w, bias, g, args, out);
   } else if (WinogradConvolution::applies(w, args)) {
-    conv_pool_thread_bands(WinogradConvolution(w, args, g.conv_w), x, w, bias, g, args, out);
+    // in passes over groups of output channels, each with its own transformed weight
+    const int64_t group = WinogradConvolution::channels_per_pass(w, batch * image_bytes);
+    for (int64_t c0 = 0; c0 < channels; c0 += group) {
+      const int64_t size = std::min(group, channels - c0);
+      const at::Tensor w_group = w.narrow(0, c0, size);
+      const at::Tensor bias_group = bias.defined() ? bias.narrow(0, c0, size) : bias;
+      conv_pool_thread_bands(WinogradConvolution(w_group, args, g.conv_w), x, w_group, bias_group,
+                             g, args, out.narrow(1, c0, size));
+    }
   } else if (bandable && batch < threads) {  // equal bands, one at a time
     const int64_t bands = (image_bytes + kSequentialTileBytes - 1) / kSequentialTileBytes;
     conv_pool_sequential(x, w, bias, g, args, (g.out_h + bands - 1) / bands, out);

@@ -28,42 +28,58 @@ struct BandRows : TileWindow {
   float* out;  // (rows, out_w, out_channels)
 };
 
-// Pixels [first, end) of one output row of one block, `lanes` of its 16 channels kept, in tiles
-// of P pixels, then of P / 2, ... for the rest.
-template <int Width, int P>
+// Pixels [first, end) of one output row of `Blocks` blocks, `lanes` of the last block's 16
+// channels kept, in tiles of P pixels, then one tile of the rest.
+template <int Width, int P, int Blocks>
 __attribute__((always_inline)) inline void row_in_tiles(const TileWindow& window,
                                                         const float* input, int64_t first,
                                                         int64_t end, float* out,
                                                         int64_t pixel_stride, int64_t lanes) {
-  static constexpr float kNoBias[kDirectConvBlock] = {};
+  static constexpr float kNoBias[Blocks * kDirectConvBlock] = {};
+  constexpr int64_t kChannels = Blocks * kDirectConvBlock;
   const int64_t stride = window.stride_w;
   int64_t x = first;
   for (; x + P <= end; x += P) {
     if (lanes == kDirectConvBlock) {
-      tile<Width, 1, P>(window, kNoBias, input + x * stride, out + x * pixel_stride, pixel_stride);
+      tile<Width, 1, P, Blocks>(window, kNoBias, input + x * stride, out + x * pixel_stride,
+                                pixel_stride);
     } else {  // the last block of a C_out that is not a multiple of 16
-      float part[P * kDirectConvBlock];
-      tile<Width, 1, P>(window, kNoBias, input + x * stride, part, kDirectConvBlock);
+      float part[P * kChannels];
+      tile<Width, 1, P, Blocks>(window, kNoBias, input + x * stride, part, kChannels);
       for (int q = 0; q < P; ++q)
-        std::copy_n(part + q * kDirectConvBlock, lanes, out + (x + q) * pixel_stride);
+        std::copy_n(part + q * kChannels, kChannels - kDirectConvBlock + lanes,
+                    out + (x + q) * pixel_stride);
     }
   }
-  if constexpr (P > 1) row_in_tiles<Width, P / 2>(window, input, x, end, out, pixel_stride, lanes);
+  if constexpr (P > 1) {
+    row_in_tiles<Width, P - 1, Blocks>(window, input, x, end, out, pixel_stride, lanes);
+  }
 }
 
-template <int Width, int P>
+// The band in tiles of P pixels by `Blocks` blocks while whole groups of blocks remain, then of
+// SingleP pixels by one block.
+template <int Width, int P, int Blocks, int SingleP>
 __attribute__((always_inline)) inline void band_in_tiles(const BandRows& t) {
   const int64_t block_weights = t.in_channels * t.kernel_h * t.kernel_w * kDirectConvBlock;
   const int64_t row_elements = t.out_w * t.out_channels;
   TileWindow window = t;
+  window.block_step = block_weights;
   for (int64_t r = 0; r < t.rows; ++r) {
     const float* input = t.input + r * t.stride_h * t.in_w;
-    for (int64_t b = 0; b < t.blocks; ++b) {
+    float* out = t.out + r * row_elements;
+    int64_t b = 0;
+    for (; b + Blocks <= t.blocks; b += Blocks) {
+      window.weight = t.weight + b * block_weights;
+      const int64_t lanes =
+          std::min(kDirectConvBlock, t.out_channels - (b + Blocks - 1) * kDirectConvBlock);
+      row_in_tiles<Width, P, Blocks>(window, input, 0, t.out_w, out + b * kDirectConvBlock,
+                                     t.out_channels, lanes);
+    }
+    for (; b < t.blocks; ++b) {
       window.weight = t.weight + b * block_weights;
       const int64_t lanes = std::min(kDirectConvBlock, t.out_channels - b * kDirectConvBlock);
-      row_in_tiles<Width, P>(window, input, 0, t.out_w,
-                             t.out + r * row_elements + b * kDirectConvBlock, t.out_channels,
-                             lanes);
+      row_in_tiles<Width, SingleP, 1>(window, input, 0, t.out_w, out + b * kDirectConvBlock,
+                                      t.out_channels, lanes);
     }
   }
 }
@@ -71,12 +87,18 @@ __attribute__((always_inline)) inline void band_in_tiles(const BandRows& t) {
 using BandFunction = void (*)(const BandRows&);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// Twelve accumulators each (with the weight vectors, within the 32 AVX-512 / 16 AVX2 registers),
-// except SSE2 (8 of 16 registers: its 4 weight vectors leave no room for 12). On this Zen 3 the
-// AVX2 tile of 6 pixels ran GoogLeNet conv1 at 79 GFLOP/s on one core (4 pixels: 44; oneDNN: 71).
-__attribute__((target("avx512f"))) void band_avx512(const BandRows& t) { band_in_tiles<16, 12>(t); }
-__attribute__((target("avx2,fma"))) void band_avx2(const BandRows& t) { band_in_tiles<8, 6>(t); }
-void band_sse2(const BandRows& t) { band_in_tiles<4, 2>(t); }
+// AVX-512: 6 pixels x 4 blocks (24 accumulators, 4 weight vectors: each input value loaded once
+// for 64 channels), then 12 pixels x 1 block; AVX2: 6 pixels x 1 block (12 accumulators, 2 weight
+// vectors); SSE2 2 pixels (its 4 weight vectors leave no room for 12). GoogLeNet conv1 on one core:
+// Zen 3 AVX2 79 GFLOP/s (4 pixels: 44; oneDNN 71); Zen 5 AVX-512 about 250, as oneDNN (12 pixels x
+// 1 block: 157, 12 x 2: 188).
+__attribute__((target("avx512f"))) void band_avx512(const BandRows& t) {
+  band_in_tiles<16, 6, 4, 12>(t);
+}
+__attribute__((target("avx2,fma"))) void band_avx2(const BandRows& t) {
+  band_in_tiles<8, 6, 1, 6>(t);
+}
+void band_sse2(const BandRows& t) { band_in_tiles<4, 2, 1, 2>(t); }
 
 // The instruction set direct_conv chose (the CPU's widest, or DEEPREBIRTH_DIRECT_CONV_ISA).
 BandFunction pick_band_function() {
@@ -87,7 +109,7 @@ BandFunction pick_band_function() {
 }
 #else
 BandFunction pick_band_function() {
-  return [](const BandRows& t) { band_in_tiles<4, 6>(t); };  // NEON: 32 registers
+  return [](const BandRows& t) { band_in_tiles<4, 6, 1, 6>(t); };  // NEON: 32 registers
 }
 #endif
 

@@ -6,8 +6,9 @@
 // multiply. Here direct_conv's register tiles (direct_conv_tile.h) compute each row of 16-channel
 // blocks straight from zero-bordered copies of the few input rows a band needs, which stay in L1
 // with the block's weights; the tile keeps every multiply-add unit busy (AVX2: 6 pixels x 16
-// channels in 12 accumulators, 79 GFLOP/s on one Zen 3 core, oneDNN 71). The rows are written
-// channels-last, the layout of conv_pool's epilogue.
+// channels in 12 accumulators, 79 GFLOP/s on one Zen 3 core, oneDNN 71; AVX-512: 6 pixels x 64
+// channels in 24, about oneDNN's 250 on one Zen 5 core). The rows are written channels-last, the
+// layout of conv_pool's epilogue.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -21,6 +22,10 @@ namespace deeprebirth::ops {
 
 class DirectBandConvolution {
  public:
+  // Convolution-output bytes of one band of conv_pool's thread-band schedule: the tile stays in a
+  // 512 KiB L2 beside the input rows and weights while it is pooled.
+  static constexpr int64_t kBandTileBytes = 256 * 1024;
+
   // Whether conv_pool's CPU kernel convolves with w (and x of w's dtype) this way: float32, one
   // group, dilation 1 and at most 4 input channels (grey, RGB or RGBA images); not when
   // DEEPREBIRTH_CONV_POOL_DIRECT=0 was set when the library loaded.

@@ -2,10 +2,13 @@
 //
 // Layouts (all channels innermost, so every transform loop runs over contiguous channels):
 //   chunk input   (2 * patch rows + 2, 2 * tile_cols + 2, C_in): zero border and tail
-//   V             (16, tiles, C_in)   transformed patches of one chunk
-//   U             (16, C_in, C_out)   transformed weight
-//   M = V U       (16, tiles, C_out)  per element of the 4x4 transform
+//   V             (16, tiles, C_in)             transformed patches of one chunk
+//   U             (16, blocks, C_in, 16)        transformed weight, 16 output channels a block
+//   M = V U       (16, P, Blocks * 16)          one register tile's products, on the stack
 //   output rows   (rows, cols, C_out)
+// The products run in direct_conv's register tiles (a 1x1 convolution of V's patches by U's
+// blocks, one per element of the 4x4 transform), and each tile's 16 products go back to output
+// pixels while they are in L1: M never reaches memory.
 #include "ops/conv_pool/cpu/winograd_convolution.h"
 
 #include <ATen/ATen.h>
@@ -13,19 +16,20 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "ops/common/env_switch.h"
 #include "ops/conv_pool/cpu/padded_rows.h"
+#include "ops/direct_conv/cpu/direct_conv_tile.h"
+#include "ops/direct_conv/direct_conv.h"
 
 namespace deeprebirth::ops {
 namespace {
 
-// Bytes of one chunk's products M (with V, a third of that, they are the chunk's working memory,
-// one per thread); a chunk is at least one patch row. Measured when chunks ran under the old
-// sequential schedule (GoogLeNet conv2, batch 1): 1 MiB 1.35x faster than the unfused sequence
-// with 98% of its peak memory, 384 KiB 1.29x with 79%. On the thread-band schedule a conv2 chunk
-// is one patch row (344 KB) at any bound under 688 KB.
-constexpr int64_t kChunkBytes = 384 * 1024;
+// Bytes of one chunk's transformed patches V (one per thread, read once per group of output
+// channel blocks, so it stays in L2): a chunk is a run of patches of one patch row, or whole patch
+// rows when a row is shorter. GoogLeNet conv2: half a patch row, 14 patches.
+constexpr int64_t kChunkBytes = 64 * 1024;
 
 bool winograd_enabled() {
   static const bool enabled = env_switch_on("DEEPREBIRTH_CONV_POOL_WINOGRAD");
@@ -37,58 +41,74 @@ bool winograd_enabled() {
 typedef float Lanes4 __attribute__((vector_size(16), aligned(4)));
 
 template <typename T>
-inline T load(const float* p) {
+__attribute__((always_inline)) inline T load(const float* p) {
   T value;
   std::memcpy(&value, p, sizeof(T));
   return value;
 }
 
 template <typename T>
-inline void store(float* p, T value) {
+__attribute__((always_inline)) inline void store(float* p, T value) {
   std::memcpy(p, &value, sizeof(T));
 }
 
-// Calls body.template operator()<T>(c) for every channel c of `channels`: four at a time
-// (T = Lanes4), then one at a time (T = float).
-template <typename Body>
-inline void over_channels(int64_t channels, const Body& body) {
+// Calls body.template operator()<T>(c) for every channel c of `channels`: a vector of `Wide` at a
+// time, then four (T = Lanes4), then one (T = float).
+template <typename Wide = Lanes4, typename Body>
+__attribute__((always_inline)) inline void over_channels(int64_t channels, const Body& body) {
+  constexpr int64_t kLanes = sizeof(Wide) / sizeof(float);
   int64_t c = 0;
+  if constexpr (kLanes > 4) {
+    for (; c + kLanes <= channels; c += kLanes) body.template operator()<Wide>(c);
+  }
   for (; c + 4 <= channels; c += 4) body.template operator()<Lanes4>(c);
   for (; c < channels; ++c) body.template operator()<float>(c);
 }
 
 // U = G g G^T for every (input, output) channel pair, G = [[1, 0, 0], [1/2, 1/2, 1/2],
-// [1/2, -1/2, 1/2], [0, 0, 1]]: from g laid out (C_in, 3, 3, C_out), over runs of output
-// channels, in parallel over input channels.
+// [1/2, -1/2, 1/2], [0, 0, 1]], into (16, blocks, C_in, 16) (the lanes past C_out zero), read
+// from w with its strides (no copy of a channels-last weight); in parallel over blocks.
 at::Tensor transform_weight(const at::Tensor& w) {
-  const at::Tensor g = w.detach().permute({1, 2, 3, 0}).contiguous();  // float32: applies()
-  const int64_t in_channels = g.size(0), out_channels = g.size(3);
-  at::Tensor u = at::empty({16, in_channels, out_channels}, g.options());
-  const float* src = g.const_data_ptr<float>();
+  const int64_t out_channels = w.size(0), in_channels = w.size(1);
+  const int64_t blocks = (out_channels + kDirectConvBlock - 1) / kDirectConvBlock;
+  constexpr int64_t L = kDirectConvBlock;
+  at::Tensor u = at::empty({16, blocks, in_channels, L}, w.options());
+  const float* src = w.const_data_ptr<float>();
   float* dst = u.mutable_data_ptr<float>();
-  const int64_t plane = in_channels * out_channels;
-  at::parallel_for(0, in_channels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* k = src + i * 9 * out_channels;  // k[(3 * r + c) * out_channels + o]
-      float* u_i = dst + i * out_channels;          // u_i[(4 * r + c) * plane + o]
-      over_channels(out_channels, [&]<typename T>(int64_t o) {
-        T gk[4][3];  // G g
+  const int64_t so = w.stride(0), si = w.stride(1), sr = w.stride(2), sc = w.stride(3);
+  const int64_t k_step = blocks * in_channels * L;  // from U[k] to U[k + 1]
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t lanes = std::min(L, out_channels - b * L);
+      for (int64_t i = 0; i < in_channels; ++i) {
+        float g[3][3][L] = {};  // the block's kernels, output channel innermost
+        for (int64_t l = 0; l < lanes; ++l) {
+          const float* k = src + (b * L + l) * so + i * si;
+          for (int64_t r = 0; r < 3; ++r) {
+            for (int64_t c = 0; c < 3; ++c) g[r][c][l] = k[r * sr + c * sc];
+          }
+        }
+        float gk[4][3][L];  // G g
         for (int64_t c = 0; c < 3; ++c) {
-          const T k0 = load<T>(k + c * out_channels + o);
-          const T k1 = load<T>(k + (3 + c) * out_channels + o);
-          const T k2 = load<T>(k + (6 + c) * out_channels + o);
-          gk[0][c] = k0;
-          gk[1][c] = 0.5f * (k0 + k1 + k2);
-          gk[2][c] = 0.5f * (k0 - k1 + k2);
-          gk[3][c] = k2;
+          for (int64_t l = 0; l < L; ++l) {
+            const float k0 = g[0][c][l], k1 = g[1][c][l], k2 = g[2][c][l];
+            gk[0][c][l] = k0;
+            gk[1][c][l] = 0.5f * (k0 + k1 + k2);
+            gk[2][c][l] = 0.5f * (k0 - k1 + k2);
+            gk[3][c][l] = k2;
+          }
         }
-        for (int64_t r = 0; r < 4; ++r) {  // (G g) G^T
-          store<T>(u_i + (4 * r + 0) * plane + o, gk[r][0]);
-          store<T>(u_i + (4 * r + 1) * plane + o, 0.5f * (gk[r][0] + gk[r][1] + gk[r][2]));
-          store<T>(u_i + (4 * r + 2) * plane + o, 0.5f * (gk[r][0] - gk[r][1] + gk[r][2]));
-          store<T>(u_i + (4 * r + 3) * plane + o, gk[r][2]);
+        float* u_bi = dst + (b * in_channels + i) * L;  // + (4 * r + c) * k_step
+        for (int64_t r = 0; r < 4; ++r) {               // (G g) G^T
+          for (int64_t l = 0; l < L; ++l) {
+            const float g0 = gk[r][0][l], g1 = gk[r][1][l], g2 = gk[r][2][l];
+            u_bi[(4 * r + 0) * k_step + l] = g0;
+            u_bi[(4 * r + 1) * k_step + l] = 0.5f * (g0 + g1 + g2);
+            u_bi[(4 * r + 2) * k_step + l] = 0.5f * (g0 - g1 + g2);
+            u_bi[(4 * r + 3) * k_step + l] = g2;
+          }
         }
-      });
+      }
     }
   });
   return u;
@@ -121,9 +141,13 @@ void transform_patch(const float* __restrict patch, int64_t pixel_step, int64_t 
 
 // Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], of one tile's products m[k][0 .. channels)
 // (rows `m_step` apart) into the output pixels (0..rows, 0..cols) of the 2x2 block at `out`.
-void transform_back(const float* __restrict m, int64_t m_step, int64_t channels, int64_t rows,
-                    int64_t cols, float* __restrict out, int64_t pixel_step, int64_t row_step) {
-  over_channels(channels, [&]<typename T>(int64_t c) {
+// In vectors of `Wide` (inlined into an instruction set's chunk function).
+template <typename Wide>
+__attribute__((always_inline)) inline void transform_back(const float* __restrict m, int64_t m_step,
+                                                          int64_t channels, int64_t rows,
+                                                          int64_t cols, float* __restrict out,
+                                                          int64_t pixel_step, int64_t row_step) {
+  over_channels<Wide>(channels, [&]<typename T>(int64_t c) {
     T s[2][4];
     for (int64_t j = 0; j < 4; ++j) {  // A^T m
       const T m0 = load<T>(m + j * m_step + c), m1 = load<T>(m + (4 + j) * m_step + c);
@@ -138,6 +162,105 @@ void transform_back(const float* __restrict m, int64_t m_step, int64_t channels,
   });
 }
 
+// One chunk: its transformed patches, the weight, and where each patch's 2x2 outputs go.
+struct WinogradChunk {
+  const float* v;  // (16, tiles, C_in)
+  const float* u;  // (16, blocks, C_in, 16)
+  int64_t tiles, in_channels, out_channels, blocks;
+  float* out;          // the band's output rows, (rows, cols, C_out)
+  int64_t rows, cols;  // of the band
+  int64_t first_row;   // the chunk's first patch row (of the band)
+  int64_t first_col;   // the chunk's first patch column
+  int64_t chunk_cols;  // patches per patch row of the chunk
+};
+
+// Transforms `count` patches' products back, from patch `first` of the chunk: m[k][q][width]
+// (k the element of the 4x4 transform, q the patch), `channels` of them from output channel c0.
+template <int Width>
+__attribute__((always_inline)) inline void write_back(const WinogradChunk& chunk, int64_t first,
+                                                      int64_t count, int64_t c0, int64_t channels,
+                                                      const float* m, int64_t width) {
+  const int64_t out_row = chunk.cols * chunk.out_channels;
+  for (int64_t q = 0; q < count; ++q) {
+    const int64_t t = first + q;
+    const int64_t y = 2 * (chunk.first_row + t / chunk.chunk_cols);
+    const int64_t x = 2 * (chunk.first_col + t % chunk.chunk_cols);
+    transform_back<typename Vector<Width>::type>(
+        m + q * width, count * width, channels, std::min<int64_t>(2, chunk.rows - y),
+        std::min<int64_t>(2, chunk.cols - x), chunk.out + y * out_row + x * chunk.out_channels + c0,
+        chunk.out_channels, out_row);
+  }
+}
+
+// Patches [first, end) of the chunk for `Blocks` blocks from block b (the last with `lanes`
+// channels), in register tiles of P patches, then one tile of the rest: the 16 products of each
+// tile, then back to output pixels.
+template <int Width, int P, int Blocks>
+__attribute__((always_inline)) inline void patches_in_tiles(const WinogradChunk& chunk,
+                                                            int64_t first, int64_t end, int64_t b,
+                                                            int64_t lanes) {
+  static constexpr float kNoBias[Blocks * kDirectConvBlock] = {};
+  constexpr int64_t kWidth = Blocks * kDirectConvBlock;
+  const int64_t in_channels = chunk.in_channels;
+  // V's patches as a 1x1 convolution's pixels: channel c of patch q at c + q * C_in
+  TileWindow window{1, 1, nullptr, in_channels, 1, 1, 1, in_channels, in_channels * 16};
+  int64_t t = first;
+  for (; t + P <= end; t += P) {
+    float m[16 * P * kWidth];
+    for (int64_t k = 0; k < 16; ++k) {
+      window.weight = chunk.u + ((k * chunk.blocks + b) * in_channels) * kDirectConvBlock;
+      tile<Width, 1, P, Blocks>(window, kNoBias, chunk.v + (k * chunk.tiles + t) * in_channels,
+                                m + k * P * kWidth, kWidth);
+    }
+    write_back<Width>(chunk, t, P, b * kDirectConvBlock, kWidth - kDirectConvBlock + lanes, m,
+                      kWidth);
+  }
+  if constexpr (P > 1) patches_in_tiles<Width, P - 1, Blocks>(chunk, t, end, b, lanes);
+}
+
+// The whole chunk: groups of `Blocks` blocks while they last, then one block at a time (P1
+// patches a tile).
+template <int Width, int P, int Blocks, int P1>
+__attribute__((always_inline)) inline void chunk_in_tiles(const WinogradChunk& chunk) {
+  int64_t b = 0;
+  const auto lanes = [&](int64_t last) {
+    return std::min(kDirectConvBlock, chunk.out_channels - last * kDirectConvBlock);
+  };
+  for (; b + Blocks <= chunk.blocks; b += Blocks) {
+    patches_in_tiles<Width, P, Blocks>(chunk, 0, chunk.tiles, b, lanes(b + Blocks - 1));
+  }
+  for (; b < chunk.blocks; ++b) patches_in_tiles<Width, P1, 1>(chunk, 0, chunk.tiles, b, lanes(b));
+}
+
+using ChunkFunction = void (*)(const WinogradChunk&);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The register tiles of DirectBandConvolution (see there): AVX-512 6 patches x 4 blocks.
+__attribute__((target("avx512f"))) void chunk_avx512(const WinogradChunk& c) {
+  chunk_in_tiles<16, 6, 4, 12>(c);
+}
+__attribute__((target("avx2,fma"))) void chunk_avx2(const WinogradChunk& c) {
+  chunk_in_tiles<8, 6, 1, 6>(c);
+}
+void chunk_sse2(const WinogradChunk& c) { chunk_in_tiles<4, 2, 1, 2>(c); }
+
+ChunkFunction pick_chunk_function() {
+  const std::string isa = direct_conv_isa();
+  if (isa == "avx512") return chunk_avx512;
+  if (isa == "avx2") return chunk_avx2;
+  return chunk_sse2;
+}
+#else
+ChunkFunction pick_chunk_function() {
+  return [](const WinogradChunk& c) { chunk_in_tiles<4, 6, 1, 6>(c); };
+}
+#endif
+
+ChunkFunction chunk_function() {
+  static const ChunkFunction function = pick_chunk_function();
+  return function;
+}
+
 }  // namespace
 
 bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args) {
@@ -146,50 +269,71 @@ bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args)
          args.dilation[1] == 1 && args.groups == 1 && w.size(1) >= 8 && w.size(0) >= 16;
 }
 
+int64_t WinogradConvolution::channels_per_pass(const at::Tensor& w, int64_t conv_output_bytes) {
+  const int64_t out_channels = w.size(0), channel_bytes = 16 * w.size(1) * 4;
+  const int64_t budget = std::max(kPassWeightBytes, conv_output_bytes / 8);
+  const int64_t passes = (out_channels * channel_bytes + budget - 1) / budget;
+  if (passes <= 1) return out_channels;
+  // round up to whole 16-channel blocks, to groups of four (the AVX-512 tile) when that is larger
+  const int64_t per_pass = (out_channels + passes - 1) / passes;
+  const int64_t multiple =
+      per_pass > 4 * kDirectConvBlock ? 4 * kDirectConvBlock : kDirectConvBlock;
+  return (per_pass + multiple - 1) / multiple * multiple;
+}
+
 WinogradConvolution::WinogradConvolution(const at::Tensor& w, const ConvPoolArgs& args,
                                          int64_t conv_w)
     : transformed_weight_(transform_weight(w)),
+      in_channels_(w.size(1)),
+      out_channels_(w.size(0)),
       padding_h_(args.padding[0]),
       padding_w_(args.padding[1]),
       conv_w_(conv_w) {}
 
 void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int64_t row1,
                                      float* out, std::vector<float>& scratch) const {
-  const int64_t in_channels = transformed_weight_.size(1);
-  const int64_t out_channels = transformed_weight_.size(2);
+  const int64_t in_channels = in_channels_, out_channels = out_channels_;
   const int64_t rows = row1 - row0, cols = conv_w_;
   const int64_t tile_rows = (rows + 1) / 2, tile_cols = (cols + 1) / 2;
   const int64_t padded_w = 2 * tile_cols + 2;
-  const int64_t in_row = padded_w * in_channels, out_row = cols * out_channels;
-  // chunks of whole patch rows, about kChunkBytes of products each
-  const int64_t row_product_bytes = tile_cols * 16 * out_channels * 4;
-  const int64_t chunk_rows =
-      std::clamp<int64_t>(kChunkBytes / row_product_bytes, 1, std::max<int64_t>(tile_rows, 1));
-  const int64_t chunk_tiles = chunk_rows * tile_cols;
-  // scratch: the chunk's padded input rows, V (16, tiles, C_in) and M (16, tiles, C_out)
+  const int64_t in_row = padded_w * in_channels;
+  // chunks: whole patch rows when a row's V is under kChunkBytes, else equal parts of one row
+  const int64_t max_tiles = std::max<int64_t>(1, kChunkBytes / (16 * in_channels * 4));
+  const int64_t chunk_rows = std::clamp<int64_t>(max_tiles / tile_cols, 1, tile_rows);
+  const int64_t parts = (tile_cols + max_tiles - 1) / max_tiles;  // of a row when chunk_rows is 1
+  const int64_t part_cols = (tile_cols + parts - 1) / parts;
+  // scratch: the chunk's padded input rows, then V (16, tiles, C_in)
   const int64_t input_size = (2 * chunk_rows + 2) * in_row;
-  scratch.resize(input_size + 16 * chunk_tiles * (in_channels + out_channels));
+  const int64_t v_size = 16 * chunk_rows * part_cols * in_channels;
+  scratch.resize(input_size + v_size);
   float* input = scratch.data();
-  float* v_data = input + input_size;
-  float* m_data = v_data + 16 * chunk_tiles * in_channels;
-  const at::TensorOptions options = transformed_weight_.options();
+  WinogradChunk chunk{};
+  chunk.v = input + input_size;
+  chunk.u = transformed_weight_.const_data_ptr<float>();
+  chunk.in_channels = in_channels;
+  chunk.out_channels = out_channels;
+  chunk.blocks = transformed_weight_.size(1);
+  chunk.out = out;
+  chunk.rows = rows;
+  chunk.cols = cols;
+  float* v = input + input_size;
   for (int64_t first = 0; first < tile_rows; first += chunk_rows) {  // patch rows [first, last)
     const int64_t last = std::min(tile_rows, first + chunk_rows);
-    const int64_t tiles = (last - first) * tile_cols;
     copy_padded_rows(image, row0 + 2 * first, 2 * (last - first) + 2, padding_h_, padding_w_,
                      padded_w, input, {1, in_row, in_channels});
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t ty = t / tile_cols, tx = t % tile_cols;
-      transform_patch(input + 2 * ty * in_row + 2 * tx * in_channels, in_channels, in_row,
-                      in_channels, v_data + t * in_channels, tiles * in_channels);
-    }
-    at::Tensor m = at::from_blob(m_data, {16, tiles, out_channels}, options);
-    at::bmm_out(m, at::from_blob(v_data, {16, tiles, in_channels}, options), transformed_weight_);
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t y = 2 * (first + t / tile_cols), x = 2 * (t % tile_cols);
-      transform_back(m_data + t * out_channels, tiles * out_channels, out_channels,
-                     std::min<int64_t>(2, rows - y), std::min<int64_t>(2, cols - x),
-                     out + y * out_row + x * out_channels, out_channels, out_row);
+    for (int64_t col0 = 0; col0 < tile_cols; col0 += part_cols) {  // patch columns [col0, col1)
+      const int64_t col1 = std::min(tile_cols, col0 + part_cols);
+      const int64_t chunk_cols = col1 - col0, tiles = (last - first) * chunk_cols;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t ty = t / chunk_cols, tx = col0 + t % chunk_cols;
+        transform_patch(input + 2 * ty * in_row + 2 * tx * in_channels, in_channels, in_row,
+                        in_channels, v + t * in_channels, tiles * in_channels);
+      }
+      chunk.tiles = tiles;
+      chunk.first_row = first;
+      chunk.first_col = col0;
+      chunk.chunk_cols = chunk_cols;
+      chunk_function()(chunk);
     }
   }
 }

@@ -4,12 +4,16 @@
 // A 3x3, stride-1 convolution computes each 2x2 block of output pixels from a 4x4 patch of input
 // with 16 multiplications per (input, output channel) pair instead of 36: the patch is
 // transformed (V = B^T d B, additions only), multiplied element-wise by the transformed weight
-// (U = G g G^T, once per call) and summed over input channels, which for a group of patches is 16
-// matrix products (one per element of the 4x4 transform: (tiles x C_in) x (C_in x C_out), ATen's
-// bmm), and transformed back (Y = A^T M A, additions only). 2.25x fewer multiply-adds than a direct
-// convolution; float32 results agree with at::conv2d to about 1e-6 of the output's magnitude
-// (only additions and multiplications by 1/2 are added). Chunks of patch rows keep the 16 products
-// under 384 KiB each, one chunk after another on the calling thread.
+// (U = G g G^T, once per call or pass) and summed over input channels, which for a group of
+// patches is 16 matrix products (one per element of the 4x4 transform, (tiles x C_in) x
+// (C_in x C_out)), and transformed back (Y = A^T M A, additions only). 2.25x fewer multiply-adds
+// than a direct convolution; float32 results agree with at::conv2d to about 1e-6 of the output's
+// magnitude (only additions and multiplications by 1/2 are added). The products run in
+// direct_conv's register tiles (AVX-512: 6 patches x 64 channels), each tile's 16 products
+// transformed back while in L1, over chunks of at most 64 KiB of V, one after another on the
+// calling thread. (ATen's bmm over chunks of patch rows, used before, ran GoogLeNet conv2 at
+// batch 1 in 2.25 ms on a 2-core Zen 5, slower than oneDNN's direct 1.49 ms; these tiles: 1.02 ms
+// in one pass, 1.11 in the three passes of channels_per_pass.)
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,11 +27,25 @@ namespace deeprebirth::ops {
 
 class WinogradConvolution {
  public:
+  // Convolution-output bytes of one band of conv_pool's thread-band schedule: smaller than
+  // DirectBandConvolution's, since the transformed weight already takes most of the call's memory
+  // (GoogLeNet conv2: one pooled row, 3 convolution rows, 129 KB).
+  static constexpr int64_t kBandTileBytes = 128 * 1024;
+
   // Whether conv_pool's CPU kernel convolves with w (and x of w's dtype) this way: float32, a 3x3
   // kernel, stride 1, dilation 1, one group and enough channels (C_in >= 8, C_out >= 16) for the
   // matrix products to outweigh the transforms; not when DEEPREBIRTH_CONV_POOL_WINOGRAD=0 was set
   // when the library loaded.
   static bool applies(const at::Tensor& w, const ConvPoolArgs& args);
+
+  // Output channels to convolve per pass over the input (a multiple of 16): all of w's (C_out)
+  // unless their transformed weight (16 C_in C_out floats) exceeds both kPassWeightBytes and an
+  // eighth of the call's convolution output (`conv_output_bytes`), then equal groups of them.
+  // Each pass transforms the input again (a few percent of the convolution) but holds a third or
+  // less of the weight: GoogLeNet conv2 at batch 1, whose 786 KB transformed weight is a third of
+  // the pre-pool tensor the fusion saves, runs three passes of 64 channels.
+  static int64_t channels_per_pass(const at::Tensor& w, int64_t conv_output_bytes);
+  static constexpr int64_t kPassWeightBytes = 256 * 1024;
 
   // Transforms the weight w (C_out, C_in, 3, 3; any layout; in parallel) for convolutions with
   // the padding of `args` whose output is `conv_w` columns wide.
@@ -40,8 +58,8 @@ class WinogradConvolution {
                   std::vector<float>& scratch) const;
 
  private:
-  at::Tensor transformed_weight_;  // U: (16, C_in, C_out), element (i, j) of the 4x4 at 4 * i + j
-  int64_t padding_h_, padding_w_, conv_w_;
+  at::Tensor transformed_weight_;  // U: (16, blocks, C_in, 16), element (i, j) at 4 * i + j
+  int64_t in_channels_, out_channels_, padding_h_, padding_w_, conv_w_;
 };
 
 }  // namespace deeprebirth::ops
