@@ -203,7 +203,8 @@ __attribute__((always_inline)) inline void patches_in_tiles(const WinogradChunk&
   constexpr int64_t kWidth = Blocks * kDirectConvBlock;
   const int64_t in_channels = chunk.in_channels;
   // V's patches as a 1x1 convolution's pixels: channel c of patch q at c + q * C_in
-  TileWindow window{1, 1, nullptr, in_channels, 1, 1, 1, in_channels, in_channels * 16};
+  TileWindow window{
+      1, 1, nullptr, in_channels, 1, 1, 1, in_channels, in_channels * kDirectConvBlock};
   int64_t t = first;
   for (; t + P <= end; t += P) {
     float m[16 * P * kWidth];
@@ -307,8 +308,9 @@ void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int6
   const int64_t v_size = 16 * chunk_rows * part_cols * in_channels;
   scratch.resize(input_size + v_size);
   float* input = scratch.data();
+  float* v = input + input_size;
   WinogradChunk chunk{};
-  chunk.v = input + input_size;
+  chunk.v = v;
   chunk.u = transformed_weight_.const_data_ptr<float>();
   chunk.in_channels = in_channels;
   chunk.out_channels = out_channels;
@@ -316,7 +318,6 @@ void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int6
   chunk.out = out;
   chunk.rows = rows;
   chunk.cols = cols;
-  float* v = input + input_size;
   for (int64_t first = 0; first < tile_rows; first += chunk_rows) {  // patch rows [first, last)
     const int64_t last = std::min(tile_rows, first + chunk_rows);
     copy_padded_rows(image, row0 + 2 * first, 2 * (last - first) + 2, padding_h_, padding_w_,
