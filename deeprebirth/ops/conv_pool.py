@@ -47,7 +47,9 @@ def conv_pool(
         float32 layers with at most 4 input channels (first layers: GoogLeNet conv1, the ResNet
         stem) convolve with the library's own direct kernel, and float32 3x3 stride-1 layers with
         at least 8 input and 16 output channels by the Winograd F(2x2, 3x3) algorithm (2.25x
-        fewer multiply-adds, errors the size of ATen's convolution); setting
+        fewer multiply-adds, errors the size of ATen's convolution; being sums of differences
+        of inputs, it spreads a NaN or infinite input over its 2x2 output block and may give NaN
+        where the direct sum gives an infinity, never a finite value for a non-finite one); setting
         ``DEEPREBIRTH_CONV_POOL_DIRECT=0`` or ``DEEPREBIRTH_CONV_POOL_WINOGRAD=0`` before the
         library loads sends those layers to oneDNN instead.
 

@@ -11,6 +11,7 @@
 
 #include "deeprebirth_ops.h"
 #include "ops/conv_pool/cpu/direct_band_convolution.h"
+#include "ops/conv_pool/cpu/transpose.h"
 #include "ops/conv_pool/cpu/winograd_convolution.h"
 
 namespace {
@@ -209,4 +210,19 @@ TEST_CASE("Direct band convolution applies to float32 first layers only", "[conv
   CHECK_FALSE(DirectBandConvolution::applies(w.to(at::kBFloat16), args(one, 1)));
   CHECK_FALSE(DirectBandConvolution::applies(w, args(two, 1)));
   CHECK_FALSE(DirectBandConvolution::applies(at::randn({64, 1, 7, 7}), args(one, 3)));
+}
+
+TEST_CASE("transpose_floats matches at::Tensor::t over block-size edges", "[conv_pool][cpu]") {
+  // under 16 (element by element), multiples of 16 and overlapping last blocks; row steps wider
+  // than a row on both sides
+  const std::vector<std::pair<int64_t, int64_t>> shapes{
+      {3, 5}, {16, 16}, {17, 40}, {64, 56}, {15, 70}};
+  for (const auto& [rows, cols] : shapes) {
+    const at::Tensor src = at::randn({rows, cols + 3}).narrow(1, 0, cols);
+    at::Tensor dst = at::full({cols, rows + 2}, -1.0);
+    deeprebirth::ops::transpose_floats(src.const_data_ptr<float>(), src.stride(0), rows, cols,
+                                       dst.mutable_data_ptr<float>(), dst.stride(0));
+    CHECK(at::equal(dst.narrow(1, 0, rows), src.t()));
+    CHECK(dst.narrow(1, rows, 2).eq(-1.0).all().item<bool>());  // nothing written past a row
+  }
 }

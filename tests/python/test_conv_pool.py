@@ -73,14 +73,61 @@ def test_random_grid_matches_unfused(dtype):
         assert_matches_unfused(x, w, b, args)
 
 
+# (x shape, w shape, stride, padding): a float32 layer each convolution of the CPU kernel takes.
+LAYER_PER_ALGORITHM = {
+    "direct": ((2, 3, 64, 64), (16, 3, 7, 7), 2, 3),
+    "winograd": ((1, 16, 40, 40), (32, 16, 3, 3), 1, 1),
+    "onednn": ((1, 8, 40, 40), (20, 8, 5, 5), 1, 2),
+}
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("algorithm", list(LAYER_PER_ALGORITHM))
+def test_max_pooling_propagates_nan_and_inf_like_aten(algorithm, layout):
+    """NaN and infinities in the input reach the pooled output as in the unfused sequence (ATen's
+    max_pool2d propagates NaN): the float32 max-pooling epilogue, which takes the plain max, hands
+    window rows holding a NaN to the exact epilogue. Winograd spreads a non-finite input over its
+    2x2 output block and turns inf - inf into NaN (documented in conv_pool): there, every output
+    the reference has non-finite is non-finite and the finite ones match. Some outputs must be NaN
+    and some finite."""
+    xs, ws, stride, padding = LAYER_PER_ALGORITHM[algorithm]
+    torch.manual_seed(5)
+    x = torch.randn(xs)
+    x[0, 0, xs[2] // 2, xs[3] // 3] = float("nan")
+    x[0, -1, xs[2] // 4, -2] = float("inf")
+    x[-1, 0, -3, 1] = -float("inf")
+    x = x.contiguous(memory_format=layout)
+    w = torch.randn(ws) / (ws[1] * ws[2] * ws[3]) ** 0.5
+    b = torch.randn(ws[0])
+    for relu in (True, False):
+        args = ([stride] * 2, [padding] * 2, [1, 1], 1, "max", [3, 3], [2, 2], [0, 0], True, relu)
+        fused, reference = conv_pool_op(x, w, b, *args), unfused(x, w, b, *args)
+        assert reference.isnan().any() and reference.isfinite().any()
+        if algorithm == "winograd":
+            finite = fused.isfinite()
+            assert not (finite & ~reference.isfinite()).any()
+            assert finite.sum() >= 0.9 * reference.isfinite().sum()  # the spread is local
+            torch.testing.assert_close(fused[finite], reference[finite], **TOLERANCE[torch.float32])
+        else:
+            torch.testing.assert_close(fused, reference, equal_nan=True, **TOLERANCE[torch.float32])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_winograd_layers_match_unfused(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_winograd_layers(seed=11 + threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_winograd_layers(seed: int, cases: int = 24) -> None:
     """float32 3x3 stride-1 layers with enough channels take the Winograd F(2x2, 3x3) convolution
     on the CPU: odd and even sizes (partial 2x2 output blocks), every padding, batch 0-3 and images
     large enough for several bands per segment, both layouts."""
-    torch.set_num_threads(threads)
-    rng = random.Random(11 + threads)
-    sizes = [(rng.randint(0, 3), rng.randint(1, 40), rng.randint(1, 40)) for _ in range(24)]
+    rng = random.Random(seed)
+    sizes = [(rng.randint(0, 3), rng.randint(1, 40), rng.randint(1, 40)) for _ in range(cases)]
     sizes += [(1, 97, 61), (3, 75, 66), (2, 120, 31)]  # over 2 MB of convolution output: banded
     for n, h, w_ in sizes:
         cin, cout, pad = rng.randint(8, 40), rng.randint(16, 80), rng.randint(0, 2)

@@ -94,13 +94,14 @@ def test_the_kernel_uses_the_widest_instruction_set_of_the_cpu() -> None:
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "sse2"])
 def test_every_instruction_set_matches_conv2d(isa: str) -> None:
     # Each x86-64 kernel the CPU runs, chosen by DEEPREBIRTH_DIRECT_CONV_ISA in a fresh process
-    # (the choice is made once per process), in direct_conv and in conv_pool's direct
-    # convolution of first layers.
+    # (the choice is made once per process), in direct_conv and in conv_pool's direct and
+    # Winograd convolutions, max-pooling epilogue and transposes.
     code = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
         "import test_direct_conv as t; print(t.direct_conv_isa(), flush=True); "
         "t.check_random_grid(seed=11, threads=2, cases=40); "
-        "import test_conv_pool as c; c.check_direct_layers(seed=11, threads=2)"
+        "import test_conv_pool as c; c.check_direct_layers(seed=11, threads=2); "
+        "torch.set_num_threads(2); c.check_winograd_layers(seed=11, cases=8)"
     )
     env = dict(os.environ, DEEPREBIRTH_DIRECT_CONV_ISA=isa)
     done = subprocess.run(

@@ -13,6 +13,8 @@
 
 #include <vector>
 
+#include "ops/conv_pool/cpu/max_pool_float.h"
+
 namespace deeprebirth::ops {
 namespace {
 
@@ -128,6 +130,10 @@ void bias_relu_pool_rows_cpu(const at::Tensor& tile, int64_t tile_row0, const at
                              const ConvPoolArgs& args, const at::Tensor& out_image) {
   TORCH_INTERNAL_ASSERT(tile.is_contiguous(at::MemoryFormat::ChannelsLast));
   TORCH_INTERNAL_ASSERT(tile_row0 <= band.c0 && band.c1 <= tile_row0 + tile.size(2));
+  if (tile.scalar_type() == at::kFloat && args.pool == PoolKind::Max &&
+      bias_relu_max_pool_float_rows(tile, tile_row0, bias, band, geometry, args, out_image)) {
+    return;
+  }
   if (tile.scalar_type() == at::kFloat) {
     return pool_rows_float(tile, tile_row0, bias, band, geometry, args, out_image);
   }

@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <string>
 
 #include "ops/common/env_switch.h"
 #include "ops/conv_pool/cpu/padded_rows.h"
@@ -100,12 +99,8 @@ __attribute__((target("avx2,fma"))) void band_avx2(const BandRows& t) {
 }
 void band_sse2(const BandRows& t) { band_in_tiles<4, 2, 1, 2>(t); }
 
-// The instruction set direct_conv chose (the CPU's widest, or DEEPREBIRTH_DIRECT_CONV_ISA).
 BandFunction pick_band_function() {
-  const std::string isa = direct_conv_isa();
-  if (isa == "avx512") return band_avx512;
-  if (isa == "avx2") return band_avx2;
-  return band_sse2;
+  return for_direct_conv_isa<BandFunction>(band_avx512, band_avx2, band_sse2);
 }
 #else
 BandFunction pick_band_function() {

@@ -3,7 +3,43 @@
 
 #include <algorithm>
 
+#include "ops/conv_pool/cpu/transpose.h"
+
 namespace deeprebirth::ops {
+namespace {
+
+// plane c of dst gets value c of each of the `pixels` pixels of C channels at `line`.
+template <int C>
+void split_channels(const float* __restrict line, int64_t pixels, float* __restrict dst,
+                    int64_t channel_step) {
+  for (int64_t q = 0; q < pixels; ++q) {
+    for (int c = 0; c < C; ++c) dst[c * channel_step + q] = line[q * C + c];
+  }
+}
+
+// Copies a row of `pixels` interleaved pixels of `channels` into planes `channel_step` apart;
+// false when this has no fast loop for `channels`.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+bool split_pixels(const float* line, int64_t pixels, int64_t channels, float* dst,
+                  int64_t channel_step) {
+  switch (channels) {  // the first layers: grey, RGB, RGBA
+    case 1:
+      split_channels<1>(line, pixels, dst, channel_step);
+      return true;
+    case 3:
+      split_channels<3>(line, pixels, dst, channel_step);
+      return true;
+    case 4:
+      split_channels<4>(line, pixels, dst, channel_step);
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
 
 void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int64_t padding_h,
                       int64_t padding_w, int64_t padded_w, float* dst, const RowsLayout& to) {
@@ -21,12 +57,26 @@ void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int6
       const int64_t begin = inside ? padding_w : padded_w;
       const int64_t end = inside ? q1 + padding_w : padded_w;
       std::fill_n(row, begin * to.column_step, 0.0f);
-      for (int64_t q = begin; q < end; ++q) {
-        float* pixel = row + q * to.column_step;
-        const float* from = line + (q - padding_w) * sw;
-        for (int64_t c = 0; c < channels; ++c) pixel[c] = from[c * sc];
+      if (inside && sw == 1 && to.column_step == channels) {  // planes into pixels
+        transpose_floats(line, sc, channels, end - begin, row + begin * channels, channels);
+      } else {
+        for (int64_t q = begin; q < end; ++q) {
+          float* pixel = row + q * to.column_step;
+          const float* from = line + (q - padding_w) * sw;
+          for (int64_t c = 0; c < channels; ++c) pixel[c] = from[c * sc];
+        }
       }
       std::fill(row + end * to.column_step, row + padded_w * to.column_step, 0.0f);
+      continue;
+    }
+    const bool interleaved = inside && sc == 1 && sw == channels && to.column_step == 1;
+    if (interleaved && split_pixels(line, q1, channels, dst + r * to.row_step + padding_w,
+                                    to.channel_step)) {  // channels-last input into planes
+      for (int64_t c = 0; c < channels; ++c) {
+        float* row = dst + c * to.channel_step + r * to.row_step;
+        std::fill_n(row, padding_w, 0.0f);
+        std::fill(row + q1 + padding_w, row + padded_w, 0.0f);
+      }
       continue;
     }
     for (int64_t c = 0; c < channels; ++c) {  // planes: one row of one channel at a time

@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <string>
 
 #include "ops/common/env_switch.h"
 #include "ops/conv_pool/cpu/padded_rows.h"
@@ -246,10 +245,7 @@ __attribute__((target("avx2,fma"))) void chunk_avx2(const WinogradChunk& c) {
 void chunk_sse2(const WinogradChunk& c) { chunk_in_tiles<4, 2, 1, 2>(c); }
 
 ChunkFunction pick_chunk_function() {
-  const std::string isa = direct_conv_isa();
-  if (isa == "avx512") return chunk_avx512;
-  if (isa == "avx2") return chunk_avx2;
-  return chunk_sse2;
+  return for_direct_conv_isa<ChunkFunction>(chunk_avx512, chunk_avx2, chunk_sse2);
 }
 #else
 ChunkFunction pick_chunk_function() {

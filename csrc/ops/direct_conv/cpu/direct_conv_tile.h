@@ -10,18 +10,10 @@
 
 #include <cstdint>
 
+#include "ops/direct_conv/cpu/cpu_vector.h"
 #include "ops/direct_conv/direct_conv.h"
 
 namespace deeprebirth::ops {
-
-// `Width` float32 lanes in one vector register: 16 (AVX-512), 8 (AVX2), 4 (SSE, NEON). A block of
-// 16 output channels is 16 / Width of them. Unaligned loads and stores (aligned(4)). Each ISA
-// gets its own width: GCC keeps a vector wider than the target's registers in memory, several
-// times slower.
-template <int Width>
-struct Vector {
-  typedef float type __attribute__((vector_size(Width * sizeof(float)), aligned(4)));
-};
 
 // What a tile reads: zero-bordered input planes and one packed block of the weight.
 struct TileWindow {
