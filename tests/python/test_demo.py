@@ -27,6 +27,7 @@ TINY = [
     "data.val_limit=128",
     "schedule.regression_steps=1",
     "schedule.finetune_steps=1",
+    "schedule.final_finetune_steps=2",
     "batch_size=32",
     "workers=0",
 ]
