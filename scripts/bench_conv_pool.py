@@ -8,7 +8,7 @@ ReLU and pooling free would gain; only at large batches, where writing the pre-p
 the convolution itself, can fusion gain more; GoogLeNet conv2, a 3x3 stride-1 layer, convolves
 by the Winograd algorithm inside the fused op, with 2.25x fewer multiply-adds, so it can pass the
 bound at any batch; conv1 and the stem convolve with the library's direct kernel, about as fast as
-oneDNN's on two threads), and the peak extra resident memory of each (VmHWM, see
+oneDNN's on two threads), and the peak extra resident memory of each (VmHWM, lowest of 5 calls, see
 deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
 
     python scripts/bench_conv_pool.py            # full grid
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,9 +105,9 @@ def run(layers: Sequence[Layer], batches: Sequence[int], repeats: int) -> list[d
                 variants[f"fused/{layout_name}"] = fused
                 variants[f"unfused/{layout_name}"] = unfused
                 variants[f"conv/{layout_name}"] = convolution
-            for name, fn in variants.items():  # median of 5: RSS readings jitter by ~1 MiB
+            for name, fn in variants.items():
                 if not name.startswith("conv/"):
-                    memory[name] = statistics.median(peak_extra_memory(fn) for _ in range(5))
+                    memory[name] = peak_extra_memory(fn, repeats=5)
             timings = interleaved_timings(variants, repeats=repeats, warmup=3)
             rows.append({"layer": layer.name, "batch": batch, "t": timings, "mem": memory})
     return rows
@@ -154,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bound = best-layout unfused / best-layout F.conv2d alone (what free ReLU + pooling "
         "would gain with the same convolution arithmetic; googlenet.conv2 is fused with Winograd "
         "F(2x2, 3x3), 2.25x fewer multiply-adds; conv1 and the stem with the direct kernel); "
-        "memory = peak extra RSS (VmHWM) of one call, inputs excluded"
+        "memory = peak extra RSS (VmHWM) of one call, lowest of 5, inputs excluded"
     )
     print(machine_line())
     return 0

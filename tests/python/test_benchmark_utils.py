@@ -23,3 +23,19 @@ def test_peak_extra_memory_counts_each_call_again_after_timed_runs():
     for _ in range(2):
         peak = peak_extra_memory(allocate)
         assert 0.9 * size <= peak <= 1.3 * size, peak / MIB
+
+
+def test_peak_extra_memory_with_repeats_reports_the_lowest_call():
+    size = 8 * MIB
+    configure_allocator()
+    calls = []
+
+    def allocate_less_each_time():  # 3, 2, then 1 x size
+        calls.append(None)
+        return torch.ones(max(1, 4 - len(calls)) * size // 4)
+
+    assert 2.7 * size <= peak_extra_memory(allocate_less_each_time) <= 3.4 * size
+    lowest = peak_extra_memory(allocate_less_each_time, repeats=2)  # calls 2 and 3
+    assert 0.9 * size <= lowest <= 1.3 * size, lowest / MIB
+    with pytest.raises(ValueError, match="repeats"):
+        peak_extra_memory(allocate_less_each_time, repeats=0)

@@ -86,6 +86,27 @@ def test_mixed_runs_channels_last_gemm_into_slices():
         )
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_weight_heavy_pointwise_branches_into_slices(layout):
+    """1x1 branches whose weights outweigh their output (C_in > N*H*W, as inception_4a-5b at batch
+    1) are not merged: each is convolved on its own and written into its channel slice (channels
+    last: over all pixel rows; NCHW: one image at a time), beside a 3x3 run; float32 goes through
+    a 1x1 convolution on a one-pixel-high view of the input, float64 through a GEMM."""
+    shapes = [(6, 1), (9, 1), (3, 1), (5, 3)]
+    for dtype in (torch.float32, torch.float64):
+        x = relayout(torch.randn(2, 40, 3, 4, dtype=dtype), layout)  # 24 pixels < 40 channels
+        weights = [torch.randn(c, 40, k, k, dtype=dtype) / 40**0.5 for c, k in shapes]
+        biases = [
+            torch.randn(c, dtype=dtype) if i != 1 else None for i, (c, _) in enumerate(shapes)
+        ]
+        paddings = [k // 2 for _, k in shapes]
+        for relu in (False, True):
+            out = op(x, weights, biases, paddings, 1, relu)
+            torch.testing.assert_close(
+                out, unfused(x, weights, biases, paddings, 1, relu), rtol=1e-4, atol=1e-5
+            )
+
+
 def test_bfloat16_matches_fp32_reference():
     x = torch.randn(2, 32, 9, 9)
     weights = [torch.randn(c, 32, k, k) * 0.1 for c, k in ((8, 1), (8, 1), (4, 3))]
