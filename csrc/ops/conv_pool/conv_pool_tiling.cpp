@@ -9,11 +9,10 @@ namespace deeprebirth::ops {
 
 RowBand row_band(int64_t p0, int64_t p1, const ConvPoolGeometry& geometry, const ConvPoolArgs& args,
                  int64_t kernel_h) {
-  const int64_t pool_k = args.pool_kernel[0], pool_s = args.pool_stride[0];
-  const int64_t pool_p = args.pool_padding[0];
+  const PoolAxis rows = pool_axes(args).rows;
   RowBand band{p0, p1, 0, 0, 0, 0};
-  band.c0 = pool_window(p0, geometry.conv_h, pool_k, pool_s, pool_p).start;
-  band.c1 = pool_window(p1 - 1, geometry.conv_h, pool_k, pool_s, pool_p).end;
+  band.c0 = pool_window(p0, geometry.conv_h, rows).start;
+  band.c1 = pool_window(p1 - 1, geometry.conv_h, rows).end;
   const int64_t span = args.dilation[0] * (kernel_h - 1) + 1;
   band.in0 = band.c0 * args.stride[0] - args.padding[0];
   band.in1 = (band.c1 - 1) * args.stride[0] - args.padding[0] + span;

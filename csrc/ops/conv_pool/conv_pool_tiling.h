@@ -35,6 +35,26 @@ C10_HOST_DEVICE inline PoolWindow pool_window(int64_t index, int64_t in_size, in
   return {start, end, padded_size};
 }
 
+// One dimension of the pooling window: kernel, stride and padding.
+struct PoolAxis {
+  int64_t kernel, stride, padding;
+};
+
+// The pooling window along rows and along columns, as plain integers for the kernels.
+struct PoolAxes {
+  PoolAxis rows, cols;
+};
+
+inline PoolAxes pool_axes(const ConvPoolArgs& args) {
+  return {{args.pool_kernel[0], args.pool_stride[0], args.pool_padding[0]},
+          {args.pool_kernel[1], args.pool_stride[1], args.pool_padding[1]}};
+}
+
+C10_HOST_DEVICE inline PoolWindow pool_window(int64_t index, int64_t in_size,
+                                              const PoolAxis& axis) {
+  return pool_window(index, in_size, axis.kernel, axis.stride, axis.padding);
+}
+
 // Pooled rows [p0, p1), the convolution rows [c0, c1) they read and the padded input rows
 // [in0, in1) those need.
 struct RowBand {

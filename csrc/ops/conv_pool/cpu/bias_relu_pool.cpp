@@ -45,10 +45,10 @@ __attribute__((always_inline)) inline void pool_rows(const at::Tensor& tile, int
   const int64_t out_sw = out_image.stride(2);
   const bool is_max = args.pool == PoolKind::Max, relu = args.relu;
   std::vector<acc_t> row(row_size), acc(channels);
+  const PoolAxes axes = pool_axes(args);
 
   for (int64_t p = band.p0; p < band.p1; ++p) {
-    const PoolWindow rows =
-        pool_window(p, g.conv_h, args.pool_kernel[0], args.pool_stride[0], args.pool_padding[0]);
+    const PoolWindow rows = pool_window(p, g.conv_h, axes.rows);
     const scalar_t* src = tile_data + (rows.start - tile_row0) * row_size;
     // 1. reduce the window's rows into `row`
     if (is_max) {
@@ -76,8 +76,7 @@ __attribute__((always_inline)) inline void pool_rows(const at::Tensor& tile, int
     }
     // 2. reduce each pooled column's window of `row`, then bias / ReLU / divisor
     for (int64_t q = 0; q < g.out_w; ++q) {
-      const PoolWindow cols =
-          pool_window(q, g.conv_w, args.pool_kernel[1], args.pool_stride[1], args.pool_padding[1]);
+      const PoolWindow cols = pool_window(q, g.conv_w, axes.cols);
       const acc_t* col = row.data() + cols.start * channels;
       for (int64_t c = 0; c < channels; ++c) acc[c] = col[c];
       for (int64_t w = cols.start + 1; w < cols.end; ++w) {

@@ -39,16 +39,15 @@ void pool_backward_rows(const at::Tensor& tile, const at::Tensor& grad_image, co
   const scalar_t* go = grad_image.const_data_ptr<scalar_t>();
   const int64_t go_sc = grad_image.stride(0), go_sh = grad_image.stride(1);
   const int64_t go_sw = grad_image.stride(2);
+  const PoolAxes axes = pool_axes(args);
   at::parallel_for(0, tile.size(0), 1, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
       const scalar_t* plane = y + c * rows * width;
       scalar_t* grad_plane = gy + c * rows * width;
       for (int64_t p = band.p0; p < band.p1; ++p) {
-        const PoolWindow rw = pool_window(p, g.conv_h, args.pool_kernel[0], args.pool_stride[0],
-                                          args.pool_padding[0]);
+        const PoolWindow rw = pool_window(p, g.conv_h, axes.rows);
         for (int64_t q = 0; q < g.out_w; ++q) {
-          const PoolWindow cw = pool_window(q, g.conv_w, args.pool_kernel[1], args.pool_stride[1],
-                                            args.pool_padding[1]);
+          const PoolWindow cw = pool_window(q, g.conv_w, axes.cols);
           const acc_t grad = static_cast<acc_t>(go[c * go_sc + p * go_sh + q * go_sw]);
           if (args.pool == PoolKind::Max) {
             int64_t best = (rw.start - band.c0) * width + cw.start;

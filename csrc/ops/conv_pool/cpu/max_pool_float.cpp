@@ -27,7 +27,7 @@ struct MaxPoolRows {
   int64_t tile_row0, channels, conv_h, conv_w;
   const float* bias;  // `channels` values (zeros without a bias)
   bool relu;
-  int64_t kernel_h, kernel_w, stride_h, stride_w, padding_h, padding_w;
+  PoolAxes pool;
   int64_t p0, p1, out_w;
   float* out;  // the output image, (C, out_h, out_w) with the strides below
   int64_t out_sc, out_sh, out_sw;
@@ -126,14 +126,14 @@ template <int Width>
 __attribute__((always_inline)) inline bool pool_rows(const MaxPoolRows& t) {
   const int64_t row_size = t.conv_w * t.channels;
   for (int64_t p = t.p0; p < t.p1; ++p) {
-    const PoolWindow rows = pool_window(p, t.conv_h, t.kernel_h, t.stride_h, t.padding_h);
+    const PoolWindow rows = pool_window(p, t.conv_h, t.pool.rows);
     const float* first = t.tile + (rows.start - t.tile_row0) * row_size;
     if (reduce_rows(first, rows.end - rows.start, row_size, t.row)) return false;
     const bool channels_last = t.out_sc == 1;
     float* pooled = channels_last ? t.out + p * t.out_sh : t.pooled;
     const int64_t pixel_step = channels_last ? t.out_sw : t.channels;
     for (int64_t q = 0; q < t.out_w; ++q) {
-      const PoolWindow cols = pool_window(q, t.conv_w, t.kernel_w, t.stride_w, t.padding_w);
+      const PoolWindow cols = pool_window(q, t.conv_w, t.pool.cols);
       const float* window = t.row + cols.start * t.channels;
       const int64_t columns = cols.end - cols.start;
       float* dst = pooled + q * pixel_step;
@@ -193,12 +193,7 @@ bool bias_relu_max_pool_float_rows(const at::Tensor& tile, int64_t tile_row0,
   t.conv_w = geometry.conv_w;
   t.bias = bias.defined() ? bias.const_data_ptr<float>() : zeros.data();
   t.relu = args.relu;
-  t.kernel_h = args.pool_kernel[0];
-  t.kernel_w = args.pool_kernel[1];
-  t.stride_h = args.pool_stride[0];
-  t.stride_w = args.pool_stride[1];
-  t.padding_h = args.pool_padding[0];
-  t.padding_w = args.pool_padding[1];
+  t.pool = pool_axes(args);
   t.p0 = band.p0;
   t.p1 = band.p1;
   t.out_w = geometry.out_w;

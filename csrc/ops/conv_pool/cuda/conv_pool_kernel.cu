@@ -29,7 +29,7 @@ constexpr int kThreads = 256;
 
 struct PoolParams {
   int64_t channels, conv_h, conv_w, out_w;
-  int64_t kernel_h, kernel_w, stride_h, stride_w, padding_h, padding_w;
+  PoolAxes pool;
   int64_t tile_row0;       // convolution row of the tile's first row
   int64_t p0, rows;        // the band: pooled rows [p0, p0 + rows)
   int64_t tile_stride[4];  // n, c, h, w
@@ -49,8 +49,8 @@ __global__ void bias_relu_pool_kernel(const scalar_t* __restrict__ tile,
     const int64_t c = (index / (p.out_w * p.rows)) % p.channels;
     const int64_t n = index / (p.out_w * p.rows * p.channels);
     const int64_t pooled_row = p.p0 + row;
-    const PoolWindow rows = pool_window(pooled_row, p.conv_h, p.kernel_h, p.stride_h, p.padding_h);
-    const PoolWindow cols = pool_window(q, p.conv_w, p.kernel_w, p.stride_w, p.padding_w);
+    const PoolWindow rows = pool_window(pooled_row, p.conv_h, p.pool.rows);
+    const PoolWindow cols = pool_window(q, p.conv_w, p.pool.cols);
     const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
     const scalar_t* plane = tile + n * p.tile_stride[0] + c * p.tile_stride[1];
     acc_t acc = p.is_max ? static_cast<acc_t>(plane[(rows.start - p.tile_row0) * p.tile_stride[2] +
@@ -88,12 +88,7 @@ void launch_bias_relu_pool(const at::Tensor& tile, const at::Tensor& bias, const
   p.conv_h = g.conv_h;
   p.conv_w = g.conv_w;
   p.out_w = g.out_w;
-  p.kernel_h = args.pool_kernel[0];
-  p.kernel_w = args.pool_kernel[1];
-  p.stride_h = args.pool_stride[0];
-  p.stride_w = args.pool_stride[1];
-  p.padding_h = args.pool_padding[0];
-  p.padding_w = args.pool_padding[1];
+  p.pool = pool_axes(args);
   p.tile_row0 = band.c0;
   p.p0 = band.p0;
   p.rows = band.p1 - band.p0;
