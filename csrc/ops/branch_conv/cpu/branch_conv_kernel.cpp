@@ -22,6 +22,11 @@ constexpr int64_t kTileRows = 256;
 // (inception_5a's 832->256 at batch 32).
 constexpr int64_t kTileWeightBytes = 256 * 1024;
 
+// Multiply-accumulates below which a 1x1 run is one GEMM rather than a convolution: the
+// convolution's fixed cost (about 5 us per call) outweighs its faster arithmetic on the small
+// networks' layers (a few hundred thousand multiply-accumulates).
+constexpr int64_t kMinConvolutionMacs = 1 << 21;
+
 // relu?(x_rows @ weight2d^T + bias) by ATen's 1x1 convolution (oneDNN for float32) over x_rows
 // viewed as a one-pixel-high image, copied into out_rows with the ReLU applied on the way. On the
 // AVX-512 machine MKL's sgemm ran these batch-1 shapes (inception_4a-5b: 49-196 pixel rows, weights
@@ -53,7 +58,8 @@ void pointwise_gemm_tiled(const at::Tensor& out_rows, const at::Tensor& x_rows,
   // Tiles re-read the weight once each: only worth it while the weight stays in L2.
   const bool small_weight = weight2d.numel() * weight2d.element_size() <= kTileWeightBytes;
   if (threads <= 1 || rows < 2 * kTileRows || !small_weight) {  // one call, threaded inside
-    if (x_rows.scalar_type() == at::kFloat) {
+    if (x_rows.scalar_type() == at::kFloat &&
+        rows * x_rows.size(1) * weight2d.size(0) >= kMinConvolutionMacs) {
       pointwise_convolution(out_rows, x_rows, weight2d, bias, relu);
     } else {
       pointwise_gemm_aten(out_rows, x_rows, weight2d, bias, relu);
