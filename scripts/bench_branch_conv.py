@@ -6,10 +6,10 @@ Cases: every bvlc GoogLeNet Inception module's three 1x1 convs over the module i
 side runs in NCHW and in channels_last (weights too); the ratio compares the best layout of each
 (reference median / branch_conv median, > 1 means branch_conv is faster), all variants interleaved
 in one process (deeprebirth.utils.benchmark). Peak memory is the peak resident memory one call
-adds (VmHWM, output included, lowest of 5 calls), for each side's best layout. "GF/s" is each side's best-layout
-throughput (2 x MACs / median); "bound" is the machine's fp32 peak (a large 3x3 convolution,
-deeprebirth.bench.roofline.peak_conv_gflops, measured at the start) over the reference's
-throughput: about the most any kernel that does the same arithmetic can gain over it.
+adds (VmHWM, output included, lowest of 5 calls), for each side's best layout. "GF/s" is each
+side's best-layout throughput (2 x MACs / median); "bound" is the machine's fp32 peak (a large
+3x3 convolution, deeprebirth.bench.roofline.peak_conv_gflops, measured at the start) over the
+reference's throughput: about the most any kernel that does the same arithmetic can gain over it.
 
     python scripts/bench_branch_conv.py [--quick] [--threads N]
 """

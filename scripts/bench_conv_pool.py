@@ -8,8 +8,8 @@ ReLU and pooling free would gain; only at large batches, where writing the pre-p
 the convolution itself, can fusion gain more; GoogLeNet conv2, a 3x3 stride-1 layer, convolves
 by the Winograd algorithm inside the fused op, with 2.25x fewer multiply-adds, so it can pass the
 bound at any batch; conv1 and the stem convolve with the library's direct kernel, about as fast as
-oneDNN's on two threads), and the peak extra resident memory of each (VmHWM, lowest of 5 calls, see
-deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
+oneDNN's on two threads), and the peak extra resident memory of each (VmHWM, lowest of 5
+calls, see deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
 
     python scripts/bench_conv_pool.py            # full grid
     python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats

@@ -48,6 +48,15 @@ std::vector<BranchRun> unmerge_weight_heavy_pointwise_runs(std::vector<BranchRun
 
 }  // namespace
 
+void copy_relu_into(const at::Tensor& dst, const at::Tensor& src, bool relu) {
+  at::Tensor out = dst;  // the _out/copy_ calls write through this view
+  if (relu) {
+    at::clamp_min_out(out, src, 0);
+  } else {
+    out.copy_(src);
+  }
+}
+
 void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
                          const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,
                          bool relu) {
@@ -105,12 +114,7 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
              weight.reshape({run.channels(), -1}), bias, relu);
       }
     } else {
-      const at::Tensor y = run_convolution(x, weight, bias, run, stride);
-      if (relu) {
-        at::clamp_min_out(slice, y, 0);
-      } else {
-        slice.copy_(y);
-      }
+      copy_relu_into(slice, run_convolution(x, weight, bias, run, stride), relu);
     }
   }
   return out;

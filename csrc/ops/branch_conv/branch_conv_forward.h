@@ -18,6 +18,10 @@ using PointwiseGemmFn = void (*)(const at::Tensor& out_rows, const at::Tensor& x
                                  const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,
                                  bool relu);
 
+// dst = relu ? max(src, 0) : src, in one pass into dst's own strides (a channel slice of the
+// output): any device.
+void copy_relu_into(const at::Tensor& dst, const at::Tensor& src, bool relu);
+
 // One ATen addmm_out/mm_out into out_rows, then an in-place ReLU: any device.
 void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
                          const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,

@@ -41,13 +41,7 @@ void pointwise_convolution(const at::Tensor& out_rows, const at::Tensor& x_rows,
       {1, in_channels, 1, rows},
       {rows * in_channels, x_rows.stride(1), rows * x_rows.stride(0), x_rows.stride(0)});
   const at::Tensor y = at::conv2d(image, weight2d.unsqueeze(2).unsqueeze(3), bias);
-  const at::Tensor y_rows = y.select(2, 0).select(0, 0).t();  // (M, C)
-  at::Tensor out = out_rows;
-  if (relu) {
-    at::clamp_min_out(out, y_rows, 0);
-  } else {
-    out.copy_(y_rows);
-  }
+  copy_relu_into(out_rows, y.select(2, 0).select(0, 0).t(), relu);  // y as (M, C) rows
 }
 
 void pointwise_gemm_tiled(const at::Tensor& out_rows, const at::Tensor& x_rows,

@@ -57,7 +57,7 @@ void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int6
       const int64_t begin = inside ? padding_w : padded_w;
       const int64_t end = inside ? q1 + padding_w : padded_w;
       std::fill_n(row, begin * to.column_step, 0.0f);
-      if (inside && sw == 1 && to.column_step == channels) {  // planes into pixels
+      if (inside && sw == 1) {  // planes into pixels
         transpose_floats(line, sc, channels, end - begin, row + begin * channels, channels);
       } else {
         for (int64_t q = begin; q < end; ++q) {
@@ -69,26 +69,22 @@ void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int6
       std::fill(row + end * to.column_step, row + padded_w * to.column_step, 0.0f);
       continue;
     }
-    const bool interleaved = inside && sc == 1 && sw == channels && to.column_step == 1;
-    if (interleaved && split_pixels(line, q1, channels, dst + r * to.row_step + padding_w,
-                                    to.channel_step)) {  // channels-last input into planes
-      for (int64_t c = 0; c < channels; ++c) {
-        float* row = dst + c * to.channel_step + r * to.row_step;
-        std::fill_n(row, padding_w, 0.0f);
-        std::fill(row + q1 + padding_w, row + padded_w, 0.0f);
-      }
-      continue;
-    }
-    for (int64_t c = 0; c < channels; ++c) {  // planes: one row of one channel at a time
+    // planes (column_step 1): each channel's zero borders, then the image's columns
+    for (int64_t c = 0; c < channels; ++c) {
       float* row = dst + c * to.channel_step + r * to.row_step;
-      if (!inside) {
-        for (int64_t q = 0; q < padded_w; ++q) row[q * to.column_step] = 0.0f;
-        continue;
-      }
+      std::fill_n(row, inside ? padding_w : padded_w, 0.0f);
+      if (inside) std::fill(row + q1 + padding_w, row + padded_w, 0.0f);
+    }
+    if (!inside) continue;
+    float* first_column = dst + r * to.row_step + padding_w;
+    if (sc == 1 && sw == channels &&
+        split_pixels(line, q1, channels, first_column, to.channel_step)) {
+      continue;  // channels-last input
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      float* row = first_column + c * to.channel_step;
       const float* from = line + c * sc;
-      for (int64_t q = 0; q < padding_w; ++q) row[q * to.column_step] = 0.0f;
-      for (int64_t q = 0; q < q1; ++q) row[(q + padding_w) * to.column_step] = from[q * sw];
-      for (int64_t q = q1 + padding_w; q < padded_w; ++q) row[q * to.column_step] = 0.0f;
+      for (int64_t q = 0; q < q1; ++q) row[q] = from[q * sw];
     }
   }
 }
