@@ -43,13 +43,16 @@ def run(args: argparse.Namespace) -> int:
             "resume=true",
         ]
     if config is None:
-        print("deeprebirth finetune: --config FILE or --resume DIR is required", file=sys.stderr)
+        print(
+            "deeprebirth finetune: error: --config FILE or --resume DIR is required",
+            file=sys.stderr,
+        )
         return 2
     try:
         cfg = load_config(config, overrides)
         result = run_job(cfg)
-    except (ConfigError, DataError) as error:
-        print(f"deeprebirth finetune: {error}", file=sys.stderr)
+    except (ConfigError, DataError) as error:  # raised before any training step
+        print(f"deeprebirth finetune: error: {error}", file=sys.stderr)
         return 2
     if result.stopped:
         print(f"stopped early (debug.stop_after_steps); resume with --resume {result.output_dir}")

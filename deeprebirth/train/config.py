@@ -2,7 +2,9 @@
 
 :func:`load_config` merges a YAML file and ``key=value`` overrides into the schema and fails with
 :class:`ConfigError` naming the key and the expected type on an unknown key or a wrong type, then
-checks value ranges and choices, all before any data is read or any model is built.
+checks value ranges and choices, that ``output_dir`` can be a folder, that the device exists and
+that the model takes ``model.input_size`` (built on the meta device: no memory, no weights), all
+before any data is read or any training starts.
 
 Example:
     >>> cfg = load_config(None, ["data.name=synthetic", "lr=0.05"])
@@ -12,11 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -180,30 +184,56 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE = (
     "lr",
+    "teacher.train.lr",
     "batch_size",
+    "log_interval",
     "model.input_size",
     "model.in_channels",
     "model.num_classes",
     "model.width",
     "schedule.kd_temperature",
+    "lr_schedule.step_size",
+    "lr_schedule.gamma",
+    "data.synthetic_train_size",
+    "data.synthetic_val_size",
 )
 _NON_NEGATIVE = (
     "new_layer_lr_mult",
     "workers",
+    "threads",
     "checkpoint_interval",
+    "latency_repeats",
     "schedule.regression_steps",
     "schedule.finetune_epochs",
     "schedule.finetune_steps",
     "schedule.final_finetune_epochs",
     "schedule.final_finetune_steps",
     "schedule.kd_weight",
+    "optimizer.weight_decay",
+    "lr_schedule.warmup_steps",
     "teacher.train.epochs",
     "teacher.train.steps",
     "teacher.train.warmup_steps",
+    "teacher.train.weight_decay",
     "eval_batch_size",
-    "data.max_corrupt_fraction",
+    "data.verify_limit",
+    "data.train_limit",
+    "data.val_limit",
     "debug.stop_after_steps",
 )
+# Closed-open [low, high) ranges: SGD momentum >= 1 never forgets a gradient (the steps grow
+# without bound); numpy seeds are 32-bit.
+_BELOW = {
+    "optimizer.momentum": (0.0, 1.0),
+    "teacher.train.momentum": (0.0, 1.0),
+    "seed": (0, 2**32),
+}
+# Closed [low, high] ranges (fractions).
+_WITHIN = {
+    "data.max_corrupt_fraction": (0.0, 1.0),
+    "teacher.train.label_smoothing": (0.0, 1.0),
+}
+_MAX_PROBED_INPUT = 4096  # model.input_size: the largest size tried for the "smallest accepted"
 
 
 def _expected_type(key: str) -> str:
@@ -239,7 +269,22 @@ def _allowed_keys(parent: str) -> str:
     return ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
 
 
-def _check_values(cfg: DictConfig) -> None:
+def _float_keys(schema: Any = FinetuneConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of every float field of the schema (annotations are strings here)."""
+    keys = []
+    for name, spec in schema.__dataclass_fields__.items():
+        if callable(spec.default_factory) and hasattr(spec.default_factory, "__dataclass_fields__"):
+            keys += _float_keys(spec.default_factory, f"{prefix}{name}.")
+        elif spec.type == "float":
+            keys.append(prefix + name)
+    return keys
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key in _float_keys():
+        value = OmegaConf.select(cfg, key)
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' expects a finite number, but got {value!r}")
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
@@ -252,16 +297,129 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value < 0:
             raise ConfigError(f"config key '{key}' expects a value >= 0, but got {value!r}")
+    for key, (low, high) in _BELOW.items():
+        value = OmegaConf.select(cfg, key)
+        if not low <= value < high:
+            raise ConfigError(
+                f"config key '{key}' expects a value in [{low}, {high}), but got {value!r}"
+            )
+    for key, (low, high) in _WITHIN.items():
+        value = OmegaConf.select(cfg, key)
+        if not low <= value <= high:
+            raise ConfigError(
+                f"config key '{key}' expects a value in [{low}, {high}], but got {value!r}"
+            )
+
+
+def _check_stages(cfg: DictConfig) -> None:
+    """``schedule.stages``: non-empty groups, each block named once (the names themselves are
+    checked against the model's blocks once it is built, still before training)."""
+    stages = cfg.schedule.stages
+    if not stages:
+        return
+    groups = [list(group) for group in stages]
+    for index, group in enumerate(groups):
+        if not group:
+            raise ConfigError(
+                f"config key 'schedule.stages' expects non-empty groups of block names, but "
+                f"group {index} of {groups} is empty"
+            )
+    names = [name for group in groups for name in group]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"config key 'schedule.stages' expects each block once, but {repeated} appear "
+            f"more than once in {groups}"
+        )
+
+
+def _check_output_dir(cfg: DictConfig) -> None:
+    """``output_dir`` must be a folder or creatable: its nearest existing ancestor a folder."""
+    path = Path(cfg.output_dir)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ConfigError(
+                    f"config key 'output_dir' expects a folder, but {existing} is a file"
+                )
+            return
+
+
+def _check_device(cfg: DictConfig) -> None:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        built = f"with CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+        raise ConfigError(
+            f"config key 'device' is 'cuda', but no CUDA device is available (torch "
+            f"{torch.__version__} is built {built}); use device=cpu or device=auto"
+        )
+
+
+def _accepts_input(model: torch.nn.Module, channels: int, size: int) -> str | None:
+    """None when ``model`` (on the meta device) runs a ``(1, channels, size, size)`` input, else
+    the first line of its error."""
+    try:
+        model(torch.empty(1, channels, size, size, device="meta"))
+    except Exception as error:  # any layer may reject the shape, each with its own exception
+        return str(error).split("\n")[0]
+    return None
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """``model.name`` is a known model and ``model.input_size`` goes through it.
+
+    The model is built on the meta device (no memory, no initialisation cost) with the arguments
+    the job builds it with; a model read from ``model.weights`` / ``teacher.weights`` is not
+    known before it is loaded and is not checked here.
+    """
+    m = cfg.model
+    if m.weights or cfg.teacher.weights:
+        return
+    from deeprebirth.models import build_model
+
+    kwargs = {}
+    if m.name == "bvlc_googlenet":
+        kwargs = {"width": m.width, "lrn": m.lrn, "in_channels": m.in_channels, "init": m.init}
+    try:
+        with torch.device("meta"):
+            model = build_model(m.name, num_classes=m.num_classes, **kwargs).eval()
+    except ValueError as error:  # an unknown name; the message lists the accepted forms
+        raise ConfigError(f"config key 'model.name': {error}") from None
+    except Exception:  # other build problems (a missing package …) are the job's to report
+        return
+    channels = m.in_channels if m.name == "bvlc_googlenet" else 3
+    reason = _accepts_input(model, channels, m.input_size)
+    if reason is None:
+        return
+    low, high = m.input_size, _MAX_PROBED_INPUT
+    if _accepts_input(model, channels, high) is None:
+        while high - low > 1:  # smallest accepted size: pooling makes acceptance monotone
+            middle = (low + high) // 2
+            low, high = (
+                (low, middle) if _accepts_input(model, channels, middle) is None else (middle, high)
+            )
+        hint = f"; the smallest square input it accepts is {high}"
+    else:
+        hint = ""
+    raise ConfigError(
+        f"config key 'model.input_size' is {m.input_size}, too small for {m.name}: a "
+        f"{m.input_size}x{m.input_size} input fails ({reason}){hint}"
+    )
+
+
+def _check_values(cfg: DictConfig) -> None:
+    _check_ranges(cfg)
     if cfg.data.name in ("imagenet", "fashion_mnist") and not cfg.data.root:
         raise ConfigError(f"config key 'data.root' expects a folder for data.name={cfg.data.name}")
-    if cfg.schedule.finetune_epochs == 0 and cfg.schedule.finetune_steps == 0:
-        pass  # regression only is allowed
     for key in ("model.weights", "teacher.weights", "surgery.student"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).is_file():
             raise ConfigError(
                 f"config key '{key}' expects an existing file, but {path} does not exist"
             )
+    _check_stages(cfg)
+    _check_output_dir(cfg)
+    _check_device(cfg)
+    _check_model(cfg)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> DictConfig:

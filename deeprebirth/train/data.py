@@ -282,8 +282,19 @@ def build_datasets(cfg) -> Datasets:
     """Builds and validates the datasets named by ``cfg.data`` (see ``deeprebirth.train.config``).
 
     Raises:
-        DataError: a missing or unusable root, named in the message.
+        DataError: a missing or unusable root, named in the message, or a training set smaller
+            than one batch (``batch_size``: the job drops incomplete batches).
     """
+    datasets = _build_datasets(cfg)
+    if len(datasets.train) < cfg.batch_size:
+        raise DataError(
+            f"batch_size is {cfg.batch_size}, larger than the {len(datasets.train)} training "
+            f"samples of data.name={cfg.data.name} (no full batch to train on)"
+        )
+    return datasets
+
+
+def _build_datasets(cfg) -> Datasets:
     data, model = cfg.data, cfg.model
     if data.name == "synthetic":
         # One draw split in two: train and val share the class patterns, not the noise.
