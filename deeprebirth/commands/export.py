@@ -34,33 +34,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resize-size", type=int, help="shorter side before the crop (default: size * 256/224)"
     )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        help="input channels (default: the model file's, else the first layer's, else 3)",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also read pickled model files of deeprebirth < 2 (runs code from the file: only "
+        "for files you made)",
+    )
+
+
+def input_geometry(
+    model, metadata: dict, size: list[int] | None, channels: int | None
+) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the example input: the flags, else the model file's ``input_size``
+    (``[H, W]``, ``[C, H, W]`` or one int) and ``in_channels``, else the first layer, else 224.
+
+    Raises:
+        ValueError: an ``input_size`` of another form, or sizes below 1.
+    """
+    from torch import nn
+
+    stored = metadata.get("input_size")
+    if isinstance(stored, int):
+        stored = [stored, stored]
+    if stored is not None and (not isinstance(stored, list) or len(stored) not in (2, 3)):
+        raise ValueError(f"input_size in the model file must be [H, W] or [C, H, W], got {stored}")
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    c = (
+        channels
+        or (stored[0] if stored and len(stored) == 3 else None)
+        or metadata.get("in_channels")
+        or (first.in_channels if first is not None else 3)
+    )
+    h, w = size or (stored[-2:] if stored else (224, 224))
+    if min(int(c), int(h), int(w)) < 1:
+        raise ValueError(f"expected positive channels and input size, but got {c}x{h}x{w}")
+    return int(c), int(h), int(w)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Loads the checkpoint and exports it; returns 0, or 1 with a message on stderr."""
+    """Loads the model file and exports it; returns 0, or 2 with a message on stderr."""
     import torch
 
     import deeprebirth
     from deeprebirth.io import load_model
 
     try:
-        model, metadata = load_model(args.checkpoint)
+        model, metadata = load_model(args.checkpoint, trust_pickle=args.trust_pickle)
+        channels, height, width = input_geometry(model, metadata, args.input_size, args.channels)
     except (FileNotFoundError, ValueError) as error:
         print(f"deeprebirth export: error: {error}", file=sys.stderr)
-        return 1
-    if not isinstance(model, torch.nn.Module):
-        print(
-            f"deeprebirth export: error: {args.checkpoint} holds a {type(model).__name__}, "
-            "not an nn.Module",
-            file=sys.stderr,
-        )
-        return 1
-    height, width = args.input_size or metadata.get("input_size") or (224, 224)
+        return 2
     overrides = dict(metadata)
     overrides.pop("input_size", None)
     if args.resize_size is not None:
         overrides["resize_size"] = args.resize_size
-    example = torch.randn(1, int(metadata.get("in_channels", 3)), int(height), int(width))
+    example = torch.randn(1, channels, height, width)
     try:
         path = deeprebirth.export(
             model,
@@ -72,6 +105,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ValueError, ImportError) as error:
         print(f"deeprebirth export: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {path} ({args.format}{', portable' if args.portable else ''})")
     return 0

@@ -205,6 +205,8 @@ def bvlc_googlenet(
         >>> model(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 10])
     """
-    return BVLCGoogLeNet(
-        num_classes=num_classes, width=width, lrn=lrn, in_channels=in_channels, init=init
-    )
+    from deeprebirth.models.recipe import set_recipe, source_recipe
+
+    kwargs = {"width": width, "lrn": lrn, "in_channels": in_channels, "init": init}
+    model = BVLCGoogLeNet(num_classes=num_classes, **kwargs)
+    return set_recipe(model, source_recipe("bvlc_googlenet", num_classes, kwargs))

@@ -1,6 +1,8 @@
 """Models by name: ``build_model("bvlc_googlenet")``, ``build_model("torchvision:resnet50")``.
 
-torchvision is imported only through :func:`deeprebirth.compat.torchvision.import_torchvision`.
+Every model built here carries its rebuild recipe (:mod:`deeprebirth.models.recipe`), so a model
+file needs only the name, the arguments and the weights. torchvision is imported only through
+:func:`deeprebirth.compat.torchvision.import_torchvision`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from deeprebirth.models.bvlc_googlenet import bvlc_googlenet
+from deeprebirth.models.recipe import registered_model, set_recipe, source_recipe
 
 TORCHVISION_PREFIX = "torchvision:"
 # torchvision models whose default initialisation warns unless told (and costs seconds via
@@ -51,7 +54,12 @@ def available_models() -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None, **kwargs: Any
+    name: str,
+    num_classes: int = 1000,
+    weights: str | os.PathLike | None = None,
+    *,
+    rebuilding: bool = False,
+    **kwargs: Any,
 ) -> nn.Module:
     """Builds a model by name, in eval mode.
 
@@ -61,8 +69,11 @@ def build_model(
         weights: None (random), a local ``.pth`` state_dict path, or (torchvision only) a weights
             enum name such as ``"IMAGENET1K_V1"`` / ``"ResNet50_Weights.IMAGENET1K_V1"``, passed
             through to torchvision (downloads only where the network allows).
+        rebuilding: building the architecture of a model file (its weights follow): skips
+            initialisations that only cost time.
         **kwargs: passed to the model constructor (``width=``, ``lrn=`` for bvlc_googlenet;
-            ``aux_logits=`` … for torchvision).
+            ``aux_logits=`` … for torchvision). Names registered with
+            :func:`deeprebirth.models.register_model` are built by their builder.
 
     Raises:
         ValueError: unknown name (the message lists the accepted forms).
@@ -80,26 +91,50 @@ def build_model(
                 f"bvlc_googlenet takes weights as a local .pth path, but got {weights!r}"
             )
         model = bvlc_googlenet(num_classes=num_classes, **kwargs)
-        if weights is not None:
-            _load_state_dict(model, weights)
-        return model.eval()
-    if name.startswith(TORCHVISION_PREFIX):
-        from deeprebirth.compat.torchvision import import_torchvision
+    elif name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_model(name, num_classes, weights, rebuilding, kwargs)
+    elif registered_model(name) is not None:
+        model = registered_model(name)(num_classes=num_classes, **kwargs)
+        set_recipe(model, source_recipe(name, num_classes, kwargs))
+    else:
+        raise ValueError(
+            f"unknown model {name!r}; expected 'bvlc_googlenet', 'torchvision:<name>' or a name "
+            "registered with deeprebirth.models.register_model"
+        )
+    if weights is not None:
+        _load_state_dict(model, weights)
+    return model.eval()
 
-        tv_name = name[len(TORCHVISION_PREFIX) :]
-        tv = import_torchvision()
-        if tv_name not in tv.models.list_models():
-            raise ValueError(
-                f"unknown torchvision model {tv_name!r}; see torchvision.models.list_models()"
-            )
-        from_file = weights is not None and _is_path(weights)
-        enum_name = None if weights is None or from_file else str(weights)
-        if enum_name is None and tv_name in _INIT_WEIGHTS_MODELS:
-            kwargs.setdefault("init_weights", True)
-        if enum_name is None or num_classes != 1000:
-            kwargs["num_classes"] = num_classes
-        model = tv.models.get_model(tv_name, weights=enum_name, **kwargs)
-        if from_file:
-            _load_state_dict(model, weights)
-        return model.eval()
-    raise ValueError(f"unknown model {name!r}; expected 'bvlc_googlenet' or 'torchvision:<name>'")
+
+def _torchvision_model(
+    name: str,
+    num_classes: int,
+    weights: str | os.PathLike | None,
+    rebuilding: bool,
+    kwargs: dict[str, Any],
+) -> nn.Module:
+    from deeprebirth.compat.torchvision import import_torchvision
+
+    tv_name = name[len(TORCHVISION_PREFIX) :]
+    tv = import_torchvision()
+    if tv_name not in tv.models.list_models():
+        raise ValueError(
+            f"unknown torchvision model {tv_name!r}; see torchvision.models.list_models()"
+        )
+    from_file = weights is not None and _is_path(weights)
+    enum_name = None if weights is None or from_file else str(weights)
+    build_kwargs = dict(kwargs)
+    if enum_name is None and tv_name in _INIT_WEIGHTS_MODELS:
+        build_kwargs.setdefault("init_weights", not rebuilding)
+    if enum_name is None or num_classes != 1000:
+        build_kwargs["num_classes"] = num_classes
+    model = tv.models.get_model(tv_name, weights=enum_name, **build_kwargs)
+    if from_file:
+        _load_state_dict(model, weights)
+    recorded = {k: v for k, v in kwargs.items() if k != "init_weights"}
+    # Pretrained weights make torchvision change constructor arguments (GoogLeNet / Inception v3
+    # drop their auxiliary heads and normalise inputs); the rebuilt architecture must match.
+    for attribute in ("aux_logits", "transform_input"):
+        if hasattr(model, attribute):
+            recorded[attribute] = bool(getattr(model, attribute))
+    return set_recipe(model.eval(), source_recipe(name, num_classes, recorded))

@@ -56,7 +56,9 @@ def flatten_for_inference(model: nn.Module) -> fx.GraphModule:
     flat.graph.eliminate_dead_code()
     flat.delete_all_unused_submodules()
     flat.recompile()
-    return flat.eval()
+    from deeprebirth.models.recipe import with_step
+
+    return with_step(model, flat, {"kind": "flatten"}).eval()
 
 
 def _concatenate_in_place(flat: fx.GraphModule) -> None:

@@ -56,6 +56,8 @@ class SlimOptions:
         tucker_energy: if set, ``tucker`` keeps the smallest ranks holding this fraction of each
             unfolding's squared singular values (overrides ``tucker_ratio``).
         tucker_min_channels: ``tucker`` skips convolutions narrower than this.
+        tucker_ranks: ``{conv path: [rank_in, rank_out]}`` overriding the rank choice (model
+            files record the ranks chosen on the trained weights here).
         extra: options of user rules.
     """
 
@@ -65,6 +67,7 @@ class SlimOptions:
     tucker_ratio: float = 0.5
     tucker_energy: float | None = None
     tucker_min_channels: int = 32
+    tucker_ranks: dict[str, list[int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

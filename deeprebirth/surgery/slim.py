@@ -118,6 +118,34 @@ def run_rules(
     return work, result
 
 
+def _record_step(model: nn.Module, slim_model: nn.Module, report: Plan) -> None:
+    """Appends this call to the slim model's rebuild recipe (deeprebirth.models.recipe)."""
+    from deeprebirth.models.recipe import set_recipe, with_step
+
+    options = dict(report.options)
+    # Ranks chosen from the trained weights (tucker_energy) must not be chosen again on the
+    # fresh weights of a rebuilt model.
+    chosen = {s.modules[0]: s.details["ranks"] for s in report.applied if "ranks" in s.details}
+    if chosen:
+        options["tucker_ranks"] = {**options.get("tucker_ranks", {}), **chosen}
+    step = {
+        "kind": "slim",
+        "rules": list(report.rules),
+        "input_shape": list(report.input_shape),
+        "options": options,
+    }
+    try:
+        with_step(model, slim_model, step)
+    except ValueError as error:
+        set_recipe(slim_model, None)
+        warnings.warn(
+            f"the slim model has no rebuild recipe ({error}); save it with "
+            "deeprebirth.io.save_model(..., recipe=...) or load its weights into a template",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def plan(
     model: nn.Module,
     example_input: torch.Tensor | tuple[int, ...] | None = None,
@@ -195,6 +223,7 @@ def slim(
     slim_model, report = run_rules(
         model, _example_tensor(model, example), resolve_rules(rules), opts
     )
+    _record_step(model, slim_model, report)
     if isinstance(plan_or_rules, Plan):
         planned = [(s.rule, s.modules, s.applies) for s in plan_or_rules.sites]
         done = [(s.rule, s.modules, s.applies) for s in report.sites]

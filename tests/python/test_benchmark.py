@@ -314,16 +314,18 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
     """scripts/compare_models.py on two saved models: one row per runtime whose speed-up is the
     baseline median over the candidate median, and a best-of-each row."""
     from deeprebirth.io import save_model
+    from deeprebirth.models import build_model
 
-    big = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval()
-    small = nn.Sequential(nn.Conv2d(1, 4, 3)).eval()
+    # Model files hold rebuild recipes: models built by name (built-in or registered).
+    big = build_model("bvlc_googlenet", num_classes=3, width=0.125, in_channels=1)
+    small = build_model("bvlc_googlenet", num_classes=3, width=0.0625, in_channels=1)
     save_model(tmp_path / "teacher.pt", big)
     save_model(tmp_path / "student.pt", small)
     out = tmp_path / "speed.md"
     done = _compare_models(
         str(tmp_path / "teacher.pt"),
         str(tmp_path / "student.pt"),
-        *("--input-shape", "1,12,12", "--threads", "1", "--batches", "1,2"),
+        *("--input-shape", "1,32,32", "--threads", "1", "--batches", "1,2"),
         *("--runtimes", "eager,torchscript", "--repeats", "2"),
         *("--candidate-rules", "pack_conv", "--candidate-flatten", "--out", str(out)),
     )
@@ -353,14 +355,15 @@ def _with_rounding(cell: str) -> tuple[float, float]:
 
 def test_compare_models_script_refuses_inexact_rules(tmp_path):
     from deeprebirth.io import save_model
+    from deeprebirth.models import build_model
 
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    model = build_model("bvlc_googlenet", num_classes=3, width=0.0625, in_channels=1)
     save_model(tmp_path / "a.pt", model)
     save_model(tmp_path / "b.pt", model)
     done = _compare_models(
         str(tmp_path / "a.pt"),
         str(tmp_path / "b.pt"),
-        *("--input-shape", "1,8,8", "--candidate-rules", "streamline"),
+        *("--input-shape", "1,32,32", "--candidate-rules", "streamline"),
     )
     assert done.returncode != 0 and "not exact" in done.stderr
 
@@ -379,7 +382,7 @@ def test_untrained_models_have_the_configs_architectures_and_feed_compare_models
 
     from deeprebirth.io import load_model
     from deeprebirth.train.config import load_config
-    from deeprebirth.train.student import build_model, build_student
+    from deeprebirth.train.student import build_student, model_from_config
 
     root = Path(__file__).resolve().parents[2]
     config = root / "configs" / "synthetic_smoke.yaml"
@@ -392,7 +395,7 @@ def test_untrained_models_have_the_configs_architectures_and_feed_compare_models
     )
     assert done.returncode == 0, done.stderr
     cfg = load_config(config)
-    teacher = build_model(cfg)
+    teacher = model_from_config(cfg)
     expected = {"teacher": teacher, "student": build_student(teacher, cfg)[0]}
     for name, model in expected.items():
         written = load_model(tmp_path / f"{name}.pt")[0]

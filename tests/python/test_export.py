@@ -468,15 +468,15 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
     assert meta.portable
     capsys.readouterr()
 
-    assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.ts")]) == 1
+    assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.ts")]) == 2
     assert "model file not found" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"garbage")
-    assert main(["export", str(corrupt), "--out", str(tmp_path / "x.ts")]) == 1
+    assert main(["export", str(corrupt), "--out", str(tmp_path / "x.ts")]) == 2
     assert "not a readable deeprebirth model file" in capsys.readouterr().err
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(1)}, foreign)
-    assert main(["export", str(foreign), "--out", str(tmp_path / "x.ts")]) == 1
+    assert main(["export", str(foreign), "--out", str(tmp_path / "x.ts")]) == 2
     assert "not a deeprebirth model file" in capsys.readouterr().err
 
 

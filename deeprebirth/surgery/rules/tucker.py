@@ -37,18 +37,25 @@ def _rank(singular_values: torch.Tensor, channels: int, options: SlimOptions) ->
 
 
 def tucker2_factors(
-    weight: torch.Tensor, options: SlimOptions
+    weight: torch.Tensor, options: SlimOptions, ranks: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U_out (C_out, R_out), core (R_out, R_in, kh, kw), U_in (C_in, R_in))`` of a conv weight.
 
     ``weight ~= einsum('or,rskl,is->oikl', U_out, core, U_in)``; exact when ranks are full.
+
+    Args:
+        weight: ``(C_out, C_in, kh, kw)``.
+        options: ``tucker_energy`` / ``tucker_ratio`` choose the ranks.
+        ranks: ``[R_in, R_out]`` to use instead (a rebuilt model keeps the ranks chosen on the
+            trained weights).
     """
     c_out, c_in = weight.shape[:2]
     w = weight.detach().double()
     u_out, s_out, _ = torch.linalg.svd(w.reshape(c_out, -1), full_matrices=False)
     u_in, s_in, _ = torch.linalg.svd(w.transpose(0, 1).reshape(c_in, -1), full_matrices=False)
-    r_out = min(_rank(s_out, c_out, options), u_out.shape[1])
-    r_in = min(_rank(s_in, c_in, options), u_in.shape[1])
+    if ranks is None:
+        ranks = [_rank(s_in, c_in, options), _rank(s_out, c_out, options)]
+    r_in, r_out = min(int(ranks[0]), u_in.shape[1]), min(int(ranks[1]), u_out.shape[1])
     u_out, u_in = u_out[:, :r_out], u_in[:, :r_in]
     core = torch.einsum("oikl,or,is->rskl", w, u_out, u_in)
     return u_out, core, u_in
@@ -76,7 +83,9 @@ class Tucker(Rule):
                 )
             details = {}
             if not problem:
-                u_out, core, u_in = tucker2_factors(conv.weight, ctx.options)
+                u_out, core, u_in = tucker2_factors(
+                    conv.weight, ctx.options, ctx.options.tucker_ranks.get(node.target)
+                )
                 r_out, r_in = core.shape[:2]
                 k = conv.kernel_size[0] * conv.kernel_size[1]
                 before = conv.out_channels * conv.in_channels * k
@@ -96,7 +105,9 @@ class Tucker(Rule):
         conv = model.get_submodule(site.modules[0])
         if not isinstance(conv, nn.Conv2d):
             raise SiteError(f"{site.modules[0]} is no longer an nn.Conv2d")
-        u_out, core, u_in = tucker2_factors(conv.weight, options)
+        u_out, core, u_in = tucker2_factors(
+            conv.weight, options, options.tucker_ranks.get(site.modules[0])
+        )
         r_out, r_in = core.shape[:2]
         first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
         middle = nn.Conv2d(
