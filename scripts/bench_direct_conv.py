@@ -34,7 +34,7 @@ from deeprebirth.ops import (  # noqa: E402
 )
 from deeprebirth.surgery.modules import PackedConv2d  # noqa: E402
 from deeprebirth.train import config as job_config  # noqa: E402
-from deeprebirth.train.student import build_model, build_student  # noqa: E402
+from deeprebirth.train.student import build_student, model_from_config  # noqa: E402
 from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = job_config.load_config(args.config)
-    teacher = build_model(cfg).eval()
+    teacher = model_from_config(cfg).eval()
     student, _ = build_student(teacher, cfg)
     size = cfg.model.input_size
     x = torch.randn(args.batch, cfg.model.in_channels, size, size)

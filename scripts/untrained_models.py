@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from deeprebirth import io  # noqa: E402
 from deeprebirth.train.config import config_to_yaml, load_config  # noqa: E402
-from deeprebirth.train.student import build_model, build_student  # noqa: E402
+from deeprebirth.train.student import build_student, model_from_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(args.seed)
-    teacher = build_model(cfg).eval()
+    teacher = model_from_config(cfg).eval()
     student, _new = build_student(teacher, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     metadata = {"source": f"untrained, {args.config}", "seed": args.seed}

@@ -46,9 +46,9 @@ def _banner(text: str) -> None:
 def _show_plan(cfg, example: torch.Tensor) -> Any:
     """Prints and returns the plan of ``cfg.surgery.rules`` on a fresh model."""
     import deeprebirth
-    from deeprebirth.train.student import build_model
+    from deeprebirth.train.student import model_from_config
 
-    plan = deeprebirth.plan(build_model(cfg).eval(), example, rules=list(cfg.surgery.rules))
+    plan = deeprebirth.plan(model_from_config(cfg).eval(), example, rules=list(cfg.surgery.rules))
     print(plan)
     return plan
 

@@ -22,6 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="continue the run in DIR (its config.yaml unless --config is given)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run even if the output_dir holds one (its files are replaced)",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read pickled model files of deeprebirth < 2 (runs code from the file)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
@@ -42,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             f"output_dir={args.resume}",
             "resume=true",
         ]
+    overrides += ["overwrite=true"] if args.overwrite else []
+    overrides += ["trust_pickle=true"] if args.trust_pickle else []
     if config is None:
         print(
             "deeprebirth finetune: error: --config FILE or --resume DIR is required",

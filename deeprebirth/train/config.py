@@ -163,6 +163,8 @@ class FinetuneConfig:
     output_dir: str = "runs/finetune"
     checkpoint_interval: int = 0  # steps between checkpoints (0: only at phase ends)
     resume: bool = False
+    overwrite: bool = False  # allow a new run into a non-empty output_dir (replaces its files)
+    trust_pickle: bool = False  # read pickled (pre-2) model files and checkpoints: runs their code
     log_interval: int = 10
     tensorboard: bool = True  # used when tensorboard is installed
     latency_repeats: int = 20

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from deeprebirth import io
+from deeprebirth.models.recipe import get_recipe, rebuild, set_recipe
 from deeprebirth.train import checkpoint as ckpt
 from deeprebirth.train.config import ConfigError, config_to_yaml
 from deeprebirth.train.data import Datasets, build_datasets
@@ -82,6 +83,7 @@ class _State:
     phase_index: int = 0
     step: int = 0
     working: nn.Module | None = None
+    student_recipe: dict[str, Any] | None = None  # None: a student built by the caller
     pending: nn.ModuleDict | None = None  # student blocks not swapped in yet
     new_names: list[str] = field(default_factory=list)
     stages: list[list[str]] | None = None
@@ -110,6 +112,20 @@ def _make_student(
     return student(teacher)
 
 
+def _split_working(
+    teacher: nn.Module, student: nn.Module, names: list[str]
+) -> tuple[nn.Module, nn.ModuleDict]:
+    """The working model (``student`` with the teacher's blocks ``names`` in place of its own) and
+    the student blocks set aside, in ``names`` order."""
+    teacher_blocks = dict(teacher.named_children())
+    working = copy.deepcopy(student)
+    pending = nn.ModuleDict()
+    for name in names:
+        pending[name] = getattr(working, name)
+        setattr(working, name, copy.deepcopy(teacher_blocks[name]))
+    return working, pending
+
+
 def _init_working(state: _State, student: nn.Module, new_names: list[str] | None, cfg) -> None:
     """Sets up the working model, pending blocks and stages from a fresh student."""
     changed = changed_blocks(state.teacher, student)
@@ -120,18 +136,115 @@ def _init_working(state: _State, student: nn.Module, new_names: list[str] | None
     )
     if new_names is None:  # hand-built student: every parameter of a changed block is new
         new_names = [n for n, _ in student.named_parameters() if n.split(".", 1)[0] in changed]
-    teacher_blocks = dict(state.teacher.named_children())
-    working = copy.deepcopy(student)
-    pending = nn.ModuleDict()
-    for name in changed:
-        pending[name] = getattr(working, name)
-        setattr(working, name, copy.deepcopy(teacher_blocks[name]))
+    state.student_recipe = get_recipe(student)
+    working, pending = _split_working(state.teacher, student, list(changed))
     state.working, state.pending, state.new_names, state.stages = (
         working,
         pending,
         list(new_names),
         stages,
     )
+
+
+_PLAIN_FIELDS = (
+    "teacher_phase",
+    "phase_index",
+    "step",
+    "new_names",
+    "stages",
+    "history",
+    "optimizer",
+    "scheduler",
+)
+# Files a run writes into output_dir; ``overwrite=true`` removes these and nothing else.
+RUN_FILES = (
+    ckpt.CHECKPOINT_NAME,
+    "config.yaml",
+    "metrics.jsonl",
+    "report.md",
+    "accuracy.png",
+    "teacher.pt",
+    "student.pt",
+)
+
+
+def _state_record(state: _State) -> dict[str, Any]:
+    """``state`` as tensors and plain data (models as recipe + state dict)."""
+    record: dict[str, Any] = {k: getattr(state, k) for k in _PLAIN_FIELDS}
+    record["teacher"] = {
+        "recipe": get_recipe(state.teacher),
+        "state_dict": state.teacher.state_dict(),
+    }
+    if state.working is not None:
+        record["student_recipe"] = state.student_recipe
+        record["working"] = state.working.state_dict()
+        record["pending_names"] = list(state.pending.keys())
+        record["pending"] = state.pending.state_dict()
+    return record
+
+
+def _state_from_record(record: dict[str, Any], cfg, student: StudentSpec) -> _State:
+    """Rebuilds the :class:`_State` of a checkpoint (models from recipes, then weights)."""
+    where = str(ckpt.checkpoint_path(cfg.output_dir))
+    teacher = io.model_from_record(record["teacher"], f"{where} (teacher)")
+    set_recipe(teacher, record["teacher"].get("recipe"))
+    state = _State(teacher=teacher, **{k: record[k] for k in _PLAIN_FIELDS})
+    if "working" not in record:
+        return state
+    if record.get("student_recipe") is not None:
+        template = rebuild(record["student_recipe"])
+    else:  # a student built by the caller: the same ``student=`` must be passed again
+        with torch.random.fork_rng(devices=[]):
+            template = _make_student(teacher, cfg, student)[0]
+    working, pending = _split_working(teacher, template, record["pending_names"])
+    try:
+        working.load_state_dict(record["working"])
+        pending.load_state_dict(record["pending"])
+    except RuntimeError as error:
+        raise ValueError(f"{where}: the student's weights do not fit its model: {error}") from error
+    state.working, state.pending = working, pending
+    state.student_recipe = record.get("student_recipe")
+    return state
+
+
+def _check_output_dir(cfg, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, after refusing anything that would lose a finished run.
+
+    Raises:
+        ConfigError: ``output_dir`` is a file; resume without a checkpoint; a new run into a
+            folder holding a run's files without ``overwrite``; an unreadable checkpoint.
+    """
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, expected a folder")
+    if resume:
+        try:
+            record = ckpt.load_checkpoint(out)
+        except ValueError as error:
+            raise ConfigError(f"resume: {error}") from error
+        if record is None:
+            raise ConfigError(
+                f"resume: no {ckpt.CHECKPOINT_NAME} in {out}: nothing to resume (start a new run "
+                "with another output_dir, or overwrite=true to replace this one)"
+            )
+        return record
+    found = sorted(name for name in RUN_FILES if (out / name).exists())
+    if found and not cfg.overwrite:
+        raise ConfigError(
+            f"output_dir: {out} already holds a run ({', '.join(found)}); resume it with "
+            "--resume, choose another output_dir, or pass overwrite=true (--overwrite) to "
+            "replace it"
+        )
+    return None
+
+
+def _clear_run_files(out: Path) -> None:
+    """Removes the files of an earlier run (``overwrite=true``), so none mixes with the new one."""
+    import shutil
+
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
 def _phases(state: _State, cfg, steps_per_epoch: int) -> list[Phase]:
@@ -255,22 +368,7 @@ class _Job:
     def _save(self, state: _State) -> None:
         if not self.ctx.is_main:
             return
-        record = {
-            k: getattr(state, k)
-            for k in (
-                "teacher",
-                "teacher_phase",
-                "phase_index",
-                "step",
-                "working",
-                "pending",
-                "new_names",
-                "stages",
-                "history",
-                "optimizer",
-                "scheduler",
-            )
-        }
+        record = _state_record(state)
         record["config"] = config_to_yaml(self.cfg)
         ckpt.save_checkpoint(self.out, record)
 
@@ -442,6 +540,7 @@ class _Job:
         return {
             "source": cfg.model.name,
             "input_size": cfg.model.input_size,
+            "in_channels": cfg.model.in_channels,
             "classes": self.data.classes,
             "stages": stages,
         }
@@ -512,23 +611,24 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
         seed_everything(cfg.seed, cfg.deterministic)
         if student is None:
             check_surgery_rules(cfg)
+        resuming = cfg.resume if resume is None else resume
+        record = _check_output_dir(cfg, resuming)
         data = build_datasets(cfg)  # validates roots before anything trains
-        job = _Job(cfg, ctx, data)
-        record = (
-            ckpt.load_checkpoint(cfg.output_dir)
-            if (cfg.resume if resume is None else resume)
-            else None
-        )
         if record is not None:
-            state = _State(**{k: record[k] for k in _State.__dataclass_fields__})
+            state = _state_from_record(record, cfg, student)
             ckpt.set_rng_state(record["rng"])  # nothing below draws before the next training step
         else:
             teacher, trained = load_teacher(cfg)
             _check_stage_names(cfg, teacher)
             state = _State(teacher=teacher, teacher_phase=not trained and cfg.teacher.train.enabled)
-            if ctx.is_main:
-                job.out.mkdir(parents=True, exist_ok=True)
-                (job.out / "config.yaml").write_text(config_to_yaml(cfg))
+        barrier(ctx)  # every rank has checked output_dir before the main rank writes to it
+        if record is None and ctx.is_main:
+            out = Path(cfg.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            _clear_run_files(out)
+            (out / "config.yaml").write_text(config_to_yaml(cfg))
+        barrier(ctx)
+        job = _Job(cfg, ctx, data)
         return job.run(state, student)
     finally:
         shutdown(ctx)

@@ -12,40 +12,72 @@ import deeprebirth
 from deeprebirth import io
 
 
-def build_model(cfg) -> nn.Module:
-    """The architecture named by ``cfg.model`` (random weights), e.g. a width-0.25 bvlc_googlenet.
+def model_from_config(cfg) -> nn.Module:
+    """The architecture named by ``cfg.model`` (random weights), e.g. a width-0.25 bvlc_googlenet,
+    built by :func:`deeprebirth.models.build_model` (so it carries its rebuild recipe).
 
     Raises:
-        ValueError: ``cfg.model.name`` is not a model of ``deeprebirth.models``.
+        ConfigError: ``cfg.model.name`` is not a model ``build_model`` knows.
     """
-    factory = getattr(deeprebirth.models, cfg.model.name, None)
-    if factory is None or not callable(factory):
-        raise ValueError(
-            f"model.name: expected a model of deeprebirth.models (e.g. bvlc_googlenet), but got {cfg.model.name!r}"
-        )
+    from deeprebirth.train.config import ConfigError
+
     m = cfg.model
-    return factory(
-        num_classes=m.num_classes, width=m.width, lrn=m.lrn, in_channels=m.in_channels, init=m.init
-    )
+    kwargs = {}
+    if m.name == "bvlc_googlenet":
+        kwargs = {"width": m.width, "lrn": m.lrn, "in_channels": m.in_channels, "init": m.init}
+    try:
+        return deeprebirth.models.build_model(m.name, num_classes=m.num_classes, **kwargs)
+    except ValueError as error:
+        raise ConfigError(f"model.name: {error}") from error
+
+
+def _load_model_file(key: str, path: str, cfg) -> tuple[nn.Module, dict]:
+    """``io.load_model`` with errors that name the config key."""
+    from deeprebirth.train.config import ConfigError
+
+    try:
+        return io.load_model(path, trust_pickle=cfg.trust_pickle)
+    except io.UntrustedFileError as error:
+        raise ConfigError(f"{key}: {error} (config: trust_pickle=true)") from error
+    except FileNotFoundError as error:
+        raise ConfigError(f"{key}: {error}") from error
 
 
 def load_teacher(cfg) -> tuple[nn.Module, bool]:
     """The teacher and whether it is trained: from ``teacher.weights`` / ``model.weights`` or new.
 
     A weights file is a deeprebirth model file (``deeprebirth.io.save_model``) or a state_dict of
-    ``build_model(cfg)``.
+    ``model_from_config(cfg)``; neither is unpickled beyond tensors and plain data unless
+    ``trust_pickle``.
+
+    Raises:
+        ConfigError: the file is missing, pickled (without ``trust_pickle``) or not loadable.
     """
+    from deeprebirth.train.config import ConfigError
+
+    key = "teacher.weights" if cfg.teacher.weights else "model.weights"
     path = cfg.teacher.weights or cfg.model.weights
     if not path:
-        return build_model(cfg), False
+        return model_from_config(cfg), False
+    record = None
     try:
-        return io.load_model(path)[0], True
-    except ValueError:
-        import torch
-
-        model = build_model(cfg)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model, True
+        record = io.safe_load(path, "weights file", cfg.trust_pickle)
+    except (FileNotFoundError, ValueError) as error:
+        hint = " (config: trust_pickle=true)" if isinstance(error, io.UntrustedFileError) else ""
+        raise ConfigError(f"{key}: {error}{hint}") from error
+    if isinstance(record, dict) and record.get("format") == io.MODEL_FORMAT:
+        return _load_model_file(key, path, cfg)[0], True
+    if isinstance(record, dict) and isinstance(record.get("state_dict"), dict):
+        record = record["state_dict"]
+    model = model_from_config(cfg)
+    try:
+        model.load_state_dict(record)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ConfigError(
+            f"{key}: {path} is neither a deeprebirth model file nor a state_dict of "
+            f"{cfg.model.name}: {error}"
+        ) from error
+    return model, True
 
 
 def check_surgery_rules(cfg) -> None:
@@ -74,7 +106,7 @@ def build_student(teacher: nn.Module, cfg) -> tuple[nn.Module, list[str] | None]
     parameters (``deeprebirth.surgery.new_parameters``) train at ``new_layer_lr_mult`` x LR.
     """
     if cfg.surgery.student:
-        student, metadata = io.load_model(cfg.surgery.student)
+        student, metadata = _load_model_file("surgery.student", cfg.surgery.student, cfg)
         return student, metadata.get("new_parameters")
     size = cfg.model.input_size
     example_shape = (1, cfg.model.in_channels, size, size)  # streamline sizes paddings for it

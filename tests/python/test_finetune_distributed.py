@@ -9,18 +9,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune_helpers import TINY_OVERRIDES, tiny_student  # noqa: E402
+from finetune_helpers import TINY_OVERRIDES  # noqa: E402
 
 import deeprebirth  # noqa: E402
 from deeprebirth import io  # noqa: E402
 from deeprebirth.train.checkpoint import load_checkpoint  # noqa: E402
+from deeprebirth.train.schedule import changed_blocks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_two_process_gloo_run_completes(tmp_path):
     teacher = deeprebirth.models.bvlc_googlenet(num_classes=4, width=0.125)
-    student, new = tiny_student(teacher)
+    # A student file rebuilds by replaying its surgery: made by deeprebirth.slim, not by hand.
+    student, _ = deeprebirth.slim(teacher, ["streamline", "branch_slim"], (1, 3, 32, 32))
+    new = list(deeprebirth.surgery.new_parameters(student))
+    stages = [[name] for name in changed_blocks(teacher, student)]
     io.save_model(tmp_path / "teacher.pt", teacher)
     io.save_model(tmp_path / "student.pt", student, {"new_parameters": new})
     out = tmp_path / "run"
@@ -45,9 +49,11 @@ def test_two_process_gloo_run_completes(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     assert "report:" in done.stdout
     record = load_checkpoint(out)
-    assert record["phase_index"] == 4 and record["stages"] == [["conv1"], ["inception_3a"]]
+    assert record["phase_index"] == 2 * len(stages) and record["stages"] == stages
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r["label"] for r in evals if r["kind"] == "eval"]
-    assert len(evals) == len(set(evals)) == 6  # written once (rank 0), not once per rank
+    assert (
+        len(evals) == len(set(evals)) == 2 + 2 * len(stages)
+    )  # written once (rank 0), not once per rank
     assert "- processes: 2" in (out / "report.md").read_text()
     assert not list(out.glob(".*.tmp"))  # atomic writes left no temporary files

@@ -9,14 +9,14 @@ import torch
 from deeprebirth.models import INCEPTION_CONFIG
 from deeprebirth.train.config import load_config
 from deeprebirth.train.schedule import changed_blocks
-from deeprebirth.train.student import build_model, build_student
+from deeprebirth.train.student import build_student, model_from_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_smoke.yaml"
 
 
 def test_build_student_slims_every_block_bottom_to_top():
     cfg = load_config(CONFIG)
-    teacher = build_model(cfg).eval()
+    teacher = model_from_config(cfg).eval()
     student, new_names = build_student(teacher, cfg)
     # streamline rewrites conv1 and conv2, branch_slim every Inception module, in network order
     assert changed_blocks(teacher, student) == ["conv1", "conv2", *INCEPTION_CONFIG]
