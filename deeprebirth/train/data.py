@@ -4,7 +4,8 @@ Every root is validated by :func:`build_datasets` before training: a missing fol
 folder without images or too many unreadable images raise :class:`DataError` naming the path; a
 few unreadable images (at most ``data.max_corrupt_fraction``) are skipped with a warning and
 counted in :attr:`Datasets.skipped`. An image that fails to decode during training is replaced by
-the next sample (warning, counted), so an epoch never crashes on one bad file.
+the next sample (warning, counted in :attr:`Datasets.skipped` too, also from DataLoader workers),
+so an epoch never crashes on one bad file.
 """
 
 from __future__ import annotations
@@ -47,12 +48,24 @@ class DataError(ValueError):
 
 @dataclass
 class Datasets:
-    """The train and validation datasets, class names and the unreadable images skipped."""
+    """The train and validation datasets, class names and the unreadable images skipped.
+
+    ``unreadable`` lists the images validation found unreadable (left out of the datasets);
+    ``folders`` holds the image-folder datasets, which record images that fail later, at decode
+    time; :attr:`skipped` is both.
+    """
 
     train: Dataset
     val: Dataset
     classes: list[str]
-    skipped: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    folders: list[SkippingImageFolder] = field(default_factory=list, repr=False)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Every unreadable image skipped so far: found by validation, then while training or
+        evaluating (in any DataLoader worker of this process; each rank counts its own)."""
+        return list(self.unreadable) + [p for f in self.folders for p in f.failed_paths()]
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST (IDX)
@@ -208,8 +221,10 @@ def validate_image_folder(
 class SkippingImageFolder(Dataset):
     """``torchvision.datasets.ImageFolder`` without the given files, robust to decode errors.
 
-    A sample that fails to load is replaced by the next one, with a warning; ``failures`` counts
-    them (per process).
+    A sample that fails to load is replaced by the next one, with a warning, and flagged in a
+    shared-memory tensor (one flag per sample), so that failures in DataLoader worker processes
+    (forked or spawned) reach the main process: :meth:`failed_paths` lists them and
+    :attr:`failures` counts them (each image once, however often it fails).
     """
 
     def __init__(self, root: Path, transform: Callable, exclude: list[Path]) -> None:
@@ -221,7 +236,16 @@ class SkippingImageFolder(Dataset):
             is_valid_file=lambda p: _is_image(Path(p)) and p not in excluded,
         )
         self.classes = self.folder.classes
-        self.failures = 0
+        self._failed = torch.zeros(len(self.folder), dtype=torch.bool).share_memory_()
+
+    @property
+    def failures(self) -> int:
+        """How many images failed to load so far."""
+        return int(self._failed.sum())
+
+    def failed_paths(self) -> list[str]:
+        """The images that failed to load so far, in sample order."""
+        return [self.folder.samples[i][0] for i in self._failed.nonzero().flatten().tolist()]
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -232,7 +256,7 @@ class SkippingImageFolder(Dataset):
             try:
                 return self.folder[position]
             except Exception as error:  # corrupt file found only at decode time
-                self.failures += 1
+                self._failed[position] = True
                 warnings.warn(
                     f"skipping unreadable image {self.folder.samples[position][0]}: {error}",
                     RuntimeWarning,
@@ -319,6 +343,7 @@ def _build_datasets(cfg) -> Datasets:
             f"model.in_channels: imagenet data has 3 channels, but got {model.in_channels}"
         )
     train_tf, val_tf = imagenet_transforms(model.input_size, data.augment)
+    folders: list[SkippingImageFolder] = []
     splits = {}
     skipped: list[str] = []
     for split, transform, limit in (
@@ -329,7 +354,8 @@ def _build_datasets(cfg) -> Datasets:
             root / split, data.max_corrupt_fraction, data.verify_limit
         )
         skipped += [str(p) for p in bad]
-        dataset: Dataset = SkippingImageFolder(root / split, transform, bad)
+        folders.append(SkippingImageFolder(root / split, transform, bad))
+        dataset: Dataset = folders[-1]
         if limit:
             dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
         splits[split] = (dataset, classes)
@@ -343,4 +369,4 @@ def _build_datasets(cfg) -> Datasets:
         raise DataError(
             f"model.num_classes is {model.num_classes} but {root / data.train_split} has {len(classes)} class folders"
         )
-    return Datasets(train, val, classes, skipped)
+    return Datasets(train, val, classes, skipped, folders)
