@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what is missing, and nothing else, then builds deeprebirth:
-#   1. Debian packages (build tools, Catch2, OpenCV, cxxopts + nlohmann-json for the C++ runner,
+#   1. Debian packages (build tools, clang-format, Catch2, OpenCV, cxxopts + nlohmann-json for the C++ runner,
 #      the Fashion-MNIST data set);
 #   2. pinned Python packages (torch==2.13.0 CPU wheel, torchvision==0.28.0, requirements.txt);
 #   3. the Python extension deeprebirth._C (pip install --no-build-isolation -e .), only when its
@@ -13,7 +13,7 @@ cd "$ROOT"
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
 TORCHVISION_VERSION=0.28.0   # the torchvision release built for torch 2.13
-APT_PACKAGES=(build-essential cmake ninja-build catch2 libopencv-dev libcxxopts-dev nlohmann-json3-dev
+APT_PACKAGES=(build-essential cmake ninja-build clang-format catch2 libopencv-dev libcxxopts-dev nlohmann-json3-dev
   dataset-fashion-mnist)
 STAMP_DIR="$ROOT/.cache/setup"
 mkdir -p "$STAMP_DIR"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: set-up if needed, then pytest, the Catch2 suite through CTest, and (when nvcc
+# Runs every test: set-up if needed, then the style checks (scripts/lint.sh), pytest, the Catch2 suite through CTest, and (when nvcc
 # is installed) a compile check of the CUDA kernels. Exits non-zero on any failure.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -8,6 +8,8 @@ PYTHON=${PYTHON:-python3}
 "$ROOT/scripts/setup.sh" || exit 1
 
 status=0
+echo "== lint (ruff, clang-format)"
+"$ROOT/scripts/lint.sh" || status=1
 echo "== pytest"
 "$PYTHON" -m pytest tests/python "$@" || status=1
 echo "== Catch2 (ctest)"

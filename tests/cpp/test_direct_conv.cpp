@@ -52,13 +52,17 @@ TEST_CASE("direct_conv errors name the argument", "[direct_conv][errors]") {
     }
     return std::string("no error");
   };
-  CHECK_THAT(message([&] { direct_conv(x, packed, std::nullopt, 17, {1, 1}, {0, 0}, false); }),
+  CHECK_THAT(message([&] {
+               direct_conv(x, packed, std::nullopt, 17, {1, 1}, {0, 0}, false);
+             }),
              Catch::Contains("expected out_channels in (0, 16]"));
   CHECK_THAT(message([&] {
                direct_conv(at::randn({1, 2, 5, 5}), packed, std::nullopt, 4, {1, 1}, {0, 0}, false);
              }),
              Catch::Contains("expected x to have packed_w.size(1) = 3 channels"));
-  CHECK_THAT(message([&] { direct_conv(x, packed, std::nullopt, 4, {0, 1}, {0, 0}, false); }),
+  CHECK_THAT(message([&] {
+               direct_conv(x, packed, std::nullopt, 4, {0, 1}, {0, 0}, false);
+             }),
              Catch::Contains("stride"));
 }
 
