@@ -39,6 +39,7 @@ from deeprebirth.train.data import Datasets, build_datasets
 from deeprebirth.train.distributed import (
     DistContext,
     ResumableSampler,
+    all_reduce_sum,
     barrier,
     init_distributed,
     shutdown,
@@ -236,6 +237,31 @@ def _check_output_dir(cfg, resume: bool) -> dict[str, Any] | None:
             "replace it"
         )
     return None
+
+
+def _check_ranks_agree(cfg, ctx: DistContext) -> None:
+    """Fails on every rank, before any other collective, when the ranks see different contents
+    of ``output_dir`` (a multi-node run whose output_dir is not on a shared filesystem).
+
+    Raises:
+        ConfigError: some ranks see a checkpoint or a finished run's files and others do not.
+    """
+    if not ctx.enabled:
+        return
+    out = Path(cfg.output_dir)
+    seen = torch.tensor(
+        [
+            float(ckpt.checkpoint_path(out).is_file()),
+            float(any((out / n).exists() for n in RUN_FILES)),
+        ]
+    )
+    counts = all_reduce_sum(seen, ctx)
+    for what, count in zip(("a checkpoint", "a run's files"), counts.tolist(), strict=True):
+        if 0 < count < ctx.world_size:
+            raise ConfigError(
+                f"output_dir: {int(count)} of {ctx.world_size} ranks see {what} in {out} and the "
+                "others do not; a multi-node run needs output_dir on a filesystem every node shares"
+            )
 
 
 def _clear_run_files(out: Path) -> None:
@@ -612,6 +638,7 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
         if student is None:
             check_surgery_rules(cfg)
         resuming = cfg.resume if resume is None else resume
+        _check_ranks_agree(cfg, ctx)
         record = _check_output_dir(cfg, resuming)
         data = build_datasets(cfg)  # validates roots before anything trains
         if record is not None:

@@ -199,3 +199,24 @@ def test_cli_slim_then_export_for_any_channel_count(tmp_path):
     assert main(["export", str(tmp_path / "gray.pt"), "--out", str(ts)]) == 0
     x = torch.randn(1, 1, 32, 32)
     torch.testing.assert_close(deeprebirth.export.load_exported(ts)(x), gray(x))
+
+
+def test_ranks_that_see_different_output_dirs_fail_before_training(tmp_path, monkeypatch):
+    """Multi-node without a shared filesystem: the checkpoint exists on one node only. The ranks
+    compare what they see (one all-reduce) and all fail with the same message."""
+    from finetune_helpers import tiny_config
+
+    from deeprebirth.train import job
+    from deeprebirth.train.config import ConfigError
+    from deeprebirth.train.distributed import DistContext
+
+    cfg = tiny_config(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    torch.save({"format": "deeprebirth-checkpoint"}, tmp_path / "run" / "checkpoint.pt")
+    ctx = DistContext(rank=0, world_size=2, device=torch.device("cpu"))
+    # the other rank (another node) sees an empty folder: it adds nothing to the sums
+    monkeypatch.setattr(job, "all_reduce_sum", lambda values, ctx: values)
+    with pytest.raises(ConfigError, match="1 of 2 ranks see a checkpoint"):
+        job._check_ranks_agree(cfg, ctx)
+    monkeypatch.setattr(job, "all_reduce_sum", lambda values, ctx: values * 2)
+    job._check_ranks_agree(cfg, ctx)  # every rank sees it: fine
