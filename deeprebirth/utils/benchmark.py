@@ -2,9 +2,11 @@
 
 - :func:`interleaved_timings` runs variants A B A B … in one process after a warm-up, so machine
   noise hits every variant alike; compare medians and report ratios.
-- :func:`configure_allocator` (called by both) keeps freed activation buffers in glibc's heap, so
-  repeated forwards do not map, fault in and unmap them again (allocator churn: that made eager
-  GoogLeNet 1.4-1.7x slower here).
+- :func:`benchmark_allocator` (entered by :func:`interleaved_timings` for its own duration) keeps
+  freed activation buffers in glibc's heap, so repeated forwards do not map, fault in and unmap
+  them again (allocator churn). Leaving it restores glibc's default thresholds: importing or
+  calling this module changes nothing for the rest of the process. :func:`configure_allocator`
+  sets the same thresholds for the whole process, for a benchmark script's own entry point.
 - :func:`peak_extra_memory` measures the peak resident memory a call adds (VmHWM after minus
   VmRSS before, the peak reset through ``/proc/self/clear_refs``); for the duration of that one
   call glibc returns its cached memory and serves every buffer over 64 KiB by mmap, so the resident
@@ -31,7 +33,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _NO_CHURN_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest allowed value on 64-bit
 _NO_CHURN_TRIM_THRESHOLD = 1024 * 1024 * 1024
 _TRACKING_MMAP_THRESHOLD = 64 * 1024
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # glibc's initial mmap and trim thresholds
 _allocator_configured = False
+_benchmark_depth = 0
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,17 @@ def interleaved_timings(
         >>> sorted(t), len(t["a"].samples)
         (['a', 'b'], 3)
     """
-    configure_allocator()
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
-        for _ in range(repeats):
-            for name, fn in variants.items():
-                start = time.perf_counter()
+    with benchmark_allocator():
+        for _ in range(warmup):
+            for fn in variants.values():
                 fn()
-                samples[name].append((time.perf_counter() - start) * 1e3)
+        with torch.inference_mode():
+            for _ in range(repeats):
+                for name, fn in variants.items():
+                    start = time.perf_counter()
+                    fn()
+                    samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: Timing(tuple(s)) for name, s in samples.items()}
 
 
@@ -101,8 +105,10 @@ def _set_glibc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
 
 
 def configure_allocator() -> str:
-    """Keeps freed buffers under 32 MiB in glibc's heap and never trims it, so repeated forwards
-    reuse memory instead of mapping and faulting it in again; returns a note for the machine line.
+    """Keeps freed buffers under 32 MiB in glibc's heap and never trims it, for the whole process,
+    so repeated forwards reuse memory instead of mapping and faulting it in again; returns a note
+    for the machine line. For a benchmark script's own entry point only (library code uses
+    :func:`benchmark_allocator`).
 
     Idempotent. Without it glibc's adaptive threshold maps and unmaps activations on every forward
     (about 4,000 page faults per GoogLeNet pass); with every buffer over 64 KiB mapped, eager
@@ -120,11 +126,37 @@ def configure_allocator() -> str:
     )
 
 
+def _restore_thresholds() -> None:
+    """The thresholds that hold outside a measurement: no-churn inside :func:`benchmark_allocator`
+    or after :func:`configure_allocator`, glibc's defaults otherwise."""
+    if _benchmark_depth or _allocator_configured:
+        _set_glibc_thresholds(_NO_CHURN_MMAP_THRESHOLD, _NO_CHURN_TRIM_THRESHOLD)
+    else:
+        _set_glibc_thresholds(_GLIBC_DEFAULT_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+
+
+@contextlib.contextmanager
+def benchmark_allocator():
+    """While active, glibc keeps freed buffers under 32 MiB and never trims its heap (no allocator
+    churn between timed calls); on exit the thresholds in force before are back. Nestable.
+
+    glibc adapts its mmap threshold to the program until a threshold is set; after the first
+    benchmark it stays at its initial 128 KiB.
+    """
+    global _benchmark_depth
+    _benchmark_depth += 1
+    try:
+        _restore_thresholds()
+        yield
+    finally:
+        _benchmark_depth -= 1
+        _restore_thresholds()
+
+
 @contextlib.contextmanager
 def _tracking_allocator():
     """While active, freed memory goes back to the OS and every buffer over 64 KiB is mmapped, so
-    the resident set follows live tensors; the no-churn setting is restored afterwards."""
-    configure_allocator()
+    the resident set follows live tensors; the setting in force before is restored afterwards."""
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -132,8 +164,7 @@ def _tracking_allocator():
     try:
         yield
     finally:
-        if _allocator_configured:
-            _set_glibc_thresholds(_NO_CHURN_MMAP_THRESHOLD, _NO_CHURN_TRIM_THRESHOLD)
+        _restore_thresholds()
 
 
 def _status_kib(field: str) -> int:
@@ -177,6 +208,14 @@ def _one_peak_extra_memory(fn: Callable[[], object]) -> int:
     return max(0, peak - before) * 1024
 
 
+def _allocator_note() -> str:
+    if _allocator_configured:
+        return "glibc mmap_threshold=32MiB trim_threshold=1GiB (no allocator churn)"
+    if _libc() is None:
+        return "default allocator"
+    return "glibc mmap_threshold=32MiB trim_threshold=1GiB while timing (no allocator churn)"
+
+
 def machine_line() -> str:
     """One line describing CPU, cores, threads, torch version and allocator setting."""
     cpu = platform.processor() or "unknown CPU"
@@ -190,5 +229,5 @@ def machine_line() -> str:
     return (
         f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, {torch.__config__.parallel_info().splitlines()[-1].strip()}) "
-        f"| {configure_allocator()}"
+        f"| {_allocator_note()}"
     )

@@ -39,3 +39,34 @@ def test_peak_extra_memory_with_repeats_reports_the_lowest_call():
     assert 0.9 * size <= lowest <= 1.3 * size, lowest / MIB
     with pytest.raises(ValueError, match="repeats"):
         peak_extra_memory(allocate_less_each_time, repeats=0)
+
+
+def test_benchmark_helpers_leave_the_process_allocator_alone():
+    """Importing the helpers, timing and printing the machine line leave glibc serving a 1 MiB
+    buffer by mmap as before (mallinfo2's count of mmapped blocks); only inside a timing does the
+    no-churn setting keep it in the heap."""
+    import subprocess
+    import sys
+
+    script = """
+import ctypes, torch
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = Info
+def mmapped_while_alive():
+    before = libc.mallinfo2().hblks
+    t = torch.empty(2**18)  # 1 MiB
+    return libc.mallinfo2().hblks - before
+from deeprebirth.utils import benchmark
+seen = {}
+benchmark.interleaved_timings({"a": lambda: seen.setdefault("inside", mmapped_while_alive())}, 1, 0)
+benchmark.machine_line()
+print(seen["inside"], mmapped_while_alive())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    inside, after = map(int, done.stdout.split())
+    assert (inside, after) == (0, 1)
