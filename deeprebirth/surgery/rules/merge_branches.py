@@ -4,7 +4,8 @@ E.g. an Inception module's three 1x1 convolutions, SqueezeNet's ``expand1x1``/``
 ResNet block's first conv and its downsample conv when their output sizes agree. The parent module
 (the closest common ancestor of the convolutions) is re-traced with torch.fx and replaced by a
 GraphModule in which one ``BranchConv2d`` call feeds ``torch.narrow`` views to the old consumers
-(the ReLU is fused when every branch is followed by one; the kept ReLUs are then no-ops).
+(the ReLU is fused when every branch is followed by one, and those ReLUs are removed; ReLUs kept
+on a view run out of place, so the model trains and exports without in-place writes to views).
 
 Convolutions are grouped by what BranchConv2d can share (stride, output size, bias, groups 1,
 dilation 1, symmetric zero padding); groups of one are not sites, convolutions the operator cannot
@@ -65,6 +66,21 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in (torch.relu, torch.relu_, torch.nn.functional.relu)
     return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _relu_out_of_place(gm: fx.GraphModule, view: fx.Node, drop: bool) -> None:
+    """Rewrites the ReLUs reading ``view``: removed when the merged operator already applied it
+    (``drop``), otherwise made out-of-place. An in-place ReLU on a ``narrow`` view would break
+    autograd when training and becomes a ``slice_scatter`` under ``torch.export``."""
+    for user in list(view.users):
+        if not _is_relu(gm, user):
+            continue
+        if drop:
+            user.replace_all_uses_with(view)
+        else:
+            with gm.graph.inserting_before(user):
+                user.replace_all_uses_with(gm.graph.call_function(torch.relu, (view,)))
+        gm.graph.erase_node(user)
 
 
 @register_rule
@@ -171,6 +187,7 @@ class MergeBranches(Rule):
                 )
                 offset += conv.out_channels
                 node.replace_all_uses_with(view)
+                _relu_out_of_place(gm, view, drop=merged.relu)
         for node in nodes:
             gm.graph.erase_node(node)
         gm.graph.lint()
