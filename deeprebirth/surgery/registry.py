@@ -121,15 +121,6 @@ class Rule:
 
 
 _RULES: dict[str, type[Rule]] = {}
-_BUILTIN_RULES = (
-    "fold_bn",
-    "fuse_conv_pool",
-    "merge_branches",
-    "streamline",
-    "branch_slim",
-    "tucker",
-    "pack_conv",
-)
 
 
 def register_rule(rule: type[Rule]) -> type[Rule]:
@@ -157,8 +148,7 @@ def register_rule(rule: type[Rule]) -> type[Rule]:
 
 
 def _load_builtin_rules() -> None:
-    for name in _BUILTIN_RULES:
-        importlib.import_module(f"deeprebirth.surgery.rules.{name}")
+    importlib.import_module("deeprebirth.surgery.rules")  # registers every file in rules/
 
 
 def known_rules() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from _surgery_helpers import randomize_batchnorm
 from torch import nn
 
 import deeprebirth
+import deeprebirth.surgery.rules
 from deeprebirth.surgery import Rule, Site, known_rules, new_parameters
 from deeprebirth.surgery.rules.tucker import tucker2_factors
 
@@ -316,3 +318,21 @@ def test_flatten_writes_concatenated_packed_convolutions_in_place() -> None:
         torch.testing.assert_close(portable(x), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layer 1 is a Conv2d, not a PackedConv2d"):
         PackedConvConcat([flat.concat.convs[0], nn.Conv2d(3, 4, 1)])
+
+
+def test_every_rule_file_registers_its_rule_once():
+    """The rule list is the rules/ folder: each file registers the rule named after it."""
+    import subprocess
+    import sys
+
+    from deeprebirth.surgery.rules import BUILTIN_RULE_MODULES
+
+    files = sorted(
+        p.stem
+        for p in Path(deeprebirth.surgery.rules.__file__).parent.glob("*.py")
+        if not p.stem.startswith("_")
+    )
+    assert list(BUILTIN_RULE_MODULES) == files
+    code = "from deeprebirth.surgery.registry import known_rules; print(','.join(known_rules()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().split(",") == files
