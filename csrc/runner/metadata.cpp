@@ -1,6 +1,9 @@
 // JSON metadata record -> ExportMetadata, with the same checks as ExportMetadata.validate().
 #include "metadata.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -30,6 +33,19 @@ void check(bool condition, const std::string& message) {
   }
 }
 
+// `value` as an image size of field `name`: a JSON integer in [1, kMaxImageSide], checked before
+// any conversion (a float or a number beyond int64 would otherwise be cast silently).
+int64_t image_side(const nlohmann::json& value, const std::string& name) {
+  constexpr auto kMax = static_cast<uint64_t>(kMaxImageSide);
+  const bool in_range = value.is_number_unsigned()
+                            ? value.get<uint64_t>() >= 1 && value.get<uint64_t>() <= kMax
+                            : value.is_number_integer() && value.get<int64_t>() >= 1 &&
+                                  value.get<int64_t>() <= kMaxImageSide;
+  check(in_range, "expected " + name + " to be integers in [1, " + std::to_string(kMaxImageSide) +
+                      "] (MAX_IMAGE_SIDE), but got " + value.dump());
+  return value.get<int64_t>();
+}
+
 }  // namespace
 
 std::string ExportMetadata::label(int64_t index) const {
@@ -53,20 +69,28 @@ ExportMetadata parse_metadata(const std::string& json_text) {
         std::string("expected schema ") + kSchema + " v" + std::to_string(kSchemaVersion) +
             ", but got '" + schema + "' v" + std::to_string(version));
   ExportMetadata meta;
-  const auto input_size = field<std::vector<int64_t>>(record, "input_size", {224, 224});
-  check(input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0,
-        "expected input_size [H, W] > 0");
-  meta.input_size = {input_size[0], input_size[1]};
-  meta.resize_size = field<int64_t>(record, "resize_size", meta.resize_size);
-  check(meta.resize_size >= std::max(input_size[0], input_size[1]),
+  if (record.contains("input_size")) {
+    const auto& input_size = record.at("input_size");
+    check(input_size.is_array() && input_size.size() == 2,
+          "expected input_size [H, W], but got " + input_size.dump());
+    meta.input_size = {image_side(input_size[0], "input_size"),
+                       image_side(input_size[1], "input_size")};
+  }
+  if (record.contains("resize_size")) {
+    meta.resize_size = image_side(record.at("resize_size"), "resize_size");
+  }
+  check(meta.resize_size >= std::max(meta.input_size[0], meta.input_size[1]),
         "expected resize_size >= the crop size, but got " + std::to_string(meta.resize_size));
-  const auto mean = field<std::vector<float>>(record, "mean", {0.485F, 0.456F, 0.406F});
-  const auto std = field<std::vector<float>>(record, "std", {0.229F, 0.224F, 0.225F});
+  const auto mean = field<std::vector<double>>(record, "mean", {0.485, 0.456, 0.406});
+  const auto std = field<std::vector<double>>(record, "std", {0.229, 0.224, 0.225});
   check(mean.size() == 3 && std.size() == 3, "expected 3 means and 3 stds");
   for (size_t c = 0; c < 3; ++c) {
-    check(std[c] > 0.0F, "expected positive std values");
-    meta.mean[c] = mean[c];
-    meta.std[c] = std[c];
+    const auto largest = static_cast<double>(std::numeric_limits<float>::max());
+    check(std::abs(mean[c]) <= largest && std::abs(std[c]) <= largest,
+          "expected finite float means and stds");
+    meta.mean[c] = static_cast<float>(mean[c]);
+    meta.std[c] = static_cast<float>(std[c]);
+    check(meta.std[c] > 0.0F, "expected positive std values");
   }
   check(field<std::string>(record, "color", "RGB") == "RGB", "expected color \"RGB\"");
   meta.class_names = field<std::vector<std::string>>(record, "class_names", {});

@@ -9,6 +9,9 @@
 namespace deeprebirth::runner {
 
 inline constexpr const char* kMetadataFile = "deeprebirth.json";
+// The largest crop side and resize size a record may ask for, and the longest side an image may
+// have after the resize (MAX_IMAGE_SIDE of deeprebirth/export/metadata.py).
+inline constexpr int64_t kMaxImageSide = 16384;
 
 struct ExportMetadata {
   std::array<int64_t, 2> input_size{224, 224};  // centre crop (H, W)
@@ -25,7 +28,8 @@ struct ExportMetadata {
   std::string label(int64_t index) const;
 };
 
-// Parses and validates the JSON record. Throws std::invalid_argument naming the field.
+// Parses and validates the JSON record (sizes: integers in [1, kMaxImageSide]). Throws
+// std::invalid_argument naming the field.
 ExportMetadata parse_metadata(const std::string& json_text);
 
 }  // namespace deeprebirth::runner

@@ -3,10 +3,14 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iomanip>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <sstream>
 #include <stdexcept>
 
 #include "errors.h"
@@ -19,7 +23,84 @@ RunnerError image_error(const std::string& path, const std::string& what) {
   return RunnerError(ExitCode::kImage, "image '" + path + "': " + what);
 }
 
+// Big-endian unsigned integer of `bytes` bytes at `data`.
+int64_t big_endian(const unsigned char* data, int bytes) {
+  int64_t value = 0;
+  for (int i = 0; i < bytes; ++i) {
+    value = (value << 8) | data[i];
+  }
+  return value;
+}
+
+// JPEG start-of-frame markers: 0xC0-0xCF except DHT (C4), JPG (C8) and DAC (CC).
+bool is_jpeg_frame_marker(int marker) {
+  return marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+}
+
+// Header sizes reach 2^32 - 1 per side: the division keeps the product from overflowing.
+void check_pixels(const std::string& path, int64_t height, int64_t width) {
+  if (width > 0 && height > kMaxImagePixels / width) {
+    throw image_error(path, "the image is " + std::to_string(height) + "x" + std::to_string(width) +
+                                " pixels, more than the limit of " +
+                                std::to_string(kMaxImagePixels) + " pixels (" +
+                                std::to_string(kMaxImageSide) + "x" +
+                                std::to_string(kMaxImageSide) + ")");
+  }
+}
+
 }  // namespace
+
+std::optional<std::array<int64_t, 2>> image_header_size(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  unsigned char head[24] = {};
+  file.read(reinterpret_cast<char*>(head), sizeof head);
+  const auto got = file.gcount();
+  constexpr unsigned char kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (got == 24 && std::equal(kPng, kPng + 8, head) && std::equal(head + 12, head + 16, "IHDR")) {
+    return std::array<int64_t, 2>{big_endian(head + 20, 4), big_endian(head + 16, 4)};
+  }
+  if (got < 2 || head[0] != 0xFF || head[1] != 0xD8) {
+    return std::nullopt;
+  }
+  file.clear();
+  file.seekg(2);
+  while (true) {  // JPEG segments up to the first frame header
+    if (file.get() != 0xFF) {
+      return std::nullopt;
+    }
+    int marker = file.get();
+    while (marker == 0xFF) {  // fill bytes
+      marker = file.get();
+    }
+    if (marker == std::char_traits<char>::eof() || marker == 0xD9 || marker == 0xDA) {
+      return std::nullopt;  // end of file or image, start of scan
+    }
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {
+      continue;  // no length field
+    }
+    unsigned char length_bytes[2] = {};
+    if (!file.read(reinterpret_cast<char*>(length_bytes), 2)) {
+      return std::nullopt;
+    }
+    const auto length = big_endian(length_bytes, 2);
+    if (length < 2) {
+      return std::nullopt;
+    }
+    if (is_jpeg_frame_marker(marker)) {
+      unsigned char frame[5] = {};  // precision, height, width
+      if (!file.read(reinterpret_cast<char*>(frame), 5)) {
+        return std::nullopt;
+      }
+      const auto height = big_endian(frame + 1, 2);
+      const auto width = big_endian(frame + 3, 2);
+      if (height == 0 || width == 0) {
+        return std::nullopt;
+      }
+      return std::array<int64_t, 2>{height, width};
+    }
+    file.seekg(length - 2, std::ios::cur);
+  }
+}
 
 cv::Mat read_image_rgb(const std::string& path) {
   std::error_code ignored;
@@ -29,10 +110,14 @@ cv::Mat read_image_rgb(const std::string& path) {
   if (std::filesystem::file_size(path, ignored) == 0) {
     throw image_error(path, "file is empty");
   }
+  if (const auto header = image_header_size(path)) {
+    check_pixels(path, (*header)[0], (*header)[1]);
+  }
   cv::Mat decoded = cv::imread(path, cv::IMREAD_UNCHANGED);
   if (decoded.empty()) {
     throw image_error(path, "not a readable image (OpenCV cannot decode it)");
   }
+  check_pixels(path, decoded.rows, decoded.cols);
   cv::Mat scaled;
   switch (decoded.depth()) {
     case CV_8U:
@@ -74,6 +159,15 @@ std::array<int64_t, 2> resized_shape(int64_t height, int64_t width, int64_t size
 
 cv::Mat resize_shorter_side(const cv::Mat& image, int64_t size) {
   const auto [new_h, new_w] = resized_shape(image.rows, image.cols, size);
+  if (std::max(new_h, new_w) > kMaxImageSide) {
+    std::ostringstream message;
+    message << "resizing the " << image.rows << "x" << image.cols << " image to shorter side "
+            << size << " gives " << new_h << "x" << new_w << ", more than the limit of "
+            << kMaxImageSide << " pixels per side (aspect ratio at most " << std::setprecision(4)
+            << static_cast<double>(kMaxImageSide) / static_cast<double>(size)
+            << ":1 for resize_size " << size << ")";
+    throw std::invalid_argument(message.str());
+  }
   if (new_h == image.rows && new_w == image.cols) {
     return image;
   }
@@ -116,7 +210,12 @@ at::Tensor normalize_to_chw(const cv::Mat& image, const std::array<float, 3>& me
 
 at::Tensor preprocess_image(const std::string& path, const ExportMetadata& meta) {
   const cv::Mat rgb = read_image_rgb(path);
-  const cv::Mat resized = resize_shorter_side(rgb, meta.resize_size);
+  cv::Mat resized;
+  try {
+    resized = resize_shorter_side(rgb, meta.resize_size);
+  } catch (const std::invalid_argument& error) {
+    throw image_error(path, error.what());
+  }
   const cv::Mat cropped = center_crop(resized, meta.input_size[0], meta.input_size[1]);
   return normalize_to_chw(cropped, meta.mean, meta.std);
 }

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <opencv2/core.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,14 +14,23 @@
 
 namespace deeprebirth::runner {
 
+// The most pixels a decoded image may have (MAX_IMAGE_PIXELS of deeprebirth/export/preprocess.py).
+inline constexpr int64_t kMaxImagePixels = kMaxImageSide * kMaxImageSide;
+
+// (height, width) of a PNG or JPEG file read from its header without decoding; nullopt for other
+// formats and headers that do not say.
+std::optional<std::array<int64_t, 2>> image_header_size(const std::string& path);
+
 // Decodes `path` to RGB float32 (CV_32FC3) in [0, 1]: 8-bit / 255, 16-bit / 65535, grayscale
-// replicated, alpha dropped. Throws RunnerError(kImage) for a missing, empty or undecodable file.
+// replicated, alpha dropped. Throws RunnerError(kImage) for a missing, empty or undecodable file
+// and for more than kMaxImagePixels pixels (PNG / JPEG: from the header, before decoding).
 cv::Mat read_image_rgb(const std::string& path);
 
 // The (height, width) after resizing the shorter side to `size` (torchvision's rounding).
 std::array<int64_t, 2> resized_shape(int64_t height, int64_t width, int64_t size);
 
 // Resizes so that the shorter side is `size`: INTER_AREA when shrinking, INTER_LINEAR otherwise.
+// Throws std::invalid_argument when the longer side would exceed kMaxImageSide.
 cv::Mat resize_shorter_side(const cv::Mat& image, int64_t size);
 
 // The top-left corner of a centred (crop_h, crop_w) window (round half to even, as Python).

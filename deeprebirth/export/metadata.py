@@ -24,10 +24,12 @@ extra file of the same name, ONNX files as ``metadata_props[METADATA_KEY]``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from deeprebirth._version import __version__
@@ -39,6 +41,9 @@ METADATA_KEY = "deeprebirth"
 FORMATS = ("torchscript", "mobile", "onnx", "pt2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The largest crop side and resize size a record may ask for, and the longest side an image may
+# have after the resize (deeprebirth.export.preprocess, csrc/runner: the same limit).
+MAX_IMAGE_SIDE = 16384
 
 
 @dataclass
@@ -67,20 +72,38 @@ class ExportMetadata:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        if not isinstance(self.input_size, Sequence) or not all(map(_is_int, self.input_size)):
+            raise ValueError(f"expected input_size [H, W] of integers, but got {self.input_size!r}")
         self.input_size = [int(s) for s in self.input_size]
         self.mean, self.std = [float(m) for m in self.mean], [float(s) for s in self.std]
         self.class_names, self.rules_applied = list(self.class_names), list(self.rules_applied)
         self.validate()
 
     def validate(self) -> None:
-        """Raises ``ValueError`` naming the field when the record is inconsistent."""
-        if len(self.input_size) != 2 or min(self.input_size) <= 0:
-            raise ValueError(f"expected input_size [H, W] > 0, but got {self.input_size}")
+        """Raises ``ValueError`` naming the field when the record is inconsistent.
+
+        Sizes are integers of at most :data:`MAX_IMAGE_SIDE` (a record from a file must not make
+        a loader allocate without bound); means and stds are finite.
+        """
+        sizes = self.input_size
+        if len(sizes) != 2 or not all(0 < size <= MAX_IMAGE_SIDE for size in sizes):
+            raise ValueError(
+                f"expected input_size [H, W] with 0 < H, W <= {MAX_IMAGE_SIDE} (MAX_IMAGE_SIDE), "
+                f"but got {self.input_size}"
+            )
+        if not _is_int(self.resize_size) or not 0 < self.resize_size <= MAX_IMAGE_SIDE:
+            raise ValueError(
+                f"expected resize_size an integer in [1, {MAX_IMAGE_SIDE}] (MAX_IMAGE_SIDE), "
+                f"but got {self.resize_size!r}"
+            )
         if self.resize_size < max(self.input_size):
             raise ValueError(
                 f"expected resize_size >= the crop {self.input_size}, but got {self.resize_size}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+        values = [*self.mean, *self.std]
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(map(math.isfinite, values)):
+            raise ValueError(f"expected 3 finite means and stds, got {self.mean}, {self.std}")
+        if min(self.std) <= 0:
             raise ValueError(f"expected 3 means and 3 positive stds, got {self.mean}, {self.std}")
         if self.color != "RGB":
             raise ValueError(f'expected color "RGB", but got {self.color!r}')
@@ -135,6 +158,11 @@ class ExportMetadata:
                 if key in known:
                     values[key] = _plain(value)
         return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (Python or numpy), not a bool or a float."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _plain(value: Any) -> Any:

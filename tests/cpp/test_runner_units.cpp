@@ -1,12 +1,18 @@
 // Units of deeprebirth-run: metadata parsing, preprocessing geometry, latency summary, the
-// top-level operator aggregation of the profiler breakdown and forward error messages.
+// top-level operator aggregation of the profiler breakdown, forward error messages and the
+// image size limits.
 #include <ATen/ATen.h>
 
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
 #include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 #include <stdexcept>
+#include <vector>
 
 #include "bench.h"
+#include "errors.h"
 #include "metadata.h"
 #include "model.h"
 #include "preprocess.h"
@@ -106,4 +112,98 @@ TEST_CASE("forward_failure_reason keeps the line that says what went wrong", "[r
   CHECK(dr::forward_failure_reason(interpreter_report) ==
         "RuntimeError: expected 1 channels, but got 3");
   CHECK(dr::forward_failure_reason(dr::kInterpreterFailure) == dr::kInterpreterFailure);
+}
+
+namespace {
+
+std::string record_with(const std::string& fields) {
+  return R"({"schema": "deeprebirth-export", "schema_version": 1, )" + fields + "}";
+}
+
+// A fresh, empty folder for files a test writes.
+std::filesystem::path scratch_folder(const std::string& name) {
+  const auto folder = std::filesystem::temp_directory_path() / ("deeprebirth_runner_" + name);
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  return folder;
+}
+
+void write_bytes(const std::filesystem::path& path, const std::vector<unsigned char>& bytes) {
+  std::ofstream file(path, std::ios::binary);
+  file.write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+}
+
+// The message of read_image_rgb(path), which must throw a RunnerError(kImage).
+std::string image_error(const std::filesystem::path& path) {
+  try {
+    dr::read_image_rgb(path.string());
+  } catch (const dr::RunnerError& error) {
+    CHECK(error.code() == dr::ExitCode::kImage);
+    return error.what();
+  }
+  FAIL("read_image_rgb accepted " << path);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("parse_metadata bounds the sizes to integers in [1, kMaxImageSide]", "[runner]") {
+  const auto largest =
+      dr::parse_metadata(record_with(R"("input_size": [16384, 16384], "resize_size": 16384)"));
+  CHECK((largest.input_size == Pair{16384, 16384}));
+  CHECK(largest.resize_size == dr::kMaxImageSide);
+  for (const auto* fields :
+       {R"("input_size": [1000000000, 96])", R"("input_size": [96, 0])",
+        R"("input_size": [96, -5])", R"("input_size": [96, 96.5])", R"("input_size": [96, 1e30])",
+        R"("input_size": [96])", R"("input_size": [96, 18446744073709551615])"}) {
+    CHECK_THROWS_WITH(dr::parse_metadata(record_with(fields)), Catch::Contains("input_size"));
+  }
+  for (const auto* fields :
+       {R"("resize_size": 8589934592)", R"("resize_size": 16385)", R"("resize_size": 300.0)",
+        R"("resize_size": 18446744073709551615)", R"("resize_size": "big")"}) {
+    CHECK_THROWS_WITH(dr::parse_metadata(record_with(fields)),
+                      Catch::Contains("resize_size") && Catch::Contains("16384"));
+  }
+  CHECK_THROWS_WITH(dr::parse_metadata(record_with(R"("std": [0.2, 1e300, 0.2])")),
+                    Catch::Contains("finite"));
+}
+
+TEST_CASE("image_header_size reads PNG and JPEG headers as the decoder sees them", "[runner]") {
+  const auto folder = scratch_folder("headers");
+  const cv::Mat pixels(37, 53, CV_8UC3, cv::Scalar(10, 200, 30));
+  for (const auto* name : {"a.png", "a.jpg", "a.bmp"}) {
+    REQUIRE(cv::imwrite((folder / name).string(), pixels));
+  }
+  const auto decoded = cv::imread((folder / "a.jpg").string(), cv::IMREAD_UNCHANGED);
+  const Pair expected{decoded.rows, decoded.cols};
+  CHECK((dr::image_header_size((folder / "a.png").string()) == expected));
+  CHECK((dr::image_header_size((folder / "a.jpg").string()) == expected));
+  CHECK_FALSE(dr::image_header_size((folder / "a.bmp").string()).has_value());
+  CHECK_FALSE(dr::image_header_size((folder / "missing.png").string()).has_value());
+  std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("read_image_rgb refuses images over kMaxImagePixels before decoding", "[runner]") {
+  const auto folder = scratch_folder("bombs");
+  // Headers only: had the decoder run, the message would be "not a readable image".
+  write_bytes(folder / "huge.png",
+              {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0, 0, 13, 'I', 'H', 'D',
+               'R',  0,   1,   0,   0,    0,    0,    64,   1, 8, 2, 0,  0,   0});
+  write_bytes(folder / "huge.jpg", {0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0,  // APP0, skipped
+                                    0xFF, 0xC0, 0, 11, 8, 0xFF, 0xFF, 0xFF, 0xFF, 3});
+  CHECK_THAT(image_error(folder / "huge.png"),
+             Catch::Contains("16385x65536 pixels, more than the limit of 268435456 pixels"));
+  CHECK_THAT(image_error(folder / "huge.jpg"), Catch::Contains("65535x65535 pixels"));
+  std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("resize_shorter_side refuses a longer side above kMaxImageSide", "[runner]") {
+  const cv::Mat strip(1, 20000, CV_32FC3, cv::Scalar(0.5, 0.5, 0.5));
+  CHECK_THROWS_WITH(dr::resize_shorter_side(strip, 256),
+                    Catch::Contains("gives 256x5120000, more than the limit of 16384"));
+  const cv::Mat tall(64, 1, CV_32FC3, cv::Scalar(0.5, 0.5, 0.5));  // 64:1 at 256 -> 16384
+  const auto resized = dr::resize_shorter_side(tall, 256);
+  CHECK(resized.rows == 16384);
+  CHECK(resized.cols == 256);
 }

@@ -3,22 +3,44 @@ decoding rule serves the training data sets, ``eval_transform`` and ``deeprebirt
 
 from __future__ import annotations
 
+import json
+import resource
 import struct
+import subprocess
 import sys
 import warnings
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from finetune_helpers import tiny_config, tiny_student  # noqa: E402
 
+from deeprebirth.export import ExportMetadata, read_metadata  # noqa: E402
+from deeprebirth.export.metadata import MAX_IMAGE_SIDE  # noqa: E402
+from deeprebirth.export.preprocess import (  # noqa: E402
+    MAX_IMAGE_PIXELS,
+    image_header_size,
+    read_image_rgb,
+    resize_shorter_side,
+)
 from deeprebirth.train.data import build_datasets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+RUNNER = next(iter(sorted((REPO / "build").glob("**/csrc/runner/deeprebirth-run"))), None)
+needs_runner = pytest.mark.skipif(
+    RUNNER is None, reason="deeprebirth-run is not built (cmake --build build/cmake)"
+)
+EXIT_USAGE, EXIT_MODEL, EXIT_IMAGE = 2, 3, 4  # csrc/runner/errors.h
+# Address-space limit of the child processes below: far under the 15.7 GB an unbounded resize of
+# a 1x20000 image asks for, so that a missing bound fails the test instead of the machine.
+MEMORY_LIMIT = 4 << 30
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -98,3 +120,165 @@ def test_report_counts_images_that_fail_while_training(tmp_path):
         run_job(cfg, student=tiny_student)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "- unreadable images skipped: 2\n" in report, report
+
+
+# ---- size limits --------------------------------------------------------------------------
+
+
+def _limited_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def _run_limited(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        preexec_fn=_limited_memory,
+    )
+
+
+def _tiny_export(path: Path, **metadata) -> Path:
+    """A small TorchScript classifier with a 32x32 crop; ``metadata`` overrides record fields
+    written as they are (no validation), as a foreign or tampered file would carry them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    record = json.loads(ExportMetadata(input_size=[32, 32], resize_size=40).to_json())
+    record.update(metadata)
+    torch.jit.save(
+        torch.jit.script(model), str(path), _extra_files={"deeprebirth.json": json.dumps(record)}
+    )
+    return path
+
+
+@pytest.fixture
+def strip_png(tmp_path) -> Path:
+    """A 1x20000 grayscale PNG: about 100 bytes on disk."""
+    import cv2
+
+    path = tmp_path / "strip.png"
+    assert cv2.imwrite(str(path), np.zeros((1, 20000), np.uint8))
+    assert path.stat().st_size < 1000
+    return path
+
+
+def test_eval_transform_bounds_the_resize(strip_png):
+    code = (
+        "import sys\n"
+        "from deeprebirth.export import ExportMetadata\n"
+        "from deeprebirth.export.preprocess import eval_transform\n"
+        "try:\n"
+        "    eval_transform(sys.argv[1], ExportMetadata(input_size=[224, 224], resize_size=256))\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+        "    sys.exit(3)\n"
+    )
+    result = _run_limited([sys.executable, "-c", code, str(strip_png)])
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert f"image '{strip_png}'" in result.stdout
+    assert "gives 256x5120000, more than the limit of 16384 pixels per side" in result.stdout
+
+
+def test_resize_limit_is_on_the_longer_side():
+    tall = np.zeros((MAX_IMAGE_SIDE // 256, 1, 3), np.float32)  # 64:1, just fits at 256
+    assert resize_shorter_side(tall, 256).shape == (MAX_IMAGE_SIDE, 256, 3)
+    with pytest.raises(ValueError, match=r"64x1 image to shorter side 257 gives 16448x257"):
+        resize_shorter_side(tall, 257)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("a.png", (37, 53, 3)), ("b.jpg", (61, 29, 3))])
+def test_header_size_is_the_decoded_size(name, shape, tmp_path):
+    import cv2
+
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), np.full(shape, 90, np.uint8))
+    assert image_header_size(path) == cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+    assert image_header_size(REPO / "README.md") is None
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The signature and IHDR chunk of a PNG, with no pixel data after them."""
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(
+        b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    )
+
+
+def _jpeg_header(width: int, height: int) -> bytes:
+    """SOI, an APP0 segment and a baseline frame header, with no scan after them."""
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
+    frame = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 3) + bytes(3)
+    return b"\xff\xd8" + app0 + frame
+
+
+@pytest.mark.parametrize("header", [_png_header, _jpeg_header])
+def test_images_over_the_pixel_limit_are_refused_from_the_header(header, tmp_path):
+    """Only a header: had the decoder run, the error would be "cannot read image"."""
+    path = tmp_path / ("big.png" if header is _png_header else "big.jpg")
+    path.write_bytes(header(65535, MAX_IMAGE_PIXELS // 65535 + 1))
+    with pytest.raises(ValueError, match=rf"4097x65535 pixels, more than the limit of {1 << 28}"):
+        read_image_rgb(path)
+    path.write_bytes(header(64, 48))
+    with pytest.raises(ValueError, match="cannot read image"):
+        read_image_rgb(path)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"input_size": [10**9, 32]}, r"input_size \[H, W\] with 0 < H, W <= 16384"),
+        ({"input_size": [32, 32.5]}, r"input_size \[H, W\] of integers"),
+        ({"resize_size": 2**33}, r"resize_size an integer in \[1, 16384\]"),
+        ({"resize_size": 40.0}, r"resize_size an integer in \[1, 16384\]"),
+        ({"mean": [0.5, float("nan"), 0.5]}, r"finite means and stds"),
+    ],
+)
+def test_read_metadata_bounds_sizes(fields, message, tmp_path):
+    path = _tiny_export(tmp_path / "m.ts", **fields)
+    with pytest.raises(ValueError, match=message):
+        read_metadata(path)
+
+
+def test_largest_sizes_are_accepted(tmp_path):
+    path = _tiny_export(tmp_path / "m.ts", input_size=[16384, 16384], resize_size=16384)
+    assert read_metadata(path).resize_size == MAX_IMAGE_SIDE == 16384
+
+
+@needs_runner
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"input_size": [10**9, 32]}, "expected input_size to be integers in [1, 16384]"),
+        ({"resize_size": 2**33}, "expected resize_size to be integers in [1, 16384]"),
+        ({"resize_size": 2**64}, "expected resize_size to be integers in [1, 16384]"),
+    ],
+)
+def test_runner_bounds_metadata_sizes(fields, message, tmp_path):
+    import cv2
+
+    image = tmp_path / "a.png"
+    assert cv2.imwrite(str(image), np.zeros((40, 40, 3), np.uint8))
+    model = _tiny_export(tmp_path / "m.ts", **fields)
+    result = _run_limited([str(RUNNER), str(model), "--image", str(image), "--threads", "1"])
+    assert result.returncode == EXIT_MODEL, result.stderr
+    assert message in result.stderr
+
+
+@needs_runner
+def test_runner_bounds_the_resize(strip_png, tmp_path):
+    model = _tiny_export(tmp_path / "m.ts", input_size=[224, 224], resize_size=256)
+    result = _run_limited([str(RUNNER), str(model), "--image", str(strip_png), "--threads", "1"])
+    assert result.returncode == EXIT_IMAGE, result.stderr
+    assert "gives 256x5120000, more than the limit of 16384 pixels per side" in result.stderr
+
+
+@needs_runner
+@pytest.mark.parametrize("header", [_png_header, _jpeg_header])
+def test_runner_refuses_images_over_the_pixel_limit(header, tmp_path):
+    path = tmp_path / ("big.png" if header is _png_header else "big.jpg")
+    path.write_bytes(header(65535, 65535))
+    model = _tiny_export(tmp_path / "m.ts")
+    result = _run_limited([str(RUNNER), str(model), "--image", str(path), "--threads", "1"])
+    assert result.returncode == EXIT_IMAGE, result.stderr
+    assert "65535x65535 pixels, more than the limit of 268435456 pixels" in result.stderr
