@@ -2,8 +2,10 @@
 #define CXXOPTS_VECTOR_DELIMITER '\0'
 #include "args.h"
 
+#include <charconv>
 #include <cxxopts.hpp>
 #include <iostream>
+#include <limits>
 
 #include "errors.h"
 
@@ -28,7 +30,8 @@ cxxopts::Options make_options() {
       "bench", "measure latency, throughput, peak RSS and the per-operator breakdown")(
       "batch", "bench: batch size; classify: images per forward (0 = all)",
       cxxopts::value<std::string>()->default_value("0"))(
-      "threads", "intra-op threads (0 = LibTorch default)",
+      "threads",
+      "intra-op threads (0 = LibTorch default, at most " + std::to_string(kMaxThreads) + ")",
       cxxopts::value<std::string>()->default_value("0"))(
       "warmup", "bench: untimed iterations", cxxopts::value<std::string>()->default_value("10"))(
       "iters", "bench: timed iterations", cxxopts::value<std::string>()->default_value("100"))(
@@ -44,17 +47,21 @@ cxxopts::Options make_options() {
   return options;
 }
 
-// The integer value of option `name`; throws RunnerError(kUsage) naming the option otherwise.
-int64_t integer_option(const cxxopts::ParseResult& result, const std::string& name) {
+// The integer value of option `name`, which must lie in [low, high]; throws RunnerError(kUsage)
+// naming the option, the range and the text otherwise (a value is never truncated or wrapped).
+int64_t integer_option(const cxxopts::ParseResult& result, const std::string& name, int64_t low,
+                       int64_t high) {
   const auto text = result[name].as<std::string>();
-  size_t used = 0;
   int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  const bool whole = stop == end && !text.empty();
+  if (error == std::errc::result_out_of_range ||
+      (error == std::errc() && whole && (value < low || value > high))) {
+    throw RunnerError(ExitCode::kUsage, "expected --" + name + " in [" + std::to_string(low) +
+                                            ", " + std::to_string(high) + "], but got " + text);
   }
-  if (used == 0 || used != text.size()) {
+  if (error != std::errc() || !whole) {
     throw RunnerError(ExitCode::kUsage,
                       "expected --" + name + " to be an integer, but got '" + text + "'");
   }
@@ -87,13 +94,15 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     if (result.count("image")) {
       parsed.images = result["image"].as<std::vector<std::string>>();
     }
-    parsed.topk = integer_option(result, "topk");
+    constexpr int64_t kLongest = std::numeric_limits<int64_t>::max();
+    constexpr int64_t kInt = std::numeric_limits<int>::max();
+    parsed.topk = integer_option(result, "topk", 1, kLongest);
     parsed.bench = result.count("bench") > 0;
-    parsed.batch = integer_option(result, "batch");
-    parsed.threads = static_cast<int>(integer_option(result, "threads"));
-    parsed.warmup = static_cast<int>(integer_option(result, "warmup"));
-    parsed.iters = static_cast<int>(integer_option(result, "iters"));
-    parsed.profile_iters = static_cast<int>(integer_option(result, "profile-iters"));
+    parsed.batch = integer_option(result, "batch", 0, kLongest);
+    parsed.threads = static_cast<int>(integer_option(result, "threads", 0, kMaxThreads));
+    parsed.warmup = static_cast<int>(integer_option(result, "warmup", 0, kInt));
+    parsed.iters = static_cast<int>(integer_option(result, "iters", 1, kInt));
+    parsed.profile_iters = static_cast<int>(integer_option(result, "profile-iters", 0, kInt));
     parsed.print_logits = result.count("print-logits") > 0;
     parsed.optimize = result.count("optimize") > 0;
     if (result.count("dump-input")) {
@@ -103,12 +112,6 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     throw RunnerError(ExitCode::kUsage, std::string(error.what()) + " (see --help)");
   }
   require(parsed.bench || !parsed.images.empty(), "expected --image FILE (one or more) or --bench");
-  require(parsed.topk >= 1, "expected --topk >= 1, but got " + std::to_string(parsed.topk));
-  require(parsed.batch >= 0, "expected --batch >= 0, but got " + std::to_string(parsed.batch));
-  require(parsed.threads >= 0,
-          "expected --threads >= 0, but got " + std::to_string(parsed.threads));
-  require(parsed.warmup >= 0 && parsed.iters >= 1 && parsed.profile_iters >= 0,
-          "expected --warmup >= 0, --iters >= 1 and --profile-iters >= 0");
   return parsed;
 }
 

@@ -7,6 +7,9 @@
 
 namespace deeprebirth::runner {
 
+// The most intra-op threads --threads may ask for.
+inline constexpr int64_t kMaxThreads = 1024;
+
 struct RunnerOptions {
   std::string model;                // exported TorchScript / lite file
   std::vector<std::string> images;  // classify these (in order)
@@ -23,7 +26,9 @@ struct RunnerOptions {
   bool help = false;          // --help was given (usage already printed)
 };
 
-// Parses argv. Throws RunnerError(kUsage) naming the bad option; prints usage on --help.
+// Parses argv. Throws RunnerError(kUsage) naming the bad option (integers outside their range
+// included: --topk >= 1, --batch >= 0, --threads in [0, kMaxThreads], --warmup >= 0, --iters >= 1,
+// --profile-iters >= 0, each at most what its field holds); prints usage on --help.
 RunnerOptions parse_args(int argc, const char* const argv[]);
 
 }  // namespace deeprebirth::runner

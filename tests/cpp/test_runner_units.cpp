@@ -1,6 +1,6 @@
 // Units of deeprebirth-run: metadata parsing, preprocessing geometry, latency summary, the
-// top-level operator aggregation of the profiler breakdown, forward error messages and the
-// image size limits.
+// top-level operator aggregation of the profiler breakdown, forward error messages, the
+// command line's integer ranges and the image size limits.
 #include <ATen/ATen.h>
 
 #include <catch2/catch.hpp>
@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "args.h"
 #include "bench.h"
 #include "errors.h"
 #include "metadata.h"
@@ -120,6 +121,26 @@ std::string record_with(const std::string& fields) {
   return R"({"schema": "deeprebirth-export", "schema_version": 1, )" + fields + "}";
 }
 
+dr::RunnerOptions parse(std::vector<std::string> args) {
+  args.insert(args.begin(), {"deeprebirth-run", "model.ts"});
+  std::vector<const char*> argv;
+  for (const auto& arg : args) {
+    argv.push_back(arg.c_str());
+  }
+  return dr::parse_args(static_cast<int>(argv.size()), argv.data());
+}
+
+// The exit code and message of parse(args), which must throw a RunnerError.
+std::pair<dr::ExitCode, std::string> parse_error(const std::vector<std::string>& args) {
+  try {
+    parse(args);
+  } catch (const dr::RunnerError& error) {
+    return {error.code(), error.what()};
+  }
+  FAIL("parse_args accepted the arguments");
+  return {};
+}
+
 // A fresh, empty folder for files a test writes.
 std::filesystem::path scratch_folder(const std::string& name) {
   const auto folder = std::filesystem::temp_directory_path() / ("deeprebirth_runner_" + name);
@@ -167,6 +188,32 @@ TEST_CASE("parse_metadata bounds the sizes to integers in [1, kMaxImageSide]", "
   }
   CHECK_THROWS_WITH(dr::parse_metadata(record_with(R"("std": [0.2, 1e300, 0.2])")),
                     Catch::Contains("finite"));
+}
+
+TEST_CASE("parse_args refuses integers outside their range instead of truncating", "[runner]") {
+  const auto options = parse({"--bench", "--iters", "2147483647", "--threads", "1024", "--batch",
+                              "9999999999", "--warmup", "0"});
+  CHECK(options.iters == 2147483647);
+  CHECK(options.threads == 1024);
+  CHECK(options.batch == 9999999999);
+  CHECK(options.warmup == 0);
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--bench", "--iters", "9999999999"}, "--iters in [1, 2147483647], but got 9999999999"},
+      {{"--bench", "--iters", "0"}, "--iters in [1, 2147483647], but got 0"},
+      {{"--bench", "--threads", "4294967297"}, "--threads in [0, 1024], but got 4294967297"},
+      {{"--bench", "--threads", "-1"}, "--threads in [0, 1024], but got -1"},
+      {{"--bench", "--warmup", "99999999999999999999"}, "--warmup in [0, 2147483647]"},
+      {{"--bench", "--profile-iters", "-2"}, "--profile-iters in [0, 2147483647]"},
+      {{"--bench", "--batch", "-1"}, "--batch in [0, 9223372036854775807]"},
+      {{"--bench", "--topk", "0"}, "--topk in [1, 9223372036854775807]"},
+      {{"--bench", "--iters", "12abc"}, "expected --iters to be an integer, but got '12abc'"},
+      {{"--bench", "--iters", ""}, "expected --iters to be an integer, but got ''"},
+  };
+  for (const auto& [args, message] : cases) {
+    const auto [code, what] = parse_error(args);
+    CHECK(code == dr::ExitCode::kUsage);
+    CHECK_THAT(what, Catch::Contains(message));
+  }
 }
 
 TEST_CASE("image_header_size reads PNG and JPEG headers as the decoder sees them", "[runner]") {

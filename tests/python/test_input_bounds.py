@@ -282,3 +282,20 @@ def test_runner_refuses_images_over_the_pixel_limit(header, tmp_path):
     result = _run_limited([str(RUNNER), str(model), "--image", str(path), "--threads", "1"])
     assert result.returncode == EXIT_IMAGE, result.stderr
     assert "65535x65535 pixels, more than the limit of 268435456 pixels" in result.stderr
+
+
+@needs_runner
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--iters", "9999999999", "expected --iters in [1, 2147483647], but got 9999999999"),
+        ("--threads", "4294967297", "expected --threads in [0, 1024], but got 4294967297"),
+        ("--warmup", "-1", "expected --warmup in [0, 2147483647], but got -1"),
+    ],
+)
+def test_runner_range_checks_integer_options(option, value, message, tmp_path):
+    model = _tiny_export(tmp_path / "m.ts")
+    args = [str(RUNNER), str(model), "--bench", "--warmup", "0", "--profile-iters", "0"]
+    result = _run_limited([*args, option, value], timeout=60)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert f"deeprebirth-run: error: {message}" in result.stderr
