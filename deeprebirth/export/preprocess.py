@@ -160,6 +160,22 @@ def center_crop(image: np.ndarray, crop: Sequence[int]) -> np.ndarray:
     return image[top : top + crop_h, left : left + crop_w]
 
 
+def transform_image(image: np.ndarray, metadata: ExportMetadata) -> torch.Tensor:
+    """Steps 2-4 on a decoded image (:func:`read_image_rgb`): the model input ``(3, H, W)``.
+
+    The training data sets use it too (``deeprebirth.train.data``), so that a model is
+    evaluated during finetuning on the input it gets once deployed.
+
+    Raises:
+        ValueError: the resize would exceed :data:`MAX_IMAGE_SIDE`.
+    """
+    image = center_crop(resize_shorter_side(image, metadata.resize_size), metadata.input_size)
+    mean = np.asarray(metadata.mean, dtype=np.float32)
+    std = np.asarray(metadata.std, dtype=np.float32)
+    normalized = (image - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+
+
 def eval_transform(path: str | os.PathLike, metadata: ExportMetadata) -> torch.Tensor:
     """The model input ``(3, H, W)`` float32 for one image file, exactly as ``deeprebirth-run``.
 
@@ -167,17 +183,16 @@ def eval_transform(path: str | os.PathLike, metadata: ExportMetadata) -> torch.T
         >>> meta = ExportMetadata(input_size=[96, 96], resize_size=110)
         >>> eval_transform("cat.jpg", meta).shape  # doctest: +SKIP
         torch.Size([3, 96, 96])
+
+    Raises:
+        ValueError: the image cannot be read or is too large (:func:`read_image_rgb`,
+            :func:`resize_shorter_side`); the message names the file.
     """
     decoded = read_image_rgb(path)
     try:
-        resized = resize_shorter_side(decoded, metadata.resize_size)
+        return transform_image(decoded, metadata)
     except ValueError as error:
         raise ValueError(f"image {os.fspath(path)!r}: {error}") from None
-    image = center_crop(resized, metadata.input_size)
-    mean = np.asarray(metadata.mean, dtype=np.float32)
-    std = np.asarray(metadata.std, dtype=np.float32)
-    normalized = (image - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
 
 
 def eval_batch(paths: Sequence[str | os.PathLike], metadata: ExportMetadata) -> torch.Tensor:

@@ -10,6 +10,7 @@ so an epoch never crashes on one bad file.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import warnings
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from deeprebirth.compat.torchvision import import_torchvision
+from deeprebirth.export.metadata import ExportMetadata
+from deeprebirth.export.preprocess import MAX_IMAGE_PIXELS, read_image_rgb, transform_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -169,7 +172,8 @@ def _is_image(path: Path) -> bool:
 
 
 def unreadable_images(paths: list[Path]) -> list[Path]:
-    """The subset of ``paths`` that PIL cannot open and verify (header + structure check)."""
+    """The subset of ``paths`` that PIL cannot open and verify (header + structure check), or
+    that has more pixels than the decoder takes (``MAX_IMAGE_PIXELS``)."""
     from PIL import Image
 
     bad = []
@@ -177,6 +181,8 @@ def unreadable_images(paths: list[Path]) -> list[Path]:
         try:
             with Image.open(path) as image:
                 image.verify()
+                if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
+                    bad.append(path)
         except Exception:
             bad.append(path)
     return bad
@@ -221,6 +227,10 @@ def validate_image_folder(
 class SkippingImageFolder(Dataset):
     """``torchvision.datasets.ImageFolder`` without the given files, robust to decode errors.
 
+    Images are decoded by :func:`deeprebirth.export.preprocess.read_image_rgb`, the decoder of
+    ``eval_transform`` and (mirrored) ``deeprebirth-run``: 16-bit files keep their depth (divided
+    by 65535; PIL's ``convert("RGB")`` would clip them), and the same size limits apply.
+
     A sample that fails to load is replaced by the next one, with a warning, and flagged in a
     shared-memory tensor (one flag per sample), so that failures in DataLoader worker processes
     (forked or spawned) reach the main process: :meth:`failed_paths` lists them and
@@ -233,6 +243,7 @@ class SkippingImageFolder(Dataset):
         self.folder = tv.datasets.ImageFolder(
             str(root),
             transform=transform,
+            loader=read_image_rgb,
             is_valid_file=lambda p: _is_image(Path(p)) and p not in excluded,
         )
         self.classes = self.folder.classes
@@ -265,21 +276,40 @@ class SkippingImageFolder(Dataset):
         raise DataError(f"no readable image in {self.folder.root}")
 
 
+def _chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` numpy -> ``(C, H, W)`` tensor (the decoder's layout -> torchvision's)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
 def imagenet_transforms(size: int, augment: bool):
-    """The standard ImageNet train (random-resized crop + flip) and val (resize, centre crop)."""
+    """The ImageNet ``(train, val)`` transforms of decoded images (:func:`read_image_rgb`: RGB
+    float32 ``(H, W, 3)`` in [0, 1], as every image-folder sample is decoded).
+
+    val, and train without ``augment``: the deployed model's transform
+    (:func:`deeprebirth.export.preprocess.transform_image`: shorter side to
+    ``round(size * 256 / 224)``, the export metadata's default, centre crop ``size``); train with
+    ``augment``: random-resized crop + horizontal flip. Both normalise with the ImageNet mean/std.
+    """
     tv = import_torchvision()
     T = tv.transforms
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = (
-        [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
-        if augment
-        else [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    deployed = ExportMetadata(
+        input_size=[size, size],
+        resize_size=round(size * 256 / 224),
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
     )
-    val = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
-    return (
-        T.Compose([*train, T.ToTensor(), normalize]),
-        T.Compose([*val, T.ToTensor(), normalize]),
+    evaluate = functools.partial(transform_image, metadata=deployed)
+    if not augment:
+        return evaluate, evaluate
+    train = T.Compose(
+        [
+            _chw_tensor,
+            T.RandomResizedCrop(size, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
     )
+    return train, evaluate
 
 
 # --------------------------------------------------------------------------------- synthetic

@@ -22,15 +22,17 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from finetune_helpers import tiny_config, tiny_student  # noqa: E402
 
+import deeprebirth  # noqa: E402
 from deeprebirth.export import ExportMetadata, read_metadata  # noqa: E402
 from deeprebirth.export.metadata import MAX_IMAGE_SIDE  # noqa: E402
 from deeprebirth.export.preprocess import (  # noqa: E402
     MAX_IMAGE_PIXELS,
+    eval_transform,
     image_header_size,
     read_image_rgb,
     resize_shorter_side,
 )
-from deeprebirth.train.data import build_datasets  # noqa: E402
+from deeprebirth.train.data import IMAGENET_MEAN, IMAGENET_STD, build_datasets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = next(iter(sorted((REPO / "build").glob("**/csrc/runner/deeprebirth-run"))), None)
@@ -68,6 +70,126 @@ def _image_folder(root: Path, per_class: int = 8) -> Path:
             for i in range(per_class):
                 Image.new("RGB", (40, 36), (25 * i, 80, 120)).save(folder / f"{i}.png")
     return root
+
+
+# ---- one decoder for training and deployment ----------------------------------------------
+
+
+def _deep_folder(root: Path) -> dict[str, Path]:
+    """An image folder whose ``cat`` class holds 16-bit PNGs (colour and grayscale) spanning the
+    whole 16-bit range, and whose ``dog`` class holds 8-bit ones."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:45, 0:52] / 52.0
+    ramp = np.stack([x, y, (x + y) / 2], -1)  # smooth content over [0, 1]
+    deep = (ramp + 0.02 * rng.standard_normal(ramp.shape)).clip(0, 1)
+    files = {
+        "cat/colour16.png": (deep * 65535).round().astype(np.uint16),
+        "cat/gray16.png": (deep[..., 0] * 65535).round().astype(np.uint16),
+        "dog/colour8.png": (deep * 255).round().astype(np.uint8),
+        "dog/gray8.png": (deep[..., 1] * 255).round().astype(np.uint8),
+    }
+    paths = {}
+    for split in ("train", "val"):
+        for name, pixels in files.items():
+            path = root / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), pixels)
+            paths[f"{split}/{name}"] = path
+    return paths
+
+
+def _sample(dataset, path: Path) -> torch.Tensor:
+    index = [p for p, _ in dataset.folder.samples].index(str(path))
+    return dataset[index][0]
+
+
+def _denormalized(image: torch.Tensor) -> torch.Tensor:
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN)[:, None, None],
+        torch.tensor(IMAGENET_STD)[:, None, None],
+    )
+    return image * std + mean
+
+
+def test_16_bit_images_reach_training_as_deployed(tmp_path):
+    """The training and validation samples of a 16-bit PNG are eval_transform's tensor (the
+    deployed transform), bit for bit, and not clipped: their mean is the file's mean."""
+    import cv2
+
+    paths = _deep_folder(tmp_path / "data")
+    base = [
+        "data.name=imagenet",
+        f"data.root={tmp_path / 'data'}",
+        "model.num_classes=2",
+        "batch_size=2",
+    ]
+    data = build_datasets(tiny_config(tmp_path / "run", *base, "data.augment=false"))
+    deployed = ExportMetadata(input_size=[32, 32], resize_size=round(32 * 256 / 224))
+    for name in ("colour16.png", "gray16.png", "colour8.png"):
+        label = "cat" if "16" in name else "dog"
+        expected = eval_transform(paths[f"val/{label}/{name}"], deployed)
+        torch.testing.assert_close(
+            _sample(data.val, paths[f"val/{label}/{name}"]), expected, rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            _sample(data.train, paths[f"train/{label}/{name}"]), expected, rtol=0, atol=0
+        )
+    for name in ("colour16.png", "gray16.png"):  # PIL's convert("RGB") clips gray16 to 1.0
+        raw = cv2.imread(str(paths[f"train/cat/{name}"]), cv2.IMREAD_UNCHANGED) / 65535.0
+        pixels = _denormalized(_sample(data.train, paths[f"train/cat/{name}"]))
+        assert abs(pixels.mean().item() - raw.mean()) < 0.05, name
+        assert (pixels > 0.999).float().mean().item() < 0.05, name
+
+
+def test_16_bit_images_are_decoded_alike_with_augmentation(tmp_path):
+    paths = _deep_folder(tmp_path / "data")
+    base = [
+        "data.name=imagenet",
+        f"data.root={tmp_path / 'data'}",
+        "model.num_classes=2",
+        "batch_size=2",
+    ]
+    data = build_datasets(tiny_config(tmp_path / "run", *base, "data.augment=true"))
+    for name in ("colour16.png", "gray16.png"):
+        path = paths[f"train/cat/{name}"]
+        np.testing.assert_array_equal(data.train.folder.loader(str(path)), read_image_rgb(path))
+        torch.manual_seed(0)
+        pixels = _denormalized(_sample(data.train, path))
+        assert pixels.shape == (3, 32, 32)
+        assert (pixels > 0.999).float().mean().item() < 0.05, name
+
+
+@needs_runner
+def test_16_bit_images_reach_the_runner_as_in_training(tmp_path):
+    """deeprebirth-run's input (--dump-input) and logits for a 16-bit PNG equal the training
+    sample and the model's logits on it."""
+    paths = _deep_folder(tmp_path / "data")
+    base = [
+        "data.name=imagenet",
+        f"data.root={tmp_path / 'data'}",
+        "model.num_classes=2",
+        "batch_size=2",
+    ]
+    data = build_datasets(tiny_config(tmp_path / "run", *base, "data.augment=false"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    exported = deeprebirth.export(
+        model, torch.randn(1, 3, 32, 32), "torchscript", out=tmp_path / "m.ts"
+    )
+    images = [paths["train/cat/colour16.png"], paths["train/cat/gray16.png"]]
+    dump = tmp_path / "input.bin"
+    args = [str(RUNNER), str(exported), "--print-logits", "--dump-input", str(dump)]
+    result = _run_limited([*args, "--threads", "1", *(f"--image={p}" for p in images)])
+    assert result.returncode == 0, result.stderr
+    runner_input = torch.from_numpy(np.fromfile(dump, dtype=np.float32)).reshape(2, 3, 32, 32)
+    training = torch.stack([_sample(data.train, p) for p in images])
+    torch.testing.assert_close(runner_input, training, rtol=0, atol=1e-4)
+    rows = [line.split()[1:] for line in result.stdout.splitlines() if "logits" in line]
+    with torch.no_grad():
+        expected = model(training)
+    torch.testing.assert_close(torch.tensor([[float(v) for v in r] for r in rows]), expected)
 
 
 # ---- images that fail only while decoding ------------------------------------------------
