@@ -2,7 +2,8 @@
 # Installs what is missing, and nothing else, then builds deeprebirth:
 #   1. Debian packages (build tools, clang-format, Catch2, OpenCV, cxxopts + nlohmann-json for the C++ runner,
 #      the Fashion-MNIST data set);
-#   2. pinned Python packages (torch==2.13.0 CPU wheel, torchvision==0.28.0, requirements.txt);
+#   2. pinned Python packages (torch==2.13.0 CPU wheel, torchvision==0.28.0, requirements.txt,
+#      requirements-deploy.txt with --no-deps);
 #   3. the Python extension deeprebirth._C (pip install --no-build-isolation -e .), only when its
 #      sources changed or the installed package points at another checkout;
 #   4. the CMake targets (libdeeprebirth_ops.so, the Catch2 tests) in build/cmake, incrementally.
@@ -34,9 +35,9 @@ if ((${#missing[@]})); then
 fi
 
 # ---- 2. Python packages ----
-# Prints the requirements of requirements.txt (plus torchvision) that are not satisfied.
+# Prints the requirements of the file $1 (plus the ones given after it) that are not satisfied.
 unsatisfied() {
-  "$PYTHON" - "$ROOT/requirements.txt" "torchvision==$TORCHVISION_VERSION" <<'PY'
+  "$PYTHON" - "$@" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from packaging.requirements import Requirement
@@ -52,7 +53,7 @@ for line in filter(None, lines):
 PY
 }
 if ! "$PYTHON" -c "import packaging" 2>/dev/null; then pip_install packaging; fi
-todo=$(unsatisfied)
+todo=$(unsatisfied "$ROOT/requirements.txt" "torchvision==$TORCHVISION_VERSION")
 if [ -n "$todo" ]; then
   log "installing Python packages: $(echo $todo | tr '\n' ' ')"
   # torch first, pinned: the CPU wheel on disk; an unpinned torch would pull CUDA wheels.
@@ -60,6 +61,13 @@ if [ -n "$todo" ]; then
   pip_install -r "$ROOT/requirements.txt"
   # --no-deps: torchvision must never change the installed torch.
   pip_install --no-deps "torchvision==$TORCHVISION_VERSION"
+fi
+# Deployment runtimes (ExecuTorch + XNNPACK, OpenVINO; the `deploy` extra). requirements-deploy.txt
+# is the complete list, installed with --no-deps: executorch and torchao declare torch.
+todo=$(unsatisfied "$ROOT/requirements-deploy.txt")
+if [ -n "$todo" ]; then
+  log "installing deployment runtimes: $(echo $todo | tr '\n' ' ')"
+  pip_install --no-deps $todo
 fi
 
 # ---- 3. the Python extension ----
