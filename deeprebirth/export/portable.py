@@ -1,10 +1,16 @@
 """Portable models: deeprebirth's fused modules replaced by the standard layers they compute.
 
 A portable model needs no deeprebirth library when loaded (stock LibTorch, ONNX Runtime,
-ExecuTorch). The replacement is exact: :class:`~deeprebirth.ops.ConvPool2d` becomes
+ExecuTorch, OpenVINO). The replacement is exact: :class:`~deeprebirth.ops.ConvPool2d` becomes
 ``Conv2d -> [ReLU] -> MaxPool2d | AvgPool2d(count_include_pad=True)`` and
 :class:`~deeprebirth.ops.BranchConv2d` becomes its :attr:`~deeprebirth.ops.BranchConv2d.branches`
 (``Conv2d`` each) -> [ReLU] -> ``cat``, the same sequences as ``deeprebirth.ops._reference``.
+
+The portable graph holds the model's layers and nothing else. Where a merged BranchConv2d is read
+only through ``narrow`` views of whole branches (what ``merge_branches`` writes), each view
+becomes its branch's own convolution, so no ``cat`` is sliced again and no in-place operation
+reads a view (``torch.export`` would write it back with ``slice_scatter``); a ReLU repeated on a
+branch the operator already rectified is dropped (ReLU is idempotent).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from deeprebirth.ops import BranchConv2d, ConvPool2d
 from deeprebirth.surgery.modules import (
@@ -71,7 +78,8 @@ def uses_deeprebirth_ops(model: nn.Module) -> bool:
 def make_portable(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every ConvPool2d / BranchConv2d (and PackedConv2d /
     PackedConvConcat / PackedResidualBlock / PackedResidualStage, CPU runtime details) replaced by
-    standard layers.
+    standard layers, and branch views of merged convolutions by the branches themselves (see the
+    module docstring).
 
     The input model is not modified; a model without deeprebirth modules is returned as a copy.
 
@@ -81,8 +89,90 @@ def make_portable(model: nn.Module) -> nn.Module:
         False
     """
     portable = copy.deepcopy(model)
+    for module in list(portable.modules()):
+        if isinstance(module, fx.GraphModule):
+            _split_branch_views(module)
     _replace_in_place(portable)
     return portable
+
+
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (torch.relu, torch.relu_, F.relu)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _narrowed_channels(node: fx.Node, source: fx.Node) -> tuple[int, int] | None:
+    """``(start, length)`` when ``node`` is ``narrow(source, 1, start, length)``, else None."""
+    if node.kwargs:
+        return None
+    if node.op == "call_function" and node.target is torch.narrow:
+        args = node.args
+    elif node.op == "call_method" and node.target == "narrow":
+        args = node.args
+    else:
+        return None
+    if len(args) != 4 or args[0] is not source or args[1] != 1:
+        return None
+    start, length = args[2], args[3]
+    return (start, length) if isinstance(start, int) and isinstance(length, int) else None
+
+
+def _branch_names(target: str, count: int, gm: fx.GraphModule) -> list[str]:
+    """Names for a merged module's branches: the convolutions' own names where merge_branches
+    wrote them into ``target`` (``merged_<a>__<b>``) and they are free, else ``<target>_<i>``."""
+    parent, _, name = target.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    names = name[len("merged_") :].split("__") if name.startswith("merged_") else []
+    taken = dict(gm.named_modules())
+    if len(names) != count or any(f"{prefix}{n}" in taken or not n for n in names):
+        names = [f"{name}_{i}" for i in range(count)]
+    return [f"{prefix}{n}" for n in names]
+
+
+def _split_branch_views(gm: fx.GraphModule) -> None:
+    """In ``gm``, each BranchConv2d whose output is read only through ``narrow`` views of whole
+    branches becomes one ``Conv2d [-> relu]`` per view; ReLUs repeated on a rectified branch go."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), BranchConv2d):
+            continue
+        merged: BranchConv2d = gm.get_submodule(node.target)
+        branch_of: dict[tuple[int, int], int] = {}  # (first channel, width) -> branch
+        start = 0
+        for i, width in enumerate(merged.out_channels):
+            branch_of[start, width] = i
+            start += width
+        views = list(node.users)
+        if not views or any(branch_of.get(_narrowed_channels(v, node)) is None for v in views):
+            continue
+        names = _branch_names(node.target, len(branch_of), gm)
+        for name, conv in zip(names, merged.branches, strict=True):
+            gm.add_submodule(name, conv)
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        outputs: dict[int, fx.Node] = {}  # branch -> its output node (a view read twice: once)
+        for view in sorted(views, key=order.__getitem__):
+            index = branch_of[_narrowed_channels(view, node)]
+            if index not in outputs:
+                with gm.graph.inserting_before(view):
+                    branch = gm.graph.call_module(names[index], node.args, node.kwargs)
+                    if merged.relu:
+                        branch = gm.graph.call_function(torch.relu, (branch,))
+                outputs[index] = branch
+            view.replace_all_uses_with(outputs[index])
+            gm.graph.erase_node(view)
+        for branch in outputs.values() if merged.relu else ():
+            for user in [u for u in branch.users if _is_relu(gm, u) and u.args == (branch,)]:
+                user.replace_all_uses_with(branch)
+                gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
 
 
 def _replace_in_place(module: nn.Module) -> None:
