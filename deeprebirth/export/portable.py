@@ -10,7 +10,9 @@ The portable graph holds the model's layers and nothing else. Where a merged Bra
 only through ``narrow`` views of whole branches (what ``merge_branches`` writes), each view
 becomes its branch's own convolution, so no ``cat`` is sliced again and no in-place operation
 reads a view (``torch.export`` would write it back with ``slice_scatter``); a ReLU repeated on a
-branch the operator already rectified is dropped (ReLU is idempotent).
+branch the operator already rectified is dropped (ReLU is idempotent). ``nn.LocalResponseNorm``
+becomes :class:`LocalResponseNorm2d`, the same sum over channels as an ``avg_pool2d`` (PyTorch's
+own form is an ``avg_pool3d``, which ExecuTorch has no kernel for).
 """
 
 from __future__ import annotations
@@ -69,6 +71,67 @@ def branch_conv_as_standard(merged: BranchConv2d) -> ConcatBranches:
     return ConcatBranches(merged.branches, merged.relu)
 
 
+def local_response_norm_2d(
+    x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> torch.Tensor:
+    """``F.local_response_norm`` of an ``(N, C, H, W)`` batch through ``avg_pool2d``.
+
+    ``x / (k + alpha * mean of x**2 over the size channels around each, zero-padded) ** beta``:
+    the squares are viewed as one ``(C, H * W)`` plane per image and averaged over a ``(size, 1)``
+    window, where PyTorch pads and pools a 5-D view with ``avg_pool3d``. Same window, padding and
+    divisor, so the two agree up to float rounding.
+
+    Raises:
+        ValueError: ``x`` is not 4-D.
+
+    Example:
+        >>> x = torch.randn(2, 7, 5, 5)
+        >>> ref = F.local_response_norm(x, 5, 1e-4, 0.75, 1.0)
+        >>> torch.allclose(local_response_norm_2d(x, 5), ref, rtol=1e-6, atol=0)
+        True
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected x of shape (N, C, H, W), but got {tuple(x.shape)}")
+    channels, height, width = x.shape[1:]
+    # -1 for the batch: the reshape needs no runtime shape (no Shape node in ONNX).
+    squares = (x * x).reshape(-1, 1, channels, height * width)
+    before, after = size // 2, (size - 1) // 2
+    if before == after:
+        mean = F.avg_pool2d(squares, (size, 1), stride=1, padding=(before, 0))
+    else:  # an even window is padded unevenly, which avg_pool2d's padding cannot express
+        mean = F.avg_pool2d(F.pad(squares, (0, 0, before, after)), (size, 1), stride=1)
+    return x / mean.reshape(-1, channels, height, width).mul(alpha).add(k).pow(beta)
+
+
+class LocalResponseNorm2d(nn.Module):
+    """``nn.LocalResponseNorm`` computed by :func:`local_response_norm_2d` on 4-D inputs (the
+    portable form that every runtime runs); other ranks use ``F.local_response_norm``.
+
+    Example:
+        >>> lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        >>> x = torch.randn(1, 9, 4, 4)
+        >>> torch.allclose(LocalResponseNorm2d.from_module(lrn)(x), lrn(x), rtol=1e-6, atol=0)
+        True
+    """
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    @classmethod
+    def from_module(cls, lrn: nn.LocalResponseNorm) -> LocalResponseNorm2d:
+        """The rewrite of ``lrn`` (same size, alpha, beta, k)."""
+        return cls(lrn.size, lrn.alpha, lrn.beta, lrn.k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        return local_response_norm_2d(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
 def uses_deeprebirth_ops(model: nn.Module) -> bool:
     """Whether ``model`` contains a module that calls a ``torch.ops.deeprebirth`` operator
     (PackedConv2d does in TorchScript, for its small calls)."""
@@ -78,8 +141,8 @@ def uses_deeprebirth_ops(model: nn.Module) -> bool:
 def make_portable(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every ConvPool2d / BranchConv2d (and PackedConv2d /
     PackedConvConcat / PackedResidualBlock / PackedResidualStage, CPU runtime details) replaced by
-    standard layers, and branch views of merged convolutions by the branches themselves (see the
-    module docstring).
+    standard layers, branch views of merged convolutions by the branches themselves and every
+    ``nn.LocalResponseNorm`` by :class:`LocalResponseNorm2d` (see the module docstring).
 
     The input model is not modified; a model without deeprebirth modules is returned as a copy.
 
@@ -177,7 +240,9 @@ def _split_branch_views(gm: fx.GraphModule) -> None:
 
 def _replace_in_place(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
-        if isinstance(child, ConvPool2d):
+        if type(child) is nn.LocalResponseNorm:
+            setattr(module, name, LocalResponseNorm2d.from_module(child))
+        elif isinstance(child, ConvPool2d):
             setattr(module, name, conv_pool_as_standard(child))
         elif isinstance(child, BranchConv2d):
             setattr(module, name, branch_conv_as_standard(child))
