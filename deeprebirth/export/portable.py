@@ -12,7 +12,7 @@ becomes its branch's own convolution, so no ``cat`` is sliced again and no in-pl
 reads a view (``torch.export`` would write it back with ``slice_scatter``); a ReLU repeated on a
 branch the operator already rectified is dropped (ReLU is idempotent). ``nn.LocalResponseNorm``
 becomes :class:`LocalResponseNorm2d`, the same sum over channels as an ``avg_pool2d`` (PyTorch's
-own form is an ``avg_pool3d``, which ExecuTorch has no kernel for).
+own form is an ``avg_pool3d``, which ExecuTorch has no kernel for) that XNNPACK takes whole.
 """
 
 from __future__ import annotations
@@ -77,9 +77,11 @@ def local_response_norm_2d(
     """``F.local_response_norm`` of an ``(N, C, H, W)`` batch through ``avg_pool2d``.
 
     ``x / (k + alpha * mean of x**2 over the size channels around each, zero-padded) ** beta``:
-    the squares are viewed as one ``(C, H * W)`` plane per image and averaged over a ``(size, 1)``
-    window, where PyTorch pads and pools a 5-D view with ``avg_pool3d``. Same window, padding and
-    divisor, so the two agree up to float rounding.
+    the squares are viewed as one ``(C, H * W)`` plane per image, zero-padded and averaged over
+    a ``(size, 1)`` window, where PyTorch pads and pools a 5-D view with ``avg_pool3d``. Same
+    window, padding and divisor. The pooling pads nothing itself (XNNPACK takes no
+    ``count_include_pad``), and ``beta`` 0.5 / 0.75 / 1 are square roots and products (XNNPACK
+    takes ``pow`` only for the exponent 2), so every runtime runs the whole rewrite.
 
     Raises:
         ValueError: ``x`` is not 4-D.
@@ -95,12 +97,17 @@ def local_response_norm_2d(
     channels, height, width = x.shape[1:]
     # -1 for the batch: the reshape needs no runtime shape (no Shape node in ONNX).
     squares = (x * x).reshape(-1, 1, channels, height * width)
-    before, after = size // 2, (size - 1) // 2
-    if before == after:
-        mean = F.avg_pool2d(squares, (size, 1), stride=1, padding=(before, 0))
-    else:  # an even window is padded unevenly, which avg_pool2d's padding cannot express
-        mean = F.avg_pool2d(F.pad(squares, (0, 0, before, after)), (size, 1), stride=1)
-    return x / mean.reshape(-1, channels, height, width).mul(alpha).add(k).pow(beta)
+    padded = F.pad(squares, (0, 0, size // 2, (size - 1) // 2))
+    mean = F.avg_pool2d(padded, (size, 1), stride=1, count_include_pad=False)
+    base = mean.reshape(-1, channels, height, width).mul(alpha).add(k)
+    if beta == 1.0:
+        return x / base
+    if beta == 0.5:
+        return x / base.sqrt()
+    if beta == 0.75:
+        root = base.sqrt()
+        return x / (root * root.sqrt())
+    return x / base.pow(beta)
 
 
 class LocalResponseNorm2d(nn.Module):
