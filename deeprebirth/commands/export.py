@@ -1,9 +1,11 @@
-"""``deeprebirth export``: write a deeprebirth model file as TorchScript, mobile, ONNX or pt2.
+"""``deeprebirth export``: write a deeprebirth model file as TorchScript, mobile, ONNX, pt2 or
+ExecuTorch (``.pte``, XNNPACK).
 
 Example::
 
     deeprebirth export slim.pt --format torchscript --out slim.ts
     deeprebirth-run slim.ts --image cat.jpg --topk 5
+    deeprebirth export slim.pt --format executorch --require-full-delegation --out slim.pte
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace deeprebirth ops by standard layers (no deeprebirth library needed to load)",
     )
     parser.add_argument("--out", required=True, help="output file")
+    parser.add_argument(
+        "--require-full-delegation",
+        action="store_true",
+        help="executorch: fail, naming the operators, unless XNNPACK takes the whole graph",
+    )
     parser.add_argument(
         "--input-size",
         type=int,
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             portable=args.portable,
             out=args.out,
             metadata=overrides,
+            require_full_delegation=args.require_full_delegation,
         )
     except (ValueError, ImportError) as error:
         print(f"deeprebirth export: error: {error}", file=sys.stderr)

@@ -11,6 +11,10 @@ Formats:
       else TorchScript with a warning (deprecated since torch 2.11).
     - ``"onnx"``: always portable, for ONNX Runtime.
     - ``"pt2"``: ``torch.export`` program, the forward path (ExecuTorch / AOTInductor pipelines).
+    - ``"executorch"``: always portable, a ``.pte`` program lowered to the XNNPACK delegate (the
+      CPU kernels of Android / iOS apps) at the example input's shape; prints how much of the
+      graph XNNPACK took (``require_full_delegation=True``: fails naming what it left out).
+      Needs ``pip install deeprebirth[deploy]``.
 
 ``portable=True`` replaces ConvPool2d / BranchConv2d by standard layers (exact), so the file needs
 no deeprebirth library to load; otherwise the deeprebirth operators stay in the graph.
@@ -18,6 +22,7 @@ no deeprebirth library to load; otherwise the deeprebirth operators stay in the 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -44,6 +49,9 @@ __all__ = [
     "uses_deeprebirth_ops",
 ]
 
+# Formats whose runtimes know no deeprebirth operator: the model is always made portable.
+ALWAYS_PORTABLE = ("onnx", "executorch")
+
 
 def export(
     model: nn.Module,
@@ -52,21 +60,30 @@ def export(
     portable: bool = False,
     out: str | os.PathLike = "model.pt",
     metadata: Mapping[str, Any] | ExportMetadata | None = None,
+    *,
+    require_full_delegation: bool = False,
 ) -> Path:
     """Writes ``model`` (put in eval mode) to ``out`` in ``format``; returns the path.
 
     Args:
         model: the network, e.g. a slimmed GoogLeNet holding ConvPool2d / BranchConv2d modules.
-        example_input: ``(N, 3, H, W)``; its H, W become the metadata ``input_size``.
-        format: one of ``"torchscript"``, ``"mobile"``, ``"onnx"``, ``"pt2"``.
-        portable: replace deeprebirth ops by standard layers (always done for ONNX).
+        example_input: ``(N, 3, H, W)``; its H, W become the metadata ``input_size`` (for
+            ``"executorch"`` the program's fixed input shape).
+        format: one of :data:`FORMATS` (``"torchscript"``, ``"mobile"``, ``"onnx"``, ``"pt2"``,
+            ``"executorch"``).
+        portable: replace deeprebirth ops by standard layers (always done for ONNX and
+            ExecuTorch).
         out: output file.
         metadata: an :class:`ExportMetadata`, or a mapping of its fields (e.g. the metadata of a
             deeprebirth model file: ``source_model``, ``rules_applied``, ``class_names``,
             ``mean``, ``std``, ``resize_size``).
+        require_full_delegation: ``"executorch"`` only: fail unless XNNPACK takes every operator.
 
     Raises:
-        ValueError: unknown format or bad metadata (the message names the field).
+        ValueError: unknown format, an option of another format, or bad metadata (the message
+            names the field); for ``"executorch"`` with ``require_full_delegation``, the
+            operators XNNPACK left out (:class:`~deeprebirth.export.executorch.DelegationError`).
+        ImportError: the format's optional package is missing (the message says what to install).
 
     Example:
         >>> import deeprebirth
@@ -76,13 +93,17 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"expected format to be one of {FORMATS}, but got {format!r}")
+    if require_full_delegation and format != "executorch":
+        raise ValueError(
+            f"require_full_delegation applies to format='executorch', but format is {format!r}"
+        )
     if isinstance(metadata, ExportMetadata):
         record = ExportMetadata.from_json(metadata.to_json())
         record.input_size = [int(s) for s in example_input.shape[2:]]
     else:
         record = ExportMetadata.build(example_input, metadata)
     record.format = format
-    record.portable = bool(portable or format == "onnx" or not uses_deeprebirth_ops(model))
+    record.portable = bool(portable or format in ALWAYS_PORTABLE or not uses_deeprebirth_ops(model))
     model = make_portable(model) if portable else model
     model = model.eval()
     if format == "torchscript":
@@ -91,6 +112,10 @@ def export(
         from deeprebirth.export.mobile import save_mobile as save
     elif format == "onnx":
         from deeprebirth.export.onnx import save_onnx as save
+    elif format == "executorch":
+        from deeprebirth.export.executorch import save_executorch
+
+        save = functools.partial(save_executorch, require_full_delegation=require_full_delegation)
     else:
         from deeprebirth.export.pt2 import save_pt2 as save
     with torch.no_grad():
@@ -106,7 +131,15 @@ def read_metadata(path: str | os.PathLike) -> ExportMetadata:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported model not found: {path}")
-    if path.read_bytes()[:4] != b"PK\x03\x04":  # not a zip: TorchScript, lite and pt2 are zips
+    with path.open("rb") as file:
+        head = file.read(8)
+    from deeprebirth.export.executorch import is_pte
+
+    if is_pte(head):
+        from deeprebirth.export.executorch import read_executorch_metadata
+
+        return read_executorch_metadata(path)
+    if head[:4] != b"PK\x03\x04":  # not a zip: TorchScript, lite and pt2 are zips
         from deeprebirth.export.onnx import read_onnx_metadata
 
         return read_onnx_metadata(path)

@@ -17,10 +17,13 @@ import torch
 from deeprebirth.export.metadata import ExportMetadata
 
 
-def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnx_runner(path: Path, num_threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -37,19 +40,37 @@ def _inference(module: Callable[[torch.Tensor], torch.Tensor]):
     return run
 
 
-def load_exported(path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model in ``path`` (TorchScript, lite, ONNX or pt2, told apart by its metadata record)
-    as a function of a batch ``(N, C, H, W)``; ONNX runs in ONNX Runtime on the CPU.
+def load_exported(
+    path: str | os.PathLike, num_threads: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model in ``path`` (any format of :func:`deeprebirth.export.export`, told apart by its
+    metadata record) as a function of a batch ``(N, C, H, W)``, on the CPU: ONNX in ONNX Runtime,
+    ``.pte`` in the ExecuTorch runtime (XNNPACK), TorchScript / lite / pt2 in torch.
+
+    Args:
+        path: the exported file.
+        num_threads: threads to run on (default: the runtime's own). For ExecuTorch and the torch
+            formats this sets the process-wide pool (``torch.set_num_threads``).
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`deeprebirth.export.read_metadata`.
+        FileNotFoundError / ValueError: as :func:`deeprebirth.export.read_metadata`, or
+            ``num_threads`` < 1.
+        ImportError: the format's runtime is not installed (the message says what to install).
     """
     from deeprebirth.export import read_metadata
 
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"expected num_threads >= 1, but got {num_threads}")
     path = Path(path)
     record: ExportMetadata = read_metadata(path)
     if record.format == "onnx":
-        return _onnx_runner(path)
+        return _onnx_runner(path, num_threads)
+    if record.format == "executorch":
+        from deeprebirth.export.executorch import executorch_runner
+
+        return executorch_runner(path, num_threads)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     if record.format == "pt2":
         return _inference(torch.export.load(str(path)).module())
     if record.format == "mobile":

@@ -18,12 +18,13 @@ own form is an ``avg_pool3d``, which ExecuTorch has no kernel for) that XNNPACK 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from deeprebirth.ops import BranchConv2d, ConvPool2d
+from deeprebirth.ops import BranchConv2d, ConvPool2d, _reference
 from deeprebirth.surgery.modules import (
     ConcatBranches,
     PackedConv2d,
@@ -137,6 +138,34 @@ class LocalResponseNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+def deeprebirth_op_decompositions() -> dict[torch._ops.OpOverload, Callable[..., torch.Tensor]]:
+    """``ExportedProgram.run_decompositions`` table that replaces each ``torch.ops.deeprebirth``
+    operator with a weight-only form by the standard operators it computes (its reference
+    composition, ``deeprebirth.ops._reference``): for models that call the operators directly,
+    where :func:`make_portable` finds no module to replace. ``direct_conv`` and
+    ``direct_conv_cat`` read only the packed weight and have no entry.
+    """
+    ops = torch.ops.deeprebirth
+
+    def small_conv2d(x, w, packed_w, b, stride, padding, dilation, groups, relu, *_kernel_choice):
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+        return F.relu(y) if relu else y
+
+    def small_conv2d_cat(xs, ws, packed_ws, bs, strides, paddings, relu, *_kernel_choice):
+        outputs = []
+        for i, (x, w, b) in enumerate(zip(xs, ws, bs, strict=True)):
+            y = F.conv2d(x, w, b, strides[2 * i : 2 * i + 2], paddings[2 * i : 2 * i + 2])
+            outputs.append(F.relu(y) if relu else y)
+        return torch.cat(outputs, 1)
+
+    return {
+        ops.conv_pool.default: _reference.conv_pool_reference,
+        ops.branch_conv.default: _reference.branch_conv_reference,
+        ops.small_conv2d.default: small_conv2d,
+        ops.small_conv2d_cat.default: small_conv2d_cat,
+    }
 
 
 def uses_deeprebirth_ops(model: nn.Module) -> bool:
