@@ -1,11 +1,12 @@
-"""``deeprebirth export``: write a deeprebirth model file as TorchScript, mobile, ONNX, pt2 or
-ExecuTorch (``.pte``, XNNPACK).
+"""``deeprebirth export``: write a deeprebirth model file as TorchScript, mobile, ONNX, pt2,
+ExecuTorch (``.pte``, XNNPACK) or OpenVINO IR (``.xml`` + ``.bin``).
 
 Example::
 
     deeprebirth export slim.pt --format torchscript --out slim.ts
     deeprebirth-run slim.ts --image cat.jpg --topk 5
     deeprebirth export slim.pt --format executorch --require-full-delegation --out slim.pte
+    deeprebirth export slim.pt --format openvino --out slim.xml
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--require-full-delegation",
         action="store_true",
         help="executorch: fail, naming the operators, unless XNNPACK takes the whole graph",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="openvino: inference precision stored in the IR (bf16 moves outputs; it warns by "
+        "how much on the example input)",
     )
     parser.add_argument(
         "--input-size",
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             metadata=overrides,
             require_full_delegation=args.require_full_delegation,
+            precision=args.precision,
         )
     except (ValueError, ImportError) as error:
         print(f"deeprebirth export: error: {error}", file=sys.stderr)

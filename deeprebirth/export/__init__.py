@@ -15,6 +15,9 @@ Formats:
       CPU kernels of Android / iOS apps) at the example input's shape; prints how much of the
       graph XNNPACK took (``require_full_delegation=True``: fails naming what it left out).
       Needs ``pip install deeprebirth[deploy]``.
+    - ``"openvino"``: always portable, OpenVINO IR (``.xml`` + ``.bin``) for x86 servers; inference
+      in f32 unless ``precision="bf16"`` (then a warning says how far outputs move).
+      Needs ``pip install deeprebirth[deploy]``.
 
 ``portable=True`` replaces ConvPool2d / BranchConv2d by standard layers (exact), so the file needs
 no deeprebirth library to load; otherwise the deeprebirth operators stay in the graph.
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 # Formats whose runtimes know no deeprebirth operator: the model is always made portable.
-ALWAYS_PORTABLE = ("onnx", "executorch")
+ALWAYS_PORTABLE = ("onnx", "executorch", "openvino")
 
 
 def export(
@@ -62,6 +65,7 @@ def export(
     metadata: Mapping[str, Any] | ExportMetadata | None = None,
     *,
     require_full_delegation: bool = False,
+    precision: str = "f32",
 ) -> Path:
     """Writes ``model`` (put in eval mode) to ``out`` in ``format``; returns the path.
 
@@ -70,14 +74,16 @@ def export(
         example_input: ``(N, 3, H, W)``; its H, W become the metadata ``input_size`` (for
             ``"executorch"`` the program's fixed input shape).
         format: one of :data:`FORMATS` (``"torchscript"``, ``"mobile"``, ``"onnx"``, ``"pt2"``,
-            ``"executorch"``).
-        portable: replace deeprebirth ops by standard layers (always done for ONNX and
-            ExecuTorch).
-        out: output file.
+            ``"executorch"``, ``"openvino"``).
+        portable: replace deeprebirth ops by standard layers (always done for ONNX, ExecuTorch
+            and OpenVINO).
+        out: output file (``"openvino"``: the ``.xml``; the weights go to the ``.bin`` beside).
         metadata: an :class:`ExportMetadata`, or a mapping of its fields (e.g. the metadata of a
             deeprebirth model file: ``source_model``, ``rules_applied``, ``class_names``,
             ``mean``, ``std``, ``resize_size``).
         require_full_delegation: ``"executorch"`` only: fail unless XNNPACK takes every operator.
+        precision: ``"openvino"`` only: ``"f32"`` or ``"bf16"``, the inference precision stored
+            in the IR.
 
     Raises:
         ValueError: unknown format, an option of another format, or bad metadata (the message
@@ -97,6 +103,8 @@ def export(
         raise ValueError(
             f"require_full_delegation applies to format='executorch', but format is {format!r}"
         )
+    if precision != "f32" and format != "openvino":
+        raise ValueError(f"precision applies to format='openvino', but format is {format!r}")
     if isinstance(metadata, ExportMetadata):
         record = ExportMetadata.from_json(metadata.to_json())
         record.input_size = [int(s) for s in example_input.shape[2:]]
@@ -116,6 +124,10 @@ def export(
         from deeprebirth.export.executorch import save_executorch
 
         save = functools.partial(save_executorch, require_full_delegation=require_full_delegation)
+    elif format == "openvino":
+        from deeprebirth.export.openvino import save_openvino
+
+        save = functools.partial(save_openvino, precision=precision)
     else:
         from deeprebirth.export.pt2 import save_pt2 as save
     with torch.no_grad():
@@ -134,11 +146,16 @@ def read_metadata(path: str | os.PathLike) -> ExportMetadata:
     with path.open("rb") as file:
         head = file.read(8)
     from deeprebirth.export.executorch import is_pte
+    from deeprebirth.export.openvino import is_openvino_ir
 
     if is_pte(head):
         from deeprebirth.export.executorch import read_executorch_metadata
 
         return read_executorch_metadata(path)
+    if is_openvino_ir(head):
+        from deeprebirth.export.openvino import read_openvino_metadata
+
+        return read_openvino_metadata(path)
     if head[:4] != b"PK\x03\x04":  # not a zip: TorchScript, lite and pt2 are zips
         from deeprebirth.export.onnx import read_onnx_metadata
 

@@ -4,7 +4,7 @@ iOS apps.
 The model is made portable (:func:`~deeprebirth.export.portable.make_portable`), exported with
 ``torch.export`` at the example input's shape (ExecuTorch plans its memory for fixed sizes), any
 ``torch.ops.deeprebirth`` call left is decomposed into the standard operators it computes
-(:func:`~deeprebirth.export.portable.deeprebirth_op_decompositions`), and the program is lowered
+(:func:`~deeprebirth.export.portable.decompose_deeprebirth_ops`), and the program is lowered
 by ``executorch.exir.to_edge_transform_and_lower`` with the ``XnnpackPartitioner``. What XNNPACK
 does not take runs on ExecuTorch's portable kernels; :class:`DelegationReport` says how much that
 is. The metadata record is the program's method ``deeprebirth_metadata`` (it returns the JSON).
@@ -27,7 +27,7 @@ from torch import fx, nn
 
 from deeprebirth.export._optional import import_optional, quiet_import_logs
 from deeprebirth.export.metadata import ExportMetadata
-from deeprebirth.export.portable import deeprebirth_op_decompositions, make_portable
+from deeprebirth.export.portable import decompose_deeprebirth_ops, make_portable
 from deeprebirth.export.pt2 import contiguous_for_export
 
 METADATA_METHOD = "deeprebirth_metadata"
@@ -108,13 +108,7 @@ def export_for_executorch(
     portable, example_input = contiguous_for_export(make_portable(model).eval(), example_input)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch's pytree LeafSpec note
-        program = torch.export.export(portable, (example_input,))
-        if any(
-            node.op == "call_function" and getattr(node.target, "namespace", "") == "deeprebirth"
-            for node in program.graph.nodes
-        ):
-            program = program.run_decompositions(deeprebirth_op_decompositions())
-    return program
+        return decompose_deeprebirth_ops(torch.export.export(portable, (example_input,)))
 
 
 def lower_to_executorch(

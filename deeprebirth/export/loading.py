@@ -45,7 +45,8 @@ def load_exported(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model in ``path`` (any format of :func:`deeprebirth.export.export`, told apart by its
     metadata record) as a function of a batch ``(N, C, H, W)``, on the CPU: ONNX in ONNX Runtime,
-    ``.pte`` in the ExecuTorch runtime (XNNPACK), TorchScript / lite / pt2 in torch.
+    ``.pte`` in the ExecuTorch runtime (XNNPACK), an OpenVINO IR in OpenVINO (at the precision
+    stored at export, f32 by default), TorchScript / lite / pt2 in torch.
 
     Args:
         path: the exported file.
@@ -69,6 +70,10 @@ def load_exported(
         from deeprebirth.export.executorch import executorch_runner
 
         return executorch_runner(path, num_threads)
+    if record.format == "openvino":
+        from deeprebirth.export.openvino import openvino_runner
+
+        return openvino_runner(path, num_threads)
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     if record.format == "pt2":

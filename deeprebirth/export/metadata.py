@@ -6,7 +6,7 @@ need no extra flags::
 
     {
       "schema": "deeprebirth-export", "schema_version": 1,
-      "format": "torchscript" | "mobile" | "onnx" | "pt2" | "executorch",
+      "format": "torchscript" | "mobile" | "onnx" | "pt2" | "executorch" | "openvino",
       "portable": true | false,
       "input_size": [H, W],        # the centre crop fed to the model
       "resize_size": int,          # the shorter image side is resized to this before the crop
@@ -20,7 +20,8 @@ need no extra flags::
 
 TorchScript / lite files carry it as the extra file :data:`METADATA_FILE`, ``.pt2`` files as the
 extra file of the same name, ONNX files as ``metadata_props[METADATA_KEY]``, ExecuTorch ``.pte``
-files as the method ``deeprebirth_metadata`` (it returns the JSON).
+files as the method ``deeprebirth_metadata`` (it returns the JSON), OpenVINO IR ``.xml`` files as
+the ``rt_info`` entry ``deeprebirth/metadata``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ SCHEMA = "deeprebirth-export"
 SCHEMA_VERSION = 1
 METADATA_FILE = "deeprebirth.json"
 METADATA_KEY = "deeprebirth"
-FORMATS = ("torchscript", "mobile", "onnx", "pt2", "executorch")
+FORMATS = ("torchscript", "mobile", "onnx", "pt2", "executorch", "openvino")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The largest crop side and resize size a record may ask for, and the longest side an image may

@@ -168,6 +168,19 @@ def deeprebirth_op_decompositions() -> dict[torch._ops.OpOverload, Callable[...,
     }
 
 
+def decompose_deeprebirth_ops(
+    program: torch.export.ExportedProgram,
+) -> torch.export.ExportedProgram:
+    """``program`` with every ``torch.ops.deeprebirth`` call replaced by its standard operators
+    (:func:`deeprebirth_op_decompositions`); ``program`` itself when it holds none."""
+    if not any(
+        node.op == "call_function" and getattr(node.target, "namespace", "") == "deeprebirth"
+        for node in program.graph.nodes
+    ):
+        return program
+    return program.run_decompositions(deeprebirth_op_decompositions())
+
+
 def uses_deeprebirth_ops(model: nn.Module) -> bool:
     """Whether ``model`` contains a module that calls a ``torch.ops.deeprebirth`` operator
     (PackedConv2d does in TorchScript, for its small calls)."""
