@@ -47,14 +47,20 @@ def conv_pool(
         float32 layers with at most 4 input channels (first layers: GoogLeNet conv1, the ResNet
         stem) convolve with the library's own direct kernel, and float32 3x3 stride-1 layers with
         at least 8 input and 16 output channels by the Winograd F(2x2, 3x3) algorithm (2.25x
-        fewer multiply-adds, errors the size of ATen's convolution; being sums of differences
-        of inputs, it spreads a NaN or infinite input over its 2x2 output block and may give NaN
-        where the direct sum gives an infinity, never a finite value for a non-finite one); setting
+        fewer multiply-adds, errors the size of ATen's convolution); setting
         ``DEEPREBIRTH_CONV_POOL_DIRECT=0`` or ``DEEPREBIRTH_CONV_POOL_WINOGRAD=0`` before the
-        library loads sends those layers to oneDNN instead.
+        library loads sends those layers to oneDNN instead. NaN and infinities reach the output
+        where and as the unfused sequence has them, on every route: Winograd's transforms add and
+        subtract inputs, which would spread a NaN or an infinity over a 2x2 output block, so a
+        call whose ``x`` or ``weight`` holds one convolves with oneDNN instead. (Finite values so
+        large that the convolution's sums overflow float32 may overflow in other places than in
+        ATen's, on any route, as ATen's own algorithms differ.) Differentiable twice: the backward
+        recomputes the convolution, and under ``create_graph=True`` it runs as ATen operations,
+        which autograd differentiates again (``gradgradcheck`` holds).
 
     Raises:
-        RuntimeError: bad shapes, dtypes, devices or sizes; the message names the argument.
+        RuntimeError: bad shapes, dtypes, devices or sizes (an empty kernel, no input channels,
+            strides <= 0, ...); the message names the argument.
 
     Example:
         >>> x = torch.randn(1, 3, 224, 224)

@@ -54,12 +54,28 @@ def _tensors(value: object) -> Iterable[torch.Tensor]:
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one dimension (PyTorch's rule).
+
+    Raises:
+        ValueError: ``stride`` or ``dilation`` below 1, ``kernel`` or ``padding`` negative.
+    """
+    for name, value, least in (
+        ("stride", stride, 1),
+        ("dilation", dilation, 1),
+        ("kernel_size", kernel, 0),
+        ("padding", padding, 0),
+    ):
+        if value < least:
+            raise ValueError(f"expected {name} >= {least}, but got {value}")
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def conv2d_macs(module: nn.Module, in_shape: tuple[int, ...]) -> int:
     """MACs of one call of a 2-D convolution (``Conv2d`` or the conv of ``ConvPool2d``) on an input
     of ``in_shape`` (N, C, H, W).
+
+    Raises:
+        ValueError: the module's stride or dilation is below 1, or its padding negative.
 
     Example:
         >>> conv2d_macs(nn.Conv2d(3, 8, 3), (1, 3, 10, 10))

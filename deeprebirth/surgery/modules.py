@@ -3,6 +3,8 @@
 No ``from __future__ import annotations`` here: TorchScript reads PackedConv2d's annotations.
 """
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -68,9 +70,24 @@ class PackedConv2d(nn.Conv2d):
     Outputs of the packed path are channels_last (oneDNN's fast layout) whatever the input's
     layout, those of the direct path contiguous; values and shapes are those of ``Conv2d``.
 
+    Weight updates: the packed copies are made from a snapshot of the weight, and a call uses them
+    only when the weight is bitwise equal to that snapshot (``deeprebirth::bitwise_equal``, one
+    memcmp of the weight per call); otherwise it drops them and packs the weight as it is now.
+    So any update is seen, however it is made: writes through ``.data``, optimizer steps (fused
+    ones do not move the version counter), ``load_state_dict``, ``copy_`` under ``no_grad``,
+    ``nn.init``, NumPy views, a new tensor or Parameter. Memory per layer: the snapshot, the
+    direct kernel's copy, at most :attr:`max_packed_shapes` oneDNN copies, and the kernel choice
+    for at most :attr:`max_kernel_shapes` input shapes (both caches drop the least recently used
+    entry first). The caches are guarded by a lock: threads may share a layer.
+
     Args:
         *args, **kwargs: as for ``nn.Conv2d`` (``padding_mode="zeros"``, numeric padding).
         relu: apply ReLU to the output (fused into the convolution on the packed path).
+
+    Raises:
+        ValueError: settings it cannot run or ``conv2d`` rejects (a stride, dilation or kernel
+            size below 1, negative padding, no channels, other padding modes); the message names
+            the setting (:func:`packing_problem`).
 
     Shape:
         as ``nn.Conv2d``.
@@ -84,7 +101,13 @@ class PackedConv2d(nn.Conv2d):
         True
     """
 
-    __jit_ignored_attributes__ = ["packed_weights", "_kernel_by_shape", "_direct_weight"]
+    __jit_ignored_attributes__ = [
+        "packed_weights",
+        "_kernel_by_shape",
+        "_direct_weight",
+        "_weight_snapshot",
+        "_cache_lock",
+    ]
     # read by _takes_direct_kernel in TorchScript
     __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs", "max_direct_1x1_pixels"]
     #: Calls with fewer multiply-accumulates run the plain convolution: oneDNN's fixed cost per
@@ -95,8 +118,10 @@ class PackedConv2d(nn.Conv2d):
     #: 1x1 calls with more output pixels per image than this run conv2d: a GEMM over the pixels
     #: beats the direct kernel there (1.5-2x at 14x14 and larger), which wins up to 8x8 (1.1-1.6x).
     max_direct_1x1_pixels: int = 64
-    #: Packed copies kept per layer, one per input shape (the most recently packed ones).
+    #: oneDNN copies kept per layer, one per input shape (the most recently used ones).
     max_packed_shapes: int = 2
+    #: Input shapes whose kernel choice a layer keeps (the most recently used ones).
+    max_kernel_shapes: int = 64
 
     def __init__(self, *args, relu: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -104,9 +129,16 @@ class PackedConv2d(nn.Conv2d):
         if problem:
             raise ValueError(problem)
         self.relu = relu
-        self.packed_weights: dict = {}
-        self._kernel_by_shape: dict = {}  # (input shape, min_packed_macs) -> _kernel_for_shape
-        self._direct_weight: tuple = ()  # (weight key, direct_conv_pack(weight))
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._cache_lock = threading.Lock()
+        # (input shape, snapshot generation) -> oneDNN's packed copy, least recently used first
+        self.packed_weights: OrderedDict = OrderedDict()
+        # (input shape, min_packed_macs) -> _kernel_for_shape, least recently used first
+        self._kernel_by_shape: OrderedDict = OrderedDict()
+        self._direct_weight: tuple = ()  # (snapshot generation, direct_conv_pack(snapshot))
+        self._weight_snapshot: tuple = (None, 0)  # (the weight's values packed, generation)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":
@@ -127,21 +159,25 @@ class PackedConv2d(nn.Conv2d):
 
     def train(self, mode: bool = True) -> "PackedConv2d":
         if mode:  # the weights are about to change: free the packed copies
-            self.packed_weights = {}
-            self._direct_weight = ()
+            with self._cache_lock:
+                self.packed_weights = OrderedDict()
+                self._direct_weight = ()
+                self._weight_snapshot = (None, self._weight_snapshot[1] + 1)
         return super().train(mode)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["packed_weights"] = {}  # oneDNN's opaque tensors can be neither copied nor pickled
-        state["_kernel_by_shape"] = {}
-        state["_direct_weight"] = ()
+        # oneDNN's opaque tensors can be neither copied nor pickled, nor can a lock
+        for name in ("packed_weights", "_kernel_by_shape", "_direct_weight", "_weight_snapshot"):
+            state.pop(name, None)
+        state.pop("_cache_lock", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_kernel_by_shape", {})  # files saved before these caches existed
-        state.setdefault("_direct_weight", ())
+        for name in ("packed_weights", "_kernel_by_shape", "_direct_weight", "_weight_snapshot"):
+            state.pop(name, None)  # files saved before the caches took their present form
         super().__setstate__(state)
+        self._init_caches()
 
     def macs(self, input_shape: Sequence[int]) -> int:
         """Multiply-accumulates of one call on an input of ``input_shape`` (N, C, H, W)."""
@@ -156,10 +192,15 @@ class PackedConv2d(nn.Conv2d):
         if type(x) is not torch.Tensor:  # fx proxies, fake tensors of torch.export / compile
             return ""
         key = (x.shape, self.min_packed_macs)
-        kernel = self._kernel_by_shape.get(key)
-        if kernel is None:
-            kernel = self._kernel_for_shape(x.shape)
-            self._kernel_by_shape[key] = kernel
+        with self._cache_lock:
+            kernel = self._kernel_by_shape.get(key)
+            if kernel is None:
+                kernel = self._kernel_for_shape(x.shape)
+                self._kernel_by_shape[key] = kernel
+                while len(self._kernel_by_shape) > max(1, self.max_kernel_shapes):
+                    self._kernel_by_shape.popitem(last=False)
+            else:
+                self._kernel_by_shape.move_to_end(key)
         if not kernel:
             return ""
         weight = self._parameters["weight"]
@@ -190,25 +231,48 @@ class PackedConv2d(nn.Conv2d):
         return self._inference_kernel(x) == "packed"
 
     @torch.jit.unused
+    def _current_snapshot(self) -> tuple:
+        """``(snapshot, generation)``: a copy of the weight's present values, and the number that
+        names the packed copies made from it (a new snapshot and number when the weight changed,
+        its stale copies dropped)."""
+        weight = self._parameters["weight"]
+        current = self._weight_snapshot
+        if current[0] is not None and torch.ops.deeprebirth.bitwise_equal(weight, current[0]):
+            return current
+        with self._cache_lock:  # another thread may have taken the new snapshot meanwhile
+            current = self._weight_snapshot
+            if current[0] is None or not torch.ops.deeprebirth.bitwise_equal(weight, current[0]):
+                current = (weight.detach().clone(), current[1] + 1)
+                self.packed_weights = OrderedDict()
+                self._direct_weight = ()
+                self._weight_snapshot = current
+            return current
+
+    @torch.jit.unused
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """oneDNN's packed copy of the weight for inputs shaped like ``x`` (made on first use)."""
-        key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
-        weight = self.packed_weights.get(key)
-        if weight is None:
-            # Same weight only, and at most max_packed_shapes input shapes (the newest): each packed
-            # copy is as large as the weight, and a server sees many batch sizes.
-            kept = [(k, v) for k, v in self.packed_weights.items() if k[1:] == key[1:]]
-            self.packed_weights = dict(kept[len(kept) - self.max_packed_shapes + 1 :])
+        snapshot, generation = self._current_snapshot()
+        key = (tuple(x.shape), generation)
+        with self._cache_lock:
+            weight = self.packed_weights.get(key)
+            if weight is not None:
+                self.packed_weights.move_to_end(key)
+                return weight
+            # At most max_packed_shapes input shapes: each packed copy is as large as the weight,
+            # and a server sees many batch sizes.
             weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.detach().to_mkldnn(),
+                snapshot.to_mkldnn(),
                 list(self.padding),
                 list(self.stride),
                 list(self.dilation),
                 self.groups,
                 list(x.shape),
             )
-            self.packed_weights[key] = weight
-        return weight
+            if generation == self._weight_snapshot[1]:  # not stale already
+                self.packed_weights[key] = weight
+                while len(self.packed_weights) > max(1, self.max_packed_shapes):
+                    self.packed_weights.popitem(last=False)
+            return weight
 
     @torch.jit.unused
     def _onednn_args(self, x: torch.Tensor) -> tuple:
@@ -241,12 +305,15 @@ class PackedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _direct_packed_weight(self) -> torch.Tensor:
-        """``direct_conv_pack(weight)``, kept while the weight tensor and its version stay."""
-        weight = self._parameters["weight"]
-        key = (weight.data_ptr(), weight._version)
-        if not self._direct_weight or self._direct_weight[0] != key:
-            self._direct_weight = (key, torch.ops.deeprebirth.direct_conv_pack(weight.detach()))
-        return self._direct_weight[1]
+        """``direct_conv_pack(weight)``, kept while the weight's values stay."""
+        snapshot, generation = self._current_snapshot()
+        direct = self._direct_weight
+        if not direct or direct[0] != generation:
+            direct = (generation, torch.ops.deeprebirth.direct_conv_pack(snapshot))
+            with self._cache_lock:
+                if generation == self._weight_snapshot[1]:  # not stale already
+                    self._direct_weight = direct
+        return direct[1]
 
     def _small_conv2d(
         self,
@@ -471,12 +538,25 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 
 
 def packing_problem(conv: nn.Conv2d) -> str:
-    """'' when ``conv``'s settings fit :class:`PackedConv2d`, else why not."""
+    """'' when ``conv``'s settings fit :class:`PackedConv2d`, else why not (naming the setting):
+    zero padding given by numbers, and settings ``conv2d`` accepts (at least one channel,
+    kernel sizes, strides and dilations of at least 1, padding of at least 0)."""
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return (
             f"padding_mode={conv.padding_mode!r}, padding={conv.padding!r}: PackedConv2d needs "
             "padding_mode='zeros' and numeric padding"
         )
+    for name, least in (
+        ("in_channels", 1),
+        ("out_channels", 1),
+        ("kernel_size", 1),
+        ("stride", 1),
+        ("dilation", 1),
+        ("padding", 0),
+    ):
+        value = getattr(conv, name)
+        if any(v < least for v in (value if isinstance(value, tuple) else (value,))):
+            return f"expected {name} >= {least} in every dimension, but got {name}={value}"
     return ""
 
 

@@ -41,6 +41,14 @@ ConvPoolGeometry check_conv_pool_args(const at::Tensor& x, const at::Tensor& w,
   TORCH_CHECK(x.size(1) == w.size(1) * args.groups, kOp,
               ": expected x to have w.size(1) * groups = ", w.size(1), " * ", args.groups, " = ",
               w.size(1) * args.groups, " channels, but got x of shape ", shape_string(x.sizes()));
+  TORCH_CHECK(w.size(1) > 0, kOp,
+              ": expected x and w to have at least one input channel, but "
+              "got x of shape ",
+              shape_string(x.sizes()), " and w of shape ", shape_string(w.sizes()));
+  TORCH_CHECK(w.size(2) > 0 && w.size(3) > 0, kOp,
+              ": expected the kernel size of w (kh, kw) to be greater than zero, but got w of "
+              "shape ",
+              shape_string(w.sizes()));
   TORCH_CHECK(w.size(0) > 0 && w.size(0) % args.groups == 0, kOp,
               ": expected w.size(0) (output channels) to be a positive multiple of groups = ",
               args.groups, ", but got w of shape ", shape_string(w.sizes()));

@@ -46,9 +46,9 @@ struct ConvPoolGeometry {
   int64_t out_h, out_w;    // pooled output
 };
 
-// Validates every argument (ranks, dtypes, devices, channel counts, positive strides, kernels that
-// fit the padded input, pool padding <= half the pool kernel, non-empty output) and returns the
-// sizes. Every kernel and the reference call this first.
+// Validates every argument (ranks, dtypes, devices, channel counts of at least one, positive
+// strides, non-empty kernels that fit the padded input, pool padding <= half the pool kernel,
+// non-empty output) and returns the sizes. Every kernel and the reference call this first.
 ConvPoolGeometry check_conv_pool_args(const at::Tensor& x, const at::Tensor& w,
                                       const std::optional<at::Tensor>& b, const ConvPoolArgs& args);
 

@@ -61,6 +61,13 @@ DirectConvGeometry check_direct_conv_args(const at::Tensor& x, const at::Tensor&
   }
   check_int_list(stride, 2, false, kOp, "stride");
   check_int_list(padding, 2, true, kOp, "padding");
+  // The kernel's work per task is C_in * kh * kw multiply-accumulates: it must not be empty.
+  TORCH_CHECK(x.size(1) > 0, kOp, ": expected x to have at least one channel, but got x of shape ",
+              shape_string(x.sizes()));
+  TORCH_CHECK(packed_w.size(2) > 0 && packed_w.size(3) > 0, kOp,
+              ": expected the kernel of packed_w (kh, kw) to be greater than zero, but got "
+              "packed_w of shape ",
+              shape_string(packed_w.sizes()));
   DirectConvGeometry g{x.size(0),        x.size(1),        x.size(2), x.size(3), out_channels,
                        packed_w.size(2), packed_w.size(3), 0,         0};
   g.out_h = conv_output_size(g.in_h, g.kernel_h, stride[0], padding[0], 1);
@@ -89,6 +96,11 @@ bool direct_conv_pays(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef
       dilation[1] != 1 || x.size(1) != w.size(1)) {
     return false;
   }
+  // Arguments conv2d rejects (or an empty sum) are conv2d's to report, before any division.
+  if (stride[0] <= 0 || stride[1] <= 0 || padding[0] < 0 || padding[1] < 0 || w.size(0) == 0 ||
+      w.size(1) == 0 || w.size(2) == 0 || w.size(3) == 0) {
+    return false;
+  }
   const int64_t out_h = conv_output_size(x.size(2), w.size(2), stride[0], padding[0], 1);
   const int64_t out_w = conv_output_size(x.size(3), w.size(3), stride[1], padding[1], 1);
   if (out_h <= 0 || out_w <= 0) return false;
@@ -100,6 +112,10 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                         bool relu, int64_t max_macs, int64_t max_1x1_pixels) {
+  check_int_list(stride, 2, false, "small_conv2d", "stride");
+  check_int_list(padding, 2, true, "small_conv2d", "padding");
+  check_int_list(dilation, 2, false, "small_conv2d", "dilation");
+  TORCH_CHECK(groups > 0, "small_conv2d: expected groups > 0, but got ", groups);
   const bool needs_grad = conv_needs_grad(x, w, b);
   if (!needs_grad &&
       direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
@@ -154,6 +170,14 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
               n, " branches, but got ", ws.size(), " weights, ", packed_ws.size(),
               " packed weights, ", bs.size(), " biases, ", strides.size(), " strides and ",
               paddings.size(), " paddings");
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      check_int_list(strides.slice(2 * i, 2), 2, false, "small_conv2d_cat", "stride");
+      check_int_list(paddings.slice(2 * i, 2), 2, true, "small_conv2d_cat", "padding");
+    } catch (const c10::Error& error) {
+      TORCH_CHECK(false, "small_conv2d_cat: branch ", i, ": ", error.what_without_backtrace());
+    }
+  }
   bool direct = true;
   std::vector<int64_t> out_channels;
   for (size_t i = 0; i < n && direct; ++i) {

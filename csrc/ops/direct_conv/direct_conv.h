@@ -49,15 +49,18 @@ struct DirectConvGeometry {
 at::Tensor direct_conv_pack(const at::Tensor& w);
 
 // Validates every argument (ranks, dtypes, devices, the packed weight's layout against x and
-// out_channels, positive strides, non-negative padding, a kernel that fits the padded input) and
-// returns the sizes. The kernel and the fake implementation's sizes follow from it.
+// out_channels, positive strides, non-negative padding, at least one input channel, a non-empty
+// kernel that fits the padded input) and returns the sizes. The kernel and the fake
+// implementation's sizes follow from it.
 DirectConvGeometry check_direct_conv_args(const at::Tensor& x, const at::Tensor& packed_w,
                                           const std::optional<at::Tensor>& b, int64_t out_channels,
                                           c10::IntArrayRef stride, c10::IntArrayRef padding);
 
 // Whether direct_conv computes conv2d(x, w) with these settings and pays there: a float32 CPU
 // input, ungrouped and undilated, fewer than max_macs multiply-accumulates, and for a 1x1 kernel
-// at most max_1x1_pixels output pixels per image (a GEMM over the pixels wins above that).
+// at most max_1x1_pixels output pixels per image (a GEMM over the pixels wins above that). False
+// for arguments conv2d rejects (strides <= 0, negative padding, an empty kernel) and for zero
+// channels, so that conv2d reports or computes them; any arguments are safe to pass.
 bool direct_conv_pays(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                       int64_t max_macs, int64_t max_1x1_pixels);

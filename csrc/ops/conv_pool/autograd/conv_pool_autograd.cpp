@@ -1,6 +1,10 @@
 // Autograd of deeprebirth::conv_pool: saves only the inputs x, w, b; the backward calls
 // deeprebirth::conv_pool_backward, which recomputes the convolution, so the pre-pool activation
 // is never kept between the forward and the backward pass.
+// conv_pool_backward is differentiable in turn (double backward, create_graph=True): where
+// autograd needs its gradient it runs as the ATen composite conv_pool_backward_recompute, whose
+// every step ATen differentiates, and as the backend kernel otherwise.
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -72,8 +76,28 @@ at::Tensor conv_pool_autograd(const at::Tensor& x, const at::Tensor& w,
                                  pool_stride, pool_padding, ceil_mode, relu);
 }
 
+bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_autograd(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+    const std::optional<at::Tensor>& b, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, c10::string_view pool, c10::IntArrayRef pool_kernel,
+    c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode, bool relu) {
+  if (at::GradMode::is_enabled() &&
+      (needs_grad(grad) || needs_grad(x) || needs_grad(w) || (b.has_value() && needs_grad(*b)))) {
+    return conv_pool_backward_recompute(grad, x, w, b, stride, padding, dilation, groups, pool,
+                                        pool_kernel, pool_stride, pool_padding, ceil_mode, relu);
+  }
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return conv_pool_backward(grad, x, w, b, stride, padding, dilation, groups, pool, pool_kernel,
+                            pool_stride, pool_padding, ceil_mode, relu);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(deeprebirth, Autograd, m) { m.impl("conv_pool", &conv_pool_autograd); }
+TORCH_LIBRARY_IMPL(deeprebirth, Autograd, m) {
+  m.impl("conv_pool", &conv_pool_autograd);
+  m.impl("conv_pool_backward", &conv_pool_backward_autograd);
+}
 
 }  // namespace deeprebirth::ops

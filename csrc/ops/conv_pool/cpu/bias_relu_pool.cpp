@@ -63,7 +63,7 @@ __attribute__((always_inline)) inline void pool_rows(const at::Tensor& tile, int
         for (int64_t q = 0; q < width; ++q) {
           for (int64_t c = 0; c < channels; ++c) {
             const acc_t v = static_cast<acc_t>(src[q * channels + c]) + bias_acc[c];
-            row[q * channels + c] += v > acc_t(0) ? v : acc_t(0);
+            row[q * channels + c] += v < acc_t(0) ? acc_t(0) : v;  // NaN stays, as in at::relu
           }
         }
       }

@@ -3,7 +3,8 @@
 //
 // Float32 layers that one of our own convolutions takes run the thread-band schedule:
 // - DirectBandConvolution: at most 4 input channels (GoogLeNet conv1, the ResNet-50 stem);
-// - WinogradConvolution: 3x3 stride-1 layers with C_in >= 8 (GoogLeNet conv2).
+// - WinogradConvolution: 3x3 stride-1 layers with C_in >= 8 (GoogLeNet conv2) whose input and
+//   weight are finite (a NaN or an infinity would spread over its 2x2 output blocks).
 // Each thread convolves its own bands of one image, pools each while it sits in L2, and carries
 // the rows that neighbouring bands share.
 // Everything else convolves with oneDNN (on one weight packed per call, BandConvolution) or
@@ -188,7 +189,7 @@ at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const bool bandable = image_bytes >= kMinBandedImageBytes;
   if (DirectBandConvolution::applies(w, args)) {
     conv_pool_thread_bands(DirectBandConvolution(w, args, g.conv_w), x, w, bias, g, args, out);
-  } else if (WinogradConvolution::applies(w, args)) {
+  } else if (WinogradConvolution::applies(w, args) && WinogradConvolution::exact_for(x, w)) {
     // in passes over groups of output channels, each with its own transformed weight
     const int64_t group = WinogradConvolution::channels_per_pass(w, batch * image_bytes);
     for (int64_t c0 = 0; c0 < channels; c0 += group) {

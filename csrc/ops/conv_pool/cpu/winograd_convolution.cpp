@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "ops/common/env_switch.h"
@@ -258,7 +259,32 @@ ChunkFunction chunk_function() {
   return function;
 }
 
+// Whether every value of t (float32) is finite: no value with an all-ones exponent. A max over
+// the magnitudes' bits (integers, so the loop vectorises), in parallel over chunks of the memory
+// of a dense tensor; ATen's isfinite for any other.
+bool all_finite(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return at::isfinite(t).all().item<bool>();
+  const float* data = t.const_data_ptr<float>();
+  constexpr uint32_t kMagnitude = 0x7fffffffu, kInfinity = 0x7f800000u;
+  return at::parallel_reduce(
+      0, t.numel(), int64_t{1} << 16, true,
+      [&](int64_t begin, int64_t end, bool finite) {
+        uint32_t largest = 0;
+        for (int64_t i = begin; i < end; ++i) {
+          uint32_t bits;
+          std::memcpy(&bits, data + i, sizeof(bits));
+          largest = std::max(largest, bits & kMagnitude);
+        }
+        return finite && largest < kInfinity;
+      },
+      [](bool a, bool b) { return a && b; });
+}
+
 }  // namespace
+
+bool WinogradConvolution::exact_for(const at::Tensor& x, const at::Tensor& w) {
+  return all_finite(w) && all_finite(x);
+}
 
 bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args) {
   return winograd_enabled() && w.scalar_type() == at::kFloat && w.size(2) == 3 && w.size(3) == 3 &&

@@ -38,6 +38,13 @@ class WinogradConvolution {
   // when the library loaded.
   static bool applies(const at::Tensor& w, const ConvPoolArgs& args);
 
+  // Whether every value of x and w (float32, any strides) is finite, which conv_pool requires of
+  // this convolution (and convolves with oneDNN otherwise): its transforms add and subtract
+  // inputs (and weights), so one infinity would reach every output of its 2x2 block and
+  // inf - inf would give NaN where ATen's sums give an infinity. With finite inputs an output is
+  // non-finite only by overflow. One pass over x, a small fraction of the convolution's work.
+  static bool exact_for(const at::Tensor& x, const at::Tensor& w);
+
   // Output channels to convolve per pass over the input (a multiple of 16): all of w's (C_out)
   // unless their transformed weight (16 C_in C_out floats) exceeds both kPassWeightBytes and an
   // eighth of the call's convolution output (`conv_output_bytes`), then equal groups of them.
