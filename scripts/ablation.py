@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from deeprebirth.utils.benchmark import machine_line  # noqa: E402
+from deeprebirth.bench.timing import machine_line
 
 INITS = ("xavier", "inherit")
 LR_MULTS = (10.0, 1.0)

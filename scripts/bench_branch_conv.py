@@ -5,7 +5,7 @@ Cases: every bvlc GoogLeNet Inception module's three 1x1 convs over the module i
 3x3_reduce, 5x5_reduce; bias + ReLU) and re-parameterised 3x3+5x5 pairs, at batch 1 and 32. Each
 side runs in NCHW and in channels_last (weights too); the ratio compares the best layout of each
 (reference median / branch_conv median, > 1 means branch_conv is faster), all variants interleaved
-in one process (deeprebirth.utils.benchmark). Peak memory is the peak resident memory one call
+in one process (deeprebirth.bench.timing). Peak memory is the peak resident memory one call
 adds (VmHWM, output included, lowest of 5 calls), for each side's best layout. "GF/s" is each
 side's best-layout throughput (2 x MACs / median); "bound" is the machine's fp32 peak (a large
 3x3 convolution, deeprebirth.bench.roofline.peak_conv_gflops, measured at the start) over the
@@ -20,22 +20,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deeprebirth.bench.roofline import achieved_gflops, peak_conv_gflops  # noqa: E402
-from deeprebirth.ops import branch_conv  # noqa: E402
-from deeprebirth.utils.benchmark import (  # noqa: E402
+from deeprebirth.bench.roofline import achieved_gflops, peak_conv_gflops
+from deeprebirth.bench.timing import (
     configure_allocator,
     interleaved_timings,
     machine_line,
-    peak_extra_memory,
+    peak_extra_rss_bytes,
 )
+from deeprebirth.ops import branch_conv
 
 
 @dataclass(frozen=True)
@@ -110,8 +106,8 @@ def measure(case: Case, batch: int, repeats: int) -> dict:
         "best_ref": best_ref,
         "best_ours": best_ours,
         "ratio": timings[best_ref].median / timings[best_ours].median,
-        "mem_ref": peak_extra_memory(variants[best_ref], repeats=5),
-        "mem_ours": peak_extra_memory(variants[best_ours], repeats=5),
+        "mem_ref": peak_extra_rss_bytes(variants[best_ref], repeats=5),
+        "mem_ours": peak_extra_rss_bytes(variants[best_ours], repeats=5),
         "macs": case_macs(case),
     }
 

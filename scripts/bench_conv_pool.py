@@ -9,7 +9,7 @@ the convolution itself, can fusion gain more; GoogLeNet conv2, a 3x3 stride-1 la
 by the Winograd algorithm inside the fused op, with 2.25x fewer multiply-adds, so it can pass the
 bound at any batch; conv1 and the stem convolve with the library's direct kernel, about as fast as
 oneDNN's on two threads), and the peak extra resident memory of each (VmHWM, lowest of 5
-calls, see deeprebirth.utils.benchmark.peak_extra_memory), then the machine line.
+calls, see deeprebirth.bench.timing.peak_extra_rss_bytes), then the machine line.
 
     python scripts/bench_conv_pool.py            # full grid
     python scripts/bench_conv_pool.py --quick    # batch 1 only, fewer repeats
@@ -19,23 +19,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deeprebirth.ops import conv_pool  # noqa: E402
-from deeprebirth.utils.benchmark import (  # noqa: E402
+from deeprebirth.bench.timing import (
     interleaved_timings,
     machine_line,
-    peak_extra_memory,
+    peak_extra_rss_bytes,
 )
+from deeprebirth.ops import conv_pool
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -107,7 +102,7 @@ def run(layers: Sequence[Layer], batches: Sequence[int], repeats: int) -> list[d
                 variants[f"conv/{layout_name}"] = convolution
             for name, fn in variants.items():
                 if not name.startswith("conv/"):
-                    memory[name] = peak_extra_memory(fn, repeats=5)
+                    memory[name] = peak_extra_rss_bytes(fn, repeats=5)
             timings = interleaved_timings(variants, repeats=repeats, warmup=3)
             rows.append({"layer": layer.name, "batch": batch, "t": timings, "mem": memory})
     return rows

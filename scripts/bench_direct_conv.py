@@ -23,19 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if __package__ in (None, ""):  # run as a script from a checkout: import the checkout's package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deeprebirth.ops import (  # noqa: E402
+from deeprebirth.bench.timing import interleaved_timings, machine_line
+from deeprebirth.ops import (
     direct_conv,
     direct_conv_isa,
     direct_conv_pack,
     small_conv2d,
 )
-from deeprebirth.surgery.modules import PackedConv2d  # noqa: E402
-from deeprebirth.train import config as job_config  # noqa: E402
-from deeprebirth.train.student import build_student, model_from_config  # noqa: E402
-from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
+from deeprebirth.surgery.modules import PackedConv2d
+from deeprebirth.train import config as job_config
+from deeprebirth.train.student import build_student, model_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

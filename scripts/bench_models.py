@@ -16,7 +16,7 @@ packed once for oneDNN, ReLUs fused; "packed slim").
 Every variant is also run in channels_last (its best layout may be either). Random weights:
 latency does not depend on them. Ratios are ``baseline median / variant median`` (> 1: faster)
 and ``baseline peak / variant peak`` for memory (tensor bytes a forward holds beyond its
-weights, from the profiler's allocation records: ``deeprebirth.bench.costs.peak_memory_bytes``).
+weights, from the profiler's allocation records: ``deeprebirth.bench.costs.peak_tensor_bytes``).
 
     python scripts/bench_models.py --image-size 224 --batches 1,8 --threads 2 --repeats 10
 """
@@ -25,21 +25,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-import deeprebirth  # noqa: E402
-from deeprebirth.bench.costs import peak_memory_bytes  # noqa: E402
-from deeprebirth.bench.runtimes import eager_channels_last as channels_last  # noqa: E402
-from deeprebirth.bench.runtimes import torchscript_frozen  # noqa: E402
-from deeprebirth.models import build_model  # noqa: E402
-from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
+import deeprebirth
+from deeprebirth.bench.costs import peak_tensor_bytes
+from deeprebirth.bench.runtimes import eager_channels_last as channels_last
+from deeprebirth.bench.runtimes import torchscript_frozen
+from deeprebirth.bench.timing import interleaved_timings, machine_line
+from deeprebirth.models import build_model
 
 EXACT = ["fold_bn", "fuse_conv_pool", "merge_branches"]
 
@@ -71,7 +68,7 @@ def scenario(
         with torch.inference_mode():
             calls = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in variants.items()}
             timings = interleaved_timings(calls, repeats=repeats, warmup=2)
-            memory = {name: peak_memory_bytes(fn) for name, fn in calls.items()}
+            memory = {name: peak_tensor_bytes(fn) for name, fn in calls.items()}
         base_t, base_m = timings[baseline].median, memory[baseline]
         print(f"\nbatch {batch}, input {tuple(x.shape)}, {repeats} interleaved runs")
         print(

@@ -3,7 +3,7 @@
 
 Both models are exported as native TorchScript (deeprebirth ops kept) and benchmarked by the C++
 runner in alternating runs (A B A B …); the Python numbers come from
-:func:`deeprebirth.utils.benchmark.interleaved_timings` on the eager models in this process.
+:func:`deeprebirth.bench.timing.interleaved_timings` on the eager models in this process.
 Prints slim/original ratios (< 1 means slim is faster or smaller) and the machine line.
 
 The slim model is ``--slim FILE`` (a deeprebirth model file, e.g. from ``deeprebirth slim``);
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import deeprebirth
+import deeprebirth.io
+from deeprebirth.bench.timing import interleaved_timings, machine_line
+from deeprebirth.models import bvlc_googlenet
 
-import deeprebirth  # noqa: E402
-import deeprebirth.io  # noqa: E402
-from deeprebirth.models import bvlc_googlenet  # noqa: E402
-from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 # GoogLeNet-Slim: the paper's slimming, then the exact rules (as scripts/bench_models.py).
 SLIM_RULES = ["streamline", "branch_slim", "fold_bn", "fuse_conv_pool", "merge_branches"]

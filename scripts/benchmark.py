@@ -11,10 +11,8 @@ Writes Markdown tables and PNG plots to docs/results/ (``--out``); see deeprebir
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from deeprebirth.cli import main  # noqa: E402
+from deeprebirth.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-import deeprebirth  # noqa: E402
-from deeprebirth.bench.runtimes import RUNTIMES, build_runtime  # noqa: E402
-from deeprebirth.io import load_model  # noqa: E402
-from deeprebirth.utils.benchmark import interleaved_timings, machine_line  # noqa: E402
+import deeprebirth
+from deeprebirth.bench.runtimes import RUNTIMES, build_runtime
+from deeprebirth.bench.timing import interleaved_timings, machine_line
+from deeprebirth.io import load_model
 
 
 def int_list(text: str) -> list[int]:

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from deeprebirth import io  # noqa: E402
-from deeprebirth.train.config import config_to_yaml, load_config  # noqa: E402
-from deeprebirth.train.student import build_student, model_from_config  # noqa: E402
+from deeprebirth import io
+from deeprebirth.train.config import config_to_yaml, load_config
+from deeprebirth.train.student import build_student, model_from_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ tensor vs non-tensor), :func:`build_runtime`, :func:`model_costs`, :func:`peak_g
 """
 
 from deeprebirth.bench.config import SECTIONS, SuiteConfig, quick_config
-from deeprebirth.bench.costs import ModelCosts, max_batch_within, model_costs, peak_memory_bytes
+from deeprebirth.bench.costs import ModelCosts, max_batch_within, model_costs, peak_tensor_bytes
 from deeprebirth.bench.profiling import ForwardProfile, is_tensor_op, profile_forward
 from deeprebirth.bench.roofline import achieved_gflops, peak_copy_gbps, peak_gemm_gflops
 from deeprebirth.bench.runtimes import RUNTIMES, Runtime, build_runtime
@@ -38,7 +38,7 @@ __all__ = [
     "model_costs",
     "peak_copy_gbps",
     "peak_gemm_gflops",
-    "peak_memory_bytes",
+    "peak_tensor_bytes",
     "profile_forward",
     "quick_config",
     "run_suite",

@@ -16,8 +16,8 @@ from deeprebirth.bench.config import SuiteConfig
 from deeprebirth.bench.costs import ModelCosts, model_costs
 from deeprebirth.bench.profiling import ForwardProfile, profile_forward
 from deeprebirth.bench.runtimes import Runtime, build_runtime
+from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line
 from deeprebirth.bench.zoo import ModelSpec, build_variant
-from deeprebirth.utils.benchmark import Timing, interleaved_timings, machine_line
 
 LatencyKey = tuple[str, str]  # (model label, runtime name)
 

@@ -3,7 +3,7 @@
 MACs and activation bytes come from :func:`deeprebirth.surgery.profile_modules` (a shape-only
 forward with hooks; tensor layers only: convolutions, linear and deeprebirth's fused ops), so the
 benchmark counts exactly what the slimming plans report. Peak runtime memory is the allocator's
-account of live tensors during a forward (:func:`peak_memory_bytes`).
+account of live tensors during a forward (:func:`peak_tensor_bytes`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def model_costs(model: nn.Module, image_size: int, in_channels: int = 3) -> Mode
     )
 
 
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+def peak_tensor_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
     """Peak bytes of tensors one call of ``fn`` holds on top of those alive before the call
     (activations, workspace tensors, its output), by the allocator's own accounting.
 
@@ -82,7 +82,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cp
     already resident, and the resident set then grows by nothing).
 
     Example:
-        >>> peak_memory_bytes(lambda: torch.ones(1000)), peak_memory_bytes(lambda: None)
+        >>> peak_tensor_bytes(lambda: torch.ones(1000)), peak_tensor_bytes(lambda: None)
         (4000, 0)
     """
     device = torch.device(device)
@@ -122,13 +122,13 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cp
 def measure_peak_memory(
     model: nn.Module, image_size: int, batches: Sequence[int], device: torch.device | str = "cpu"
 ) -> dict[int, int]:
-    """``{batch: peak_memory_bytes of one forward}``, each after one warm-up forward."""
+    """``{batch: peak_tensor_bytes of one forward}``, each after one warm-up forward."""
     peaks = {}
     for batch in batches:
         x = torch.randn(batch, 3, image_size, image_size, device=device)
         with torch.inference_mode():
             model(x)
-        peaks[batch] = peak_memory_bytes(lambda x=x: model(x), device)
+        peaks[batch] = peak_tensor_bytes(lambda x=x: model(x), device)
     return peaks
 
 

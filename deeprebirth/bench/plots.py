@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deeprebirth.bench.profiling import LayerTime
-from deeprebirth.utils.benchmark import Timing
+from deeprebirth.bench.timing import Timing
 
 TENSOR_COLOUR, NON_TENSOR_COLOUR = "#1f77b4", "#d62728"
 

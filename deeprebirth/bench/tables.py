@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deeprebirth.utils.benchmark import Timing
+from deeprebirth.bench.timing import Timing
 
 MISSING = "n/a"
 

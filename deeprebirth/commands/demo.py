@@ -112,10 +112,10 @@ def _summary(history: list[dict], latency_ms: dict[str, float], plan: Any) -> st
 def run(args: argparse.Namespace) -> int:
     """Runs the pipeline; 0 on success, 1 if the exact deployment changed the outputs,
     2 on a configuration or data error."""
+    from deeprebirth.bench.timing import interleaved_timings, machine_line
     from deeprebirth.train.config import ConfigError, load_config
     from deeprebirth.train.data import DataError
     from deeprebirth.train.job import run_job
-    from deeprebirth.utils.benchmark import interleaved_timings, machine_line
 
     try:
         cfg = load_config(args.config, list(args.overrides))

@@ -8,15 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from deeprebirth.bench.costs import peak_memory_bytes
-from deeprebirth.utils.benchmark import interleaved_timings, machine_line
+from deeprebirth.bench.costs import peak_tensor_bytes
+from deeprebirth.bench.timing import interleaved_timings, machine_line
 
 
 def measure_speed(
     models: dict[str, nn.Module], input_shape: tuple[int, ...], repeats: int = 20
 ) -> dict[str, dict[str, float]]:
     """Batch-1 CPU latency (median ms, interleaved runs) and peak extra memory of each model
-    (tensor bytes a forward holds beyond its weights, :func:`deeprebirth.bench.costs.peak_memory_bytes`).
+    (tensor bytes a forward holds beyond its weights, :func:`deeprebirth.bench.costs.peak_tensor_bytes`).
 
     Returns ``{name: {"latency_ms", "memory_mb", "params"}}``.
     """
@@ -29,7 +29,7 @@ def measure_speed(
     return {
         name: {
             "latency_ms": timings[name].median,
-            "memory_mb": peak_memory_bytes(lambda m=m: m(x)) / 2**20,
+            "memory_mb": peak_tensor_bytes(lambda m=m: m(x)) / 2**20,
             "params": sum(p.numel() for p in m.parameters()),
         }
         for name, m in models.items()

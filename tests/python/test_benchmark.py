@@ -22,7 +22,7 @@ from deeprebirth.bench import (
     is_tensor_op,
     max_batch_within,
     model_costs,
-    peak_memory_bytes,
+    peak_tensor_bytes,
     profile_forward,
     profiling,
     roofline,
@@ -32,9 +32,9 @@ from deeprebirth.bench import (
     zoo,
 )
 from deeprebirth.bench.context import BenchContext
+from deeprebirth.bench.timing import Timing
 from deeprebirth.cli import build_parser
 from deeprebirth.commands.bench import config_from_args
-from deeprebirth.utils.benchmark import Timing
 
 TINY = {"bvlc_googlenet": {"width": 0.125}}
 SIZE = 32
@@ -117,11 +117,11 @@ def test_max_batch_within_budget_is_the_linear_fit():
 
 def test_peak_memory_is_the_most_live_tensor_bytes():
     n = 1 << 20
-    assert peak_memory_bytes(lambda: torch.ones(n)) == 4 * n
+    assert peak_tensor_bytes(lambda: torch.ones(n)) == 4 * n
     # ones(n) and ones(n) + 1 are alive together (plus a few bytes of scalars)
-    assert 8 * n <= peak_memory_bytes(lambda: (torch.ones(n) + 1).sum()) < 8 * n + 64
+    assert 8 * n <= peak_tensor_bytes(lambda: (torch.ones(n) + 1).sum()) < 8 * n + 64
     kept = torch.ones(n)  # alive before the call: not counted
-    assert peak_memory_bytes(lambda: kept.add_(1)) < 64  # the scalar 1 only
+    assert peak_tensor_bytes(lambda: kept.add_(1)) < 64  # the scalar 1 only
     conv = nn.Conv2d(3, 8, 3, padding=1).eval()
     peaks = costs.measure_peak_memory(conv, 16, (1, 3))
     assert peaks[1] >= 4 * 8 * 16 * 16 and peaks[3] >= 3 * 4 * 8 * 16 * 16

@@ -1,4 +1,4 @@
-"""Measuring latency and peak memory without fooling yourself (see BENCHMARKING notes in README).
+"""Measuring latency and peak memory without fooling yourself (docs/benchmarks.md).
 
 - :func:`interleaved_timings` runs variants A B A B … in one process after a warm-up, so machine
   noise hits every variant alike; compare medians and report ratios.
@@ -7,7 +7,7 @@
   them again (allocator churn). Leaving it restores glibc's default thresholds: importing or
   calling this module changes nothing for the rest of the process. :func:`configure_allocator`
   sets the same thresholds for the whole process, for a benchmark script's own entry point.
-- :func:`peak_extra_memory` measures the peak resident memory a call adds (VmHWM after minus
+- :func:`peak_extra_rss_bytes` measures the peak resident memory a call adds (VmHWM after minus
   VmRSS before, the peak reset through ``/proc/self/clear_refs``); for the duration of that one
   call glibc returns its cached memory and serves every buffer over 64 KiB by mmap, so the resident
   set tracks live tensors and each call's peak is its own.
@@ -175,7 +175,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def peak_extra_memory(fn: Callable[[], object], repeats: int = 1) -> int:
+def peak_extra_rss_bytes(fn: Callable[[], object], repeats: int = 1) -> int:
     """Peak resident bytes that ``fn()`` adds on top of what the process holds before the call.
 
     Includes the call's temporaries and its output. Linux only. With ``repeats`` > 1, the lowest
@@ -189,10 +189,10 @@ def peak_extra_memory(fn: Callable[[], object], repeats: int = 1) -> int:
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    return min(_one_peak_extra_memory(fn) for _ in range(repeats))
+    return min(_one_peak_extra_rss_bytes(fn) for _ in range(repeats))
 
 
-def _one_peak_extra_memory(fn: Callable[[], object]) -> int:
+def _one_peak_extra_rss_bytes(fn: Callable[[], object]) -> int:
     gc.collect()
     with _tracking_allocator():
         try:

@@ -1,18 +1,18 @@
-"""deeprebirth.utils.benchmark: peak memory follows live tensors even with the no-churn allocator."""
+"""deeprebirth.bench.timing: peak memory follows live tensors even with the no-churn allocator."""
 
 import platform
 
 import pytest
 import torch
 
-from deeprebirth.utils.benchmark import configure_allocator, interleaved_timings, peak_extra_memory
+from deeprebirth.bench.timing import configure_allocator, interleaved_timings, peak_extra_rss_bytes
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux", reason="VmHWM is Linux only")
 
 MIB = 2**20
 
 
-def test_peak_extra_memory_counts_each_call_again_after_timed_runs():
+def test_peak_extra_rss_bytes_counts_each_call_again_after_timed_runs():
     size = 24 * MIB  # under the no-churn mmap threshold: freed, it stays in glibc's heap
     configure_allocator()
 
@@ -21,11 +21,11 @@ def test_peak_extra_memory_counts_each_call_again_after_timed_runs():
 
     interleaved_timings({"allocate": allocate}, repeats=3)  # leaves freed buffers cached
     for _ in range(2):
-        peak = peak_extra_memory(allocate)
+        peak = peak_extra_rss_bytes(allocate)
         assert 0.9 * size <= peak <= 1.3 * size, peak / MIB
 
 
-def test_peak_extra_memory_with_repeats_reports_the_lowest_call():
+def test_peak_extra_rss_bytes_with_repeats_reports_the_lowest_call():
     size = 8 * MIB
     configure_allocator()
     calls = []
@@ -34,11 +34,11 @@ def test_peak_extra_memory_with_repeats_reports_the_lowest_call():
         calls.append(None)
         return torch.ones(max(1, 4 - len(calls)) * size // 4)
 
-    assert 2.7 * size <= peak_extra_memory(allocate_less_each_time) <= 3.4 * size
-    lowest = peak_extra_memory(allocate_less_each_time, repeats=2)  # calls 2 and 3
+    assert 2.7 * size <= peak_extra_rss_bytes(allocate_less_each_time) <= 3.4 * size
+    lowest = peak_extra_rss_bytes(allocate_less_each_time, repeats=2)  # calls 2 and 3
     assert 0.9 * size <= lowest <= 1.3 * size, lowest / MIB
     with pytest.raises(ValueError, match="repeats"):
-        peak_extra_memory(allocate_less_each_time, repeats=0)
+        peak_extra_rss_bytes(allocate_less_each_time, repeats=0)
 
 
 def test_benchmark_helpers_leave_the_process_allocator_alone():
@@ -58,10 +58,10 @@ def mmapped_while_alive():
     before = libc.mallinfo2().hblks
     t = torch.empty(2**18)  # 1 MiB
     return libc.mallinfo2().hblks - before
-from deeprebirth.utils import benchmark
+from deeprebirth.bench import timing
 seen = {}
-benchmark.interleaved_timings({"a": lambda: seen.setdefault("inside", mmapped_while_alive())}, 1, 0)
-benchmark.machine_line()
+timing.interleaved_timings({"a": lambda: seen.setdefault("inside", mmapped_while_alive())}, 1, 0)
+timing.machine_line()
 print(seen["inside"], mmapped_while_alive())
 """
     done = subprocess.run(

@@ -1,1 +1,0 @@
-"""Utilities shared by benchmarks, reports and jobs."""
