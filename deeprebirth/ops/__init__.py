@@ -7,8 +7,10 @@
   :func:`direct_conv_isa` names the kernel's instruction set.
 """
 
-from deeprebirth.ops import _fake  # noqa: F401  (registers fake implementations)
-from deeprebirth.ops import _flops  # noqa: F401  (registers FLOP formulas)
+from deeprebirth.ops import (
+    _fake,  # noqa: F401  (registers fake implementations)
+    _flops,  # noqa: F401  (registers FLOP formulas)
+)
 from deeprebirth.ops._library import build_info, load_extension
 from deeprebirth.ops.branch_conv import BranchConv2d, branch_conv
 from deeprebirth.ops.conv_pool import ConvPool2d, conv_pool
