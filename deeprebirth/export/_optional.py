@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -35,14 +36,17 @@ def import_optional(module: str, package: str, purpose: str) -> ModuleType:
 
 @contextlib.contextmanager
 def quiet_import_logs() -> Iterator[None]:
-    """Silences the warnings that importing ExecuTorch logs on a CPU-only torch: torchao's CUDA
-    libraries that cannot load there and torch's note on torchao registering an Enum."""
+    """Silences what importing ExecuTorch reports that no user can act on: torchao's CUDA
+    libraries that cannot load on a CPU-only torch, torch's note on torchao registering an Enum,
+    and the runtime's "This API is experimental" warning."""
     loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This API is experimental")
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -183,18 +183,38 @@ def _runtime() -> Any:
         return import_optional("executorch.runtime", "executorch", "Running a .pte file").Runtime
 
 
+# ExecuTorch's thread pool is process-wide, and a loaded XNNPACK method keeps a pointer to the
+# pool it was loaded with: a resize frees that pool, and running such a method then crashes the
+# process. Every resize bumps this count; runners reload their method when it moved.
+_pool_generation = 0
+
+
+def thread_pool_generation() -> int:
+    """How many times :func:`set_executorch_threads` has resized ExecuTorch's thread pool in
+    this process; a method loaded at another count must be loaded again before it runs."""
+    return _pool_generation
+
+
 def set_executorch_threads(num_threads: int) -> None:
     """Sets the size of ExecuTorch's (process-wide) thread pool, which XNNPACK runs on.
+
+    Methods loaded before a resize hold the old pool: the runners of :func:`executorch_runner`
+    reload theirs on their next call (see :func:`thread_pool_generation`). Asking for the size
+    the pool has changes nothing.
 
     Raises:
         ValueError: ``num_threads`` < 1.
     """
+    global _pool_generation
     if num_threads < 1:
         raise ValueError(f"expected num_threads >= 1, but got {num_threads}")
-    _runtime()  # loads the runtime library first (with the message when it is missing)
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-    _unsafe_reset_threadpool(int(num_threads))
+    with quiet_import_logs():
+        portable_lib = import_optional(
+            "executorch.extension.pybindings.portable_lib", "executorch", "Running a .pte file"
+        )
+    if portable_lib._threadpool_get_thread_count() != num_threads:
+        portable_lib._unsafe_reset_threadpool(int(num_threads))
+        _pool_generation += 1
 
 
 def is_pte(head: bytes) -> bool:
@@ -223,7 +243,9 @@ def executorch_runner(
     """The ``forward`` method of the ``.pte`` file as a function of a batch.
 
     The program runs the shape it was exported with; a program exported for one image runs a
-    larger batch one image at a time.
+    larger batch one image at a time. ``num_threads`` resizes ExecuTorch's process-wide pool
+    (:func:`set_executorch_threads`); after any later resize the function loads the method again
+    on its next call, so runners made at different thread counts are safe to keep.
 
     Raises:
         ValueError (when called): an input of another shape.
@@ -231,16 +253,25 @@ def executorch_runner(
     """
     if num_threads is not None:
         set_executorch_threads(num_threads)
-    method = _runtime().get().load_program(str(path)).load_method("forward")
-    meta = method.metadata.input_tensor_meta(0)
-    expected = tuple(meta.sizes())
+    program = str(path)
+    loaded: list = [None, -1]  # [method, the pool generation it was loaded at]
+
+    def method() -> Any:
+        if loaded[1] != _pool_generation:
+            loaded[:] = [
+                _runtime().get().load_program(program).load_method("forward"),
+                _pool_generation,
+            ]
+        return loaded[0]
+
+    expected = tuple(method().metadata.input_tensor_meta(0).sizes())
 
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().contiguous()
         if tuple(x.shape) == expected:
-            return method.execute([x])[0].clone()
+            return method().execute([x])[0].clone()
         if expected[0] == 1 and tuple(x.shape[1:]) == expected[1:]:
-            return torch.cat([method.execute([image])[0].clone() for image in x.split(1)])
+            return torch.cat([method().execute([image])[0].clone() for image in x.split(1)])
         raise ValueError(f"{path} runs inputs of shape {list(expected)}, but got {list(x.shape)}")
 
     return run
