@@ -9,8 +9,14 @@ from typing import Any
 from deeprebirth.bench import zoo
 from deeprebirth.bench.zoo import ModelSpec
 
-SECTIONS = ("non_tensor_share", "layer_times", "latency", "memory", "roofline")
-LATENCY_RUNTIMES = ("eager", "torchscript", "onnxruntime")  # Tables 4/5
+SECTIONS = ("non_tensor_share", "layer_times", "latency", "peers", "memory", "roofline")
+DEPLOY_RUNTIMES = (  # the phone and server runtimes a slim model ships to (portable form)
+    "compile_freezing",
+    "executorch_1t",
+    "executorch_2t",
+    "openvino",
+)
+LATENCY_RUNTIMES = ("eager", "torchscript", "onnxruntime", *DEPLOY_RUNTIMES)  # Tables 4/5
 PEER_RUNTIMES = (  # the original model in every form a user might try, and the slim one likewise
     "eager",
     "eager_channels_last",
@@ -18,6 +24,20 @@ PEER_RUNTIMES = (  # the original model in every form a user might try, and the 
     "jit_optimized",
     "compile",
     "onnxruntime",
+    *DEPLOY_RUNTIMES,
+    "openvino_bf16",
+)
+# The "peers" page: deeprebirth's deployed form in PyTorch's runtimes (eager is the baseline;
+# TorchScript is the C++ runner's path) against the portable form in every other runtime.
+DEPLOYED_FORM_RUNTIMES = ("eager", "torchscript", "compile_freezing")
+PORTABLE_FORM_RUNTIMES = (
+    "eager_channels_last",
+    "compile_freezing",
+    "onnxruntime",
+    "executorch_1t",
+    "executorch_2t",
+    "openvino",
+    "openvino_bf16",
 )
 
 
@@ -36,8 +56,11 @@ class SuiteConfig:
         memory_budget_mib: budget for the largest-batch column of the memory table.
         gemm_size, copy_mib: sizes of the peak GEMM and copy measurements.
         sections: which pages to write (:data:`SECTIONS`).
-        non_tensor_models, layer_time_models, latency_models, peer_pairs: what each page compares.
+        non_tensor_models, layer_time_models, latency_models, peer_pairs, deployed_models: what
+            each page compares (``deployed_models``: the "peers" page's models, each in its
+            deployed and its portable form).
         latency_runtimes, peer_runtimes: runtimes of the latency table and of the peer comparison.
+        deployed_runtimes, portable_runtimes: the "peers" page's runtimes of each form.
         model_kwargs: constructor overrides by model source (tests shrink bvlc_googlenet).
         command: the command line that reproduces the run (written on every page).
     """
@@ -62,8 +85,11 @@ class SuiteConfig:
     peer_pairs: list[tuple[ModelSpec, ModelSpec]] = field(
         default_factory=lambda: list(zoo.PEER_PAIRS)
     )
+    deployed_models: list[ModelSpec] = field(default_factory=lambda: list(zoo.DEPLOYED_MODELS))
     latency_runtimes: tuple[str, ...] = LATENCY_RUNTIMES
     peer_runtimes: tuple[str, ...] = PEER_RUNTIMES
+    deployed_runtimes: tuple[str, ...] = DEPLOYED_FORM_RUNTIMES
+    portable_runtimes: tuple[str, ...] = PORTABLE_FORM_RUNTIMES
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     command: str = "python scripts/benchmark.py"
 
@@ -100,5 +126,6 @@ def quick_config(**overrides: Any) -> SuiteConfig:
         gemm_size=1024,
         copy_mib=64,
         peer_pairs=[zoo.PEER_PAIRS[0]],
+        deployed_models=[zoo.GOOGLENET_SLIM],
     )
     return replace(quick, **overrides)

@@ -17,7 +17,7 @@ from deeprebirth.bench.costs import ModelCosts, model_costs
 from deeprebirth.bench.profiling import ForwardProfile, profile_forward
 from deeprebirth.bench.runtimes import Runtime, build_runtime
 from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line
-from deeprebirth.bench.zoo import ModelSpec, build_variant
+from deeprebirth.bench.zoo import ModelSpec, build_variant, in_form
 
 LatencyKey = tuple[str, str]  # (model label, runtime name)
 
@@ -118,6 +118,10 @@ class BenchContext:
         for original, slim in self.config.peer_pairs:
             want(original, self.config.peer_runtimes)
             want(slim, self.config.peer_runtimes)
+        if "peers" in self.config.sections:
+            for spec in self.config.deployed_models:
+                want(in_form(spec, "deployed"), self.config.deployed_runtimes)
+                want(in_form(spec, "portable"), self.config.portable_runtimes)
         return plan
 
     def measure_latency(self) -> dict[int, dict[LatencyKey, Timing | None]]:
@@ -140,7 +144,10 @@ class BenchContext:
         for batch in tqdm(self.config.batches, desc="latency", leave=False):
             x = self.example(batch, self.device)
             calls = {"\t".join(key): self.timed_call(rt.run, x) for key, rt in available.items()}
+            prepare = {"\t".join(key): rt.prepare for key, rt in available.items() if rt.prepare}
             with torch.inference_mode():
-                timings = interleaved_timings(calls, self.config.repeats, self.config.warmup)
+                timings = interleaved_timings(
+                    calls, self.config.repeats, self.config.warmup, prepare
+                )
             self.latency[batch] = {key: timings.get("\t".join(key)) for key in self.runtimes}
         return self.latency

@@ -1,4 +1,5 @@
-"""One model, several ways to run it: eager, TorchScript, torch.compile, ONNX Runtime.
+"""One model, several ways to run it: eager, TorchScript, torch.compile, ONNX Runtime,
+ExecuTorch (XNNPACK), OpenVINO.
 
 :func:`build_runtime` returns a :class:`Runtime`: a callable ``run(x)`` plus how long it took to
 build and how far its output is from eager's, or ``run=None`` with the reason when this machine
@@ -10,8 +11,16 @@ never stops a benchmark. Runtimes (:data:`RUNTIMES`):
 - ``torchscript``: ``torch.jit.freeze(torch.jit.script(model))`` (traced where scripting fails).
 - ``jit_optimized``: ``torch.jit.optimize_for_inference`` of that frozen module.
 - ``compile``: ``torch.compile(model)`` (inductor, static shapes; compiled on the first call).
+- ``compile_freezing``: the same with inductor's ``freezing`` (weights folded into the graph as
+  constants, convolution weights prepacked), the setting a server deployment uses.
 - ``onnxruntime``: deeprebirth's ONNX export (portable) in an ONNX Runtime session with every
   graph optimisation (``ORT_ENABLE_ALL``) and ``threads`` intra-op threads.
+- ``executorch_1t`` / ``executorch_2t``: deeprebirth's ``.pte`` export (portable, XNNPACK
+  delegate) in the ExecuTorch runtime on 1 / 2 threads. A program runs one input shape, so one is
+  lowered per shape on first use (in the warm-up); the thread pool is process-wide, so
+  :attr:`Runtime.prepare` resizes it before each timed call, untimed.
+- ``openvino`` / ``openvino_bf16``: deeprebirth's OpenVINO IR compiled for the CPU per input shape
+  (static shapes) in f32, and in bf16 (moves the outputs: its ``max_abs_diff`` says how far).
 """
 
 from __future__ import annotations
@@ -33,7 +42,12 @@ RUNTIMES: dict[str, str] = {
     "torchscript": "TorchScript frozen",
     "jit_optimized": "jit optimize_for_inference",
     "compile": "torch.compile",
+    "compile_freezing": "torch.compile freezing",
     "onnxruntime": "ONNX Runtime",
+    "executorch_1t": "ExecuTorch XNNPACK 1T",
+    "executorch_2t": "ExecuTorch XNNPACK 2T",
+    "openvino": "OpenVINO f32",
+    "openvino_bf16": "OpenVINO bf16",
 }
 
 Forward = Callable[[torch.Tensor], object]
@@ -49,6 +63,8 @@ class Runtime:
         build_s: seconds to build (export, compile on the example …).
         note: why it is unavailable, or how it was built (e.g. "traced").
         max_abs_diff: largest absolute difference from eager's output on the example.
+        prepare: called (untimed) before each timed call of ``run``, for runtimes whose settings
+            are process-wide (ExecuTorch's thread pool); None when there is nothing to do.
     """
 
     name: str
@@ -56,6 +72,7 @@ class Runtime:
     build_s: float = 0.0
     note: str = ""
     max_abs_diff: float | None = None
+    prepare: Callable[[], None] | None = None
 
     @property
     def label(self) -> str:
@@ -94,9 +111,12 @@ def torchscript_frozen(
         return torch.jit.optimize_for_inference(frozen) if optimize else frozen
 
 
-def compiled(model: nn.Module, example: torch.Tensor) -> Forward:
-    """``torch.compile(model)``, compiled here by one call on ``example`` (raises if it fails)."""
-    run = torch.compile(model, dynamic=False)
+def compiled(model: nn.Module, example: torch.Tensor, freezing: bool = False) -> Forward:
+    """``torch.compile(model)``, compiled here by one call on ``example`` (raises if it fails);
+    with ``freezing``, inductor's ``freezing`` option, which holds for recompilations too (it
+    applies under ``torch.no_grad`` / ``inference_mode``, as the benchmark times)."""
+    options = {"freezing": True} if freezing else None
+    run = torch.compile(model, dynamic=False, options=options)
     with torch.inference_mode():
         run(example)
     return run
@@ -134,6 +154,88 @@ def onnxruntime_forward(
     return run
 
 
+class _PerShape:
+    """A runtime that builds one program per input shape on first use: ``build(shape)`` returns
+    the forward of a program for exactly that shape."""
+
+    def __init__(self, build: Callable[[tuple[int, ...]], Forward]) -> None:
+        self._build = build
+        self._runs: dict[tuple[int, ...], Forward] = {}
+
+    def __call__(self, x: torch.Tensor) -> object:
+        shape = tuple(x.shape)
+        if shape not in self._runs:
+            self._runs[shape] = self._build(shape)
+        return self._runs[shape](x)
+
+
+class ExecuTorchRuns:
+    """``model``'s ``.pte`` programs run by ExecuTorch on ``threads`` threads: one program per
+    input shape, lowered on first use into ``folder`` (shared by every thread count).
+
+    :meth:`prepare` (untimed, before each timed call) resizes the process-wide pool to
+    ``threads`` when it has another size, and then reloads this runtime's methods and runs each
+    once, so that no timed call pays for a load or the delegate's first-call setup.
+    """
+
+    def __init__(self, model: nn.Module, folder: Path, threads: int) -> None:
+        self.model, self.folder, self.threads = model, folder, threads
+        self._paths: dict[tuple[int, ...], Path] = {}
+        self._methods: dict[tuple[int, ...], Forward] = {}
+        self._generation = -1
+        self.prepare()
+
+    def _load(self, shape: tuple[int, ...]) -> Forward:
+        from deeprebirth.export.loading import load_exported
+
+        run = load_exported(self._paths[shape])
+        run(torch.zeros(shape))  # the delegate's first-call setup, untimed
+        return run
+
+    def prepare(self) -> None:
+        """Sizes the pool for this runtime and reloads its methods if the pool changed (a
+        method loaded before a resize would reload inside the next, timed, call)."""
+        from deeprebirth.export.executorch import set_executorch_threads, thread_pool_generation
+
+        set_executorch_threads(self.threads)
+        if self._generation != thread_pool_generation():
+            self._generation = thread_pool_generation()
+            self._methods = {shape: self._load(shape) for shape in self._paths}
+
+    def __call__(self, x: torch.Tensor) -> object:
+        shape = tuple(x.shape)
+        if shape not in self._methods:
+            if shape not in self._paths:
+                import contextlib
+                import io
+
+                import deeprebirth
+
+                path = self.folder / (
+                    f"{type(self.model).__name__}-{id(self.model):x}-{'x'.join(map(str, shape))}.pte"
+                )
+                if not path.exists():  # another thread count's runtime may have lowered it
+                    with contextlib.redirect_stdout(io.StringIO()):  # the delegation line
+                        deeprebirth.export(self.model, torch.zeros(shape), "executorch", out=path)
+                self._paths[shape] = path
+            self._methods[shape] = self._load(shape)
+        return self._methods[shape](x)
+
+
+def openvino_forward(model: nn.Module, example: torch.Tensor, precision: str, threads: int):
+    """``model`` converted to OpenVINO once and compiled per input shape (static shapes, as a
+    server would), at ``precision`` on ``threads`` threads."""
+    from deeprebirth.export.openvino import compile_openvino, compiled_forward, to_openvino
+
+    ov_model = to_openvino(model, example.cpu())
+
+    def build(shape: tuple[int, ...]) -> Forward:
+        ov_model.reshape(list(shape))
+        return compiled_forward(compile_openvino(ov_model, precision, threads))
+
+    return _PerShape(build)
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
@@ -160,8 +262,9 @@ def build_runtime(
     None and ``note`` says why.
 
     Args:
-        threads: intra-op threads for ONNX Runtime (default: torch's current setting).
-        workdir: where the ONNX file goes (default: a temporary folder).
+        threads: intra-op threads for ONNX Runtime and OpenVINO (default: torch's current
+            setting); ExecuTorch's are in the runtime's name.
+        workdir: where the ONNX and ``.pte`` files go (default: a temporary folder).
 
     Raises:
         ValueError: unknown runtime name.
@@ -174,7 +277,9 @@ def build_runtime(
     if name not in RUNTIMES:
         raise ValueError(f"expected a runtime in {sorted(RUNTIMES)}, but got {name!r}")
     model = model.eval()
-    started, note = time.perf_counter(), ""
+    started, note, prepare = time.perf_counter(), "", None
+    threads = threads or torch.get_num_threads()
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deeprebirth-"))
     try:
         if name == "eager":
             run: Forward = model
@@ -186,15 +291,22 @@ def build_runtime(
                 run = torchscript_frozen(model, example, optimize=name == "jit_optimized")
             if any("tracing instead" in str(w.message) for w in caught):
                 note = "traced (torch.jit.script failed)"
-        elif name == "compile":
-            run = compiled(model, example)
+        elif name in ("compile", "compile_freezing"):
+            run = compiled(model, example, freezing=name == "compile_freezing")
+        elif name.startswith("executorch_"):
+            run = ExecuTorchRuns(model, folder, int(name[len("executorch_") : -1]))
+            prepare = run.prepare
+        elif name.startswith("openvino"):
+            precision = "bf16" if name == "openvino_bf16" else "f32"
+            run = openvino_forward(model, example, precision, threads)
+            if precision == "bf16":
+                note = "bf16 arithmetic: outputs move (see max abs diff)"
         else:
-            folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deeprebirth-"))
             path = folder / f"{type(model).__name__}-{id(model):x}.onnx"
-            run = onnxruntime_forward(model, example, path, threads or torch.get_num_threads())
+            run = onnxruntime_forward(model, example, path, threads)
         diff = _max_abs_diff(run, model, example)
     except Exception as error:  # exporters and compilers raise many unrelated types
         return Runtime(
             name, None, time.perf_counter() - started, f"unavailable ({_first_line(error)})"
         )
-    return Runtime(name, run, time.perf_counter() - started, note, diff)
+    return Runtime(name, run, time.perf_counter() - started, note, diff, prepare)

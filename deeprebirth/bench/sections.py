@@ -17,6 +17,7 @@ from deeprebirth.bench.roofline import (
     achieved_gflops,
     arithmetic_intensity,
     attainable_gflops,
+    peak_conv_gflops,
     peak_copy_gbps,
     peak_gemm_gflops,
 )
@@ -29,7 +30,7 @@ from deeprebirth.bench.tables import (
     timing_cell,
     timing_rows,
 )
-from deeprebirth.bench.zoo import top_level_blocks
+from deeprebirth.bench.zoo import in_form, top_level_blocks
 
 MIB = 2**20
 CLASSIFICATION_NOTE = (
@@ -312,6 +313,74 @@ def write_peers(ctx: BenchContext) -> list[Path]:
         "compares each runtime with the same model in eager."
     )
     return [_write(ctx, page, "peers")]
+
+
+def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
+    """The "peers" page: each of ``deployed_models`` run by deeprebirth's own operators
+    (deployed form) and by every other runtime (portable form: the same weights in standard
+    operators), per batch, with ratios against the deployed form in eager and achieved GFLOP/s
+    against the measured peak of a large convolution."""
+    cfg = ctx.config
+    latency = ctx.measure_latency()
+    peak = peak_conv_gflops(device=cfg.device)
+    page = ResultPage(
+        "deeprebirth's deployed path vs every runtime on the same model", cfg.settings_line()
+    )
+    page.add_text(
+        f"Measured peak: fp32 3x3 convolution 256->256 channels, 28x28, batch 32, channels_last "
+        f"(oneDNN): **{peak:.1f} GFLOP/s** (best of 5)."
+    )
+    for spec in cfg.deployed_models:
+        forms = [
+            (in_form(spec, "deployed"), cfg.deployed_runtimes),
+            (in_form(spec, "portable"), cfg.portable_runtimes),
+        ]
+        macs = ctx.costs(forms[1][0]).macs
+        for batch in cfg.batches:
+            base = latency[batch].get((forms[0][0].label, forms[0][1][0]))
+            rows = []
+            for form_spec, names in forms:
+                for name in names:
+                    rt = ctx.runtimes[(form_spec.label, name)]
+                    timing = latency[batch].get((form_spec.label, name))
+                    gflops = achieved_gflops(macs, batch, timing.median) if timing else None
+                    rows.append(
+                        [
+                            form_spec.form,
+                            RUNTIMES[name],
+                            timing_cell(timing),
+                            ratio_cell(ratio(base, timing)),
+                            MISSING
+                            if gflops is None
+                            else f"{gflops:.1f} ({100 * gflops / peak:.0f}%)",
+                            MISSING if rt.max_abs_diff is None else f"{rt.max_abs_diff:.1e}",
+                            rt.note or "-",
+                        ]
+                    )
+            page.add_table(
+                f"{spec.label}, batch {batch}",
+                [
+                    "form",
+                    "runtime",
+                    "ms median [min, max]",
+                    "speed-up vs deployed eager",
+                    "GFLOP/s (% of peak)",
+                    "max abs diff vs eager",
+                    "note",
+                ],
+                rows,
+                "speed-up: the deployed form's eager median / this median (above 1: faster "
+                "than deeprebirth's own path).",
+            )
+    page.add_text(
+        "Deployed form: the exact rules with deeprebirth's operators (`fold_bn`, "
+        "`fuse_conv_pool`, `merge_branches`, `pack_conv`) and `flatten_for_inference`; "
+        "TorchScript (frozen) is what the C++ runner runs. Portable form: the same model in "
+        "standard operators (`make_portable`), as exported to ONNX, ExecuTorch and OpenVINO. "
+        "GFLOP/s: 2 x the portable model's MACs x batch / median latency. bf16 rows compute in "
+        "bf16 (flagged: not a like-for-like fp32 result)."
+    )
+    return [_write(ctx, page, "deployed_vs_peers")]
 
 
 def write_memory(ctx: BenchContext) -> list[Path]:

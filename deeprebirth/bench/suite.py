@@ -24,6 +24,7 @@ PAGES = {
     "non_tensor_share": [sections.write_non_tensor_share],
     "layer_times": [sections.write_layer_times],
     "latency": [sections.write_latency, sections.write_peers, sections.write_summary],
+    "peers": [sections.write_deployed_vs_peers],
     "memory": [sections.write_memory],
     "roofline": [sections.write_roofline],
 }

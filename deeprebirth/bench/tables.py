@@ -8,6 +8,7 @@ faster than the baseline), the baseline being the first entry.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +98,9 @@ class ResultPage:
         self.blocks.append(("text", f"![{alt}]({filename})"))
 
     def render(self, machine: str, command: str) -> str:
-        """The page as Markdown; ``machine`` heads every table, ``command`` reproduces it."""
-        lines = [f"# {self.title}", "", f"Machine: {machine}", "", f"Settings: {self.settings}", ""]
+        """The page as Markdown, dated; ``machine`` heads every table, ``command`` reproduces it."""
+        lines = [f"# {self.title}", "", f"Measured: {datetime.date.today().isoformat()}", ""]
+        lines += [f"Machine: {machine}", "", f"Settings: {self.settings}", ""]
         lines += [f"Reproduce: `{command}`", ""]
         for kind, text in self.blocks:
             if kind != "text":

@@ -61,9 +61,17 @@ class Timing:
 
 
 def interleaved_timings(
-    variants: Mapping[str, Callable[[], object]], repeats: int = 20, warmup: int = 3
+    variants: Mapping[str, Callable[[], object]],
+    repeats: int = 20,
+    warmup: int = 3,
+    prepare: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, Timing]:
     """Times each variant ``repeats`` times, interleaved (A B A B …), after ``warmup`` rounds.
+
+    Args:
+        variants: name -> the call to time.
+        prepare: name -> a call run untimed before each of that variant's calls (a runtime's
+            process-wide setting, such as ExecuTorch's thread pool size).
 
     Example:
         >>> t = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: 0}, repeats=3)
@@ -71,17 +79,24 @@ def interleaved_timings(
         (['a', 'b'], 3)
     """
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    prepare = prepare or {}
     with benchmark_allocator():
         for _ in range(warmup):
-            for fn in variants.values():
+            for name, fn in variants.items():
+                prepare.get(name, _nothing)()
                 fn()
         with torch.inference_mode():
             for _ in range(repeats):
                 for name, fn in variants.items():
+                    prepare.get(name, _nothing)()
                     start = time.perf_counter()
                     fn()
                     samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: Timing(tuple(s)) for name, s in samples.items()}
+
+
+def _nothing() -> None:
+    pass
 
 
 @functools.cache

@@ -8,7 +8,7 @@ paddings for that size). Labels follow the paper's tables (GoogLeNet-Slim, -Tuck
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,17 +16,36 @@ from torch import nn
 
 EXACT_RULES = ("fold_bn", "fuse_conv_pool", "merge_branches")
 SLIM_RULES = ("streamline", "branch_slim", *EXACT_RULES)
+DEPLOY_RULES = (*EXACT_RULES, "pack_conv")  # deeprebirth's own deployed path
+FORMS = ("model", "deployed", "portable")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A benchmarked model: ``label`` in tables, ``source`` for ``build_model``, the slimming
-    ``rules`` applied (empty: the original), and constructor ``kwargs``."""
+    ``rules`` applied (empty: the original), constructor ``kwargs``, and the ``form`` it runs in:
+    ``"model"`` as the rules leave it; ``"deployed"`` with deeprebirth's exact deployment rules
+    (:data:`DEPLOY_RULES`) on top and flattened (``flatten_for_inference``), the path of
+    deeprebirth's own operators; ``"portable"`` with the exact rules, then standard operators
+    only (``make_portable``), what the other runtimes are given."""
 
     label: str
     source: str
     rules: tuple[str, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    form: str = "model"
+
+
+def in_form(spec: ModelSpec, form: str) -> ModelSpec:
+    """``spec`` in another :data:`FORMS` entry, labelled ``"<label> [form]"``.
+
+    Example:
+        >>> in_form(RESNET50, "deployed").label
+        'ResNet-50 [deployed]'
+    """
+    if form not in FORMS:
+        raise ValueError(f"expected form to be one of {FORMS}, but got {form!r}")
+    return replace(spec, label=f"{spec.label} [{form}]", form=form)
 
 
 GOOGLENET = ModelSpec("GoogLeNet", "bvlc_googlenet")
@@ -59,6 +78,7 @@ LATENCY_MODELS = [  # Tables 4/5 and 6
     MOBILENET_V2,
 ]
 PEER_PAIRS = [(GOOGLENET, GOOGLENET_SLIM), (RESNET50, RESNET50_SLIM)]  # original vs slim
+DEPLOYED_MODELS = [GOOGLENET_SLIM, RESNET50]  # deeprebirth's deployed path vs every runtime
 
 
 def build_variant(spec: ModelSpec, image_size: int, **overrides: Any) -> nn.Module:
@@ -75,12 +95,19 @@ def build_variant(spec: ModelSpec, image_size: int, **overrides: Any) -> nn.Modu
     from deeprebirth.models import build_model
 
     model = build_model(spec.source, **{**spec.kwargs, **overrides}).eval()
-    if not spec.rules:
-        return model
-    slim_model, _ = deeprebirth.slim(
-        model, list(spec.rules), torch.zeros(1, 3, image_size, image_size)
-    )
-    return slim_model.eval()
+    rules = {
+        "model": spec.rules,
+        "deployed": (*spec.rules, *DEPLOY_RULES),
+        "portable": (*spec.rules, *EXACT_RULES),
+    }[spec.form]
+    if rules:
+        example = torch.zeros(1, 3, image_size, image_size)
+        model, _ = deeprebirth.slim(model, list(dict.fromkeys(rules)), example)
+    if spec.form == "deployed":
+        return deeprebirth.surgery.flatten_for_inference(model.eval())
+    if spec.form == "portable":
+        return deeprebirth.export.make_portable(model).eval()
+    return model.eval()
 
 
 def top_level_blocks(model: nn.Module) -> list[str]:

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     parser.add_argument(
-        "--no-compile", action="store_true", help="leave torch.compile out of the peers"
+        "--no-compile", action="store_true", help="leave torch.compile out of every runtime list"
     )
 
 
@@ -68,7 +68,14 @@ def _command_line() -> str:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~deeprebirth.bench.config.SuiteConfig` the options describe."""
-    from deeprebirth.bench.config import PEER_RUNTIMES, SuiteConfig, quick_config
+    from deeprebirth.bench.config import (
+        DEPLOYED_FORM_RUNTIMES,
+        LATENCY_RUNTIMES,
+        PEER_RUNTIMES,
+        PORTABLE_FORM_RUNTIMES,
+        SuiteConfig,
+        quick_config,
+    )
 
     overrides = {
         "out": args.out,
@@ -83,7 +90,13 @@ def config_from_args(args: argparse.Namespace):
     overrides = {key: value for key, value in overrides.items() if value is not None}
     overrides.update(threads=args.threads, device=args.device)
     if args.no_compile:
-        overrides["peer_runtimes"] = tuple(r for r in PEER_RUNTIMES if r != "compile")
+        for key, names in (
+            ("latency_runtimes", LATENCY_RUNTIMES),
+            ("peer_runtimes", PEER_RUNTIMES),
+            ("deployed_runtimes", DEPLOYED_FORM_RUNTIMES),
+            ("portable_runtimes", PORTABLE_FORM_RUNTIMES),
+        ):
+            overrides[key] = tuple(r for r in names if not r.startswith("compile"))
     overrides["command"] = _command_line()
     return quick_config(**overrides) if args.quick else SuiteConfig(**overrides)
 

@@ -70,7 +70,9 @@ def compile_openvino(ov_model: Any, precision: str = "f32", num_threads: int | N
     return _openvino().Core().compile_model(ov_model, "CPU", config)
 
 
-def _runs(compiled: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled_forward(compiled: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A compiled OpenVINO model (:func:`compile_openvino`) as a function of a batch tensor."""
+
     def run(x: torch.Tensor) -> torch.Tensor:
         result = compiled(x.detach().cpu().contiguous().numpy())
         return torch.from_numpy(np.array(result[compiled.output(0)]))
@@ -84,7 +86,7 @@ def bf16_deviation(ov_model: Any, example_input: torch.Tensor, expected: torch.T
     core = _openvino().Core()
 
     def relative(precision: str) -> float:
-        out = _runs(compile_openvino(ov_model, precision))(example_input)
+        out = compiled_forward(compile_openvino(ov_model, precision))(example_input)
         return float((out - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
 
     note = ""
@@ -171,4 +173,6 @@ def openvino_runner(
     """
     ov = _openvino("Running an OpenVINO IR")
     precision = _rt_info(path, "inference_precision")
-    return _runs(compile_openvino(ov.Core().read_model(str(path)), precision, num_threads))
+    return compiled_forward(
+        compile_openvino(ov.Core().read_model(str(path)), precision, num_threads)
+    )

@@ -4,6 +4,7 @@ independent reading of the profiler, tables and PNGs as written (no timed assert
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -37,6 +38,12 @@ from deeprebirth.cli import build_parser
 from deeprebirth.commands.bench import config_from_args
 
 TINY = {"bvlc_googlenet": {"width": 0.125}}
+HAS_DEPLOY = bool(importlib.util.find_spec("executorch") and importlib.util.find_spec("openvino"))
+# The "peers" page's portable runtimes in the tiny run: ExecuTorch at 1 and 2 threads interleaved
+# (each resize of its process-wide pool frees the pool loaded methods hold), when the deploy
+# extra is installed. (OpenVINO's shape inference refuses the 32x32 model's last pools, whose
+# windows exceed the 1x1 input: test_openvino_runtimes_give_eager_outputs_per_batch.)
+DEPLOY_PEERS = ("eager_channels_last",) + (("executorch_1t", "executorch_2t") if HAS_DEPLOY else ())
 SIZE = 32
 
 
@@ -56,6 +63,9 @@ def _tiny_config(out: Path, **overrides) -> SuiteConfig:
         peer_pairs=[(zoo.GOOGLENET, zoo.GOOGLENET_SLIM)],
         latency_runtimes=("eager", "eager_channels_last"),
         peer_runtimes=("eager", "eager_channels_last"),  # TorchScript: see the runtimes doctest
+        deployed_models=[zoo.GOOGLENET_SLIM],
+        deployed_runtimes=("eager", "torchscript"),
+        portable_runtimes=DEPLOY_PEERS,
         model_kwargs=TINY,
     )
     settings.update(overrides)
@@ -247,6 +257,7 @@ def test_suite_writes_every_page_with_machine_lines_and_readable_pngs(tiny_run):
         "summary.md",
         "table6_memory.md",
         "roofline.md",
+        "deployed_vs_peers.md",
     } <= names
     for path in paths:
         assert path.is_file() and path.parent == tmp_path
@@ -256,7 +267,8 @@ def test_suite_writes_every_page_with_machine_lines_and_readable_pngs(tiny_run):
                 assert image.size[0] > 100 and image.size[1] > 100
             continue
         text = path.read_text()
-        machine = text.splitlines()[2]
+        assert re.fullmatch(r"Measured: \d{4}-\d{2}-\d{2}", text.splitlines()[2])  # dated
+        machine = text.splitlines()[4]
         assert machine.startswith("Machine: ") and "torch" in machine
         assert text.count("\n### ") == text.count(f"_{machine}_")  # every table has it
         for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
@@ -285,6 +297,72 @@ def test_peer_ratio_column_is_baseline_median_over_variant_median(tiny_run):
         assert cells[2] == f"{base.median / latency[key].median:.2f}x"
 
 
+def test_deployed_page_compares_every_runtime_with_the_deployed_eager_form(tiny_run):
+    """One table per batch: the deployed form in its runtimes, then the portable form in every
+    other; speed-up = deployed eager median / this median; GFLOP/s from the portable model's MACs;
+    every runtime gives the eager outputs (random weights: tiny logits, so a tight bound)."""
+    context, _ = tiny_run
+    config = context.config
+    spec = config.deployed_models[0]
+    deployed, portable = zoo.in_form(spec, "deployed"), zoo.in_form(spec, "portable")
+    macs = context.costs(portable).macs
+    page = (config.out / "deployed_vs_peers.md").read_text()
+    assert "Measured peak: fp32 3x3 convolution" in page
+    found = _tables(page)
+    assert len(found) == len(config.batches)
+    for batch, table in zip(config.batches, found, strict=True):
+        latency = context.latency[batch]
+        base = latency[(deployed.label, "eager")]
+        expected = [(deployed, n) for n in config.deployed_runtimes]
+        expected += [(portable, n) for n in config.portable_runtimes]
+        assert len(table) - 2 == len(expected)
+        for row, (form_spec, name) in zip(table[2:], expected, strict=True):
+            cells = [c.strip() for c in row.strip("|").split(" | ")]
+            timing = latency[(form_spec.label, name)]
+            assert cells[:3] == [
+                form_spec.form,
+                runtimes.RUNTIMES[name],
+                tables.timing_cell(timing),
+            ]
+            assert cells[3] == f"{base.median / timing.median:.2f}x"
+            gflops = roofline.achieved_gflops(macs, batch, timing.median)
+            assert cells[4].startswith(f"{gflops:.1f} (")
+            assert context.runtimes[(form_spec.label, name)].max_abs_diff < 1e-5
+    assert {s.form for s in (deployed, portable)} == {"deployed", "portable"}
+    # the deployed form holds deeprebirth's operators, the portable one none
+    from deeprebirth.export import uses_deeprebirth_ops
+
+    assert uses_deeprebirth_ops(context.model(deployed))
+    assert not uses_deeprebirth_ops(context.model(portable))
+
+
+@pytest.mark.skipif(not HAS_DEPLOY, reason="pip install deeprebirth[deploy]")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_openvino_runtimes_give_eager_outputs_per_batch():
+    """Compiled per input shape (static shapes); f32 within float rounding of eager, bf16 within
+    bf16's rounding, both over interleaved timing rounds of two batch sizes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(1024, 10),
+    ).eval()
+    built = {
+        n: build_runtime(n, model, torch.randn(1, 3, 16, 16)) for n in ("openvino", "openvino_bf16")
+    }
+    assert all(rt.run is not None for rt in built.values()), [rt.note for rt in built.values()]
+    assert built["openvino"].max_abs_diff < 1e-5 and "bf16" in built["openvino_bf16"].note
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            expected = model(x)
+        scale = expected.abs().max().item()
+        assert (built["openvino"].run(x) - expected).abs().max().item() <= 1e-5 * scale
+        assert (built["openvino_bf16"].run(x) - expected).abs().max().item() <= 3e-2 * scale
+
+
 def test_cli_options_become_the_config(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["bench", "--quick", "--out", str(tmp_path), "--batches", "1,2"])
@@ -294,6 +372,8 @@ def test_cli_options_become_the_config(tmp_path):
     args = parser.parse_args(["bench", "--no-compile", "--sections", "latency,memory"])
     config = config_from_args(args)
     assert config.image_size == 224 and "compile" not in config.peer_runtimes
+    for names in (config.latency_runtimes, config.deployed_runtimes, config.portable_runtimes):
+        assert names and not [n for n in names if n.startswith("compile")]
     assert config.sections == ("latency", "memory")
     with pytest.raises(ValueError, match="sections"):
         config_from_args(parser.parse_args(["bench", "--sections", "tables"]))
