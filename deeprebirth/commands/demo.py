@@ -11,9 +11,11 @@ Steps, each printed as it runs:
 3. **deploy**: the exact rules (``fuse_conv_pool``, ``merge_branches``) put deeprebirth's fused
    operators into the student and ``pack_conv`` picks each remaining convolution's CPU kernel;
    ``deeprebirth.verify`` checks they change nothing;
-4. **benchmark**: batch-1 latency (interleaved runs) of teacher, student and deployed student;
-5. **export**: TorchScript (native ops) and ONNX (portable) files of the deployed student, each
-   reloaded and compared with eager.
+4. **export**: TorchScript (native ops), ONNX and, with ``pip install deeprebirth[deploy]``, an
+   ExecuTorch ``.pte`` (XNNPACK, the phone path) of the deployed student, each reloaded and
+   compared with eager;
+5. **benchmark**: batch-1 latency (interleaved runs) of teacher, student, deployed student and
+   the student's ``.pte`` in ExecuTorch.
 
 It ends with one table: accuracy and speed before/after. Output files go to ``output_dir``.
 """
@@ -66,15 +68,26 @@ def _deploy(student: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
     return deployed, deeprebirth.verify(student, deployed, example)
 
 
-def _export(model: nn.Module, example: torch.Tensor, out: Path, classes: list[str]) -> list[str]:
-    """Writes TorchScript (native ops) and ONNX files; reloads each and compares with eager."""
+def _export(
+    model: nn.Module, example: torch.Tensor, out: Path, classes: list[str]
+) -> tuple[list[str], Path | None]:
+    """Writes TorchScript (native ops), ONNX and, when executorch is installed, ExecuTorch files;
+    reloads each and compares with eager. Returns the printed lines and the ``.pte`` path (None
+    without executorch)."""
+    import importlib.util
+
     import deeprebirth
     from deeprebirth.export import load_exported
 
     with torch.inference_mode():
         reference = model(example)
-    lines = []
-    for fmt, suffix in (("torchscript", "ts"), ("onnx", "onnx")):
+    formats = [("torchscript", "ts"), ("onnx", "onnx")]
+    lines, pte = [], None
+    if importlib.util.find_spec("executorch") is not None:
+        formats.append(("executorch", "pte"))
+    else:
+        lines.append("executorch   skipped: not installed (pip install deeprebirth[deploy])")
+    for fmt, suffix in formats:
         path = deeprebirth.export(
             model,
             example,
@@ -84,25 +97,23 @@ def _export(model: nn.Module, example: torch.Tensor, out: Path, classes: list[st
         )
         diff = (load_exported(path)(example) - reference).abs().max().item()
         lines.append(f"{fmt:<12} {path}  max|logits - eager| = {diff:.2e}")
-    return lines
+        pte = path if fmt == "executorch" else pte
+    return lines, pte
 
 
 def _summary(history: list[dict], latency_ms: dict[str, float], plan: Any) -> str:
-    """Accuracy, latency and (the plan's) activation memory of teacher and student."""
+    """Accuracy, latency and (the plan's) activation memory of teacher and student, one row per
+    timed form (``latency_ms`` keys: ``teacher`` first, then the student's forms)."""
     teacher = next(h for h in history if h["label"] == "teacher")
     student = history[-1]
-    act_kib = {"teacher": plan.before.act_bytes / 1024, "student": plan.after.act_bytes / 1024}
-    act_kib["student (deployed)"] = act_kib["student"]
-    rows = [f"{'model':<20} {'top-1 %':>8} {'latency ms':>11} {'speed-up':>9} {'act. KiB':>9}"]
-    for name, top1 in (
-        ("teacher", teacher["top1"]),
-        ("student", student["top1"]),
-        ("student (deployed)", student["top1"]),
-    ):
-        ms = latency_ms[name]
+    rows = [f"{'model':<24} {'top-1 %':>8} {'latency ms':>11} {'speed-up':>9} {'act. KiB':>9}"]
+    for name, ms in latency_ms.items():
+        top1, act = (
+            (teacher["top1"], plan.before) if name == "teacher" else (student["top1"], plan.after)
+        )
         rows.append(
-            f"{name:<20} {top1:>8.2f} {ms:>11.3f} {latency_ms['teacher'] / ms:>8.2f}x "
-            f"{act_kib[name]:>9.1f}"
+            f"{name:<24} {top1:>8.2f} {ms:>11.3f} {latency_ms['teacher'] / ms:>8.2f}x "
+            f"{act.act_bytes / 1024:>9.1f}"
         )
     rows.append(f"accuracy change: {student['top1'] - teacher['top1']:+.2f} points top-1")
     rows.append("act. KiB: activation memory of one image estimated by the plan")
@@ -138,16 +149,23 @@ def run(args: argparse.Namespace) -> int:
     _banner(f"3/5 deploy: exact rules {list(DEPLOY_RULES)}, then flatten")
     deployed, check = _deploy(result.student.cpu(), example)
     print(check)
-    _banner(f"4/5 benchmark: batch 1, {torch.get_num_threads()} threads, {args.repeats} runs")
+    _banner("4/5 export")
+    classes = [str(c) for c in range(m.num_classes)]
+    lines, pte = _export(deployed, example, result.output_dir, classes)
+    print("\n".join(lines))
+    threads = torch.get_num_threads()
+    _banner(f"5/5 benchmark: batch 1, {threads} threads, {args.repeats} runs")
     models = {"teacher": result.teacher, "student": result.student, "student (deployed)": deployed}
     models = {name: model.cpu().eval() for name, model in models.items()}
+    calls = {name: (lambda m=model: m(example)) for name, model in models.items()}
+    if pte is not None:
+        from deeprebirth.export import load_exported
+
+        run_pte = load_exported(pte, num_threads=threads)  # ExecuTorch's own thread pool
+        calls["student (ExecuTorch .pte)"] = lambda: run_pte(example)
     with torch.inference_mode():
-        calls = {name: (lambda m=model: m(example)) for name, model in models.items()}
         timings = interleaved_timings(calls, repeats=args.repeats)
-    latency_ms = {name: timings[name].median for name in models}
-    _banner("5/5 export")
-    classes = [str(c) for c in range(m.num_classes)]
-    print("\n".join(_export(deployed, example, result.output_dir, classes)))
+    latency_ms = {name: timings[name].median for name in calls}
     _banner("summary")
     print(_summary(result.history, latency_ms, plan))
     print(f"report: {result.output_dir / 'report.md'}")

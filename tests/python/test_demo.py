@@ -5,6 +5,7 @@ training steps: the point is that each step runs and checks what it claims (the 
 rewrite keeps the logits, the exported files reload with the eager logits), not the accuracy.
 """
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -36,7 +37,7 @@ TINY = [
 def test_demo_runs_every_step_and_checks_it(tmp_path, capsys):
     assert main(["demo", "--repeats", "2", *TINY, f"output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    for step in ("1/5 plan", "2/5 teacher", "3/5 deploy", "4/5 benchmark", "5/5 export", "summary"):
+    for step in ("1/5 plan", "2/5 teacher", "3/5 deploy", "4/5 export", "5/5 benchmark", "summary"):
         assert step in out
     assert "merge_branches" in out  # the deployment rewrite found sites
     assert re.search(r"max \|diff\| \S+, relative \S+ \(within", out)
@@ -45,7 +46,11 @@ def test_demo_runs_every_step_and_checks_it(tmp_path, capsys):
     x = torch.randn(2, 1, 32, 32)
     with torch.inference_mode():
         expected = student(x)
-    for name in ("student.ts", "student.onnx"):
+    names = ["student.ts", "student.onnx"]
+    if importlib.util.find_spec("executorch") is not None:  # the phone path, timed in the table
+        names.append("student.pte")
+        assert re.search(r"student \(ExecuTorch \.pte\) +\d+\.\d+ +\d+\.\d+ ", out)
+    for name in names:
         torch.testing.assert_close(
             load_exported(tmp_path / name)(x), expected, rtol=1e-4, atol=1e-4
         )
