@@ -36,8 +36,37 @@ def measure_speed(
     }
 
 
+def accuracy_figure(history: list[dict[str, Any]]) -> Any:
+    """A matplotlib figure of top-1/top-5 after each evaluation point, one row per point.
+
+    Stages run down the vertical axis with horizontal labels (``"3. conv2+inception_3a"``,
+    numbered as in the report's table, shortened past 60 characters), and the figure grows in
+    height with their number: labels never overlap or squeeze the axes, however many stages.
+    """
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    count = len(history)
+    labels = [
+        f"{i}. {textwrap.shorten(h['label'], 60, placeholder='...')}" for i, h in enumerate(history)
+    ]
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.3 * max(count, 4)))
+    rows = range(count)
+    ax.plot([h["top1"] for h in history], rows, "o-", label="top-1")
+    ax.plot([h["top5"] for h in history], rows, "s--", label="top-5")
+    ax.set_yticks(rows, labels, fontsize=8)
+    ax.set_ylim(count - 0.5, -0.5)  # the first stage on top, as in the table
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title("accuracy after each stage")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_accuracy(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Writes a PNG of top-1/top-5 after each evaluation point; None when matplotlib is missing."""
+    """Writes :func:`accuracy_figure` as a PNG; None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -45,16 +74,7 @@ def plot_accuracy(history: list[dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    labels = [h["label"] for h in history]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 2), 4))
-    ax.plot(range(len(labels)), [h["top1"] for h in history], "o-", label="top-1")
-    ax.plot(range(len(labels)), [h["top5"] for h in history], "s--", label="top-5")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy after each stage")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig = accuracy_figure(history)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
