@@ -25,10 +25,10 @@ _library.load_extension()
 
 
 def direct_conv_isa() -> str:
-    """The instruction set of the direct kernel in this process: ``"avx512"``, ``"avx2"`` or
-    ``"sse2"`` on x86-64 (the widest the CPU has; the environment variable
-    ``DEEPREBIRTH_DIRECT_CONV_ISA`` picks a narrower one, read once per process), ``"portable"``
-    elsewhere.
+    """The instruction set of deeprebirth's CPU kernels in this process (the direct kernel and
+    every other per-ISA path): ``"avx512"``, ``"avx2"`` or ``"sse2"`` on x86-64 (the widest the
+    CPU has; the environment variable ``DEEPREBIRTH_CPU_ISA`` picks a narrower one, read once per
+    process), ``"portable"`` elsewhere.
 
     Example:
         >>> direct_conv_isa() in ("avx512", "avx2", "sse2", "portable")

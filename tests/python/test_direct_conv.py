@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from isa_helpers import run_with_cpu_isa
 
 from deeprebirth.ops import (
     direct_conv,
@@ -82,7 +80,8 @@ def test_random_grid_matches_conv2d(threads: int) -> None:
 
 
 def test_the_kernel_uses_the_widest_instruction_set_of_the_cpu() -> None:
-    if "DEEPREBIRTH_DIRECT_CONV_ISA" in os.environ or "ATEN_CPU_CAPABILITY" in os.environ:
+    forcing = ("DEEPREBIRTH_CPU_ISA", "DEEPREBIRTH_DIRECT_CONV_ISA", "ATEN_CPU_CAPABILITY")
+    if any(name in os.environ for name in forcing):
         pytest.skip("an instruction set is forced by the environment")
     expected = {"AVX512": "avx512", "AVX2": "avx2", "DEFAULT": "sse2"}  # ATen's own detection
     capability = torch.backends.cpu.get_cpu_capability()
@@ -93,24 +92,17 @@ def test_the_kernel_uses_the_widest_instruction_set_of_the_cpu() -> None:
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "sse2"])
 def test_every_instruction_set_matches_conv2d(isa: str) -> None:
-    # Each x86-64 kernel the CPU runs, chosen by DEEPREBIRTH_DIRECT_CONV_ISA in a fresh process
-    # (the choice is made once per process), in direct_conv and in conv_pool's direct and
-    # Winograd convolutions, max-pooling epilogue and transposes.
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
-        "import test_direct_conv as t; print(t.direct_conv_isa(), flush=True); "
+    # Each x86-64 variant the CPU runs, chosen by DEEPREBIRTH_CPU_ISA in a fresh process (the
+    # choice is made once per process) for every per-ISA path alike: direct_conv's rows, conv_pool's
+    # direct and Winograd convolutions, max- and average-pooling epilogues, channel splits of
+    # channels-last input and transposes.
+    run_with_cpu_isa(
+        isa,
+        "import torch, test_direct_conv as t, test_conv_pool as c; "
         "t.check_random_grid(seed=11, threads=2, cases=40); "
-        "import test_conv_pool as c; c.check_direct_layers(seed=11, threads=2); "
-        "torch.set_num_threads(2); c.check_winograd_layers(seed=11, cases=8)"
+        "c.check_direct_layers(seed=11, threads=2); "
+        "torch.set_num_threads(2); c.check_winograd_layers(seed=11, cases=8)",
     )
-    env = dict(os.environ, DEEPREBIRTH_DIRECT_CONV_ISA=isa)
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    ran = done.stdout.split()[0]
-    if ran != isa:
-        pytest.skip(f"this CPU does not run the {isa} kernel (it ran {ran})")
 
 
 # Every layer of the Fashion-MNIST GoogLeNet student (64x64 input) of configs/ has this form.

@@ -9,19 +9,18 @@ ending the run."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from aten_references import unfused_conv_pool as unfused
+from isa_helpers import run_with_cpu_isa
 from torch import nn
 
 import deeprebirth.ops  # noqa: F401  (loads the operators)
@@ -265,20 +264,9 @@ def test_non_finite_values_propagate_like_aten_in_float64() -> None:
 
 @pytest.mark.parametrize("isa", ["avx2", "sse2"])
 def test_non_finite_values_propagate_like_aten_with_every_instruction_set(isa: str) -> None:
-    """The same checks with narrower kernels, chosen by DEEPREBIRTH_DIRECT_CONV_ISA in a fresh
-    process (the direct and Winograd convolutions' register tiles)."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "import test_op_reliability as t; print(t.deeprebirth.ops.direct_conv_isa(), flush=True); "
-        "t.check_non_finite_routes()"
-    )
-    env = dict(os.environ, DEEPREBIRTH_DIRECT_CONV_ISA=isa)
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    if done.stdout.split()[0] != isa:
-        pytest.skip(f"this CPU does not run the {isa} kernel")
+    """The same checks with narrower kernels (the direct and Winograd convolutions' register
+    tiles, the pooling epilogues), chosen by DEEPREBIRTH_CPU_ISA in a fresh process."""
+    run_with_cpu_isa(isa, "import test_op_reliability as t; t.check_non_finite_routes()")
 
 
 def test_winograd_route_gives_aten_non_finite_outputs_for_random_layers() -> None:

@@ -99,7 +99,7 @@ at::Tensor direct_conv(const at::Tensor& x, const at::Tensor& packed_w,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, bool relu);
 
 // The instruction set of the CPU kernel this process runs: "avx512", "avx2" or "sse2" on x86-64
-// (the widest the CPU has, or the one the environment variable DEEPREBIRTH_DIRECT_CONV_ISA names
+// (cpu_isa(): the widest the CPU has, or the one the environment variable DEEPREBIRTH_CPU_ISA names
 // when the CPU has it; read once), "portable" elsewhere. Also deeprebirth::direct_conv_isa().
 std::string direct_conv_isa();
 

@@ -13,6 +13,7 @@
 
 #include <vector>
 
+#include "ops/common/cpu_isa.h"
 #include "ops/conv_pool/cpu/max_pool_float.h"
 
 namespace deeprebirth::ops {
@@ -105,23 +106,26 @@ __attribute__((always_inline)) inline void pool_rows(const at::Tensor& tile, int
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 // float32 average pooling (and max pooling of rows holding a NaN, which max_pool_float.h hands
-// back) compiled for the CPU's widest vectors, chosen when the library loads (GCC function
-// multiversioning): the baseline's 4-lane SSE had made the max-pooling epilogue a sixth of
-// GoogLeNet conv2's fused time on an AVX-512 machine.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void pool_rows_float(
-    const at::Tensor& tile, int64_t tile_row0, const at::Tensor& bias, const RowBand& band,
-    const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out_image) {
-  pool_rows<float>(tile, tile_row0, bias, band, g, args, out_image);
-}
-#else
+// back) compiled for each instruction set's vectors: the baseline's 4-lane SSE is several times
+// slower on wider machines (docs/kernels.md).
+DEEPREBIRTH_CPU_VARIANTS(void, pool_rows_float,
+                         (const at::Tensor& tile, int64_t tile_row0, const at::Tensor& bias,
+                          const RowBand& band, const ConvPoolGeometry& g, const ConvPoolArgs& args,
+                          const at::Tensor& out_image),
+                         (pool_rows<float>(tile, tile_row0, bias, band, g, args, out_image)),
+                         (pool_rows<float>(tile, tile_row0, bias, band, g, args, out_image)),
+                         (pool_rows<float>(tile, tile_row0, bias, band, g, args, out_image)),
+                         (pool_rows<float>(tile, tile_row0, bias, band, g, args, out_image)))
+
+using PoolRowsFloat = decltype(pool_rows_float_for_cpu());
+
 void pool_rows_float(const at::Tensor& tile, int64_t tile_row0, const at::Tensor& bias,
                      const RowBand& band, const ConvPoolGeometry& g, const ConvPoolArgs& args,
                      const at::Tensor& out_image) {
-  pool_rows<float>(tile, tile_row0, bias, band, g, args, out_image);
+  static const PoolRowsFloat function = pool_rows_float_for_cpu();
+  function(tile, tile_row0, bias, band, g, args, out_image);
 }
-#endif
 
 }  // namespace
 

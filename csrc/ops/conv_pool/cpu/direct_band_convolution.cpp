@@ -85,31 +85,16 @@ __attribute__((always_inline)) inline void band_in_tiles(const BandRows& t) {
 
 using BandFunction = void (*)(const BandRows&);
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // AVX-512: 6 pixels x 4 blocks (24 accumulators, 4 weight vectors: each input value loaded once
 // for 64 channels), then 12 pixels x 1 block; AVX2: 6 pixels x 1 block (12 accumulators, 2 weight
-// vectors); SSE2 2 pixels (its 4 weight vectors leave no room for 12). GoogLeNet conv1 on one core:
-// Zen 3 AVX2 79 GFLOP/s (4 pixels: 44; oneDNN 71); Zen 5 AVX-512 about 250, as oneDNN (12 pixels x
-// 1 block: 157, 12 x 2: 188).
-__attribute__((target("avx512f"))) void band_avx512(const BandRows& t) {
-  band_in_tiles<16, 6, 4, 12>(t);
-}
-__attribute__((target("avx2,fma"))) void band_avx2(const BandRows& t) {
-  band_in_tiles<8, 6, 1, 6>(t);
-}
-void band_sse2(const BandRows& t) { band_in_tiles<4, 2, 1, 2>(t); }
-
-BandFunction pick_band_function() {
-  return for_direct_conv_isa<BandFunction>(band_avx512, band_avx2, band_sse2);
-}
-#else
-BandFunction pick_band_function() {
-  return [](const BandRows& t) { band_in_tiles<4, 6, 1, 6>(t); };  // NEON: 32 registers
-}
-#endif
+// vectors); SSE2 2 pixels (its 4 weight vectors leave no room for 12); NEON has 32 registers.
+// The per-ISA throughput of these tiles is in docs/kernels.md.
+DEEPREBIRTH_CPU_VARIANTS(void, band, (const BandRows& t), (band_in_tiles<16, 6, 4, 12>(t)),
+                         (band_in_tiles<8, 6, 1, 6>(t)), (band_in_tiles<4, 2, 1, 2>(t)),
+                         (band_in_tiles<4, 6, 1, 6>(t)))
 
 BandFunction band_function() {
-  static const BandFunction function = pick_band_function();
+  static const BandFunction function = band_for_cpu();
   return function;
 }
 

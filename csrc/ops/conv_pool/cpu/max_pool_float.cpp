@@ -15,8 +15,8 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/common/cpu_isa.h"
 #include "ops/conv_pool/cpu/transpose.h"
-#include "ops/direct_conv/cpu/cpu_vector.h"  // for_direct_conv_isa
 
 namespace deeprebirth::ops {
 namespace {
@@ -153,24 +153,11 @@ __attribute__((always_inline)) inline bool pool_rows(const MaxPoolRows& t) {
 
 using PoolFunction = bool (*)(const MaxPoolRows&);
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx512f"))) bool pool_avx512(const MaxPoolRows& t) {
-  return pool_rows<16>(t);
-}
-__attribute__((target("avx2,fma"))) bool pool_avx2(const MaxPoolRows& t) { return pool_rows<8>(t); }
-bool pool_sse2(const MaxPoolRows& t) { return pool_rows<4>(t); }
-
-PoolFunction pick_pool_function() {
-  return for_direct_conv_isa<PoolFunction>(pool_avx512, pool_avx2, pool_sse2);
-}
-#else
-PoolFunction pick_pool_function() {
-  return [](const MaxPoolRows& t) { return pool_rows<4>(t); };
-}
-#endif
+DEEPREBIRTH_CPU_VARIANTS(bool, pool, (const MaxPoolRows& t), (pool_rows<16>(t)), (pool_rows<8>(t)),
+                         (pool_rows<4>(t)), (pool_rows<4>(t)))
 
 PoolFunction pool_function() {
-  static const PoolFunction function = pick_pool_function();
+  static const PoolFunction function = pool_for_cpu();
   return function;
 }
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "ops/common/cpu_isa.h"
 #include "ops/conv_pool/cpu/transpose.h"
 
 namespace deeprebirth::ops {
@@ -10,20 +11,19 @@ namespace {
 
 // plane c of dst gets value c of each of the `pixels` pixels of C channels at `line`.
 template <int C>
-void split_channels(const float* __restrict line, int64_t pixels, float* __restrict dst,
-                    int64_t channel_step) {
+__attribute__((always_inline)) inline void split_channels(const float* __restrict line,
+                                                          int64_t pixels, float* __restrict dst,
+                                                          int64_t channel_step) {
   for (int64_t q = 0; q < pixels; ++q) {
     for (int c = 0; c < C; ++c) dst[c * channel_step + q] = line[q * C + c];
   }
 }
 
 // Copies a row of `pixels` interleaved pixels of `channels` into planes `channel_step` apart;
-// false when this has no fast loop for `channels`.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-bool split_pixels(const float* line, int64_t pixels, int64_t channels, float* dst,
-                  int64_t channel_step) {
+// false when this has no fast loop for `channels`. Inlined into each instruction set's variant.
+__attribute__((always_inline)) inline bool split_pixels_in(const float* line, int64_t pixels,
+                                                           int64_t channels, float* dst,
+                                                           int64_t channel_step) {
   switch (channels) {  // the first layers: grey, RGB, RGBA
     case 1:
       split_channels<1>(line, pixels, dst, channel_step);
@@ -37,6 +37,20 @@ bool split_pixels(const float* line, int64_t pixels, int64_t channels, float* ds
     default:
       return false;
   }
+}
+
+DEEPREBIRTH_CPU_VARIANTS(bool, split_pixels,
+                         (const float* line, int64_t pixels, int64_t channels, float* dst,
+                          int64_t channel_step),
+                         (split_pixels_in(line, pixels, channels, dst, channel_step)),
+                         (split_pixels_in(line, pixels, channels, dst, channel_step)),
+                         (split_pixels_in(line, pixels, channels, dst, channel_step)),
+                         (split_pixels_in(line, pixels, channels, dst, channel_step)))
+
+bool split_pixels(const float* line, int64_t pixels, int64_t channels, float* dst,
+                  int64_t channel_step) {
+  static const auto function = split_pixels_for_cpu();
+  return function(line, pixels, channels, dst, channel_step);
 }
 
 }  // namespace

@@ -3,11 +3,11 @@
 
 #include <algorithm>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "ops/common/cpu_isa.h"
+
+#if defined(DEEPREBIRTH_X86_VARIANTS)
 #include <immintrin.h>
 #endif
-
-#include "ops/direct_conv/cpu/cpu_vector.h"  // for_direct_conv_isa
 
 namespace deeprebirth::ops {
 namespace {
@@ -21,7 +21,7 @@ void transpose_elements(const float* __restrict src, int64_t src_step, int64_t r
 
 using TransposeFunction = void (*)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(DEEPREBIRTH_X86_VARIANTS)
 // The 16 x 16 block at src (rows `src_step` apart) transposed into dst (rows `dst_step` apart):
 // three rounds of shuffles, within 128-bit lanes and then across them.
 __attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(const float* src,
@@ -56,9 +56,9 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(co
 
 // In 16 x 16 blocks, the last block of each dimension overlapping the one before it when 16 does
 // not divide it (rewriting equal values).
-__attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64_t src_step,
-                                                         int64_t rows, int64_t cols, float* dst,
-                                                         int64_t dst_step) {
+__attribute__((target("avx512f"))) void transpose_blocks_avx512(const float* src, int64_t src_step,
+                                                                int64_t rows, int64_t cols,
+                                                                float* dst, int64_t dst_step) {
   if (rows < 16 || cols < 16) return transpose_elements(src, src_step, rows, cols, dst, dst_step);
   for (int64_t i0 = 0; i0 < rows; i0 += 16) {
     const int64_t i = std::min(i0, rows - 16);
@@ -69,19 +69,22 @@ __attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64
   }
 }
 
-TransposeFunction pick_transpose() {
-  return for_direct_conv_isa<TransposeFunction>(transpose_avx512, transpose_elements,
-                                                transpose_elements);
-}
-#else
-TransposeFunction pick_transpose() { return transpose_elements; }
 #endif
+
+// AVX-512 transposes 16 x 16 blocks in registers; the narrower instruction sets copy elements.
+DEEPREBIRTH_CPU_VARIANTS(void, transpose,
+                         (const float* src, int64_t src_step, int64_t rows, int64_t cols,
+                          float* dst, int64_t dst_step),
+                         (transpose_blocks_avx512(src, src_step, rows, cols, dst, dst_step)),
+                         (transpose_elements(src, src_step, rows, cols, dst, dst_step)),
+                         (transpose_elements(src, src_step, rows, cols, dst, dst_step)),
+                         (transpose_elements(src, src_step, rows, cols, dst, dst_step)))
 
 }  // namespace
 
 void transpose_floats(const float* src, int64_t src_step, int64_t rows, int64_t cols, float* dst,
                       int64_t dst_step) {
-  static const TransposeFunction function = pick_transpose();
+  static const TransposeFunction function = transpose_for_cpu();
   function(src, src_step, rows, cols, dst, dst_step);
 }
 

@@ -235,27 +235,13 @@ __attribute__((always_inline)) inline void chunk_in_tiles(const WinogradChunk& c
 
 using ChunkFunction = void (*)(const WinogradChunk&);
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // The register tiles of DirectBandConvolution (see there): AVX-512 6 patches x 4 blocks.
-__attribute__((target("avx512f"))) void chunk_avx512(const WinogradChunk& c) {
-  chunk_in_tiles<16, 6, 4, 12>(c);
-}
-__attribute__((target("avx2,fma"))) void chunk_avx2(const WinogradChunk& c) {
-  chunk_in_tiles<8, 6, 1, 6>(c);
-}
-void chunk_sse2(const WinogradChunk& c) { chunk_in_tiles<4, 2, 1, 2>(c); }
-
-ChunkFunction pick_chunk_function() {
-  return for_direct_conv_isa<ChunkFunction>(chunk_avx512, chunk_avx2, chunk_sse2);
-}
-#else
-ChunkFunction pick_chunk_function() {
-  return [](const WinogradChunk& c) { chunk_in_tiles<4, 6, 1, 6>(c); };
-}
-#endif
+DEEPREBIRTH_CPU_VARIANTS(void, chunk, (const WinogradChunk& c), (chunk_in_tiles<16, 6, 4, 12>(c)),
+                         (chunk_in_tiles<8, 6, 1, 6>(c)), (chunk_in_tiles<4, 2, 1, 2>(c)),
+                         (chunk_in_tiles<4, 6, 1, 6>(c)))
 
 ChunkFunction chunk_function() {
-  static const ChunkFunction function = pick_chunk_function();
+  static const ChunkFunction function = chunk_for_cpu();
   return function;
 }
 

@@ -11,14 +11,12 @@
 // direct_conv_cat runs the same loop per branch, each writing its channels of one output.
 // The row loop is compiled for AVX-512, AVX2 + FMA and baseline x86-64 (GCC or Clang on
 // x86-64; elsewhere once, for the compiler's target), each with as many accumulators as its
-// registers hold, and chosen from the CPU's features when the library loads.
+// registers hold, and chosen by cpu_isa() (ops/common/cpu_isa.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "ops/direct_conv/cpu/direct_conv_tile.h"
@@ -111,49 +109,14 @@ __attribute__((always_inline)) inline void rows_in_tiles(const RowTask& t) {
 
 using RowsFunction = void (*)(const RowTask&);
 
-struct RowsKernel {
-  const char* isa;
-  RowsFunction rows;
-};
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // Eight accumulator registers each: 8 pixels x 1 AVX-512 vector (of 32 registers), 4 pixels x 2
-// AVX2 vectors or 2 pixels x 4 SSE vectors (of 16).
-__attribute__((target("avx512f"))) void rows_avx512(const RowTask& t) { rows_in_tiles<16, 8>(t); }
-__attribute__((target("avx2,fma"))) void rows_avx2(const RowTask& t) { rows_in_tiles<8, 4>(t); }
-void rows_sse2(const RowTask& t) { rows_in_tiles<4, 2>(t); }
+// AVX2 vectors or 2 pixels x 4 SSE vectors (of 16); NEON has 32 registers: 16 accumulators.
+DEEPREBIRTH_CPU_VARIANTS(void, rows, (const RowTask& t), (rows_in_tiles<16, 8>(t)),
+                         (rows_in_tiles<8, 4>(t)), (rows_in_tiles<4, 2>(t)),
+                         (rows_in_tiles<4, 4>(t)))
 
-// The widest kernel the CPU runs, chosen by feature rather than by CPU model (GCC's
-// target_clones("arch=haswell") is skipped on AMD CPUs), or the one DEEPREBIRTH_DIRECT_CONV_ISA
-// names (avx512, avx2, sse2) where the CPU has it: tests run each one this way.
-RowsKernel pick_rows_kernel() {
-  __builtin_cpu_init();
-  const RowsKernel supported[] = {
-      {"avx512", __builtin_cpu_supports("avx512f") ? rows_avx512 : nullptr},
-      {"avx2",
-       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? rows_avx2 : nullptr},
-      {"sse2", rows_sse2}};
-  const char* requested = std::getenv("DEEPREBIRTH_DIRECT_CONV_ISA");
-  for (const RowsKernel& kernel : supported) {
-    if (kernel.rows != nullptr && (requested == nullptr || std::strcmp(requested, kernel.isa) == 0))
-      return kernel;
-  }
-  TORCH_WARN("DEEPREBIRTH_DIRECT_CONV_ISA=", requested,
-             ": not a kernel this CPU runs (avx512, avx2 or sse2); using the widest it runs");
-  for (const RowsKernel& kernel : supported) {
-    if (kernel.rows != nullptr) return kernel;
-  }
-  return supported[2];
-}
-#else
-// 128-bit vectors (NEON has 32 registers: 16 accumulators).
-RowsKernel pick_rows_kernel() {
-  return {"portable", [](const RowTask& t) { rows_in_tiles<4, 4>(t); }};
-}
-#endif
-
-const RowsKernel& rows_kernel() {
-  static const RowsKernel kernel = pick_rows_kernel();
+RowsFunction rows_kernel() {
+  static const RowsFunction kernel = rows_for_cpu();
   return kernel;
 }
 
@@ -223,7 +186,7 @@ void direct_conv_into(const at::Tensor& x, const at::Tensor& packed_w,
   shared.out_w = g.out_w;
   shared.relu = relu;
   shared.plane = plane;
-  const RowsFunction rows_of_task = rows_kernel().rows;
+  const RowsFunction rows_of_task = rows_kernel();
   at::parallel_for(0, tasks, std::max<int64_t>(1, kMinChunkMacs / task_macs),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t task = begin; task < end; ++task) {
@@ -275,7 +238,7 @@ at::Tensor direct_conv_cat_cpu(at::TensorList xs, at::TensorList packed_ws,
 
 }  // namespace
 
-std::string direct_conv_isa() { return rows_kernel().isa; }
+std::string direct_conv_isa() { return cpu_isa_name(cpu_isa()); }
 
 TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) {
   m.impl("direct_conv", &direct_conv_cpu);

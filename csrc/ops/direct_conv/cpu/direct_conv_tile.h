@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "ops/direct_conv/cpu/cpu_vector.h"
+#include "ops/common/cpu_isa.h"
 #include "ops/direct_conv/direct_conv.h"
 
 namespace deeprebirth::ops {
