@@ -53,7 +53,7 @@ def peak_conv_gflops(
     channels_last) over ``repeats`` runs.
 
     A tighter compute roof than :func:`peak_gemm_gflops` on CPUs where the BLAS takes a narrower
-    vector path than oneDNN (an AMD EPYC here: 170-195 GFLOP/s from ``torch.mm``, 227 from this).
+    vector path than oneDNN (docs/benchmarks.md).
     """
     dev = torch.device(device)
     x = torch.randn(batch, channels, size, size, device=dev)

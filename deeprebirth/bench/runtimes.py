@@ -138,7 +138,7 @@ def onnxruntime_forward(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # ORT's idle threads spin-wait by default and steal the cores from the variant timed next
-    # (interleaved runs): eager GoogLeNet measured 1.7x slower right after an ORT run.
+    # (interleaved runs), which then reads much slower (docs/benchmarks.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if example.is_cuda:

@@ -126,8 +126,8 @@ def configure_allocator() -> str:
     :func:`benchmark_allocator`).
 
     Idempotent. Without it glibc's adaptive threshold maps and unmaps activations on every forward
-    (about 4,000 page faults per GoogLeNet pass); with every buffer over 64 KiB mapped, eager
-    bvlc_googlenet ran 94 ms instead of 56 ms at batch 1 here.
+    (thousands of page faults per GoogLeNet pass), which can double eager latency
+    (docs/benchmarks.md).
     """
     global _allocator_configured
     if not _allocator_configured:

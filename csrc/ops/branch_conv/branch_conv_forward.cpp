@@ -84,9 +84,8 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
       unmerge_weight_heavy_pointwise_runs(same_window_runs(weights, paddings, g), weights, pixels);
 
   // Every branch shares one window: one convolution is the output. Weight-heavy 1x1 runs too:
-  // per-image GEMMs measured 1.8x slower than the reference in NCHW at batch 32 (inception_5a/5b),
-  // and one GEMM over all pixels in channels_last 0.92-0.96x (MKL's sgemm here runs at 170-190
-  // GFLOP/s, oneDNN's 1x1 convolution at 200-220) while using no less memory than the reference.
+  // GEMMs per image or over all pixels lose to the convolution (the BLAS takes a narrower vector
+  // path than oneDNN on some CPUs) while using no less memory (docs/kernels.md).
   if (runs.size() == 1) {
     const BranchRun& run = runs.front();
     at::Tensor out =

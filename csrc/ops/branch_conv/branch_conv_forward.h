@@ -38,8 +38,8 @@ void pointwise_gemm_aten(const at::Tensor& out_rows, const at::Tensor& x_rows,
 // weight is copied; one whose weights exceed half its output (2*C_in > N*H_out*W_out) is merged
 // but, over a channels_last input, computed as a GEMM, which does not repack the weights as the
 // convolution does. Both keep the peak memory under the reference's (NCHW: see the .cpp).
-// Smaller kernels are never embedded into a larger window: on the measured shapes (3x3+5x5 pairs)
-// the zero taps cost 1.3-1.6x more than they save (see scripts/bench_branch_conv.py).
+// Smaller kernels are never embedded into a larger window: the zero taps cost more than the merge
+// saves (docs/kernels.md, scripts/bench_branch_conv.py).
 at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
                                const OptionalTensorList& biases, c10::IntArrayRef paddings,
                                int64_t stride, bool relu, PointwiseGemmFn gemm);

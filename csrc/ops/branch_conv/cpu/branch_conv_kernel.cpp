@@ -18,19 +18,19 @@ namespace {
 // Output rows per tile: enough to keep the GEMM efficient, few enough that a tile's output
 // (rows x C floats) stays in L2 for the ReLU.
 constexpr int64_t kTileRows = 256;
-// Largest weight tiled over rows; a larger one measured 2.5x slower tiled than as one GEMM
-// (inception_5a's 832->256 at batch 32).
+// Largest weight tiled over rows: a larger one is re-read from memory for every tile and runs
+// slower tiled than as one GEMM (docs/kernels.md).
 constexpr int64_t kTileWeightBytes = 256 * 1024;
 
 // Multiply-accumulates below which a 1x1 run is one GEMM rather than a convolution: the
-// convolution's fixed cost (about 5 us per call) outweighs its faster arithmetic on the small
-// networks' layers (a few hundred thousand multiply-accumulates).
+// convolution's fixed cost per call outweighs its faster arithmetic on the small networks' layers
+// (a few hundred thousand multiply-accumulates).
 constexpr int64_t kMinConvolutionMacs = 1 << 21;
 
 // relu?(x_rows @ weight2d^T + bias) by ATen's 1x1 convolution (oneDNN for float32) over x_rows
-// viewed as a one-pixel-high image, copied into out_rows with the ReLU applied on the way. On the
-// AVX-512 machine MKL's sgemm ran these batch-1 shapes (inception_4a-5b: 49-196 pixel rows, weights
-// of 0.1-1.3 MB) at 0.66-0.89x of the reference's convolutions; this runs at their speed.
+// viewed as a one-pixel-high image, copied into out_rows with the ReLU applied on the way: the
+// BLAS's GEMM fell behind the reference's convolutions on these short, weight-heavy shapes
+// (batch-1 inception_4a-5b), and this runs at their speed.
 void pointwise_convolution(const at::Tensor& out_rows, const at::Tensor& x_rows,
                            const at::Tensor& weight2d, const std::optional<at::Tensor>& bias,
                            bool relu) {

@@ -10,7 +10,7 @@
 namespace deeprebirth::ops {
 
 // Bytes of one convolution tile on the CPU: one 1 MB L2. Smaller tiles fit L2 with the input rows
-// and weights, but each band costs an oneDNN call and a weight reorder; 1 MB measured better.
+// and weights, but each band costs an oneDNN call and a weight reorder (docs/kernels.md).
 constexpr int64_t kCpuTileBytes = 1024 * 1024;
 
 // Writes the pooled rows [band.p0, band.p1) of one image into `out_image` (C, out_h, out_w; any

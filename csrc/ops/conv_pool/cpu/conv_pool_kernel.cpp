@@ -15,7 +15,7 @@
 //   tile (the memory and cache win).
 // - sequential: fewer images than threads (batch 1 on two threads). The bands run one after the
 //   other, each convolved by oneDNN on all threads, then pooled by all threads (oneDNN on one
-//   thread per band measured slower at batch 1).
+//   thread per band is slower at batch 1: each thread would hold a whole band's work alone).
 // - whole: one multi-threaded convolution over the batch, then the same epilogue in parallel. Used
 //   for small problems, where per-band convolution calls would cost more than they save.
 // All convolve into channels-last tiles (the fast layout for the epilogue and for oneDNN here) and
@@ -43,8 +43,8 @@ namespace {
 // Below this many convolution-output bytes per image, banding has nothing to save.
 constexpr int64_t kMinBandedImageBytes = 2 * kCpuTileBytes;
 // Convolution-output bytes per band of the sequential schedule. Its bands run oneDNN on all
-// threads, which loses parallel efficiency on short bands (GoogLeNet conv1 at batch 1: 1.16 ms
-// whole, 1.20 ms in two bands, 1.31 ms in four); 1.0-2.0 MiB measured within noise of each other.
+// threads, which loses parallel efficiency on short bands; sizes around this one are alike
+// (docs/kernels.md).
 constexpr int64_t kSequentialTileBytes = 1536 * 1024;
 
 // The band of at most `band_rows` pooled rows starting at pooled row p0.

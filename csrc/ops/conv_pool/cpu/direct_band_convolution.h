@@ -2,13 +2,12 @@
 // first layer of a network (GoogLeNet conv1, the ResNet stem: RGB input, 7x7, stride 2).
 //
 // oneDNN convolves such layers as fast as the cores allow, but each call costs a setup and a
-// weight reorder (about 40 us per band and 57 us per call on GoogLeNet conv1), which row bands
-// multiply. Here direct_conv's register tiles (direct_conv_tile.h) compute each row of 16-channel
-// blocks straight from zero-bordered copies of the few input rows a band needs, which stay in L1
-// with the block's weights; the tile keeps every multiply-add unit busy (AVX2: 6 pixels x 16
-// channels in 12 accumulators, 79 GFLOP/s on one Zen 3 core, oneDNN 71; AVX-512: 6 pixels x 64
-// channels in 24, about oneDNN's 250 on one Zen 5 core). The rows are written channels-last, the
-// layout of conv_pool's epilogue.
+// weight reorder, which row bands multiply. Here direct_conv's register tiles (direct_conv_tile.h)
+// compute each row of 16-channel blocks straight from zero-bordered copies of the few input rows a
+// band needs, which stay in L1 with the block's weights; the tile keeps every multiply-add unit
+// busy (AVX2: 6 pixels x 16 channels in 12 accumulators; AVX-512: 6 pixels x 64 channels in 24), as
+// fast as oneDNN per core (docs/kernels.md). The rows are written channels-last, the layout of
+// conv_pool's epilogue.
 #pragma once
 
 #include <ATen/core/Tensor.h>

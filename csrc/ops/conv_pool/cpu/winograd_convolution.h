@@ -11,9 +11,8 @@
 // magnitude (only additions and multiplications by 1/2 are added). The products run in
 // direct_conv's register tiles (AVX-512: 6 patches x 64 channels), each tile's 16 products
 // transformed back while in L1, over chunks of at most 64 KiB of V, one after another on the
-// calling thread. (ATen's bmm over chunks of patch rows, used before, ran GoogLeNet conv2 at
-// batch 1 in 2.25 ms on a 2-core Zen 5, slower than oneDNN's direct 1.49 ms; these tiles: 1.02 ms
-// in one pass, 1.11 in the three passes of channels_per_pass.)
+// calling thread: the products never leave L1, which a batched matrix product over chunks could
+// not do fast enough to beat oneDNN's direct convolution (docs/kernels.md).
 #pragma once
 
 #include <ATen/core/Tensor.h>
