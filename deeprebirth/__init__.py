@@ -9,10 +9,10 @@ Example:
     '0.1.0'
 """
 
-from deeprebirth import export, models, ops, surgery
+from deeprebirth import export, models, nn, ops, surgery
 from deeprebirth._version import __version__
 from deeprebirth.ops import build_info
 from deeprebirth.surgery import plan, register_rule, slim, verify
 
-__all__ = ["__version__", "build_info", "export", "models", "ops", "surgery"]
+__all__ = ["__version__", "build_info", "export", "models", "nn", "ops", "surgery"]
 __all__ += ["plan", "register_rule", "slim", "verify"]

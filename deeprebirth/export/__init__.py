@@ -19,8 +19,10 @@ Formats:
       in f32 unless ``precision="bf16"`` (then a warning says how far outputs move).
       Needs ``pip install deeprebirth[deploy]``.
 
-``portable=True`` replaces ConvPool2d / BranchConv2d by standard layers (exact), so the file needs
-no deeprebirth library to load; otherwise the deeprebirth operators stay in the graph.
+``portable=True`` replaces every :mod:`deeprebirth.nn` module with a ``to_standard()``
+(ConvPool2d, BranchConv2d, the packed convolutions) by the standard layers it returns (exact), so
+the file needs no deeprebirth library to load; otherwise the deeprebirth operators stay in the
+graph.
 """
 
 from __future__ import annotations

@@ -1,18 +1,21 @@
-"""Portable models: deeprebirth's fused modules replaced by the standard layers they compute.
+"""Portable models: deeprebirth's modules replaced by the standard layers they compute.
 
 A portable model needs no deeprebirth library when loaded (stock LibTorch, ONNX Runtime,
-ExecuTorch, OpenVINO). The replacement is exact: :class:`~deeprebirth.ops.ConvPool2d` becomes
-``Conv2d -> [ReLU] -> MaxPool2d | AvgPool2d(count_include_pad=True)`` and
-:class:`~deeprebirth.ops.BranchConv2d` becomes its :attr:`~deeprebirth.ops.BranchConv2d.branches`
-(``Conv2d`` each) -> [ReLU] -> ``cat``, the same sequences as ``deeprebirth.ops._reference``.
+ExecuTorch, OpenVINO). :func:`make_portable` asks each module for its standard form: every
+module of :mod:`deeprebirth.nn` that runs a deeprebirth operator or packed weights defines
+``to_standard()``, which returns the exactly equivalent standard layers (for instance
+:class:`~deeprebirth.nn.ConvPool2d` becomes ``Conv2d -> [ReLU] -> MaxPool2d |
+AvgPool2d(count_include_pad=True)``, the same sequence as ``deeprebirth.ops._reference``).
 
 The portable graph holds the model's layers and nothing else. Where a merged BranchConv2d is read
 only through ``narrow`` views of whole branches (what ``merge_branches`` writes), each view
 becomes its branch's own convolution, so no ``cat`` is sliced again and no in-place operation
 reads a view (``torch.export`` would write it back with ``slice_scatter``); a ReLU repeated on a
 branch the operator already rectified is dropped (ReLU is idempotent). ``nn.LocalResponseNorm``
-becomes :class:`LocalResponseNorm2d`, the same sum over channels as an ``avg_pool2d`` (PyTorch's
-own form is an ``avg_pool3d``, which ExecuTorch has no kernel for) that XNNPACK takes whole.
+becomes :class:`~deeprebirth.nn.LocalResponseNorm2d`, the same sum over channels as an
+``avg_pool2d`` (PyTorch's own form is an ``avg_pool3d``, which ExecuTorch has no kernel for) that
+XNNPACK takes whole: a rewrite of a standard layer, so it is made here rather than by a
+``to_standard()``.
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from deeprebirth.ops import BranchConv2d, ConvPool2d, _reference
-from deeprebirth.surgery.modules import (
-    ConcatBranches,
-    PackedConv2d,
-    PackedConvConcat,
-    PackedResidualBlock,
-    PackedResidualStage,
+from deeprebirth.nn import BranchConv2d, ConcatBranches, ConvPool2d
+from deeprebirth.nn.lrn import (  # noqa: F401  (local_response_norm_2d: its former home)
+    LocalResponseNorm2d,
+    local_response_norm_2d,
 )
+from deeprebirth.ops import _reference
 
 
 def conv_pool_as_standard(fused: ConvPool2d) -> nn.Sequential:
-    """The ``Conv2d -> [ReLU] -> pool`` sequence equal to ``fused`` (weights copied).
+    """``fused.to_standard()``: the ``Conv2d -> [ReLU] -> pool`` sequence equal to ``fused``.
 
     Example:
         >>> fused = ConvPool2d(3, 8, 3, padding=1, pool_kernel=2)
@@ -43,101 +44,19 @@ def conv_pool_as_standard(fused: ConvPool2d) -> nn.Sequential:
         >>> torch.allclose(conv_pool_as_standard(fused)(x), fused(x), atol=1e-6)
         True
     """
-    weight = fused.weight
-    conv = nn.Conv2d(
-        fused.in_channels,
-        fused.out_channels,
-        tuple(weight.shape[2:]),
-        stride=tuple(fused.stride),
-        padding=tuple(fused.padding),
-        dilation=tuple(fused.dilation),
-        groups=fused.groups,
-        bias=fused.bias is not None,
-    ).to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if fused.bias is not None:
-            conv.bias.copy_(fused.bias)
-    pool_args = (tuple(fused.pool_kernel), tuple(fused.pool_stride), tuple(fused.pool_padding))
-    if fused.pool == "max":
-        pool: nn.Module = nn.MaxPool2d(*pool_args, ceil_mode=fused.ceil_mode)
-    else:
-        pool = nn.AvgPool2d(*pool_args, ceil_mode=fused.ceil_mode, count_include_pad=True)
-    layers: list[nn.Module] = [conv] + ([nn.ReLU()] if fused.relu else []) + [pool]
-    return nn.Sequential(*layers)
+    return fused.to_standard()
 
 
 def branch_conv_as_standard(merged: BranchConv2d) -> ConcatBranches:
-    """The ``cat`` of standard convolutions equal to ``merged`` (its :attr:`branches`)."""
-    return ConcatBranches(merged.branches, merged.relu)
+    """``merged.to_standard()``: the ``cat`` of standard convolutions equal to ``merged``."""
+    return merged.to_standard()
 
 
-def local_response_norm_2d(
-    x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
-) -> torch.Tensor:
-    """``F.local_response_norm`` of an ``(N, C, H, W)`` batch through ``avg_pool2d``.
-
-    ``x / (k + alpha * mean of x**2 over the size channels around each, zero-padded) ** beta``:
-    the squares are viewed as one ``(C, H * W)`` plane per image, zero-padded and averaged over
-    a ``(size, 1)`` window, where PyTorch pads and pools a 5-D view with ``avg_pool3d``. Same
-    window, padding and divisor. The pooling pads nothing itself (XNNPACK takes no
-    ``count_include_pad``), and ``beta`` 0.5 / 0.75 / 1 are square roots and products (XNNPACK
-    takes ``pow`` only for the exponent 2), so every runtime runs the whole rewrite.
-
-    Raises:
-        ValueError: ``x`` is not 4-D.
-
-    Example:
-        >>> x = torch.randn(2, 7, 5, 5)
-        >>> ref = F.local_response_norm(x, 5, 1e-4, 0.75, 1.0)
-        >>> torch.allclose(local_response_norm_2d(x, 5), ref, rtol=1e-6, atol=0)
-        True
-    """
-    if x.dim() != 4:
-        raise ValueError(f"expected x of shape (N, C, H, W), but got {tuple(x.shape)}")
-    channels, height, width = x.shape[1:]
-    # -1 for the batch: the reshape needs no runtime shape (no Shape node in ONNX).
-    squares = (x * x).reshape(-1, 1, channels, height * width)
-    padded = F.pad(squares, (0, 0, size // 2, (size - 1) // 2))
-    mean = F.avg_pool2d(padded, (size, 1), stride=1, count_include_pad=False)
-    base = mean.reshape(-1, channels, height, width).mul(alpha).add(k)
-    if beta == 1.0:
-        return x / base
-    if beta == 0.5:
-        return x / base.sqrt()
-    if beta == 0.75:
-        root = base.sqrt()
-        return x / (root * root.sqrt())
-    return x / base.pow(beta)
-
-
-class LocalResponseNorm2d(nn.Module):
-    """``nn.LocalResponseNorm`` computed by :func:`local_response_norm_2d` on 4-D inputs (the
-    portable form that every runtime runs); other ranks use ``F.local_response_norm``.
-
-    Example:
-        >>> lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
-        >>> x = torch.randn(1, 9, 4, 4)
-        >>> torch.allclose(LocalResponseNorm2d.from_module(lrn)(x), lrn(x), rtol=1e-6, atol=0)
-        True
-    """
-
-    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
-        super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-
-    @classmethod
-    def from_module(cls, lrn: nn.LocalResponseNorm) -> LocalResponseNorm2d:
-        """The rewrite of ``lrn`` (same size, alpha, beta, k)."""
-        return cls(lrn.size, lrn.alpha, lrn.beta, lrn.k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
-        return local_response_norm_2d(x, self.size, self.alpha, self.beta, self.k)
-
-    def extra_repr(self) -> str:
-        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+def _has_standard_form(module: nn.Module) -> bool:
+    """Whether ``module`` defines ``to_standard()``: it runs something other than standard layers
+    (a deeprebirth operator, packed weights) and can be replaced by standard layers."""
+    # Looked up on the class: nn.Module.__getattr__ would also find a submodule of that name.
+    return callable(getattr(type(module), "to_standard", None))
 
 
 def deeprebirth_op_decompositions() -> dict[torch._ops.OpOverload, Callable[..., torch.Tensor]]:
@@ -182,18 +101,22 @@ def decompose_deeprebirth_ops(
 
 
 def uses_deeprebirth_ops(model: nn.Module) -> bool:
-    """Whether ``model`` contains a module that calls a ``torch.ops.deeprebirth`` operator
-    (PackedConv2d does in TorchScript, for its small calls)."""
-    return any(isinstance(m, (ConvPool2d, BranchConv2d, PackedConv2d)) for m in model.modules())
+    """Whether ``model`` contains a module with a standard form (``to_standard()``): one that
+    calls a ``torch.ops.deeprebirth`` operator or keeps packed weights."""
+    return any(_has_standard_form(m) for m in model.modules())
 
 
 def make_portable(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every ConvPool2d / BranchConv2d (and PackedConv2d /
-    PackedConvConcat / PackedResidualBlock / PackedResidualStage, CPU runtime details) replaced by
-    standard layers, branch views of merged convolutions by the branches themselves and every
+    """A deep copy of ``model`` with every module that has a standard form (``to_standard()``)
+    replaced by it, branch views of merged convolutions by the branches themselves and every
     ``nn.LocalResponseNorm`` by :class:`LocalResponseNorm2d` (see the module docstring).
 
-    The input model is not modified; a model without deeprebirth modules is returned as a copy.
+    Args:
+        model: any module; it is not modified.
+
+    Returns:
+        the copy, free of deeprebirth operators; a copy of ``model`` when there is nothing to
+        replace.
 
     Example:
         >>> net = nn.Sequential(ConvPool2d(3, 4, 3, pool_kernel=2)).eval()
@@ -204,6 +127,7 @@ def make_portable(model: nn.Module) -> nn.Module:
     for module in list(portable.modules()):
         if isinstance(module, fx.GraphModule):
             _split_branch_views(module)
+    portable = _standard_form(portable)
     _replace_in_place(portable)
     return portable
 
@@ -287,17 +211,22 @@ def _split_branch_views(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+def _standard_form(module: nn.Module) -> nn.Module:
+    """``module`` with its own ``to_standard()`` applied until none is left (a standard form
+    may itself hold modules with one: those are replaced by :func:`_replace_in_place`)."""
+    if type(module) is nn.LocalResponseNorm:
+        return LocalResponseNorm2d.from_module(module)
+    while _has_standard_form(module):
+        standard = module.to_standard()
+        if standard is module:
+            raise TypeError(f"{type(module).__name__}.to_standard() returned the module itself")
+        module = standard
+    return module
+
+
 def _replace_in_place(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
-        if type(child) is nn.LocalResponseNorm:
-            setattr(module, name, LocalResponseNorm2d.from_module(child))
-        elif isinstance(child, ConvPool2d):
-            setattr(module, name, conv_pool_as_standard(child))
-        elif isinstance(child, BranchConv2d):
-            setattr(module, name, branch_conv_as_standard(child))
-        elif isinstance(
-            child, (PackedConv2d, PackedConvConcat, PackedResidualBlock, PackedResidualStage)
-        ):
-            setattr(module, name, child.to_standard())
-        else:
-            _replace_in_place(child)
+        standard = _standard_form(child)
+        if standard is not child:
+            setattr(module, name, standard)
+        _replace_in_place(standard)

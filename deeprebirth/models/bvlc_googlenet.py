@@ -34,7 +34,7 @@ INIT_SCHEMES = ("caffe", "kaiming")
 def _lrn() -> nn.Module:
     """Caffe's LRN (local_size 5, alpha 1e-4, beta 0.75) as used by bvlc_googlenet.
 
-    Portable exports hold :class:`deeprebirth.export.portable.LocalResponseNorm2d` in its place
+    Portable exports hold :class:`deeprebirth.nn.LocalResponseNorm2d` in its place
     (the same sums by ``avg_pool2d``; PyTorch's ``avg_pool3d`` has no ExecuTorch kernel).
     """
     return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)

@@ -1,10 +1,12 @@
-"""deeprebirth's operators: Python wrappers and ``nn.Module`` forms.
+"""deeprebirth's operators: Python wrappers; their ``nn.Module`` forms live in ``deeprebirth.nn``.
 
-- :func:`conv_pool` / :class:`ConvPool2d`: convolution -> [ReLU] -> max/avg pooling, fused.
-- :func:`branch_conv` / :class:`BranchConv2d`: parallel convolutions over one input, concatenated.
+- :func:`conv_pool`: convolution -> [ReLU] -> max/avg pooling, fused (module: ``ConvPool2d``).
+- :func:`branch_conv`: parallel convolutions over one input, concatenated (``BranchConv2d``).
 - :func:`direct_conv` / :func:`small_conv2d` / :func:`small_conv2d_cat`: small layers computed
   directly on a packed weight (:func:`direct_conv_pack`); ``PackedConv2d`` runs them;
   :func:`direct_conv_isa` names the kernel's instruction set.
+
+``deeprebirth.ops.ConvPool2d`` and ``deeprebirth.ops.BranchConv2d`` still name the modules.
 """
 
 from deeprebirth.ops import (
@@ -12,8 +14,8 @@ from deeprebirth.ops import (
     _flops,  # noqa: F401  (registers FLOP formulas)
 )
 from deeprebirth.ops._library import build_info, load_extension
-from deeprebirth.ops.branch_conv import BranchConv2d, branch_conv
-from deeprebirth.ops.conv_pool import ConvPool2d, conv_pool
+from deeprebirth.ops.branch_conv import branch_conv
+from deeprebirth.ops.conv_pool import conv_pool
 from deeprebirth.ops.direct_conv import (
     direct_conv,
     direct_conv_isa,
@@ -35,3 +37,12 @@ __all__ = [
     "small_conv2d",
     "small_conv2d_cat",
 ]
+
+
+def __getattr__(name: str):
+    # The modules, read lazily: deeprebirth.nn imports this package.
+    if name in ("BranchConv2d", "ConvPool2d"):
+        import deeprebirth.nn
+
+        return getattr(deeprebirth.nn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

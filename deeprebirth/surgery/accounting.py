@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from deeprebirth.ops import BranchConv2d, ConvPool2d
+from deeprebirth.nn import BranchConv2d, ConvPool2d
 
 
 @dataclass

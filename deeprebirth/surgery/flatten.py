@@ -4,7 +4,7 @@ Rules replace fused layers by ``nn.Identity`` (so module names and state_dict ke
 containers (``nn.Sequential``, Inception modules) add a Python call per layer. On small models at
 batch 1 those calls are a large share of an eager forward: flattening made the 64x64 Fashion-MNIST
 GoogLeNet-Slim 11-15% faster. The result is exact: the same layers on the same tensors. A concatenation of PackedConv2d outputs
-that nothing else reads becomes one :class:`~deeprebirth.surgery.modules.PackedConvConcat` call,
+that nothing else reads becomes one :class:`~deeprebirth.nn.PackedConvConcat` call,
 which writes each output straight into its channels (no ``torch.cat``) where the layers take the
 direct kernel.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from deeprebirth.surgery.modules import PackedConvConcat
+from deeprebirth.nn import PackedConvConcat
 from deeprebirth.surgery.trace import LeafTracer
 
 #: Layers that return their input unchanged in eval mode.

@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from deeprebirth.ops import BranchConv2d, ConvPool2d
-from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock, PackedResidualStage
+from deeprebirth.nn import (
+    BranchConv2d,
+    ConvPool2d,
+    PackedConv2d,
+    PackedResidualBlock,
+    PackedResidualStage,
+)
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}

@@ -15,7 +15,7 @@ from torch import nn
 import deeprebirth
 from deeprebirth.export.portable import make_portable
 from deeprebirth.models import build_model
-from deeprebirth.surgery.modules import PackedConv2d, PackedResidualBlock, PackedResidualStage
+from deeprebirth.nn import PackedConv2d, PackedResidualBlock, PackedResidualStage
 
 needs_mkldnn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not in this torch build"

@@ -292,8 +292,8 @@ def test_flatten_writes_concatenated_packed_convolutions_in_place() -> None:
     equal outputs in eager mode and frozen TorchScript (whose graph calls small_conv2d_cat with
     the packed weights folded and no cat), and a portable copy without deeprebirth operators."""
     from deeprebirth.export import make_portable, uses_deeprebirth_ops
+    from deeprebirth.nn import PackedConvConcat
     from deeprebirth.surgery import flatten_for_inference
-    from deeprebirth.surgery.modules import PackedConvConcat
 
     teacher = deeprebirth.models.bvlc_googlenet(num_classes=10, width=0.125, in_channels=1)
     x = torch.randn(1, 1, 64, 64)

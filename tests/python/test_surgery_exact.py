@@ -15,8 +15,8 @@ from torch import nn
 
 import deeprebirth
 from deeprebirth.models import build_model
+from deeprebirth.nn import PackedConv2d
 from deeprebirth.ops import BranchConv2d, ConvPool2d
-from deeprebirth.surgery.modules import PackedConv2d
 
 EXACT_RULES = ["fold_bn", "fuse_conv_pool", "merge_branches"]
 

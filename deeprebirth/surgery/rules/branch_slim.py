@@ -9,7 +9,7 @@ weights (``init="inherit"``), and are marked as new layers.
 
 Supported: deeprebirth's bvlc_googlenet ``Inception`` (rebuilt with widths 0 for the removed
 branches) and torchvision's GoogLeNet ``Inception`` (replaced by a two-branch
-:class:`~deeprebirth.surgery.modules.ConcatBranches` of the same ``BasicConv2d`` blocks). Other
+:class:`~deeprebirth.nn.ConcatBranches` of the same ``BasicConv2d`` blocks). Other
 Inception variants (torchvision Inception-v3's InceptionA-E) are listed as skipped.
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 from torch import nn
 
 from deeprebirth.models import Inception as BVLCInception
+from deeprebirth.nn import ConcatBranches
 from deeprebirth.surgery.modify import inherit_state, init_new_layers, mark_new
-from deeprebirth.surgery.modules import ConcatBranches
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SiteError, SlimOptions, SurgeryContext, register_rule
 

@@ -1,6 +1,6 @@
 """``fuse_conv_pool`` (exact): conv -> [ReLU] -> max/avg pool becomes one ``ConvPool2d``.
 
-The conv is replaced by ``deeprebirth.ops.ConvPool2d.from_modules`` (ReLU fused when the chain
+The conv is replaced by ``deeprebirth.nn.ConvPool2d.from_modules`` (ReLU fused when the chain
 has one), the pool by ``nn.Identity``; a ReLU layer of the chain is kept and now runs on the pooled
 output, where it changes nothing (``relu(pool(relu(y))) == pool(relu(y))``). Skipped with the
 reason: a BatchNorm or LRN between conv and pool (run ``fold_bn`` first), a conv/ReLU output that
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.ops import ConvPool2d
+from deeprebirth.nn import ConvPool2d
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SiteError, SlimOptions, SurgeryContext, register_rule
 from deeprebirth.surgery.rules._chains import BATCHNORMS, POOLS, called_once, describe

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from deeprebirth.ops import BranchConv2d
+from deeprebirth.nn import BranchConv2d
 from deeprebirth.surgery.modify import is_new, mark_new
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SiteError, SlimOptions, SurgeryContext, register_rule

@@ -1,14 +1,14 @@
 """``pack_conv`` (exact): every Conv2d becomes a :class:`PackedConv2d`, fusing the ReLU after it.
 
 A deployment rule for CPU inference, run after the other rules (priority 70): each remaining
-``nn.Conv2d`` is replaced by a :class:`~deeprebirth.surgery.modules.PackedConv2d` sharing its
+``nn.Conv2d`` is replaced by a :class:`~deeprebirth.nn.PackedConv2d` sharing its
 weights, which keeps oneDNN's packed copy of the weights instead of reordering them on every call.
 When the convolution's only reader is a ReLU layer called once, that ReLU is fused into the
 convolution and replaced by ``nn.Identity`` (a functional or shared ReLU stays where it is).
 torchvision's ResNet blocks (``BasicBlock``, ``Bottleneck``) whose BatchNorms were folded become
-one :class:`~deeprebirth.surgery.modules.PackedResidualBlock`: their shared ReLU and the residual
+one :class:`~deeprebirth.nn.PackedResidualBlock`: their shared ReLU and the residual
 add are fused into the packed convolutions as well, and a ``nn.Sequential`` of such blocks (a
-ResNet stage) becomes a :class:`~deeprebirth.surgery.modules.PackedResidualStage`, whose blocks
+ResNet stage) becomes a :class:`~deeprebirth.nn.PackedResidualStage`, whose blocks
 write their outputs over their inputs.
 Training, autograd and TorchScript use the plain convolution, so the rewrite is exact everywhere.
 Skipped with the reason: padding modes other than zeros and string padding (``"same"``); ResNet
@@ -20,12 +20,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.surgery.modules import (
-    PackedConv2d,
-    PackedResidualBlock,
-    PackedResidualStage,
-    packing_problem,
-)
+from deeprebirth.nn import PackedConv2d, PackedResidualBlock, PackedResidualStage
+from deeprebirth.nn.packed_conv import packing_problem
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
 from deeprebirth.surgery.rules._chains import called_once, sole_user

@@ -1,0 +1,39 @@
+"""The modules surgery rules put into models, one family per file.
+
+Each module that runs something other than standard PyTorch layers (a deeprebirth operator, a
+packed weight) defines ``to_standard() -> nn.Module``: the exactly equivalent module of standard
+layers, which :func:`~deeprebirth.export.make_portable` puts in its place (as RepVGG's
+``reparameterize()``: the block owns its deploy form). The forms those return, and
+:class:`LocalResponseNorm2d`, are standard layers composed and define no ``to_standard``.
+
+- :class:`ConvPool2d`: convolution -> [ReLU] -> pooling in one operator (``fuse_conv_pool``).
+- :class:`BranchConv2d`: parallel convolutions over one input, concatenated, in one operator
+  (``merge_branches``); :class:`ConcatBranches`: the same with standard convolutions
+  (``branch_slim``, and ``BranchConv2d.to_standard()``).
+- :class:`PackedConv2d`, :class:`PackedConvConcat`: convolutions on weights packed once
+  (``pack_conv``, ``flatten_for_inference``); :class:`ConvConcat`: the standard form of the latter.
+- :class:`PackedResidualBlock`, :class:`PackedResidualStage`: ResNet blocks and stages on packed
+  convolutions (``pack_conv``); :class:`ResidualBlock`: the standard form of a block.
+- :class:`LocalResponseNorm2d`: ``nn.LocalResponseNorm`` as every runtime runs it (export).
+
+This package imports neither ``deeprebirth.surgery`` nor ``deeprebirth.export`` (they import it).
+"""
+
+from deeprebirth.nn.branch_conv import BranchConv2d, ConcatBranches
+from deeprebirth.nn.conv_pool import ConvPool2d
+from deeprebirth.nn.lrn import LocalResponseNorm2d
+from deeprebirth.nn.packed_conv import ConvConcat, PackedConv2d, PackedConvConcat
+from deeprebirth.nn.residual import PackedResidualBlock, PackedResidualStage, ResidualBlock
+
+__all__ = [
+    "BranchConv2d",
+    "ConcatBranches",
+    "ConvConcat",
+    "ConvPool2d",
+    "LocalResponseNorm2d",
+    "PackedConv2d",
+    "PackedConvConcat",
+    "PackedResidualBlock",
+    "PackedResidualStage",
+    "ResidualBlock",
+]

@@ -1,0 +1,532 @@
+"""Convolutions whose CPU inference runs on weights packed once: :class:`PackedConv2d`,
+:class:`PackedConvConcat` and its standard form :class:`ConvConcat`.
+
+No ``from __future__ import annotations`` here: TorchScript reads PackedConv2d's annotations.
+"""
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import deeprebirth.ops  # noqa: F401  (loads torch.ops.deeprebirth.direct_conv)
+
+
+class PackedConv2d(nn.Conv2d):
+    """``Conv2d`` (optionally with its ReLU) whose CPU inference runs on weights packed once.
+
+    oneDNN reorders a plain convolution's weights on every call; this module keeps the packed copy.
+    Float32 CPU inference (eval, no autograd, not scripted, traced, exported or compiled) runs
+    oneDNN on it for calls of at least :attr:`min_packed_macs` multiply-accumulates (ReLU and
+    ``forward(x, residual)``'s add fused; channels_last output), ``deeprebirth::small_conv2d`` for
+    smaller ungrouped, undilated ones (in TorchScript too, which then needs deeprebirth's library);
+    any other call is ``Conv2d`` then ReLU. Equal to :meth:`to_standard` up to float32 rounding.
+
+    Weight updates: packed copies are used only while the weight is bitwise equal to their snapshot,
+    else remade, so every update is seen (``.data``, fused optimizers, ``load_state_dict`` ...).
+    Memory: the snapshot, the direct copy and at most :attr:`max_packed_shapes` oneDNN copies.
+    Thread safe: a lock guards the caches.
+
+    Args:
+        *args, **kwargs: as for ``nn.Conv2d`` (``padding_mode="zeros"``, numeric padding).
+        relu: apply ReLU to the output.
+
+    Raises:
+        ValueError: settings it cannot run, named in the message (:func:`packing_problem`).
+
+    Shape: as ``nn.Conv2d``.
+
+    Example:
+        >>> conv = PackedConv2d(3, 8, 3, padding=1, relu=True).eval()
+        >>> torch.allclose(conv(x := torch.randn(1, 3, 8, 8)), conv.to_standard()(x), atol=1e-5)
+        True
+    """
+
+    __jit_ignored_attributes__ = [
+        "packed_weights",
+        "_kernel_by_shape",
+        "_direct_weight",
+        "_weight_snapshot",
+        "_cache_lock",
+    ]
+    # constants, so that TorchScript can read them in _small_conv2d
+    __constants__ = [*nn.Conv2d.__constants__, "min_packed_macs", "max_direct_1x1_pixels"]
+    #: Calls with fewer multiply-accumulates skip oneDNN: its fixed cost per call exceeds what
+    #: packing saves on small layers (docs/kernels.md, "Packed convolutions"). Set it on an
+    #: instance or the class.
+    min_packed_macs: int = 1 << 22
+    #: 1x1 calls with more output pixels per image than this run conv2d: on large images a GEMM
+    #: over the pixels beats the direct kernel, on small ones the direct kernel wins.
+    max_direct_1x1_pixels: int = 64
+    #: oneDNN copies kept per layer, one per input shape (the most recently used ones).
+    max_packed_shapes: int = 2
+    #: Input shapes whose kernel choice a layer keeps (the most recently used ones).
+    max_kernel_shapes: int = 64
+
+    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        problem = packing_problem(self)
+        if problem:
+            raise ValueError(problem)
+        self.relu = relu
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._cache_lock = threading.Lock()
+        # (input shape, snapshot generation) -> oneDNN's packed copy, least recently used first
+        self.packed_weights: OrderedDict = OrderedDict()
+        # (input shape, min_packed_macs) -> _kernel_for_shape, least recently used first
+        self._kernel_by_shape: OrderedDict = OrderedDict()
+        self._direct_weight: tuple = ()  # (snapshot generation, direct_conv_pack(snapshot))
+        self._weight_snapshot: tuple = (None, 0)  # (the weight's values packed, generation)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":
+        """A PackedConv2d sharing ``conv``'s weight and bias (exact; ``relu`` fuses a ReLU).
+
+        Raises:
+            ValueError: ``conv`` uses a padding mode other than zeros or string padding.
+        """
+        return _conv_sharing_weights(cls, conv, relu=relu)
+
+    def to_standard(self) -> nn.Module:
+        """The standard layers it computes.
+
+        Returns:
+            an ``nn.Conv2d`` sharing this module's weight and bias (in an ``nn.Sequential`` with
+            ``nn.ReLU`` when ``relu``).
+        """
+        conv = _conv_sharing_weights(nn.Conv2d, self)
+        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+    def train(self, mode: bool = True) -> "PackedConv2d":
+        if mode:  # the weights are about to change: free the packed copies
+            with self._cache_lock:
+                self.packed_weights = OrderedDict()
+                self._direct_weight = ()
+                self._weight_snapshot = (None, self._weight_snapshot[1] + 1)
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        # oneDNN's opaque tensors can be neither copied nor pickled, nor can a lock
+        for name in ("packed_weights", "_kernel_by_shape", "_direct_weight", "_weight_snapshot"):
+            state.pop(name, None)
+        state.pop("_cache_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in ("packed_weights", "_kernel_by_shape", "_direct_weight", "_weight_snapshot"):
+            state.pop(name, None)  # older pickles may hold caches of another form: rebuild them
+        super().__setstate__(state)
+        self._init_caches()
+
+    def macs(self, input_shape: Sequence[int]) -> int:
+        """Multiply-accumulates of one call on an input of ``input_shape`` (N, C, H, W)."""
+        # Imported here: deeprebirth.surgery imports this package.
+        from deeprebirth.surgery.accounting import conv2d_macs
+
+        return conv2d_macs(self, tuple(input_shape))
+
+    @torch.jit.unused
+    def _inference_kernel(self, x: torch.Tensor) -> str:
+        """ "packed" (oneDNN, packed weights), "small" (``deeprebirth::small_conv2d``) or "" (the
+        plain ``Conv2d`` forward) for a call on ``x``. Runs on every call of layers that may take
+        microseconds: the shape-dependent choice is cached per shape, and the per-call checks run
+        only when it is not the plain forward."""
+        if type(x) is not torch.Tensor:  # fx proxies, fake tensors of torch.export / compile
+            return ""
+        key = (x.shape, self.min_packed_macs)
+        with self._cache_lock:
+            kernel = self._kernel_by_shape.get(key)
+            if kernel is None:
+                kernel = self._kernel_for_shape(x.shape)
+                self._kernel_by_shape[key] = kernel
+                while len(self._kernel_by_shape) > max(1, self.max_kernel_shapes):
+                    self._kernel_by_shape.popitem(last=False)
+            else:
+                self._kernel_by_shape.move_to_end(key)
+        if not kernel:
+            return ""
+        weight = self._parameters["weight"]
+        cpu_inference = (
+            not self.training
+            and x.is_cpu
+            and x.dtype == torch.float32
+            and weight.is_cpu
+            and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu")
+            and (kernel != "packed" or torch.backends.mkldnn.enabled)
+        )
+        return kernel if cpu_inference else ""
+
+    @torch.jit.unused
+    def _kernel_for_shape(self, shape: torch.Size) -> str:
+        if len(shape) != 4 or shape.numel() == 0:
+            return ""
+        if self.macs(shape) >= self.min_packed_macs:
+            return "packed" if torch.backends.mkldnn.is_available() else ""
+        return "small" if self.groups == 1 and self.dilation == (1, 1) else ""
+
+    @torch.jit.unused
+    def _packed_path_applies(self, x: torch.Tensor) -> bool:
+        return self._inference_kernel(x) == "packed"
+
+    @torch.jit.unused
+    def _current_snapshot(self) -> tuple:
+        """``(snapshot, generation)``: a copy of the weight's present values, and the number that
+        names the packed copies made from it (a new snapshot and number when the weight changed,
+        its stale copies dropped)."""
+        weight = self._parameters["weight"]
+        current = self._weight_snapshot
+        if current[0] is not None and torch.ops.deeprebirth.bitwise_equal(weight, current[0]):
+            return current
+        with self._cache_lock:  # another thread may have taken the new snapshot meanwhile
+            current = self._weight_snapshot
+            if current[0] is None or not torch.ops.deeprebirth.bitwise_equal(weight, current[0]):
+                current = (weight.detach().clone(), current[1] + 1)
+                self.packed_weights = OrderedDict()
+                self._direct_weight = ()
+                self._weight_snapshot = current
+            return current
+
+    @torch.jit.unused
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """oneDNN's packed copy of the weight for inputs shaped like ``x`` (made on first use)."""
+        snapshot, generation = self._current_snapshot()
+        key = (tuple(x.shape), generation)
+        with self._cache_lock:
+            weight = self.packed_weights.get(key)
+            if weight is not None:
+                self.packed_weights.move_to_end(key)
+                return weight
+            # At most max_packed_shapes input shapes: each packed copy is as large as the weight,
+            # and a server sees many batch sizes.
+            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                snapshot.to_mkldnn(),
+                list(self.padding),
+                list(self.stride),
+                list(self.dilation),
+                self.groups,
+                list(x.shape),
+            )
+            if generation == self._weight_snapshot[1]:  # not stale already
+                self.packed_weights[key] = weight
+                while len(self.packed_weights) > max(1, self.max_packed_shapes):
+                    self.packed_weights.popitem(last=False)
+            return weight
+
+    @torch.jit.unused
+    def _onednn_args(self, x: torch.Tensor) -> tuple:
+        """``(x, packed weight, bias, padding, stride, dilation, groups)`` for the
+        ``mkldnn::_convolution_pointwise`` ops, ``x`` made dense for oneDNN."""
+        x = _dense(x)
+        bias = None if self.bias is None else self.bias.detach()
+        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        return (x, self._packed_weight(x), bias, *geometry)
+
+    @torch.jit.unused
+    def _packed_forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x, *conv = self._onednn_args(x)
+        if residual is not None and self.relu:  # relu(conv(x) + residual) in one oneDNN call
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, *conv, "add", 1.0, "relu", [], ""
+            )
+        attr = "relu" if self.relu and residual is None else "none"
+        y = torch.ops.mkldnn._convolution_pointwise(x, *conv, attr, [], "")
+        return y if residual is None else y + residual
+
+    @torch.jit.unused
+    def _small_forward(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        # Parameters read from _parameters: nn.Module.__getattr__ is slow next to the few
+        # microseconds a small layer takes.
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        return self._small_conv2d(x, weight, self._direct_packed_weight(), bias, relu)
+
+    @torch.jit.unused
+    def _direct_packed_weight(self) -> torch.Tensor:
+        """``direct_conv_pack(weight)``, kept while the weight's values stay."""
+        snapshot, generation = self._current_snapshot()
+        direct = self._direct_weight
+        if not direct or direct[0] != generation:
+            direct = (generation, torch.ops.deeprebirth.direct_conv_pack(snapshot))
+            with self._cache_lock:
+                if generation == self._weight_snapshot[1]:  # not stale already
+                    self._direct_weight = direct
+        return direct[1]
+
+    def _small_conv2d(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        packed_weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        relu: bool,
+    ) -> torch.Tensor:
+        # deeprebirth::small_conv2d: the direct kernel where it pays, conv2d otherwise.
+        return torch.ops.deeprebirth.small_conv2d(
+            x,
+            weight,
+            packed_weight,
+            bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            relu,
+            self.min_packed_macs,
+            self.max_direct_1x1_pixels,
+        )
+
+    def _scripted_forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        # TorchScript: one small_conv2d call, no branches of the graph's own. The weight is
+        # packed by the graph; torch.jit.freeze folds that into a constant.
+        packed_weight = torch.ops.deeprebirth.direct_conv_pack(self.weight)
+        if residual is None:
+            return self._small_conv2d(x, self.weight, packed_weight, self.bias, self.relu)
+        y = self._small_conv2d(x, self.weight, packed_weight, self.bias, False) + residual
+        return y.relu_() if self.relu else y
+
+    @torch.jit.unused
+    def add_into_(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``relu?(conv(x) + residual)`` written over ``residual``, which it returns.
+
+        For a residual that nothing reads afterwards (a block's fresh shortcut output): on the
+        packed path with a channels_last ``residual`` oneDNN accumulates into it as it writes
+        (its "sum" post-op), which saves the separate add pass and a second output tensor.
+        Elsewhere it is ``residual.add_(conv(x))`` (then ``relu_``). Not for TorchScript.
+        """
+        if self._packed_path_applies(x):
+            unary = "relu" if self.relu else None
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual, *self._onednn_args(x), "add", 1.0, unary, [], ""
+            )
+        residual.add_(self._conv_forward(x, self.weight, self.bias))
+        return residual.relu_() if self.relu else residual
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu?(conv(x) [+ residual])``: the residual is added before the ReLU."""
+        if not torch.jit.is_scripting():
+            return self._eager_forward(x, residual)
+        return self._scripted_forward(x, residual)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        kernel = self._inference_kernel(x)
+        if kernel == "packed":
+            return self._packed_forward(x, residual)
+        if kernel == "small":
+            if residual is None:
+                return self._small_forward(x, self.relu)
+            y = self._small_forward(x, False)
+        else:
+            weight, bias = self._parameters["weight"], self._parameters["bias"]
+            y = self._conv_forward(x, weight, bias)
+        if residual is not None:
+            y = y + residual
+        return y.relu_() if self.relu else y  # y is this call's own tensor
+
+
+class ConvConcat(nn.Module):
+    """``cat([conv_i(x_i) for i], 1)``: layers over their own inputs, outputs concatenated along
+    channels (the standard form of :class:`PackedConvConcat`).
+
+    Shape:
+        ``[(N, C_i, H_i, W_i)] -> (N, sum of output channels, H_out, W_out)``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        outputs = []
+        for i, layer in enumerate(self.layers):  # a loop: TorchScript compiles it
+            outputs.append(layer(xs[i]))
+        return torch.cat(outputs, 1)
+
+
+class PackedConvConcat(nn.Module):
+    """``cat([conv_i(x_i) for i], 1)`` over :class:`PackedConv2d` layers (one ReLU setting) in one
+    ``deeprebirth::small_conv2d_cat`` call: where every layer takes the direct kernel, each output
+    is written straight into its channels of the result and no ``torch.cat`` runs (an Inception
+    module's branches after branch slimming); otherwise the layers' own forwards and ``torch.cat``.
+
+    ``flatten_for_inference`` puts it where a concatenation's inputs are such layers' outputs and
+    nothing else reads them. It shares the layers (and their weights); equal to ``ConvConcat`` of
+    them up to float32 rounding. TorchScript takes the packed weights when it scripts the module
+    (``__prepare_scriptable__``): script or export it once the weights are final, as
+    ``deeprebirth.export`` does.
+
+    Args:
+        convs: PackedConv2d layers, all with or all without a fused ReLU, ungrouped, undilated.
+
+    Raises:
+        ValueError: ``convs`` does not fit (the message says why; :meth:`problem`).
+    """
+
+    __constants__ = ["relu", "min_packed_macs", "max_direct_1x1_pixels"]
+    _script_weights: list[torch.Tensor]
+    _script_packed: list[torch.Tensor]
+    _script_biases: list[torch.Tensor | None]
+    _script_strides: list[int]
+    _script_paddings: list[int]
+
+    def __init__(self, convs: Sequence[PackedConv2d]) -> None:
+        super().__init__()
+        problem = self.problem(convs)
+        if problem:
+            raise ValueError(problem)
+        self.convs = nn.ModuleList(convs)
+        self.relu = convs[0].relu
+        self.min_packed_macs = min(conv.min_packed_macs for conv in convs)
+        self.max_direct_1x1_pixels = min(conv.max_direct_1x1_pixels for conv in convs)
+        self.__prepare_scriptable__()
+
+    @staticmethod
+    def problem(convs: Sequence[nn.Module]) -> str:
+        """'' when ``convs`` can form a PackedConvConcat, else why not."""
+        if len(convs) < 2:
+            return f"expected at least two layers, but got {len(convs)}"
+        for i, conv in enumerate(convs):
+            if not isinstance(conv, PackedConv2d):
+                return f"layer {i} is a {type(conv).__name__}, not a PackedConv2d"
+            if conv.groups != 1 or tuple(conv.dilation) != (1, 1):
+                return f"layer {i} has groups={conv.groups}, dilation={conv.dilation}"
+            if conv.relu != convs[0].relu:
+                return f"layer {i} has relu={conv.relu}, layer 0 relu={convs[0].relu}"
+        return ""
+
+    def to_standard(self) -> ConvConcat:
+        """The standard layers it computes.
+
+        Returns:
+            a :class:`ConvConcat` of the layers' ``to_standard()`` forms (sharing their weights).
+        """
+        return ConvConcat([conv.to_standard() for conv in self.convs])
+
+    @torch.jit.unused
+    def _op_arguments(self) -> tuple[list, list, list, list, list]:
+        """The layers' weights, packed weights, biases, strides and paddings as
+        ``small_conv2d_cat`` takes them (the packed weights current)."""
+        convs = list(self.convs)
+        return (
+            [conv.weight for conv in convs],
+            [conv._direct_packed_weight() for conv in convs],
+            [conv.bias for conv in convs],
+            [v for conv in convs for v in conv.stride],
+            [v for conv in convs for v in conv.padding],
+        )
+
+    def __prepare_scriptable__(self) -> "PackedConvConcat":
+        # TorchScript reads the layers' settings and packed weights from plain lists taken here
+        # (torch.jit.script calls this first), which torch.jit.freeze turns into constants.
+        (
+            self._script_weights,
+            self._script_packed,
+            self._script_biases,
+            self._script_strides,
+            self._script_paddings,
+        ) = self._op_arguments()
+        return self
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._eager_forward(xs)
+        return self._op(
+            xs,
+            self._script_weights,
+            self._script_packed,
+            self._script_biases,
+            self._script_strides,
+            self._script_paddings,
+        )
+
+    @torch.jit.unused
+    def _eager_forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        convs = list(self.convs)
+        if len(xs) != len(convs) or any(
+            conv._inference_kernel(x) != "small" for conv, x in zip(convs, xs, strict=True)
+        ):
+            return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
+        return self._op(xs, *self._op_arguments())
+
+    def _op(
+        self,
+        xs: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        packed: list[torch.Tensor],
+        biases: list[torch.Tensor | None],
+        strides: list[int],
+        paddings: list[int],
+    ) -> torch.Tensor:
+        return torch.ops.deeprebirth.small_conv2d_cat(
+            xs,
+            weights,
+            packed,
+            biases,
+            strides,
+            paddings,
+            self.relu,
+            self.min_packed_macs,
+            self.max_direct_1x1_pixels,
+        )
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if it is contiguous in NCHW or channels_last (what oneDNN reads), else a copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def packing_problem(conv: nn.Conv2d) -> str:
+    """'' when ``conv``'s settings fit :class:`PackedConv2d`, else why not (naming the setting):
+    zero padding given by numbers, and settings ``conv2d`` accepts (at least one channel,
+    kernel sizes, strides and dilations of at least 1, padding of at least 0)."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return (
+            f"padding_mode={conv.padding_mode!r}, padding={conv.padding!r}: PackedConv2d needs "
+            "padding_mode='zeros' and numeric padding"
+        )
+    for name, least in (
+        ("in_channels", 1),
+        ("out_channels", 1),
+        ("kernel_size", 1),
+        ("stride", 1),
+        ("dilation", 1),
+        ("padding", 0),
+    ):
+        value = getattr(conv, name)
+        if any(v < least for v in (value if isinstance(value, tuple) else (value,))):
+            return f"expected {name} >= {least} in every dimension, but got {name}={value}"
+    return ""
+
+
+def _conv_sharing_weights(cls: type[nn.Conv2d], conv: nn.Conv2d, **kwargs) -> nn.Conv2d:
+    """A ``cls`` with ``conv``'s settings, weight and bias (the same Parameters) and mode."""
+    new = cls(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=False,
+        padding_mode=conv.padding_mode,
+        device="meta",
+        **kwargs,
+    )
+    new.weight, new.bias = conv.weight, conv.bias
+    return new.train(conv.training)
