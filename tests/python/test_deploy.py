@@ -5,7 +5,7 @@ Models (random weights, 64x64 input, 10 classes): ``googlenet`` (bvlc_googlenet,
 with its two LocalResponseNorms); ``googlenet_slim``, GoogLeNet-Slim straight from
 ``deeprebirth.slim`` with the paper's rules and the exact ones (it holds BranchConv2d);
 torchvision's ``resnet18`` (random BatchNorm statistics) and ``squeezenet1_1``. Each is exported
-once per format (:class:`Exports`) from a one-image example, as ``deeprebirth export`` does.
+once per format (:class:`export_cache.ExportCache`) from a one-image example, as ``deeprebirth export`` does.
 
 Checked: each format's logits equal eager within 1e-4 of the largest logit (f32), on a batch of
 two; the .pte files of GoogLeNet-Slim and bvlc_googlenet are one XNNPACK call and nothing else
@@ -29,6 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _surgery_helpers import randomize_batchnorm
+from export_cache import ExportCache
 from torch import nn
 
 import deeprebirth
@@ -97,39 +98,9 @@ def _batch() -> torch.Tensor:
     return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
 
 
-class Exports:
-    """Each model built, and exported to each format, once (on first use) in ``folder``; the
-    ExecuTorch export's printed delegation line is kept."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._models: dict[str, nn.Module] = {}
-        self._files: dict[tuple[str, str], Path] = {}
-        self.printed: dict[tuple[str, str], str] = {}
-
-    def model(self, name: str) -> nn.Module:
-        if name not in self._models:
-            self._models[name] = MODELS[name]()
-        return self._models[name]
-
-    def file(self, name: str, format: str) -> Path:
-        if (name, format) not in self._files:
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                self._files[name, format] = deeprebirth.export(
-                    self.model(name),
-                    _example(),
-                    format,
-                    out=self.folder / f"{name}.{SUFFIX[format]}",
-                    metadata={"source_model": name},
-                )
-            self.printed[name, format] = out.getvalue()
-        return self._files[name, format]
-
-
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> Exports:
-    return Exports(tmp_path_factory.mktemp("deploy"))
+def exports(tmp_path_factory) -> ExportCache:
+    return ExportCache(tmp_path_factory.mktemp("deploy"), MODELS, _example, suffix=SUFFIX)
 
 
 def _assert_relative_close(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ Models (random weights, 96x96 crop): ``googlenet`` (bvlc_googlenet, width 0.25);
 branch_slim) and the exact ones (merge_branches puts one BranchConv2d in each Inception module);
 ``googlenet_exact_rules``, the exact rules only (fuse_conv_pool turns conv1 into a ConvPool2d,
 where the paper's streamline removes its pool); ``resnet50`` (torchvision, random BatchNorm
-statistics). Each model is built and exported once per module (:class:`ExportedModels`); the tests
+statistics). Each model is built and exported once per module (:class:`export_cache.ExportCache`); the tests
 share the files.
 
 Checked: eager PyTorch, the TorchScript file in Python, the TorchScript file in ``deeprebirth-run``
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from export_cache import ExportCache
 from torch import nn
 
 import deeprebirth
@@ -117,36 +118,9 @@ METADATA = {
 }
 
 
-class ExportedModels:
-    """Each test model built, and exported to each format, once (on first use) in ``folder``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._models: dict[str, nn.Module] = {}
-        self._files: dict[tuple[str, str], Path] = {}
-
-    def model(self, name: str) -> nn.Module:
-        """The eval-mode model ``name`` of :data:`MODELS`."""
-        if name not in self._models:
-            self._models[name] = MODELS[name]()
-        return self._models[name]
-
-    def file(self, name: str, format: str) -> Path:
-        """The native export of ``model(name)`` in ``format``, with the test metadata."""
-        if (name, format) not in self._files:
-            self._files[name, format] = deeprebirth.export(
-                self.model(name),
-                _example(),
-                format,
-                out=self.folder / f"{name}.{format}",
-                metadata={**METADATA, "source_model": name},
-            )
-        return self._files[name, format]
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> ExportedModels:
-    return ExportedModels(tmp_path_factory.mktemp("exports"))
+def exported(tmp_path_factory) -> ExportCache:
+    return ExportCache(tmp_path_factory.mktemp("exports"), MODELS, _example, METADATA)
 
 
 # ---- images -------------------------------------------------------------------------------
