@@ -628,8 +628,14 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
 
     Raises:
         ConfigError / DataError: bad configuration or data, before any training.
+
+    The job's process-wide settings (``threads``, ``onednn``, ``deterministic``) hold while it
+    runs and are put back when it returns or raises.
     """
     ctx = init_distributed(cfg.device)
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -658,4 +664,7 @@ def run_job(cfg, student: StudentSpec = None, resume: bool | None = None) -> Job
         job = _Job(cfg, ctx, data)
         return job.run(state, student)
     finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         shutdown(ctx)

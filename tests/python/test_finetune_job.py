@@ -140,6 +140,32 @@ def _restore_onednn():
     torch.use_deterministic_algorithms(False)
 
 
+def test_job_puts_back_the_process_settings_it_changes(tmp_path):
+    """threads, oneDNN and deterministic algorithms are the job's while it runs (the tiny config
+    sets 1, off, on) and the caller's again afterwards, whether it returns or raises: a job
+    left oneDNN off and one thread for the rest of the process."""
+    from deeprebirth.train.config import ConfigError
+
+    torch.backends.mkldnn.enabled = True
+    expected = (torch.get_num_threads(), True, False)
+
+    def settings():
+        return (
+            torch.get_num_threads(),
+            torch.backends.mkldnn.enabled,
+            torch.are_deterministic_algorithms_enabled(),
+        )
+
+    torch.use_deterministic_algorithms(False)
+    run_job(tiny_config(tmp_path / "ok"), student=tiny_student)
+    assert settings() == expected
+    with pytest.raises(ConfigError):
+        run_job(
+            tiny_config(tmp_path / "bad", "schedule.stages=[[no_such_block]]"), student=tiny_student
+        )
+    assert settings() == expected
+
+
 def test_unknown_stage_block_fails_before_training(tmp_path):
     from deeprebirth.train.config import ConfigError
 
