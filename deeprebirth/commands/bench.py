@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="leave torch.compile out of every runtime list"
     )
+    parser.add_argument(
+        "--models",
+        type=_csv(str),
+        default=None,
+        help="keep only these models (labels, e.g. GoogLeNet,GoogLeNet-Slim) in the latency, "
+        "memory and roofline tables and the peer pairs",
+    )
 
 
 def _command_line() -> str:
@@ -98,7 +105,33 @@ def config_from_args(args: argparse.Namespace):
         ):
             overrides[key] = tuple(r for r in names if not r.startswith("compile"))
     overrides["command"] = _command_line()
-    return quick_config(**overrides) if args.quick else SuiteConfig(**overrides)
+    config = quick_config(**overrides) if args.quick else SuiteConfig(**overrides)
+    if args.models:
+        config = _only_models(config, args.models)
+    return config
+
+
+def _only_models(config, labels: tuple[str, ...]):
+    """``config`` with its latency models and peer pairs restricted to ``labels``.
+
+    Raises:
+        ValueError: a label names no latency model or peer-pair model of the config.
+    """
+    from dataclasses import replace
+
+    known = {s.label for s in config.latency_models}
+    known |= {s.label for pair in config.peer_pairs for s in pair}
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise ValueError(f"expected --models among {sorted(known)}, but got {unknown}")
+    latency_models = [s for s in config.latency_models if s.label in labels]
+    if not latency_models:
+        raise ValueError(f"expected --models to keep a latency model, one of {sorted(known)}")
+    return replace(
+        config,
+        latency_models=latency_models,
+        peer_pairs=[p for p in config.peer_pairs if all(s.label in labels for s in p)],
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -375,6 +375,13 @@ def test_cli_options_become_the_config(tmp_path):
     for names in (config.latency_runtimes, config.deployed_runtimes, config.portable_runtimes):
         assert names and not [n for n in names if n.startswith("compile")]
     assert config.sections == ("latency", "memory")
+    args = parser.parse_args(["bench", "--models", "GoogLeNet,GoogLeNet-Slim"])
+    config = config_from_args(args)
+    assert [s.label for s in config.latency_models] == ["GoogLeNet", "GoogLeNet-Slim"]
+    assert [(a.label, b.label) for a, b in config.peer_pairs] == [("GoogLeNet", "GoogLeNet-Slim")]
+    for bad in ("GoogLeNet,AlexNet-9", "ResNet-50"):  # unknown; no latency model left
+        with pytest.raises(ValueError, match="--models"):
+            config_from_args(parser.parse_args(["bench", "--models", bad]))
     with pytest.raises(ValueError, match="sections"):
         config_from_args(parser.parse_args(["bench", "--sections", "tables"]))
 
