@@ -153,7 +153,9 @@ def _restore_thresholds() -> None:
 @contextlib.contextmanager
 def benchmark_allocator():
     """While active, glibc keeps freed buffers under 32 MiB and never trims its heap (no allocator
-    churn between timed calls); on exit the thresholds in force before are back. Nestable.
+    churn between timed calls); on exit the thresholds in force before are back, and the freed
+    memory the heap kept meanwhile goes back to the OS (else the next large allocations would be
+    served from it, as under the no-churn setting). Nestable.
 
     glibc adapts its mmap threshold to the program until a threshold is set; after the first
     benchmark it stays at its initial 128 KiB.
@@ -166,6 +168,9 @@ def benchmark_allocator():
     finally:
         _benchmark_depth -= 1
         _restore_thresholds()
+        libc = _libc()
+        if libc is not None and not _benchmark_depth and not _allocator_configured:
+            libc.malloc_trim(0)
 
 
 @contextlib.contextmanager
