@@ -33,6 +33,7 @@ from deeprebirth.bench.tables import (
 from deeprebirth.bench.zoo import in_form, top_level_blocks
 
 MIB = 2**20
+REDUCED_PRECISION = ("openvino_bf16",)  # flagged rows, left out of the fp32 verdicts
 CLASSIFICATION_NOTE = (
     "Top-level operators recorded by `torch.profiler` (an operator called inside another one "
     "counts as part of its caller). Tensor operators: names containing "
@@ -246,16 +247,16 @@ def write_latency(ctx: BenchContext) -> list[Path]:
 
 
 def peer_verdicts(ctx: BenchContext, batch: int) -> list[str]:
-    """One sentence per peer pair: does the slim model in plain eager beat every runtime's
+    """One sentence per peer pair: does the slim model in plain eager beat every runtime's fp32
     form of the original?"""
     lines = []
     latency = ctx.latency[batch]
     for original, slim in ctx.config.peer_pairs:
         slim_eager = latency.get((slim.label, "eager"))
-        forms = {
+        forms = {  # fp32 forms only: a bf16 result is not the same computation
             name: latency.get((original.label, name))
             for name in ctx.config.peer_runtimes
-            if latency.get((original.label, name)) is not None
+            if latency.get((original.label, name)) is not None and name not in REDUCED_PRECISION
         }
         if slim_eager is None or not forms:
             lines.append(f"- {slim.label} vs {original.label}: not measured")
