@@ -205,8 +205,22 @@ def test_decode_failure_passes_validation():
         image.load()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_decode_failures_reach_datasets_skipped(workers, tmp_path):
+def _run_in_child(function: str, *args: str) -> None:
+    """Runs this module's ``function(*args)`` in a fresh Python and fails with its output if it
+    fails. For DataLoader workers: on an AMX CPU the pytest process, after the bf16 and
+    deployment tests, has died of SIGSEGV (si_code SI_KERNEL) receiving a worker's SIGCHLD."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import test_input_bounds as t; t.{function}(*sys.argv[1:])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def check_decode_failures_reach_datasets_skipped(workers: str, folder: str) -> None:
+    tmp_path = Path(folder)
     root = _image_folder(tmp_path / "data")
     bad = root / "train" / "dog" / "3.png"
     bad.write_bytes(_png_failing_only_at_decode())
@@ -218,14 +232,20 @@ def test_decode_failures_reach_datasets_skipped(workers, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(2):  # an image failing every epoch is one skipped image
-            batches = list(DataLoader(data.train, batch_size=4, num_workers=workers))
+            batches = list(DataLoader(data.train, batch_size=4, num_workers=int(workers)))
     assert sum(len(y) for _, y in batches) == 16  # replaced by the next sample, not dropped
     assert data.skipped == [str(bad)]
 
 
-def test_report_counts_images_that_fail_while_training(tmp_path):
+def test_decode_failures_reach_datasets_skipped(tmp_path):
+    check_decode_failures_reach_datasets_skipped("0", str(tmp_path / "0"))
+    _run_in_child("check_decode_failures_reach_datasets_skipped", "2", str(tmp_path / "2"))
+
+
+def check_report_counts_images_that_fail_while_training(folder: str) -> None:
     from deeprebirth.train.job import run_job
 
+    tmp_path = Path(folder)
     root = _image_folder(tmp_path / "data")
     (root / "train" / "cat" / "5.png").write_bytes(_png_failing_only_at_decode())
     (root / "val" / "dog" / "0.png").write_bytes(b"not an image at all")  # found by validation
@@ -242,6 +262,10 @@ def test_report_counts_images_that_fail_while_training(tmp_path):
         run_job(cfg, student=tiny_student)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "- unreadable images skipped: 2\n" in report, report
+
+
+def test_report_counts_images_that_fail_while_training(tmp_path):
+    _run_in_child("check_report_counts_images_that_fail_while_training", str(tmp_path))
 
 
 # ---- size limits --------------------------------------------------------------------------
