@@ -156,70 +156,60 @@ def onnxruntime_forward(
 
 class _PerShape:
     """A runtime that builds one program per input shape on first use: ``build(shape)`` returns
-    the forward of a program for exactly that shape."""
+    the forward of a program for exactly that shape; :attr:`runs` holds them by shape."""
 
     def __init__(self, build: Callable[[tuple[int, ...]], Forward]) -> None:
         self._build = build
-        self._runs: dict[tuple[int, ...], Forward] = {}
+        self.runs: dict[tuple[int, ...], Forward] = {}
 
     def __call__(self, x: torch.Tensor) -> object:
         shape = tuple(x.shape)
-        if shape not in self._runs:
-            self._runs[shape] = self._build(shape)
-        return self._runs[shape](x)
+        if shape not in self.runs:
+            self.runs[shape] = self._build(shape)
+        return self.runs[shape](x)
 
 
-class ExecuTorchRuns:
+class ExecuTorchRuns(_PerShape):
     """``model``'s ``.pte`` programs run by ExecuTorch on ``threads`` threads: one program per
     input shape, lowered on first use into ``folder`` (shared by every thread count).
 
     :meth:`prepare` (untimed, before each timed call) resizes the process-wide pool to
-    ``threads`` when it has another size, and then reloads this runtime's methods and runs each
-    once, so that no timed call pays for a load or the delegate's first-call setup.
+    ``threads`` when it has another size, and then runs each program once: a runner reloads its
+    method after a resize (:func:`~deeprebirth.export.executorch.executorch_runner`), so no
+    timed call pays for a load or the delegate's first-call setup.
     """
 
     def __init__(self, model: nn.Module, folder: Path, threads: int) -> None:
+        super().__init__(self._lower_and_load)
         self.model, self.folder, self.threads = model, folder, threads
-        self._paths: dict[tuple[int, ...], Path] = {}
-        self._methods: dict[tuple[int, ...], Forward] = {}
         self._generation = -1
         self.prepare()
 
-    def _load(self, shape: tuple[int, ...]) -> Forward:
+    def _lower_and_load(self, shape: tuple[int, ...]) -> Forward:
+        import contextlib
+        import io
+
+        import deeprebirth
         from deeprebirth.export.loading import load_exported
 
-        run = load_exported(self._paths[shape])
+        name = f"{type(self.model).__name__}-{id(self.model):x}-{'x'.join(map(str, shape))}.pte"
+        path = self.folder / name
+        if not path.exists():  # another thread count's runtime may have lowered it
+            with contextlib.redirect_stdout(io.StringIO()):  # the delegation line
+                deeprebirth.export(self.model, torch.zeros(shape), "executorch", out=path)
+        run = load_exported(path)
         run(torch.zeros(shape))  # the delegate's first-call setup, untimed
         return run
 
     def prepare(self) -> None:
-        """Sizes the pool for this runtime and reloads its methods if the pool changed (a
-        method loaded before a resize would reload inside the next, timed, call)."""
+        """Sizes the pool for this runtime and, if that resized it, runs each program once."""
         from deeprebirth.export.executorch import set_executorch_threads, thread_pool_generation
 
         set_executorch_threads(self.threads)
         if self._generation != thread_pool_generation():
             self._generation = thread_pool_generation()
-            self._methods = {shape: self._load(shape) for shape in self._paths}
-
-    def __call__(self, x: torch.Tensor) -> object:
-        shape = tuple(x.shape)
-        if shape not in self._methods:
-            if shape not in self._paths:
-                import contextlib
-                import io
-
-                import deeprebirth
-
-                path = self.folder / (
-                    f"{type(self.model).__name__}-{id(self.model):x}-{'x'.join(map(str, shape))}.pte"
-                )
-                if not path.exists():  # another thread count's runtime may have lowered it
-                    with contextlib.redirect_stdout(io.StringIO()):  # the delegation line
-                        deeprebirth.export(self.model, torch.zeros(shape), "executorch", out=path)
-                self._paths[shape] = path
-            self._methods[shape] = self._load(shape)
-        return self._methods[shape](x)
+            for shape, run in self.runs.items():
+                run(torch.zeros(shape))  # reloads the method for the new pool
 
 
 def openvino_forward(model: nn.Module, example: torch.Tensor, precision: str, threads: int):
