@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deeprebirth.ops import _library
+from deeprebirth.nn._compile import compiling_for_inductor
+from deeprebirth.ops import _library, _reference
 from deeprebirth.ops._args import pair
 
 _library.load_extension()
@@ -203,7 +204,18 @@ class BranchConv2d(nn.Module):
         else:
             for _ in range(len(weights)):
                 biases.append(None)
+        if not torch.jit.is_scripting():
+            if compiling_for_inductor():  # standard ops, which inductor can fuse (_compile.py)
+                return self._standard_forward(x, weights, biases)
         return torch.ops.deeprebirth.branch_conv(
+            x, weights, biases, self.paddings, self.stride, self.relu
+        )
+
+    @torch.jit.unused
+    def _standard_forward(
+        self, x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]
+    ) -> torch.Tensor:
+        return _reference.branch_conv_reference(
             x, weights, biases, self.paddings, self.stride, self.relu
         )
 

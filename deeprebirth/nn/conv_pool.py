@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deeprebirth.ops import _library
+from deeprebirth.nn._compile import compiling_for_inductor
+from deeprebirth.ops import _library, _reference
 from deeprebirth.ops._args import pair
 from deeprebirth.ops.conv_pool import IntOrPair
 
@@ -151,6 +152,8 @@ class ConvPool2d(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._eager_forward(x)
         return torch.ops.deeprebirth.conv_pool(
             x,
             self.weight,
@@ -166,6 +169,16 @@ class ConvPool2d(nn.Module):
             self.ceil_mode,
             self.relu,
         )
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.compile gets the operator as standard ops, which inductor can fuse (_compile.py).
+        op = _reference.conv_pool_reference
+        if not compiling_for_inductor():
+            op = torch.ops.deeprebirth.conv_pool
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        pooling = (self.pool, self.pool_kernel, self.pool_stride, self.pool_padding)
+        return op(x, self.weight, self.bias, *geometry, *pooling, self.ceil_mode, self.relu)
 
     def extra_repr(self) -> str:
         return (

@@ -139,7 +139,10 @@ class PackedConv2d(nn.Conv2d):
         plain ``Conv2d`` forward) for a call on ``x``. Runs on every call of layers that may take
         microseconds: the shape-dependent choice is cached per shape, and the per-call checks run
         only when it is not the plain forward."""
-        if type(x) is not torch.Tensor:  # fx proxies, fake tensors of torch.export / compile
+        # torch.compile / torch.export trace the plain forward; fx proxies and the fake tensors
+        # of a non-strict export are not plain tensors. Checked before the caches: tracing their
+        # updates (under a lock) broke compiled graphs and recompiled them per layer.
+        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
             return ""
         key = (x.shape, self.min_packed_macs)
         with self._cache_lock:
@@ -161,7 +164,6 @@ class PackedConv2d(nn.Conv2d):
             and weight.is_cpu
             and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and not torch.is_autocast_enabled("cpu")
             and (kernel != "packed" or torch.backends.mkldnn.enabled)
@@ -455,8 +457,10 @@ class PackedConvConcat(nn.Module):
     @torch.jit.unused
     def _eager_forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         convs = list(self.convs)
-        if len(xs) != len(convs) or any(
-            conv._inference_kernel(x) != "small" for conv, x in zip(convs, xs, strict=True)
+        if (
+            torch.compiler.is_compiling()
+            or len(xs) != len(convs)
+            or any(conv._inference_kernel(x) != "small" for conv, x in zip(convs, xs, strict=True))
         ):
             return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
         return self._op(xs, *self._op_arguments())

@@ -214,3 +214,33 @@ def test_former_homes_still_name_the_modules() -> None:
     assert old("deeprebirth.export.portable", "LocalResponseNorm2d") is LocalResponseNorm2d
     for name in ("PackedConv2d", "PackedConvConcat", "PackedResidualBlock", "PackedResidualStage"):
         assert old("deeprebirth.surgery.modules", name) is getattr(deeprebirth.nn, name)
+
+
+def _op_targets(graph: torch.fx.Graph) -> set[str]:
+    return {str(node.target) for node in graph.nodes if node.op == "call_function"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_torch_compile_traces_one_graph_of_standard_operators(case: str) -> None:
+    """Inductor gets what it can fuse (the module's standard form), in one graph that a second
+    call reuses; ``torch.export`` still records deeprebirth's operators (``format="pt2"``)."""
+    module, x = _build(case)
+    expected = _call(module, x)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=record, fullgraph=True)
+    first, second = _call(compiled, x), _call(compiled, x)
+    assert len(graphs) == 1
+    targets = _op_targets(graphs[0].graph)
+    assert targets and not any("deeprebirth" in target for target in targets), targets
+    torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-5)
+    if isinstance(module, (ConvPool2d, BranchConv2d)):
+        with torch.no_grad():
+            program = torch.export.export(module, (x,))
+        assert any("deeprebirth" in target for target in _op_targets(program.graph))
