@@ -72,6 +72,7 @@ def deployed(
             raise SystemExit(f"rules {rules} are not exact; compare the finetuned model instead")
     if flatten:
         result = deeprebirth.surgery.flatten_for_inference(result.eval())
+        deeprebirth.nn.freeze_packed_weights(result)  # a fresh copy whose weights stay
     check = deeprebirth.verify(model, result, example)
     if check.max_rel > 1e-4:
         raise SystemExit(f"rules {rules} (flatten={flatten}) changed the outputs: {check}")

@@ -103,8 +103,10 @@ def build_variant(spec: ModelSpec, image_size: int, **overrides: Any) -> nn.Modu
     if rules:
         example = torch.zeros(1, 3, image_size, image_size)
         model, _ = deeprebirth.slim(model, list(dict.fromkeys(rules)), example)
-    if spec.form == "deployed":
-        return deeprebirth.surgery.flatten_for_inference(model.eval())
+    if spec.form == "deployed":  # a deployed model's weights stay: packed once, never compared
+        deployed = deeprebirth.surgery.flatten_for_inference(model.eval())
+        deeprebirth.nn.freeze_packed_weights(deployed)
+        return deployed
     if spec.form == "portable":
         return deeprebirth.export.make_portable(model).eval()
     return model.eval()

@@ -64,6 +64,7 @@ def _deploy(student: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
     for site in report.applied:
         print(f"{site.rule:<16} {' + '.join(site.modules)}")
     deployed = deeprebirth.surgery.flatten_for_inference(deployed.eval())
+    deeprebirth.nn.freeze_packed_weights(deployed)  # its weights stay: packed once
     print(f"{'flatten':<16} one graph of {len(list(deployed.graph.nodes))} nodes")
     return deployed, deeprebirth.verify(student, deployed, example)
 

@@ -11,7 +11,8 @@ layers, which :func:`~deeprebirth.export.make_portable` puts in its place (as Re
   (``merge_branches``); :class:`ConcatBranches`: the same with standard convolutions
   (``branch_slim``, and ``BranchConv2d.to_standard()``).
 - :class:`PackedConv2d`, :class:`PackedConvConcat`: convolutions on weights packed once
-  (``pack_conv``, ``flatten_for_inference``); :class:`ConvConcat`: the standard form of the latter.
+  (``pack_conv``, ``flatten_for_inference``); :class:`ConvConcat`: the standard form of the latter;
+  :func:`freeze_packed_weights` for deployed models whose weights stay.
 - :class:`PackedResidualBlock`, :class:`PackedResidualStage`: ResNet blocks and stages on packed
   convolutions (``pack_conv``); :class:`ResidualBlock`: the standard form of a block.
 - :class:`LocalResponseNorm2d`: ``nn.LocalResponseNorm`` as every runtime runs it (export).
@@ -22,7 +23,12 @@ This package imports neither ``deeprebirth.surgery`` nor ``deeprebirth.export`` 
 from deeprebirth.nn.branch_conv import BranchConv2d, ConcatBranches
 from deeprebirth.nn.conv_pool import ConvPool2d
 from deeprebirth.nn.lrn import LocalResponseNorm2d
-from deeprebirth.nn.packed_conv import ConvConcat, PackedConv2d, PackedConvConcat
+from deeprebirth.nn.packed_conv import (
+    ConvConcat,
+    PackedConv2d,
+    PackedConvConcat,
+    freeze_packed_weights,
+)
 from deeprebirth.nn.residual import PackedResidualBlock, PackedResidualStage, ResidualBlock
 
 __all__ = [
@@ -36,4 +42,5 @@ __all__ = [
     "PackedResidualBlock",
     "PackedResidualStage",
     "ResidualBlock",
+    "freeze_packed_weights",
 ]

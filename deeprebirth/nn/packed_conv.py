@@ -64,6 +64,14 @@ class PackedConv2d(nn.Conv2d):
     max_packed_shapes: int = 2
     #: Input shapes whose kernel choice a layer keeps (the most recently used ones).
     max_kernel_shapes: int = 64
+    #: Trust the weight's version counter instead of comparing its bytes with the packed copies'
+    #: snapshot on every call, and keep no snapshot copy. Comparing reads the weights twice per
+    #: forward, a large share of a deployed model's time (docs/kernels.md). Like
+    #: ``torch.jit.freeze``, which makes weights constants: in-place updates, optimizer steps,
+    #: ``load_state_dict`` and new tensors are still seen; writes that bypass autograd's version
+    #: counter (through ``.data``, a NumPy view, fused optimizer steps such as
+    #: ``Adam(fused=True)``) are not. Set by :func:`freeze_packed_weights`.
+    frozen_weights: bool = False
 
     def __init__(self, *args, relu: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -80,7 +88,8 @@ class PackedConv2d(nn.Conv2d):
         # (input shape, min_packed_macs) -> _kernel_for_shape, least recently used first
         self._kernel_by_shape: OrderedDict = OrderedDict()
         self._direct_weight: tuple = ()  # (snapshot generation, direct_conv_pack(snapshot))
-        self._weight_snapshot: tuple = (None, 0)  # (the weight's values packed, generation)
+        # (the weight's values packed, generation, _version_key of the weight they came from)
+        self._weight_snapshot: tuple = (None, 0, None)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":
@@ -109,7 +118,7 @@ class PackedConv2d(nn.Conv2d):
             with self._cache_lock:
                 self.packed_weights = OrderedDict()
                 self._direct_weight = ()
-                self._weight_snapshot = (None, self._weight_snapshot[1] + 1)
+                self._weight_snapshot = (None, self._weight_snapshot[1] + 1, None)
         return super().train(mode)
 
     def __getstate__(self) -> dict:
@@ -184,21 +193,35 @@ class PackedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _current_snapshot(self) -> tuple:
-        """``(snapshot, generation)``: a copy of the weight's present values, and the number that
-        names the packed copies made from it (a new snapshot and number when the weight changed,
-        its stale copies dropped)."""
+        """``(snapshot, generation)``: the weight's present values (a copy, or the weight itself
+        when :attr:`frozen_weights`), and the number that names the packed copies made from them
+        (a new snapshot and number when the weight changed, its stale copies dropped)."""
         weight = self._parameters["weight"]
         current = self._weight_snapshot
-        if current[0] is not None and torch.ops.deeprebirth.bitwise_equal(weight, current[0]):
-            return current
+        if self._snapshot_holds(weight, current):
+            return current[:2]
         with self._cache_lock:  # another thread may have taken the new snapshot meanwhile
             current = self._weight_snapshot
-            if current[0] is None or not torch.ops.deeprebirth.bitwise_equal(weight, current[0]):
-                current = (weight.detach().clone(), current[1] + 1)
+            if not self._snapshot_holds(weight, current):
+                values = weight.detach()
+                if not self.frozen_weights:
+                    values = values.clone()
+                current = (values, current[1] + 1, _version_key(weight))
                 self.packed_weights = OrderedDict()
                 self._direct_weight = ()
                 self._weight_snapshot = current
-            return current
+            return current[:2]
+
+    @torch.jit.unused
+    def _snapshot_holds(self, weight: torch.Tensor, snapshot: tuple) -> bool:
+        """Whether ``snapshot`` still has ``weight``'s values: compared byte for byte, or, when
+        :attr:`frozen_weights`, by the weight's identity, storage and version counter."""
+        values, _, key = snapshot
+        if values is None:
+            return False
+        if self.frozen_weights:
+            return key == _version_key(weight)
+        return torch.ops.deeprebirth.bitwise_equal(weight, values)
 
     @torch.jit.unused
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -534,3 +557,38 @@ def _conv_sharing_weights(cls: type[nn.Conv2d], conv: nn.Conv2d, **kwargs) -> nn
     )
     new.weight, new.bias = conv.weight, conv.bias
     return new.train(conv.training)
+
+
+def _version_key(weight: torch.Tensor) -> tuple:
+    """What changes when ``weight`` is replaced or updated through autograd-visible writes."""
+    return (id(weight), weight.data_ptr(), weight._version, weight.shape, weight.dtype)
+
+
+def freeze_packed_weights(model: nn.Module, frozen: bool = True) -> int:
+    """Sets :attr:`PackedConv2d.frozen_weights` on every PackedConv2d in ``model``.
+
+    For deployed inference models whose weights no longer change (or change only through
+    in-place ops, unfused optimizers and ``load_state_dict``, which move the version counter):
+    each call then skips comparing the weight with its packed copies' snapshot byte for byte,
+    and the snapshot copy is dropped.
+
+    Args:
+        model: any module; its PackedConv2d layers (shared with other models too) are changed.
+        frozen: ``False`` restores the byte-for-byte check.
+
+    Returns:
+        the number of PackedConv2d layers set.
+
+    Example:
+        >>> net = nn.Sequential(PackedConv2d(3, 8, 3), nn.ReLU())
+        >>> freeze_packed_weights(net)
+        1
+    """
+    layers = [m for m in model.modules() if isinstance(m, PackedConv2d)]
+    for layer in layers:
+        with layer._cache_lock:
+            layer.frozen_weights = frozen
+            layer._weight_snapshot = (None, layer._weight_snapshot[1] + 1, None)
+            layer.packed_weights = OrderedDict()
+            layer._direct_weight = ()
+    return len(layers)

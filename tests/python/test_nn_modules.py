@@ -27,7 +27,11 @@ from deeprebirth.nn import (
 
 Inputs = torch.Tensor | list[torch.Tensor]
 
-EXPORTED = [getattr(deeprebirth.nn, name) for name in deeprebirth.nn.__all__]
+EXPORTED = [
+    obj
+    for obj in (getattr(deeprebirth.nn, name) for name in deeprebirth.nn.__all__)
+    if isinstance(obj, type)
+]
 
 
 def _has_to_standard(cls: type) -> bool:

@@ -24,8 +24,8 @@ from isa_helpers import run_with_cpu_isa
 from torch import nn
 
 import deeprebirth.ops  # noqa: F401  (loads the operators)
+from deeprebirth.nn import PackedConv2d, freeze_packed_weights
 from deeprebirth.surgery.accounting import conv2d_macs
-from deeprebirth.surgery.modules import PackedConv2d
 
 conv_pool_op = torch.ops.deeprebirth.conv_pool
 needs_mkldnn = pytest.mark.skipif(
@@ -390,6 +390,41 @@ def test_packed_conv2d_follows_every_weight_update(monkeypatch, update: str, pat
     with torch.no_grad():
         torch.testing.assert_close(conv(x), after, **TOLERANCE)
         torch.testing.assert_close(conv(x), after, **TOLERANCE)  # and the next call
+
+
+#: The updates autograd's version counter (or a new tensor) records: what frozen weights see.
+#: Not recorded: writes through ``.data`` or NumPy, and fused optimizer steps.
+UNVERSIONED_UPDATES = ("data.mul_", "data, one value", "NumPy view", "Adam fused")
+VERSIONED_UPDATES = [name for name in WEIGHT_UPDATES if name not in UNVERSIONED_UPDATES]
+
+
+@pytest.mark.parametrize("path", ["direct", pytest.param("onednn", marks=needs_mkldnn)])
+@pytest.mark.parametrize("update", VERSIONED_UPDATES)
+def test_frozen_packed_weights_follow_versioned_updates(
+    monkeypatch, update: str, path: str
+) -> None:
+    """``freeze_packed_weights``: no byte-for-byte comparison and no snapshot copy, yet every
+    update that moves the version counter or replaces the tensor is seen."""
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0 if path == "onednn" else 1 << 30)
+    torch.manual_seed(10)
+    conv = PackedConv2d(4, 8, 3, padding=1, relu=True).eval()
+    assert freeze_packed_weights(nn.Sequential(conv, nn.ReLU())) == 1
+    x = torch.randn(1, 4, 8, 8)
+
+    def reference() -> torch.Tensor:
+        return F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1)).detach()
+
+    before = reference()
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), before, **TOLERANCE)
+    snapshot = conv._weight_snapshot[0]
+    assert snapshot is not None and snapshot.data_ptr() == conv.weight.data_ptr()  # no copy
+    WEIGHT_UPDATES[update](conv)
+    after = reference()
+    assert not torch.allclose(after, before)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), after, **TOLERANCE)
+        torch.testing.assert_close(conv(x), after, **TOLERANCE)
 
 
 def test_kernel_choice_cache_keeps_the_most_recent_shapes() -> None:
