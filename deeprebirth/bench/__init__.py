@@ -12,6 +12,9 @@ tables and PNG plots (default ``docs/results/``):
 - ``table6_memory``: storage, parameters, MACs, peak memory, largest batch in a budget (Table 6).
 - ``roofline`` + ``roofline.png``: achieved GFLOP/s against the measured peak GEMM.
 - ``summary``: the batch-1 latency table and the peer verdicts.
+- ``deployed_vs_peers``: deeprebirth's deployed path against every runtime on the same model.
+- ``runtime_profiles``: where each runtime spends a forward of the same model, by kernel category
+  (torch.profiler, OpenVINO's per-layer counters, ONNX Runtime's profiler), side by side.
 
 The building blocks are usable on their own: :func:`profile_forward` (operator times by module,
 tensor vs non-tensor), :func:`build_runtime`, :func:`model_costs`, :func:`peak_gemm_gflops`.

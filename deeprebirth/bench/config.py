@@ -9,7 +9,15 @@ from typing import Any
 from deeprebirth.bench import zoo
 from deeprebirth.bench.zoo import ModelSpec
 
-SECTIONS = ("non_tensor_share", "layer_times", "latency", "peers", "memory", "roofline")
+SECTIONS = (
+    "non_tensor_share",
+    "layer_times",
+    "latency",
+    "peers",
+    "profiles",
+    "memory",
+    "roofline",
+)
 DEPLOY_RUNTIMES = (  # the phone and server runtimes a slim model ships to (portable form)
     "compile_freezing",
     "executorch_1t",

@@ -21,6 +21,7 @@ from deeprebirth.bench.roofline import (
     peak_copy_gbps,
     peak_gemm_gflops,
 )
+from deeprebirth.bench.runtime_profiles import runtime_profiles_page
 from deeprebirth.bench.runtimes import RUNTIMES
 from deeprebirth.bench.tables import (
     MISSING,
@@ -382,6 +383,13 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
         "bf16 (flagged: not a like-for-like fp32 result)."
     )
     return [_write(ctx, page, "deployed_vs_peers")]
+
+
+def write_runtime_profiles(ctx: BenchContext) -> list[Path]:
+    """The "profiles" page: where each runtime spends a forward of each of ``deployed_models``
+    (deployed form in eager under ``torch.profiler``, portable form under OpenVINO's counters,
+    ONNX Runtime's profiler, ExecuTorch as one program), side by side."""
+    return [_write(ctx, runtime_profiles_page(ctx), "runtime_profiles")]
 
 
 def write_memory(ctx: BenchContext) -> list[Path]:

@@ -25,6 +25,7 @@ PAGES = {
     "layer_times": [sections.write_layer_times],
     "latency": [sections.write_latency, sections.write_peers, sections.write_summary],
     "peers": [sections.write_deployed_vs_peers],
+    "profiles": [sections.write_runtime_profiles],
     "memory": [sections.write_memory],
     "roofline": [sections.write_roofline],
 }

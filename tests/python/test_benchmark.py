@@ -16,6 +16,7 @@ from torch import nn
 
 import deeprebirth
 from deeprebirth.bench import (
+    SECTIONS,
     SuiteConfig,
     achieved_gflops,
     build_runtime,
@@ -67,6 +68,8 @@ def _tiny_config(out: Path, **overrides) -> SuiteConfig:
         deployed_runtimes=("eager", "torchscript"),
         portable_runtimes=DEPLOY_PEERS,
         model_kwargs=TINY,
+        # the profiles page has its own tests (test_runtime_profiles.py); it would add a minute
+        sections=tuple(section for section in SECTIONS if section != "profiles"),
     )
     settings.update(overrides)
     return SuiteConfig(**settings)
