@@ -3,7 +3,7 @@
 #   1. Debian packages (build tools, clang-format, Catch2, OpenCV, cxxopts + nlohmann-json for the C++ runner,
 #      the Fashion-MNIST data set);
 #   2. pinned Python packages (torch==2.13.0 CPU wheel, torchvision==0.28.0, requirements.txt,
-#      requirements-deploy.txt with --no-deps);
+#      requirements-deploy.txt and requirements-timm.txt with --no-deps);
 #   3. the Python extension deeprebirth._C (pip install --no-build-isolation -e .), only when its
 #      sources changed or the installed package points at another checkout;
 #   4. the CMake targets (libdeeprebirth_ops.so, the Catch2 tests) in build/cmake, incrementally.
@@ -67,6 +67,12 @@ fi
 todo=$(unsatisfied "$ROOT/requirements-deploy.txt")
 if [ -n "$todo" ]; then
   log "installing deployment runtimes: $(echo $todo | tr '\n' ' ')"
+  pip_install --no-deps $todo
+fi
+# timm models (the `timm` extra): --no-deps, timm declares torch and torchvision.
+todo=$(unsatisfied "$ROOT/requirements-timm.txt")
+if [ -n "$todo" ]; then
+  log "installing timm: $(echo $todo | tr '\n' ' ')"
   pip_install --no-deps $todo
 fi
 
