@@ -1,11 +1,12 @@
 """The data flow between a model's layers, as rules see it: :class:`ModelGraph`.
 
-:func:`build_graph` traces the model with ``torch.fx`` (standard ``torch.nn`` layers and the
-deeprebirth ops are leaves). When a model does not trace (data-dependent control flow, unsupported
-Python), it warns and falls back to walking known block types instead: every ``nn.Sequential`` is
-a chain of its children, and the blocks listed in :data:`KNOWN_BLOCKS` (torchvision's
-``BasicConv2d``, ResNet stem and blocks, SqueezeNet's ``Fire``, bvlc_googlenet's and torchvision GoogLeNet's ``Inception``)
-contribute the chains and fan-outs their ``forward`` is known to compute. Anything else is opaque
+:func:`build_graph` traces the model with ``torch.fx`` (standard ``torch.nn`` layers, the
+deeprebirth ops and timm's norm-act layers, see :func:`is_norm_act`, are leaves). When a model
+does not trace (data-dependent control flow, unsupported Python), it warns and falls back to
+walking known block types instead: every ``nn.Sequential`` is a chain of its children, and the
+blocks listed in :data:`KNOWN_BLOCKS` (torchvision's ``BasicConv2d``, ResNet stem and blocks,
+SqueezeNet's ``Fire``, bvlc_googlenet's and torchvision GoogLeNet's ``Inception``) contribute the
+chains and fan-outs their ``forward`` is known to compute. Anything else is opaque
 and simply offers no sites.
 
 Nodes are module calls (``kind="module"``), ReLUs (module or function, ``kind="relu"``) and
@@ -15,6 +16,7 @@ so layers that earlier rules replaced by Identity do not break later patterns.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,12 +37,41 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}
 
 
+# timm's BatchNorm subclasses that apply ``act(drop(batch_norm(x)))``, by class name in
+# timm.layers.norm_act (timm is optional: looked up in sys.modules, never imported here).
+_NORM_ACT_CLASSES = ("BatchNormAct2d", "SyncBatchNormAct")
+
+
+def is_norm_act(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm that also applies its own ``drop`` and ``act`` children:
+    timm's ``BatchNormAct2d`` (and ``SyncBatchNormAct``), ``y = act(drop(batch_norm(x)))``.
+
+    Such a layer is a ``torch.nn.BatchNorm2d`` subclass, so BatchNorm rules see it; being a leaf
+    of the trace, it is one node whose ``drop`` and ``act`` a rule keeps when it folds the
+    normalisation away (:func:`deeprebirth.surgery.rules._chains.after_norm`). A subclass that
+    overrides ``forward`` is not one (its computation is unknown), and is traced into.
+
+    Example:
+        >>> is_norm_act(nn.BatchNorm2d(8))
+        False
+    """
+    norm_act = sys.modules.get("timm.layers.norm_act")
+    if norm_act is None or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return False
+    classes = [getattr(norm_act, name, None) for name in _NORM_ACT_CLASSES]
+    return any(
+        isinstance(c, type) and isinstance(module, c) and type(module).forward is c.forward
+        for c in classes
+    )
+
+
 class LeafTracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps deeprebirth's fused and packed modules as leaves."""
+    """``torch.fx`` tracer that keeps deeprebirth's fused and packed modules and timm's norm-act
+    layers (:func:`is_norm_act`) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         leaves = (ConvPool2d, BranchConv2d, PackedConv2d, PackedResidualBlock, PackedResidualStage)
-        if isinstance(m, leaves):
+        if isinstance(m, leaves) or is_norm_act(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.surgery.trace import GraphNode, ModelGraph
+from deeprebirth.surgery.trace import GraphNode, ModelGraph, is_norm_act
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 BATCHNORMS = nn.modules.batchnorm._BatchNorm
@@ -31,3 +31,30 @@ def describe(graph: ModelGraph, node: GraphNode) -> str:
     if module is None:
         return "a ReLU" if node.kind == "relu" else "a non-module op"
     return f"{node.target} ({type(module).__name__})"
+
+
+def after_norm(bn: nn.Module) -> nn.Module:
+    """What stays of a BatchNorm layer once its normalisation is folded away: ``nn.Identity`` for
+    a plain BatchNorm; for a norm-act layer (:func:`~deeprebirth.surgery.trace.is_norm_act`) its
+    own ``drop`` and ``act`` modules, in that order (``nn.Identity`` when both are Identity).
+
+    Example:
+        >>> after_norm(nn.BatchNorm2d(8))
+        Identity()
+    """
+    if not is_norm_act(bn):
+        return nn.Identity()
+    tail = [
+        module
+        for module in (getattr(bn, "drop", None), getattr(bn, "act", None))
+        if isinstance(module, nn.Module) and not isinstance(module, nn.Identity)
+    ]
+    if not tail:
+        return nn.Identity()
+    return tail[0] if len(tail) == 1 else nn.Sequential(*tail)
+
+
+def norm_ends_in_relu(bn: nn.Module) -> bool:
+    """Whether a BatchNorm layer applies a ReLU itself (a norm-act layer whose only remaining
+    step is ``nn.ReLU``), so that chains conv -> BN -> ReLU may end at it."""
+    return isinstance(after_norm(bn), nn.ReLU)

@@ -2,9 +2,14 @@
 
 Uses the BatchNorm's running statistics: ``W' = W * g / sqrt(var + eps)``,
 ``b' = (b - mu) * g / sqrt(var + eps) + beta``. The conv is replaced by a copy with the folded
-weights (and a bias), the BatchNorm by ``nn.Identity``. Skipped (with the reason): a conv whose
-output is also read by another layer, shared (multiply called) layers, BatchNorm without running
-statistics, channel counts that differ, linear layers whose output is not ``(N, C)``.
+weights (and a bias), the BatchNorm by ``nn.Identity`` — or, for a norm-act layer such as timm's
+``BatchNormAct2d`` (:func:`deeprebirth.surgery.trace.is_norm_act`), by its own ``drop`` and
+``act`` modules, which then run on the conv's output. Every BatchNorm layer is a site; skipped
+(with the reason): a BatchNorm whose input is not a conv/linear output (pre-activation blocks,
+a BatchNorm after a concatenation or a pool), a conv whose output is also read by another layer,
+shared (multiply called) layers, BatchNorm without running statistics, channel counts that
+differ, linear layers whose output is not ``(N, C)``, and BatchNorm layers the model's traced
+forward never calls as a layer.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torch import nn
 from deeprebirth.surgery.modify import fold_bn_into
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
-from deeprebirth.surgery.rules._chains import BATCHNORMS, called_once, describe
+from deeprebirth.surgery.rules._chains import BATCHNORMS, after_norm, called_once, describe
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -63,19 +68,38 @@ class FoldBatchNorm(Rule):
     needs_eval_statistics = True
 
     def find(self, ctx: SurgeryContext) -> list[Site]:
+        graph = ctx.graph
         sites = []
-        for node, layer in ctx.graph.module_nodes(FOLDABLE):
-            users = ctx.graph.users(node)
-            bns = [u for u in users if isinstance(ctx.graph.module(u), BATCHNORMS)]
-            if not bns:
+        seen: set[str] = set()
+        for bn_node, bn in graph.module_nodes(BATCHNORMS):
+            if bn_node.target in seen:
+                continue  # a shared BatchNorm: one site, skipped by called_once below
+            seen.add(bn_node.target)
+            sources = [graph.nodes[i] for i in bn_node.inputs]
+            layer = graph.module(sources[0]) if len(sources) == 1 else None
+            if not isinstance(layer, FOLDABLE):
+                source = describe(graph, sources[0]) if sources else "not traced"
+                reason = f"input is not a conv/linear output: {bn_node.target} reads {source}"
+                sites.append(self.site((bn_node.target,), reason, applies=False))
                 continue
-            bn_node = bns[0]
-            bn = ctx.graph.module(bn_node)
-            problems = _problems(ctx, node.target, layer, bn_node.target, bn, len(users))
+            layer_node = sources[0]
+            n_users = len(graph.users(layer_node))
+            problems = _problems(ctx, layer_node.target, layer, bn_node.target, bn, n_users)
             reason = (
-                "; ".join(problems) or f"fold {describe(ctx.graph, bn_node)} into {node.target}"
+                "; ".join(problems) or f"fold {describe(graph, bn_node)} into {layer_node.target}"
             )
-            sites.append(self.site((node.target, bn_node.target), reason, applies=not problems))
+            sites.append(
+                self.site((layer_node.target, bn_node.target), reason, applies=not problems)
+            )
+        for name, module in ctx.model.named_modules():
+            if isinstance(module, BATCHNORMS) and name not in seen:
+                where = (
+                    "the traced forward does not call it as a layer (unused, or inside a layer "
+                    "the trace does not enter)"
+                    if graph.traced
+                    else "the fallback walk of known blocks does not reach it"
+                )
+                sites.append(self.site((name,), f"not folded: {where}", applies=False))
         return sites
 
     def replacements(
@@ -91,4 +115,4 @@ class FoldBatchNorm(Rule):
         )
         folded.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
         folded.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
-        return {layer_name: folded, bn_name: nn.Identity()}
+        return {layer_name: folded, bn_name: after_norm(bn)}

@@ -1,5 +1,6 @@
 """``streamline`` (inexact): conv(s1) -> [BN] -> ReLU -> [LRN] -> pool(s2) -> [LRN] becomes one
-conv with stride ``s1 * s2`` followed by the kept ReLU; BN, LRN and pool are removed.
+conv with stride ``s1 * s2`` followed by the kept ReLU; BN, LRN and pool are removed. A norm-act
+BatchNorm ending in a ReLU (timm's ``BatchNormAct2d``) stands for BN -> ReLU; its ReLU is kept.
 
 The paper's streamline slimming: GoogLeNet's conv1 (7x7/2 + pool 3/2 -> 7x7/4) and conv2
 (3x3/1 + LRN + pool 3/2 -> 3x3/2, its 1x1 reducer stays) blocks, the ResNet stem (7x7/2 + BN +
@@ -17,7 +18,14 @@ from torch import nn
 from deeprebirth.surgery.modify import fold_bn_into, init_new_layers, mark_new
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SiteError, SlimOptions, SurgeryContext, register_rule
-from deeprebirth.surgery.rules._chains import BATCHNORMS, POOLS, called_once, sole_user
+from deeprebirth.surgery.rules._chains import (
+    BATCHNORMS,
+    POOLS,
+    after_norm,
+    called_once,
+    norm_ends_in_relu,
+    sole_user,
+)
 from deeprebirth.surgery.trace import GraphNode, ModelGraph
 
 
@@ -58,6 +66,7 @@ def _chain(graph: ModelGraph, conv_node: GraphNode) -> tuple[list[str], list[str
             has_relu = True
         elif isinstance(module, BATCHNORMS) and not (bns or has_relu or lrns):
             bns.append(user.target)
+            has_relu = norm_ends_in_relu(module)  # a norm-act layer's own ReLU (timm)
         elif isinstance(module, nn.LocalResponseNorm) and has_relu and not lrns:
             lrns.append(user.target)
         elif isinstance(module, POOLS) and has_relu:
@@ -169,5 +178,6 @@ class Streamline(Rule):
         else:
             init_new_layers(new)
         replacements: dict[str, nn.Module] = {conv_name: mark_new(new)}
-        replacements.update({name: nn.Identity() for name in removed})
+        # a norm-act BatchNorm (timm) leaves its ReLU in place, like a separate ReLU layer
+        replacements.update({name: after_norm(model.get_submodule(name)) for name in removed})
         return replacements
