@@ -150,7 +150,8 @@ int64_t peak_rss_kib() {
 void run_benchmark(const LoadedModel& model, const BenchOptions& options, std::ostream& out) {
   const auto& meta = model.metadata();
   at::manual_seed(0);
-  const auto input = at::randn({options.batch, 3, meta.input_size[0], meta.input_size[1]});
+  const auto input =
+      at::randn({options.batch, meta.channels, meta.input_size[0], meta.input_size[1]});
   for (int i = 0; i < options.warmup; ++i) {
     model.forward(input);
   }
@@ -167,8 +168,9 @@ void run_benchmark(const LoadedModel& model, const BenchOptions& options, std::o
   out << std::fixed << std::setprecision(3);
   out << "model: " << meta.source_model << " (" << model.loader() << ", "
       << (meta.portable ? "portable" : "native deeprebirth ops") << "), input " << options.batch
-      << "x3x" << meta.input_size[0] << "x" << meta.input_size[1] << ", " << at::get_num_threads()
-      << " threads, " << options.warmup << " warm-up + " << options.iters << " timed iterations\n";
+      << "x" << meta.channels << "x" << meta.input_size[0] << "x" << meta.input_size[1] << ", "
+      << at::get_num_threads() << " threads, " << options.warmup << " warm-up + " << options.iters
+      << " timed iterations\n";
   out << "latency ms: p50 " << summary.p50_ms << "  p90 " << summary.p90_ms << "  p99 "
       << summary.p99_ms << "  mean " << summary.mean_ms << "\n";
   out << "throughput: " << summary.images_per_s << " images/s\n";

@@ -35,7 +35,8 @@ int64_t available_memory_bytes() {
 
 // Precondition of every forward: the input batch alone must fit in the available memory.
 void check_batch_fits(int64_t batch, const dr::ExportMetadata& meta) {
-  const double bytes = static_cast<double>(batch) * 3.0 * static_cast<double>(meta.input_size[0]) *
+  const double bytes = static_cast<double>(batch) * static_cast<double>(meta.channels) *
+                       static_cast<double>(meta.input_size[0]) *
                        static_cast<double>(meta.input_size[1]) * sizeof(float);
   const auto available = available_memory_bytes();
   if (available > 0 && bytes > static_cast<double>(available)) {

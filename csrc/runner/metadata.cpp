@@ -46,6 +46,15 @@ int64_t image_side(const nlohmann::json& value, const std::string& name) {
   return value.get<int64_t>();
 }
 
+// `rgb` for a 3-channel input, else its average repeated per channel (as _per_channel of
+// deeprebirth/export/metadata.py).
+std::vector<double> per_channel(const std::vector<double>& rgb, size_t channels) {
+  if (channels == 3) {
+    return rgb;
+  }
+  return std::vector<double>(channels, (rgb[0] + rgb[1] + rgb[2]) / 3.0);
+}
+
 }  // namespace
 
 std::string ExportMetadata::label(int64_t index) const {
@@ -81,10 +90,25 @@ ExportMetadata parse_metadata(const std::string& json_text) {
   }
   check(meta.resize_size >= std::max(meta.input_size[0], meta.input_size[1]),
         "expected resize_size >= the crop size, but got " + std::to_string(meta.resize_size));
-  const auto mean = field<std::vector<double>>(record, "mean", {0.485, 0.456, 0.406});
-  const auto std = field<std::vector<double>>(record, "std", {0.229, 0.224, 0.225});
-  check(mean.size() == 3 && std.size() == 3, "expected 3 means and 3 stds");
-  for (size_t c = 0; c < 3; ++c) {
+  if (record.contains("channels")) {
+    const auto& channels = record.at("channels");
+    const bool in_range = channels.is_number_integer() && channels.get<int64_t>() >= 1 &&
+                          channels.get<int64_t>() <= kMaxChannels;
+    check(in_range, "expected channels to be an integer in [1, " + std::to_string(kMaxChannels) +
+                        "] (MAX_CHANNELS), but got " + channels.dump());
+    meta.channels = channels.get<int64_t>();
+  }
+  const auto count = static_cast<size_t>(meta.channels);
+  const std::vector<double> imagenet_mean{0.485, 0.456, 0.406};
+  const std::vector<double> imagenet_std{0.229, 0.224, 0.225};
+  const auto mean = field<std::vector<double>>(record, "mean", per_channel(imagenet_mean, count));
+  const auto std = field<std::vector<double>>(record, "std", per_channel(imagenet_std, count));
+  check(mean.size() == count && std.size() == count,
+        "expected " + std::to_string(count) + " means and " + std::to_string(count) +
+            " stds (one per channel, channels=" + std::to_string(count) + ")");
+  meta.mean.assign(count, 0.0F);
+  meta.std.assign(count, 0.0F);
+  for (size_t c = 0; c < count; ++c) {
     const auto largest = static_cast<double>(std::numeric_limits<float>::max());
     check(std::abs(mean[c]) <= largest && std::abs(std[c]) <= largest,
           "expected finite float means and stds");
@@ -92,7 +116,11 @@ ExportMetadata parse_metadata(const std::string& json_text) {
     meta.std[c] = static_cast<float>(std[c]);
     check(meta.std[c] > 0.0F, "expected positive std values");
   }
-  check(field<std::string>(record, "color", "RGB") == "RGB", "expected color \"RGB\"");
+  const std::string color = meta.channels == 3 ? "RGB" : meta.channels == 1 ? "GRAY" : "none";
+  meta.color = field<std::string>(record, "color", color);
+  check(meta.color == color, "expected color \"" + color +
+                                 "\" for channels=" + std::to_string(meta.channels) +
+                                 ", but got \"" + meta.color + "\"");
   meta.class_names = field<std::vector<std::string>>(record, "class_names", {});
   meta.rules_applied = field<std::vector<std::string>>(record, "rules_applied", {});
   meta.source_model = field<std::string>(record, "source_model", meta.source_model);

@@ -26,7 +26,7 @@ class LoadedModel {
   // `optimize` applies torch::jit::optimize_for_inference to TorchScript modules.
   static LoadedModel load(const std::string& path, bool optimize = false);
 
-  // Logits (N, classes) of a (N, 3, H, W) batch, in inference mode. Throws RunnerError(kInference)
+  // Logits (N, classes) of a (N, C, H, W) batch, in inference mode. Throws RunnerError(kInference)
   // when the model rejects the batch (e.g. a traced model fixed to another size).
   at::Tensor forward(const at::Tensor& batch) const;
 

@@ -197,18 +197,27 @@ cv::Mat center_crop(const cv::Mat& image, int64_t crop_h, int64_t crop_w) {
       .clone();
 }
 
-at::Tensor normalize_to_chw(const cv::Mat& image, const std::array<float, 3>& mean,
-                            const std::array<float, 3>& std) {
-  TORCH_CHECK(image.type() == CV_32FC3 && image.isContinuous(),
-              "normalize_to_chw: expected a continuous CV_32FC3 image, but got type ",
-              image.type());
-  const auto hwc = at::from_blob(image.data, {image.rows, image.cols, 3}, at::kFloat);
+at::Tensor normalize_to_chw(const cv::Mat& image, const std::vector<float>& mean,
+                            const std::vector<float>& std) {
+  const auto channels = static_cast<size_t>(image.channels());
+  TORCH_CHECK(image.depth() == CV_32F && image.isContinuous(),
+              "normalize_to_chw: expected a continuous float32 image, but got type ", image.type());
+  TORCH_CHECK(mean.size() == channels && std.size() == channels, "normalize_to_chw: expected ",
+              channels, " means and stds (one per channel), but got ", mean.size(), " and ",
+              std.size());
+  const auto hwc =
+      at::from_blob(image.data, {image.rows, image.cols, image.channels()}, at::kFloat);
   const auto mean_t = at::tensor(std::vector<float>(mean.begin(), mean.end()));
   const auto std_t = at::tensor(std::vector<float>(std.begin(), std.end()));
   return ((hwc - mean_t) / std_t).permute({2, 0, 1}).contiguous();
 }
 
 at::Tensor preprocess_image(const std::string& path, const ExportMetadata& meta) {
+  if (meta.color != "RGB" && meta.color != "GRAY") {
+    throw RunnerError(ExitCode::kModel, "the model takes " + std::to_string(meta.channels) +
+                                            "-channel input (color \"" + meta.color +
+                                            "\"); images give RGB (3 channels) or grayscale (1)");
+  }
   const cv::Mat rgb = read_image_rgb(path);
   cv::Mat resized;
   try {
@@ -216,7 +225,12 @@ at::Tensor preprocess_image(const std::string& path, const ExportMetadata& meta)
   } catch (const std::invalid_argument& error) {
     throw image_error(path, error.what());
   }
-  const cv::Mat cropped = center_crop(resized, meta.input_size[0], meta.input_size[1]);
+  cv::Mat cropped = center_crop(resized, meta.input_size[0], meta.input_size[1]);
+  if (meta.color == "GRAY") {
+    cv::Mat gray;
+    cv::cvtColor(cropped, gray, cv::COLOR_RGB2GRAY);
+    cropped = gray;
+  }
   return normalize_to_chw(cropped, meta.mean, meta.std);
 }
 

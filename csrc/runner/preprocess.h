@@ -40,14 +40,17 @@ std::array<int64_t, 2> center_crop_offset(int64_t height, int64_t width, int64_t
 // A contiguous copy of the centred crop. Throws std::invalid_argument when the crop is larger.
 cv::Mat center_crop(const cv::Mat& image, int64_t crop_h, int64_t crop_w);
 
-// (x - mean) / std per channel of an RGB CV_32FC3 image, as a (3, H, W) float tensor.
-at::Tensor normalize_to_chw(const cv::Mat& image, const std::array<float, 3>& mean,
-                            const std::array<float, 3>& std);
+// (x - mean) / std per channel of a continuous float32 image of C channels (one mean and std
+// each), as a (C, H, W) float tensor.
+at::Tensor normalize_to_chw(const cv::Mat& image, const std::vector<float>& mean,
+                            const std::vector<float>& std);
 
-// The full transform of one file: (3, input_H, input_W).
+// The full transform of one file: (C, input_H, input_W), C = meta.channels; a 1-channel model
+// ("GRAY") gets the luma of the RGB image (cv::COLOR_RGB2GRAY after the crop). Throws
+// RunnerError(kModel) for a model that takes neither RGB nor grayscale input (color "none").
 at::Tensor preprocess_image(const std::string& path, const ExportMetadata& meta);
 
-// The transforms of several files stacked: (N, 3, input_H, input_W).
+// The transforms of several files stacked: (N, C, input_H, input_W).
 at::Tensor preprocess_batch(const std::vector<std::string>& paths, const ExportMetadata& meta);
 
 }  // namespace deeprebirth::runner

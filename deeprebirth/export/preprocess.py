@@ -13,7 +13,8 @@ Steps (``csrc/runner/preprocess.cpp`` does the same, step for step):
    refused (a 1x20000 image resized to 256 would be 256x5120000: 15.7 GB as float32);
 3. centre-crop ``input_size`` (offsets ``round((size - crop) / 2)``, as torchvision's
    ``CenterCrop``);
-4. ``(x - mean) / std`` per channel, laid out as ``(3, H, W)``.
+4. for a 1-channel model (metadata ``color`` "GRAY"), ``cv2.cvtColor(RGB2GRAY)`` (the luma);
+5. ``(x - mean) / std`` per channel, laid out as ``(C, H, W)``.
 
 The parameters come from the export metadata (:class:`~deeprebirth.export.metadata.ExportMetadata`).
 """
@@ -161,15 +162,23 @@ def center_crop(image: np.ndarray, crop: Sequence[int]) -> np.ndarray:
 
 
 def transform_image(image: np.ndarray, metadata: ExportMetadata) -> torch.Tensor:
-    """Steps 2-4 on a decoded image (:func:`read_image_rgb`): the model input ``(3, H, W)``.
+    """Steps 2-5 on a decoded image (:func:`read_image_rgb`): the model input ``(C, H, W)``.
 
     The training data sets use it too (``deeprebirth.train.data``), so that a model is
     evaluated during finetuning on the input it gets once deployed.
 
     Raises:
-        ValueError: the resize would exceed :data:`MAX_IMAGE_SIDE`.
+        ValueError: the resize would exceed :data:`MAX_IMAGE_SIDE`, or the model takes neither
+            RGB nor grayscale input (metadata ``color`` "none").
     """
+    if metadata.color not in ("RGB", "GRAY"):
+        raise ValueError(
+            f"the model takes {metadata.channels}-channel input (color {metadata.color!r}); "
+            "images give RGB (3 channels) or grayscale (1)"
+        )
     image = center_crop(resize_shorter_side(image, metadata.resize_size), metadata.input_size)
+    if metadata.color == "GRAY":
+        image = _cv2().cvtColor(np.ascontiguousarray(image), _cv2().COLOR_RGB2GRAY)[..., None]
     mean = np.asarray(metadata.mean, dtype=np.float32)
     std = np.asarray(metadata.std, dtype=np.float32)
     normalized = (image - mean) / std
@@ -177,7 +186,7 @@ def transform_image(image: np.ndarray, metadata: ExportMetadata) -> torch.Tensor
 
 
 def eval_transform(path: str | os.PathLike, metadata: ExportMetadata) -> torch.Tensor:
-    """The model input ``(3, H, W)`` float32 for one image file, exactly as ``deeprebirth-run``.
+    """The model input ``(C, H, W)`` float32 for one image file, exactly as ``deeprebirth-run``.
 
     Example:
         >>> meta = ExportMetadata(input_size=[96, 96], resize_size=110)
@@ -196,5 +205,5 @@ def eval_transform(path: str | os.PathLike, metadata: ExportMetadata) -> torch.T
 
 
 def eval_batch(paths: Sequence[str | os.PathLike], metadata: ExportMetadata) -> torch.Tensor:
-    """:func:`eval_transform` of several files stacked into ``(N, 3, H, W)``."""
+    """:func:`eval_transform` of several files stacked into ``(N, C, H, W)``."""
     return torch.stack([eval_transform(p, metadata) for p in paths])

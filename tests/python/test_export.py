@@ -391,8 +391,10 @@ def test_runner_bad_inputs_give_messages_and_exit_codes(images, exported, tmp_pa
     deeprebirth.io.save_model(checkpoint, _googlenet())
     no_meta = tmp_path / "plain.ts"
     torch.jit.save(torch.jit.script(nn.Conv2d(3, 4, 3)), str(no_meta))
-    one_channel = deeprebirth.export(  # metadata and all, but it takes 1-channel input
-        nn.Conv2d(1, 4, 3), torch.randn(1, 1, 16, 16), "torchscript", out=tmp_path / "gray.ts"
+    one_channel = tmp_path / "gray.ts"  # its record says 3 channels, but it takes 1
+    record = ExportMetadata(input_size=[16, 16], resize_size=18).to_json()
+    torch.jit.save(
+        torch.jit.script(nn.Conv2d(1, 4, 3)), str(one_channel), {"deeprebirth.json": record}
     )
     not_image = tmp_path / "fake.jpg"
     not_image.write_bytes(b"\xff\xd8 definitely not a jpeg")
