@@ -5,6 +5,8 @@ tensors only — ``format``, ``version``, the rebuild ``recipe`` (:mod:`deeprebi
 source model and surgery steps), the ``state_dict`` and a JSON-ready ``metadata`` dict (source
 model, rules applied, input size, class names …). It is read with ``torch.load(weights_only=True)``,
 so opening a file runs nothing from it: the architecture is rebuilt by replaying the recipe.
+The input a model takes is stored as ``input_size: [H, W]`` and ``in_channels: C``
+(:func:`stored_input_geometry` also reads older forms).
 
 Files of deeprebirth before version 2 pickled the whole module; loading those executes code from
 the file, so they are refused unless the caller opts in with ``trust_pickle=True``.
@@ -173,6 +175,64 @@ def model_from_record(
     return model
 
 
+def read_model_record(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+    """The raw record of a model file (``recipe``, ``metadata``, ``state_dict`` …) without
+    building its model: what it was made from and for, at the cost of reading the file.
+
+    Raises:
+        FileNotFoundError / UntrustedFileError / ValueError: as :func:`load_model`.
+    """
+    record = safe_load(path, "deeprebirth model file", trust_pickle, "cpu")
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        kind = type(record).__name__
+        raise ValueError(
+            f"{path} is not a deeprebirth model file (found a {kind}); write it with "
+            "deeprebirth.io.save_model"
+        )
+    return record
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def stored_input_geometry(metadata: Mapping[str, Any]) -> tuple[int | None, list[int] | None]:
+    """``(channels, [H, W])`` a model file's metadata states (None where it says nothing).
+
+    Written as ``input_size: [H, W]`` with ``in_channels: C`` (``deeprebirth slim`` and the
+    finetune job); also read: the older ``[C, H, W]`` (slim) and one int for a square (finetune).
+
+    Raises:
+        ValueError: an ``input_size`` or ``in_channels`` of another form, or two channel counts
+            that disagree (the message quotes them).
+
+    Example:
+        >>> stored_input_geometry({"input_size": [3, 64, 48]})
+        (3, [64, 48])
+    """
+    stored, channels = metadata.get("input_size"), metadata.get("in_channels")
+    if channels is not None and (not _is_int(channels) or channels < 1):
+        raise ValueError(f"in_channels in the model file must be an integer >= 1, got {channels!r}")
+    if stored is None:
+        return channels, None
+    if _is_int(stored):
+        stored = [stored, stored]
+    if not isinstance(stored, list | tuple) or len(stored) not in (2, 3):
+        raise ValueError(
+            f"input_size in the model file must be [H, W], [C, H, W] or one int, got {stored!r}"
+        )
+    if not all(_is_int(v) and v >= 1 for v in stored):
+        raise ValueError(f"input_size in the model file must hold integers >= 1, got {stored!r}")
+    if len(stored) == 3:
+        if channels is not None and channels != stored[0]:
+            raise ValueError(
+                f"the model file states {stored[0]} channels in input_size {list(stored)} but "
+                f"in_channels {channels}"
+            )
+        channels = stored[0]
+    return channels, [int(stored[-2]), int(stored[-1])]
+
+
 def load_model(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -193,13 +253,7 @@ def load_model(
         UntrustedFileError: a pickled (old-format) file without ``trust_pickle``.
         ValueError: the file is not a deeprebirth model file (the message says what it is).
     """
-    record = safe_load(path, "deeprebirth model file", trust_pickle, "cpu")
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-        kind = type(record).__name__
-        raise ValueError(
-            f"{path} is not a deeprebirth model file (found a {kind}); write it with "
-            "deeprebirth.io.save_model"
-        )
+    record = read_model_record(path, trust_pickle)
     metadata = dict(record.get("metadata") or {})
     if record.get("version") == 1 and trust_pickle:  # a whole pickled module
         model = record["model"]

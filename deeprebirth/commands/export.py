@@ -65,27 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def input_geometry(
     model, metadata: dict, size: list[int] | None, channels: int | None
 ) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the example input: the flags, else the model file's ``input_size``
-    (``[H, W]``, ``[C, H, W]`` or one int) and ``in_channels``, else the first layer, else 224.
+    """``(C, H, W)`` of the example input: the flags, else the model file's ``input_size`` and
+    ``in_channels`` (:func:`deeprebirth.io.stored_input_geometry`), else the first
+    convolution's input channels and 224 x 224.
 
     Raises:
-        ValueError: an ``input_size`` of another form, or sizes below 1.
+        ValueError: a stored geometry of another form, or sizes below 1.
     """
     from torch import nn
 
-    stored = metadata.get("input_size")
-    if isinstance(stored, int):
-        stored = [stored, stored]
-    if stored is not None and (not isinstance(stored, list) or len(stored) not in (2, 3)):
-        raise ValueError(f"input_size in the model file must be [H, W] or [C, H, W], got {stored}")
+    from deeprebirth.io import stored_input_geometry
+
+    stored_channels, stored_size = stored_input_geometry(metadata)
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    c = (
-        channels
-        or (stored[0] if stored and len(stored) == 3 else None)
-        or metadata.get("in_channels")
-        or (first.in_channels if first is not None else 3)
-    )
-    h, w = size or (stored[-2:] if stored else (224, 224))
+    c = channels or stored_channels or (first.in_channels if first is not None else 3)
+    h, w = size or stored_size or (224, 224)
     if min(int(c), int(h), int(w)) < 1:
         raise ValueError(f"expected positive channels and input size, but got {c}x{h}x{w}")
     return int(c), int(h), int(w)
@@ -104,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"deeprebirth export: error: {error}", file=sys.stderr)
         return 2
-    overrides = dict(metadata)
-    overrides.pop("input_size", None)
+    overrides = dict(metadata)  # the record takes its geometry from the example input
     if args.resize_size is not None:
         overrides["resize_size"] = args.resize_size
     example = torch.randn(1, channels, height, width)

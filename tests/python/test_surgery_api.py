@@ -217,7 +217,7 @@ def test_cli_round_trip(tmp_path) -> None:
     model, metadata = load_model(out)  # includes GraphModules written by merge_branches
     assert metadata["source_model"] == "torchvision:resnet18"
     assert metadata["rules"] == ["fold_bn", "fuse_conv_pool", "merge_branches"]
-    assert metadata["input_size"] == [3, 64, 64]
+    assert (metadata["input_size"], metadata["in_channels"]) == ([64, 64], 3)
     applied = [s["rule"] for s in metadata["plan"]["sites"] if s["applies"]]
     assert (
         applied.count("fold_bn"),
