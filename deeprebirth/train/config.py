@@ -24,6 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from deeprebirth.train.quantize_stage import QuantizeConfig, check_quantize_config
+
 
 class ConfigError(ValueError):
     """A configuration problem: the message names the key, what was expected and what was found."""
@@ -31,7 +33,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The network: a model name from ``deeprebirth.models``, or a deeprebirth model file."""
+    """The network: a model name from ``deeprebirth.models`` (``bvlc_googlenet``,
+    ``torchvision:<name>``, ``timm:<name>``), or a deeprebirth model file (``deeprebirth slim
+    --out``; see :mod:`deeprebirth.train.student`), whose classes, channels and square input size
+    fill ``num_classes``, ``in_channels`` and ``input_size`` left at their defaults."""
 
     name: str = "bvlc_googlenet"
     weights: str | None = None  # deeprebirth model file (deeprebirth.io.save_model) or state_dict
@@ -150,6 +155,7 @@ class FinetuneConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)  # int8 after finetuning
     lr: float = 0.01
     new_layer_lr_mult: float = 10.0
     batch_size: int = 64
@@ -366,29 +372,64 @@ def _accepts_input(model: torch.nn.Module, channels: int, size: int) -> str | No
     return None
 
 
+def _fill_from_model_file(cfg: DictConfig) -> bool:
+    """When ``model.name`` is a model file: its classes, channels and (square) input size fill
+    the ``model`` keys left at their defaults; returns whether it is one.
+
+    Raises:
+        ConfigError: an unreadable file, a key set to another value than the file's classes or
+            channels (the architecture), or a non-square file without ``model.input_size``.
+    """
+    from deeprebirth.train.student import model_file_source
+
+    source = model_file_source(cfg)
+    if source is None:
+        return False
+    m, default = cfg.model, ModelConfig()
+    stated = {"num_classes": source.num_classes, "in_channels": source.in_channels or 3}
+    for key, value in stated.items():
+        if m[key] == getattr(default, key):
+            m[key] = value
+        elif m[key] != value:
+            raise ConfigError(
+                f"config key 'model.{key}' is {m[key]}, but {source.path} was made with {value}; "
+                f"leave it unset or set it to {value}"
+            )
+    size = source.input_size
+    if size is not None and m.input_size == default.input_size:
+        if size[0] != size[1]:
+            raise ConfigError(
+                f"config key 'model.input_size': {source.path} was made for {size[0]}x{size[1]} "
+                "input and the finetune job trains on square inputs; set model.input_size"
+            )
+        m.input_size = size[0]
+    return True
+
+
 def _check_model(cfg: DictConfig) -> None:
-    """``model.name`` is a known model and ``model.input_size`` goes through it.
+    """``model.name`` is a known model (or a model file, whose geometry fills the defaults) and
+    ``model.input_size`` goes through it.
 
     The model is built on the meta device (no memory, no initialisation cost) with the arguments
-    the job builds it with; a model read from ``model.weights`` / ``teacher.weights`` is not
-    known before it is loaded and is not checked here.
+    the job builds it with; a model read from ``model.weights`` / ``teacher.weights`` or from a
+    model file is not known before it is loaded and is not checked here.
     """
+    if _fill_from_model_file(cfg):
+        return
     m = cfg.model
     if m.weights or cfg.teacher.weights:
         return
     from deeprebirth.models import build_model
+    from deeprebirth.train.student import model_kwargs
 
-    kwargs = {}
-    if m.name == "bvlc_googlenet":
-        kwargs = {"width": m.width, "lrn": m.lrn, "in_channels": m.in_channels, "init": m.init}
     try:
         with torch.device("meta"):
-            model = build_model(m.name, num_classes=m.num_classes, **kwargs).eval()
+            model = build_model(m.name, num_classes=m.num_classes, **model_kwargs(cfg)).eval()
     except ValueError as error:  # an unknown name; the message lists the accepted forms
         raise ConfigError(f"config key 'model.name': {error}") from None
     except Exception:  # other build problems (a missing package …) are the job's to report
         return
-    channels = m.in_channels if m.name == "bvlc_googlenet" else 3
+    channels = m.in_channels
     reason = _accepts_input(model, channels, m.input_size)
     if reason is None:
         return
@@ -419,6 +460,7 @@ def _check_values(cfg: DictConfig) -> None:
                 f"config key '{key}' expects an existing file, but {path} does not exist"
             )
     _check_stages(cfg)
+    check_quantize_config(cfg)
     _check_output_dir(cfg)
     _check_device(cfg)
     _check_model(cfg)

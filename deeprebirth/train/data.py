@@ -332,6 +332,18 @@ def synthetic_dataset(
 # ----------------------------------------------------------------------------------- factory
 
 
+def input_normalization(cfg) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` per input channel that the data of ``cfg`` is normalised with (what an
+    exported model's metadata must carry to be fed the same values), or None for synthetic data.
+    """
+    channels = cfg.model.in_channels
+    if cfg.data.name == "fashion_mnist":  # one grey plane, repeated to every channel
+        return [FASHION_MNIST_MEAN] * channels, [FASHION_MNIST_STD] * channels
+    if cfg.data.name == "imagenet":
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return None
+
+
 def build_datasets(cfg) -> Datasets:
     """Builds and validates the datasets named by ``cfg.data`` (see ``deeprebirth.train.config``).
 

@@ -34,8 +34,9 @@ from tqdm import tqdm
 from deeprebirth import io
 from deeprebirth.models.recipe import get_recipe, rebuild, set_recipe
 from deeprebirth.train import checkpoint as ckpt
+from deeprebirth.train.alignment import Segment, SegmentStack, align_target, plan_segments
 from deeprebirth.train.config import ConfigError, config_to_yaml
-from deeprebirth.train.data import Datasets, build_datasets
+from deeprebirth.train.data import Datasets, build_datasets, input_normalization
 from deeprebirth.train.distributed import (
     DistContext,
     ResumableSampler,
@@ -45,7 +46,6 @@ from deeprebirth.train.distributed import (
     shutdown,
 )
 from deeprebirth.train.loop import (
-    BlockStack,
     MetricsLogger,
     autocast,
     capture_block_io,
@@ -54,6 +54,7 @@ from deeprebirth.train.loop import (
     task_loss,
 )
 from deeprebirth.train.optim import build_optimizer, build_scheduler, param_groups
+from deeprebirth.train.quantize_stage import QUANTIZE_FILES, run_quantize_stage
 from deeprebirth.train.report import measure_speed, write_report
 from deeprebirth.train.schedule import Phase, changed_blocks, group_stages, plan_phases
 from deeprebirth.train.student import build_student, check_surgery_rules, load_teacher
@@ -88,6 +89,7 @@ class _State:
     pending: nn.ModuleDict | None = None  # student blocks not swapped in yet
     new_names: list[str] = field(default_factory=list)
     stages: list[list[str]] | None = None
+    segments: list[dict[str, Any]] | None = None  # regression targets (Segment.to_dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     optimizer: dict | None = None
     scheduler: dict | None = None
@@ -127,14 +129,37 @@ def _split_working(
     return working, pending
 
 
+def example_shape(cfg) -> tuple[int, int, int, int]:
+    """``(1, C, S, S)``: one training input of ``cfg.model``."""
+    size = cfg.model.input_size
+    return (1, cfg.model.in_channels, size, size)
+
+
+def _plan_segments(teacher: nn.Module, student: nn.Module, cfg) -> list[Segment]:
+    """:func:`deeprebirth.train.alignment.plan_segments` of the changed blocks, errors as
+    :class:`ConfigError` (raised before any student training)."""
+    try:
+        changed = changed_blocks(teacher, student)
+        return plan_segments(teacher, student, changed, example_shape(cfg))
+    except ValueError as error:
+        raise ConfigError(f"surgery: {error}") from error
+
+
 def _init_working(state: _State, student: nn.Module, new_names: list[str] | None, cfg) -> None:
-    """Sets up the working model, pending blocks and stages from a fresh student."""
+    """Sets up the working model, pending blocks, regression targets and stages from a fresh
+    student."""
     changed = changed_blocks(state.teacher, student)
-    stages = group_stages(
-        changed,
-        cfg.schedule.mode,
-        [list(g) for g in cfg.schedule.stages] if cfg.schedule.stages else None,
-    )
+    segments = _plan_segments(state.teacher, student, cfg)
+    try:
+        stages = group_stages(
+            changed,
+            cfg.schedule.mode,
+            [list(g) for g in cfg.schedule.stages] if cfg.schedule.stages else None,
+            [list(segment.changed) for segment in segments],
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    state.segments = [segment.to_dict() for segment in segments]
     if new_names is None:  # hand-built student: every parameter of a changed block is new
         new_names = [n for n, _ in student.named_parameters() if n.split(".", 1)[0] in changed]
     state.student_recipe = get_recipe(student)
@@ -156,6 +181,7 @@ _PLAIN_FIELDS = (
     "history",
     "optimizer",
     "scheduler",
+    "segments",
 )
 # Files a run writes into output_dir; ``overwrite=true`` removes these and nothing else.
 RUN_FILES = (
@@ -166,6 +192,7 @@ RUN_FILES = (
     "accuracy.png",
     "teacher.pt",
     "student.pt",
+    *QUANTIZE_FILES,
 )
 
 
@@ -189,7 +216,10 @@ def _state_from_record(record: dict[str, Any], cfg, student: StudentSpec) -> _St
     where = str(ckpt.checkpoint_path(cfg.output_dir))
     teacher = io.model_from_record(record["teacher"], f"{where} (teacher)")
     set_recipe(teacher, record["teacher"].get("recipe"))
-    state = _State(teacher=teacher, **{k: record[k] for k in _PLAIN_FIELDS})
+    # Checkpoints written before regression targets were planned lack "segments".
+    state = _State(teacher=teacher, **{k: record.get(k) for k in _PLAIN_FIELDS})
+    state.history = state.history or []
+    state.new_names = state.new_names or []
     if "working" not in record:
         return state
     if record.get("student_recipe") is not None:
@@ -197,6 +227,8 @@ def _state_from_record(record: dict[str, Any], cfg, student: StudentSpec) -> _St
     else:  # a student built by the caller: the same ``student=`` must be passed again
         with torch.random.fork_rng(devices=[]):
             template = _make_student(teacher, cfg, student)[0]
+    if state.segments is None:
+        state.segments = [s.to_dict() for s in _plan_segments(teacher, template, cfg)]
     working, pending = _split_working(teacher, template, record["pending_names"])
     try:
         working.load_state_dict(record["working"])
@@ -340,7 +372,7 @@ class _Job:
             p.requires_grad_(False)
         stage_new = [n for n in state.new_names if n.split(".", 1)[0] in phase.blocks]
         if phase.kind == "regress":
-            stack = BlockStack({n: getattr(state.working, n) for n in phase.blocks})
+            stack = SegmentStack(state.working, self._segments(state, phase))
             return stack, param_groups(
                 stack, {f"blocks.{n}" for n in stage_new}, cfg.lr, cfg.new_layer_lr_mult
             )
@@ -352,6 +384,12 @@ class _Job:
             train_old=not cfg.schedule.freeze_old,
         )
         return state.working, groups
+
+    @staticmethod
+    def _segments(state: _State, phase: Phase) -> list[Segment]:
+        """The regression targets of ``phase``'s blocks."""
+        segments = [Segment.from_dict(record) for record in state.segments or []]
+        return [s for s in segments if set(s.changed) <= set(phase.blocks)]
 
     def _optimizer(self, phase: Phase, groups: list[dict]):
         cfg = self.cfg
@@ -369,12 +407,18 @@ class _Job:
         cfg, device = self.cfg, self.ctx.device
         teacher = state.teacher
         if phase.kind == "regress":
+            segments = self._segments(state, phase)
+            ends = {name for s in segments for name in (s.first, s.last)}
 
             def regress(x, y):
-                io_pairs = capture_block_io(teacher, x, phase.blocks)
+                io_pairs = capture_block_io(teacher, x, ends)
                 with autocast(device, cfg.amp):
-                    outputs = model({n: io_pairs[n][0] for n in phase.blocks})
-                return regression_loss(outputs, {n: io_pairs[n][1] for n in phase.blocks})
+                    outputs = model({s.first: io_pairs[s.first][0] for s in segments})
+                targets = {
+                    s.first: align_target(s, outputs[s.first], io_pairs[s.last][1])
+                    for s in segments
+                }
+                return regression_loss(outputs, targets)
 
             return regress
         kd = cfg.schedule.kd_weight if phase.kind == "finetune" else 0.0
@@ -411,6 +455,11 @@ class _Job:
         for p in state.teacher.parameters():
             p.requires_grad_(phase.kind == "teacher")
         module, groups = self._trainable(state, phase)
+        if not groups:  # e.g. a stage of blocks a rule left without parameters: nothing to learn
+            self.log.write("skip", phase=phase.name, reason="no parameters to train")
+            state.step = phase.steps
+            self.phase_seconds, self.phase_steps = time.perf_counter() - started, 0
+            return True
         optimizer, scheduler = self._optimizer(phase, groups)
         if state.step > 0 and state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
@@ -523,6 +572,7 @@ class _Job:
                     self._evaluate(state, state.teacher, "teacher", None)
                 built, names = _make_student(state.teacher, cfg, student)
                 _init_working(state, built.to(self.ctx.device), names, cfg)
+                self._log_alignment(state)
                 if cfg.channels_last:
                     state.working.to(memory_format=torch.channels_last)
                     state.pending.to(memory_format=torch.channels_last)
@@ -553,23 +603,54 @@ class _Job:
             self._save(state)
         return self._finish(state)
 
+    def _log_alignment(self, state: _State) -> None:
+        """Says, per changed block, what its regression compares (metrics ``alignment``)."""
+        for record in state.segments or []:
+            segment = Segment.from_dict(record)
+            self.log.write(
+                "alignment",
+                blocks="+".join(segment.changed),
+                how=segment.how,
+                target=segment.last,
+                note=segment.note,
+            )
+            if self.ctx.is_main:
+                tqdm.write(f"[align] {segment.how:<8} {segment.note}")
+
     def _save_teacher(self, state: _State) -> None:
         """Writes the trained teacher (``teacher.pt``) as soon as stage 0 ends, so later runs can
         start from it with ``teacher.weights=.../teacher.pt``."""
         if self.ctx.is_main:
             teacher_cpu = copy.deepcopy(state.teacher).cpu()
-            io.save_model(self.out / "teacher.pt", teacher_cpu, self._model_metadata(None))
+            io.save_model(
+                self.out / "teacher.pt", teacher_cpu, self._model_metadata(teacher_cpu, None)
+            )
 
-    def _model_metadata(self, stages: list[list[str]] | None) -> dict[str, Any]:
-        """The metadata record saved with ``teacher.pt`` / ``student.pt``."""
+    def _model_metadata(
+        self, teacher: nn.Module, stages: list[list[str]] | None, student: nn.Module | None = None
+    ) -> dict[str, Any]:
+        """The metadata record saved with ``teacher.pt`` / ``student.pt`` (``student`` given:
+        also the surgery rules that made it): the input in the form ``deeprebirth slim`` writes
+        and ``deeprebirth export`` reads, the data's per-channel ``mean`` / ``std`` (so that an
+        export normalises as training did); ``source`` is the teacher's model name."""
         cfg = self.cfg
-        return {
-            "source": cfg.model.name,
-            "input_size": cfg.model.input_size,
+        source = (get_recipe(teacher) or {}).get("source", {}).get("name", cfg.model.name)
+        metadata = {
+            "source": source,
+            "input_size": [cfg.model.input_size, cfg.model.input_size],
             "in_channels": cfg.model.in_channels,
             "classes": self.data.classes,
             "stages": stages,
         }
+        normalization = input_normalization(cfg)
+        if normalization is not None:
+            metadata["mean"], metadata["std"] = normalization
+        if student is not None:
+            steps = (get_recipe(student) or {}).get("steps", [])
+            metadata["rules"] = [
+                r for step in steps if step["kind"] == "slim" for r in step["rules"]
+            ]
+        return metadata
 
     def _finish(self, state: _State) -> JobResult:
         cfg = self.cfg
@@ -585,8 +666,20 @@ class _Job:
                 speed = measure_speed(
                     {"teacher": teacher_cpu, "student": student_cpu}, shape, cfg.latency_repeats
                 )
-            io.save_model(self.out / "student.pt", student_cpu, self._model_metadata(state.stages))
-            io.save_model(self.out / "teacher.pt", teacher_cpu, self._model_metadata(None))
+            io.save_model(
+                self.out / "student.pt",
+                student_cpu,
+                self._model_metadata(teacher_cpu, state.stages, student_cpu),
+            )
+            io.save_model(
+                self.out / "teacher.pt", teacher_cpu, self._model_metadata(teacher_cpu, None)
+            )
+            if cfg.quantize.enabled:  # int8 student (and teacher): files and history rows
+                models = {
+                    "student": (student_cpu, self._model_metadata(teacher_cpu, None, student_cpu)),
+                    "teacher": (teacher_cpu, self._model_metadata(teacher_cpu, None)),
+                }
+                state.history += run_quantize_stage(cfg, models, self.data, self.out, self.log)
             summary = {
                 "model": f"{cfg.model.name} width {cfg.model.width}, input {cfg.model.input_size}",
                 "data": cfg.data.name,
@@ -594,6 +687,10 @@ class _Job:
                 "surgery init": cfg.surgery.init,
                 "new-layer LR multiplier": cfg.new_layer_lr_mult,
                 "stages": state.stages,
+                "regression targets": ", ".join(
+                    f"{'+'.join(r['changed'])}: {r['how']} ({r['blocks'][-1]})"
+                    for r in state.segments or []
+                ),
                 "unreadable images skipped": len(self.data.skipped),
                 "processes": self.ctx.world_size,
             }

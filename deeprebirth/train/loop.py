@@ -1,8 +1,9 @@
 """Training and evaluation steps, progress bars and metric files of the finetune job.
 
 Losses: :func:`regression_loss` (MSE of student blocks against the teacher's block outputs, each
-block fed the teacher's input of that block) and :func:`task_loss` (cross-entropy, optionally
-mixed with temperature-scaled KD from the teacher). :class:`MetricsLogger` appends every record
+block fed the teacher's input of that block; :mod:`deeprebirth.train.alignment` says which
+outputs) and :func:`task_loss` (cross-entropy, optionally mixed with temperature-scaled KD from
+the teacher). :class:`MetricsLogger` appends every record
 to ``metrics.jsonl`` and per-kind CSV files, and to TensorBoard when it is installed.
 """
 
@@ -57,20 +58,6 @@ def capture_block_io(
         for handle in handles:
             handle.remove()
     return captured
-
-
-class BlockStack(nn.Module):
-    """The student blocks of one stage, run side by side: ``{name: input} -> {name: output}``.
-
-    Wrapping them in one module lets DistributedDataParallel synchronise exactly their gradients.
-    """
-
-    def __init__(self, blocks: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleDict(blocks)
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: block(inputs[name]) for name, block in self.blocks.items()}
 
 
 def regression_loss(

@@ -1,9 +1,10 @@
 """The layer-wise schedule: which blocks changed, in which order they are learned, in which phases.
 
-Blocks are the model's top-level children. A block "changed" when its structure (module types,
-parameter names and shapes) differs between teacher and student. Layer-wise mode learns the
-changed blocks bottom to top, one per stage (or in the configured groups); each stage is a
-regression phase (MSE against the teacher block's output) and a finetune phase (task loss).
+Blocks are the model's top-level children. A block "changed" when its structure (module types
+and settings, parameter names and shapes) differs between teacher and student. Layer-wise mode learns the
+changed blocks bottom to top, one per stage (or in the configured groups; blocks that regress
+together, :mod:`deeprebirth.train.alignment`, share one); each stage is a regression phase (MSE
+against the teacher's output where the two agree) and a finetune phase (task loss).
 All-at-once mode has one stage holding every changed block.
 
 Example:
@@ -20,8 +21,10 @@ from torch import nn
 
 
 def block_signature(block: nn.Module) -> tuple:
-    """The structure of a block: every sub-module's name and type, every parameter's shape."""
-    modules = tuple((name, type(m).__name__) for name, m in block.named_modules())
+    """The structure of a block: every sub-module's name, type and settings (``extra_repr``: a
+    convolution's stride and padding, which a rule may change with the weight shapes kept),
+    every parameter's shape."""
+    modules = tuple((name, type(m).__name__, m.extra_repr()) for name, m in block.named_modules())
     params = tuple((name, tuple(p.shape)) for name, p in block.named_parameters())
     return modules, params
 
@@ -47,19 +50,28 @@ def changed_blocks(teacher: nn.Module, student: nn.Module) -> list[str]:
     return changed
 
 
-def group_stages(changed: list[str], mode: str, groups: list[list[str]] | None) -> list[list[str]]:
+def group_stages(
+    changed: list[str],
+    mode: str,
+    groups: list[list[str]] | None,
+    units: list[list[str]] | None = None,
+) -> list[list[str]]:
     """The blocks learned in each stage.
 
     ``groups`` (config ``schedule.stages``) must cover exactly the changed blocks, bottom to top;
-    without it each changed block is its own stage (``layerwise``) or all are one (``all_at_once``).
+    without it each unit is its own stage (``layerwise``) or all are one (``all_at_once``).
+    ``units`` are changed blocks that regress together and so share a stage (the ``changed`` of
+    each :class:`deeprebirth.train.alignment.Segment`); default: each changed block alone.
 
     Raises:
-        ValueError: a group names an unchanged/unknown block, misses one, or is out of order.
+        ValueError: a group names an unchanged/unknown block, misses one, is out of order, or
+            splits a unit.
     """
     if mode == "all_at_once":
         return [list(changed)] if changed else []
+    units = [list(unit) for unit in units] if units is not None else [[n] for n in changed]
     if not groups:
-        return [[name] for name in changed]
+        return units
     flat = [name for group in groups for name in group]
     if sorted(flat) != sorted(changed) or len(set(flat)) != len(flat):
         raise ValueError(
@@ -69,6 +81,13 @@ def group_stages(changed: list[str], mode: str, groups: list[list[str]] | None) 
         raise ValueError(
             f"schedule.stages expects the blocks bottom to top ({changed}), but got {groups}"
         )
+    stage_of = {name: index for index, group in enumerate(groups) for name in group}
+    for unit in units:
+        if len({stage_of.get(name) for name in unit}) > 1:
+            raise ValueError(
+                f"schedule.stages splits {unit} over several stages, but they regress as one "
+                "(a rule changed their output size); put them in one group"
+            )
     return [list(group) for group in groups]
 
 
