@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "deeprebirth.commands.export",
         "export a model file for deployment (TorchScript, ONNX …)",
     ),
+    "quantize": ("deeprebirth.commands.quantize", "int8 quantization (PT2E): .pte or .pt2"),
     "bench": (
         "deeprebirth.commands.bench",
         "benchmark suite: the paper's tables on this machine, peers side by side",
