@@ -21,6 +21,10 @@ never stops a benchmark. Runtimes (:data:`RUNTIMES`):
   :attr:`Runtime.prepare` resizes it before each timed call, untimed.
 - ``openvino`` / ``openvino_bf16``: deeprebirth's OpenVINO IR compiled for the CPU per input shape
   (static shapes) in f32, and in bf16 (moves the outputs: its ``max_abs_diff`` says how far).
+- ``executorch_int8_1t`` / ``executorch_int8_2t`` / ``inductor_int8``: the model quantized to int8
+  (:mod:`deeprebirth.quantize`, calibrated on 32 standard-normal images: ranges do not change
+  the speed) as an XNNPACK ``.pte`` per input shape, and compiled by inductor with ``freezing``
+  (oneDNN int8 kernels); the outputs move (``max_abs_diff``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ RUNTIMES: dict[str, str] = {
     "executorch_2t": "ExecuTorch XNNPACK 2T",
     "openvino": "OpenVINO f32",
     "openvino_bf16": "OpenVINO bf16",
+    "executorch_int8_1t": "ExecuTorch XNNPACK int8 1T",
+    "executorch_int8_2t": "ExecuTorch XNNPACK int8 2T",
+    "inductor_int8": "torch.compile freezing int8",
 }
 
 Forward = Callable[[torch.Tensor], object]
@@ -179,9 +186,9 @@ class ExecuTorchRuns(_PerShape):
     timed call pays for a load or the delegate's first-call setup.
     """
 
-    def __init__(self, model: nn.Module, folder: Path, threads: int) -> None:
+    def __init__(self, model: nn.Module, folder: Path, threads: int, int8: bool = False) -> None:
         super().__init__(self._lower_and_load)
-        self.model, self.folder, self.threads = model, folder, threads
+        self.model, self.folder, self.threads, self.int8 = model, folder, threads, int8
         self._generation = -1
         self.prepare()
 
@@ -192,9 +199,16 @@ class ExecuTorchRuns(_PerShape):
         import deeprebirth
         from deeprebirth.export.loading import load_exported
 
-        name = f"{type(self.model).__name__}-{id(self.model):x}-{'x'.join(map(str, shape))}.pte"
+        kind = "-int8" if self.int8 else ""
+        name = (
+            f"{type(self.model).__name__}-{id(self.model):x}{kind}-{'x'.join(map(str, shape))}.pte"
+        )
         path = self.folder / name
-        if not path.exists():  # another thread count's runtime may have lowered it
+        if not path.exists() and self.int8:
+            from deeprebirth.quantize import save_quantized
+
+            save_quantized(int8_model(self.model, torch.zeros(shape), "xnnpack"), path)
+        elif not path.exists():  # another thread count's runtime may have lowered it
             with contextlib.redirect_stdout(io.StringIO()):  # the delegation line
                 deeprebirth.export(self.model, torch.zeros(shape), "executorch", out=path)
         run = load_exported(path)
@@ -210,6 +224,15 @@ class ExecuTorchRuns(_PerShape):
             self._generation = thread_pool_generation()
             for shape, run in self.runs.items():
                 run(torch.zeros(shape))  # reloads the method for the new pool
+
+
+def int8_model(model: nn.Module, example: torch.Tensor, backend: str):
+    """``model`` quantized to int8 for ``backend`` at ``example``'s shape, calibrated on 32
+    standard-normal images (:func:`deeprebirth.quantize.quantize_model`): for timing only."""
+    from deeprebirth.quantize import quantize_model
+
+    images = torch.randn(32, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+    return quantize_model(model, images, backend, example_input=torch.zeros_like(example).cpu())
 
 
 def openvino_forward(model: nn.Module, example: torch.Tensor, precision: str, threads: int):
@@ -284,8 +307,15 @@ def build_runtime(
         elif name in ("compile", "compile_freezing"):
             run = compiled(model, example, freezing=name == "compile_freezing")
         elif name.startswith("executorch_"):
-            run = ExecuTorchRuns(model, folder, int(name[len("executorch_") : -1]))
+            threads_run = int(name.rsplit("_", 1)[1][:-1])
+            run = ExecuTorchRuns(model, folder, threads_run, int8="_int8_" in name)
             prepare = run.prepare
+            note = "int8: outputs move (see max abs diff)" if run.int8 else ""
+        elif name == "inductor_int8":
+            from deeprebirth.quantize import inductor_runner
+
+            run = inductor_runner(int8_model(model, example, "x86_inductor").module, example)
+            note = f"int8: {run.int8_kernels} oneDNN int8 conv/linear; outputs move"
         elif name.startswith("openvino"):
             precision = "bf16" if name == "openvino_bf16" else "f32"
             run = openvino_forward(model, example, precision, threads)
