@@ -1,6 +1,6 @@
 """``deeprebirth demo``: the short DeepRebirth pipeline on Fashion-MNIST (no downloads).
 
-    deeprebirth demo                                  # configs/fashion_mnist_demo.yaml
+    deeprebirth demo                                  # the packaged config fashion_mnist_demo
     deeprebirth demo teacher.train.steps=200 data.train_limit=5000
 
 Steps, each printed as it runs:
@@ -30,13 +30,16 @@ from typing import Any
 import torch
 from torch import nn
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist_demo.yaml"
+CONFIG = "fashion_mnist_demo"  # a packaged config (configs/fashion_mnist_demo.yaml): any folder
 DEPLOY_RULES = ("fuse_conv_pool", "merge_branches", "pack_conv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options: ``--config FILE`` (default the demo config), ``--repeats``, ``key=value`` overrides."""
-    parser.add_argument("--config", default=str(CONFIG), help="finetune YAML config")
+    """Options: ``--config FILE|NAME`` (default the demo config), ``--repeats``, ``key=value``
+    overrides."""
+    parser.add_argument(
+        "--config", default=CONFIG, help="finetune YAML config: a file or a packaged config's name"
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per model")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from deeprebirth.train.config_files import resolve_config_path
 from deeprebirth.train.quantize_stage import QuantizeConfig, check_quantize_config
 
 
@@ -467,7 +468,8 @@ def _check_values(cfg: DictConfig) -> None:
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> DictConfig:
-    """Reads ``path`` (YAML, may be None) and dotted ``key=value`` overrides into the schema.
+    """Reads ``path`` (a YAML file or a packaged config's name, may be None) and dotted
+    ``key=value`` overrides into the schema.
 
     Returns a read-only, struct-mode ``DictConfig`` with the :class:`FinetuneConfig` fields.
 
@@ -478,8 +480,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     schema = OmegaConf.structured(FinetuneConfig)
     layers = []
     if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
+        try:
+            path = resolve_config_path(path)  # a file, or the name of a packaged config
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from None
         try:
             layers.append((str(path), OmegaConf.load(path)))
         except Exception as error:
