@@ -11,8 +11,9 @@ Example:
 
 from deeprebirth import export, models, nn, ops, surgery
 from deeprebirth._version import __version__
+from deeprebirth.cpp_package import cmake_prefix_path
 from deeprebirth.ops import build_info
 from deeprebirth.surgery import plan, register_rule, slim, verify
 
 __all__ = ["__version__", "build_info", "export", "models", "nn", "ops", "surgery"]
-__all__ += ["plan", "register_rule", "slim", "verify"]
+__all__ += ["cmake_prefix_path", "plan", "register_rule", "slim", "verify"]
