@@ -34,7 +34,8 @@ from deeprebirth.bench.tables import (
 from deeprebirth.bench.zoo import in_form, top_level_blocks
 
 MIB = 2**20
-REDUCED_PRECISION = ("openvino_bf16",)  # flagged rows, left out of the fp32 verdicts
+# flagged rows, left out of the fp32 verdicts
+REDUCED_PRECISION = ("openvino_bf16", "executorch_int8_1t", "executorch_int8_2t", "inductor_int8")
 CLASSIFICATION_NOTE = (
     "Top-level operators recorded by `torch.profiler` (an operator called inside another one "
     "counts as part of its caller). Tensor operators: names containing "
