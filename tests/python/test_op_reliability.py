@@ -366,15 +366,14 @@ WEIGHT_UPDATES = {
 }
 
 
-@pytest.mark.parametrize("path", ["direct", pytest.param("onednn", marks=needs_mkldnn)])
-@pytest.mark.parametrize("update", list(WEIGHT_UPDATES))
-def test_packed_conv2d_follows_every_weight_update(monkeypatch, update: str, path: str) -> None:
-    """After a call has packed the weight, an update of any kind (writes through ``.data``,
-    fused optimizer steps and NumPy views do not move the version counter) gives the output of
-    ``conv2d`` with the new weight, on the direct kernel's and on oneDNN's packed path."""
+def _check_update_is_seen(monkeypatch, update: str, path: str, frozen: bool) -> None:
+    """After a call has packed the weight, ``WEIGHT_UPDATES[update]`` gives the output of
+    ``conv2d`` with the new weight (this call and the next), on the ``path`` taken."""
     monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0 if path == "onednn" else 1 << 30)
     torch.manual_seed(9)
     conv = PackedConv2d(4, 8, 3, padding=1, relu=True).eval()
+    if frozen:
+        assert freeze_packed_weights(nn.Sequential(conv, nn.ReLU())) == 1
     x = torch.randn(1, 4, 8, 8)
 
     def reference() -> torch.Tensor:
@@ -384,12 +383,23 @@ def test_packed_conv2d_follows_every_weight_update(monkeypatch, update: str, pat
     with torch.no_grad():
         torch.testing.assert_close(conv(x), before, **TOLERANCE)
     assert conv.packed_weights if path == "onednn" else conv._direct_weight  # the path ran
+    snapshot = conv._weight_snapshot[0]
+    # frozen weights keep no copy: the snapshot is the weight itself
+    assert (snapshot.data_ptr() == conv.weight.data_ptr()) == frozen
     WEIGHT_UPDATES[update](conv)
     after = reference()
     assert not torch.allclose(after, before)
     with torch.no_grad():
         torch.testing.assert_close(conv(x), after, **TOLERANCE)
         torch.testing.assert_close(conv(x), after, **TOLERANCE)  # and the next call
+
+
+@pytest.mark.parametrize("path", ["direct", pytest.param("onednn", marks=needs_mkldnn)])
+@pytest.mark.parametrize("update", list(WEIGHT_UPDATES))
+def test_packed_conv2d_follows_every_weight_update(monkeypatch, update: str, path: str) -> None:
+    """An update of any kind (writes through ``.data``, fused optimizer steps and NumPy views do
+    not move the version counter) is seen, on the direct kernel's and oneDNN's packed path."""
+    _check_update_is_seen(monkeypatch, update, path, frozen=False)
 
 
 #: The updates autograd's version counter (or a new tensor) records: what frozen weights see.
@@ -405,26 +415,7 @@ def test_frozen_packed_weights_follow_versioned_updates(
 ) -> None:
     """``freeze_packed_weights``: no byte-for-byte comparison and no snapshot copy, yet every
     update that moves the version counter or replaces the tensor is seen."""
-    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0 if path == "onednn" else 1 << 30)
-    torch.manual_seed(10)
-    conv = PackedConv2d(4, 8, 3, padding=1, relu=True).eval()
-    assert freeze_packed_weights(nn.Sequential(conv, nn.ReLU())) == 1
-    x = torch.randn(1, 4, 8, 8)
-
-    def reference() -> torch.Tensor:
-        return F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1)).detach()
-
-    before = reference()
-    with torch.no_grad():
-        torch.testing.assert_close(conv(x), before, **TOLERANCE)
-    snapshot = conv._weight_snapshot[0]
-    assert snapshot is not None and snapshot.data_ptr() == conv.weight.data_ptr()  # no copy
-    WEIGHT_UPDATES[update](conv)
-    after = reference()
-    assert not torch.allclose(after, before)
-    with torch.no_grad():
-        torch.testing.assert_close(conv(x), after, **TOLERANCE)
-        torch.testing.assert_close(conv(x), after, **TOLERANCE)
+    _check_update_is_seen(monkeypatch, update, path, frozen=True)
 
 
 def test_kernel_choice_cache_keeps_the_most_recent_shapes() -> None:
