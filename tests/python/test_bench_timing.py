@@ -70,3 +70,13 @@ print(seen["inside"], mmapped_while_alive())
     assert done.returncode == 0, done.stderr
     inside, after = map(int, done.stdout.split())
     assert (inside, after) == (0, 1)
+
+
+def test_interleaved_timings_warm_up_in_the_timed_rounds_mode():
+    """Compiled functions guard on inference mode: a warm-up in another mode than the timed
+    rounds would leave their recompilation inside the first timed call."""
+    modes: list[bool] = []
+    interleaved_timings(
+        {"a": lambda: modes.append(torch.is_inference_mode_enabled())}, repeats=3, warmup=2
+    )
+    assert modes == [True] * 5
