@@ -42,7 +42,7 @@ from torch import nn
 
 from deeprebirth.bench.context import BenchContext
 from deeprebirth.bench.profiling import profile_forward
-from deeprebirth.bench.runtimes import ExecuTorchRuns, _first_line
+from deeprebirth.bench.runtimes import ExecuTorchRuns, _first_line, onnxruntime_options
 from deeprebirth.bench.tables import MISSING, ResultPage, timing_cell
 from deeprebirth.bench.timing import Timing, benchmark_allocator, interleaved_timings
 from deeprebirth.bench.zoo import in_form
@@ -224,15 +224,10 @@ def _openvino_compiled(ov_model: Any, shape: tuple[int, ...], threads: int, coun
     """``ov_model`` compiled for ``shape`` as the benchmark's f32 runtime compiles it
     (``compile_openvino``), with ``PERF_COUNT`` on when ``counters`` (a compiled model cannot
     turn it on afterwards)."""
-    import openvino
-
     from deeprebirth.export.openvino import compile_openvino
 
     ov_model.reshape(list(shape))
-    if not counters:
-        return compile_openvino(ov_model, "f32", threads)
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
-    return openvino.Core().compile_model(ov_model, "CPU", {**config, "PERF_COUNT": True})
+    return compile_openvino(ov_model, "f32", threads, **({"PERF_COUNT": True} if counters else {}))
 
 
 def _executed_node_us(request: Any, runs: int) -> dict[str, tuple[str, str, float]]:
@@ -294,11 +289,7 @@ def onnxruntime_session(path: Path, threads: int, trace_prefix: Path | None = No
     """
     import onnxruntime
 
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = onnxruntime_options(threads)
     if trace_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(trace_prefix)

@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -140,13 +141,7 @@ def onnxruntime_forward(
     import deeprebirth
 
     deeprebirth.export(model, example.cpu(), format="onnx", out=path)
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # ORT's idle threads spin-wait by default and steal the cores from the variant timed next
-    # (interleaved runs), which then reads much slower (docs/benchmarks.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = onnxruntime_options(threads)
     providers = ["CPUExecutionProvider"]
     if example.is_cuda:
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -247,6 +242,21 @@ def openvino_forward(model: nn.Module, example: torch.Tensor, precision: str, th
         return compiled_forward(compile_openvino(ov_model, precision, threads))
 
     return _PerShape(build)
+
+
+def onnxruntime_options(threads: int) -> Any:
+    """The benchmark's ``onnxruntime.SessionOptions``: ``ORT_ENABLE_ALL``, ``threads`` intra-op
+    threads, one inter-op thread, no spinning."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # ORT's idle threads spin-wait by default and steal the cores from the variant timed next
+    # (interleaved runs), which then reads much slower (docs/benchmarks.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def _first_line(error: BaseException) -> str:

@@ -60,11 +60,14 @@ def to_openvino(model: nn.Module, example_input: torch.Tensor) -> Any:
         return ov.convert_model(program, input=[shape])
 
 
-def compile_openvino(ov_model: Any, precision: str = "f32", num_threads: int | None = None) -> Any:
+def compile_openvino(
+    ov_model: Any, precision: str = "f32", num_threads: int | None = None, **properties: Any
+) -> Any:
     """``openvino.Core().compile_model`` on the CPU with ``INFERENCE_PRECISION_HINT`` set to
-    ``precision`` (and ``INFERENCE_NUM_THREADS`` when given)."""
+    ``precision`` (and ``INFERENCE_NUM_THREADS`` when given); ``properties`` are further CPU
+    properties (e.g. ``PERF_COUNT=True`` for per-layer counters)."""
     _check_precision(precision)
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, **properties}
     if num_threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(num_threads)
     return _openvino().Core().compile_model(ov_model, "CPU", config)
