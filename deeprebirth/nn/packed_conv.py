@@ -116,10 +116,15 @@ class PackedConv2d(nn.Conv2d):
     def train(self, mode: bool = True) -> "PackedConv2d":
         if mode:  # the weights are about to change: free the packed copies
             with self._cache_lock:
-                self.packed_weights = OrderedDict()
-                self._direct_weight = ()
-                self._weight_snapshot = (None, self._weight_snapshot[1] + 1, None)
+                self._drop_packed_copies()
         return super().train(mode)
+
+    def _drop_packed_copies(self, snapshot: tuple | None = None) -> None:
+        """Frees the packed copies and the snapshot, or puts ``snapshot`` (values, generation,
+        version key) in its place. The caller holds ``_cache_lock``."""
+        self.packed_weights = OrderedDict()
+        self._direct_weight = ()
+        self._weight_snapshot = snapshot or (None, self._weight_snapshot[1] + 1, None)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -207,9 +212,7 @@ class PackedConv2d(nn.Conv2d):
                 if not self.frozen_weights:
                     values = values.clone()
                 current = (values, current[1] + 1, _version_key(weight))
-                self.packed_weights = OrderedDict()
-                self._direct_weight = ()
-                self._weight_snapshot = current
+                self._drop_packed_copies(current)
             return current[:2]
 
     @torch.jit.unused
@@ -588,7 +591,5 @@ def freeze_packed_weights(model: nn.Module, frozen: bool = True) -> int:
     for layer in layers:
         with layer._cache_lock:
             layer.frozen_weights = frozen
-            layer._weight_snapshot = (None, layer._weight_snapshot[1] + 1, None)
-            layer.packed_weights = OrderedDict()
-            layer._direct_weight = ()
+            layer._drop_packed_copies()
     return len(layers)
