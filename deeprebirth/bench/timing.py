@@ -1,7 +1,8 @@
 """Measuring latency and peak memory without fooling yourself (docs/benchmarks.md).
 
 - :func:`interleaved_timings` runs variants A B A B … in one process after a warm-up, so machine
-  noise hits every variant alike; compare medians and report ratios.
+  noise hits every variant alike; compare medians and report ratios. A sample of a
+  sub-millisecond call is the mean of enough back-to-back calls to fill a millisecond.
 - :func:`benchmark_allocator` (entered by :func:`interleaved_timings` for its own duration) keeps
   freed activation buffers in glibc's heap, so repeated forwards do not map, fault in and unmap
   them again (allocator churn). Leaving it restores glibc's default thresholds: importing or
@@ -20,6 +21,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import math
 import os
 import platform
 import statistics
@@ -40,9 +42,16 @@ _benchmark_depth = 0
 
 @dataclass(frozen=True)
 class Timing:
-    """Latency samples of one variant, in milliseconds."""
+    """Latency samples of one variant, in milliseconds.
+
+    Attributes:
+        samples: one per timed round; each the mean of ``calls`` back-to-back calls.
+        calls: calls per sample (1 unless a call took under ``min_sample_ms`` of
+            :func:`interleaved_timings`).
+    """
 
     samples: tuple[float, ...]
+    calls: int = 1
 
     @property
     def median(self) -> float:
@@ -65,20 +74,27 @@ def interleaved_timings(
     repeats: int = 20,
     warmup: int = 3,
     prepare: Mapping[str, Callable[[], object]] | None = None,
+    min_sample_ms: float = 1.0,
 ) -> dict[str, Timing]:
     """Times each variant ``repeats`` times, interleaved (A B A B …), after ``warmup`` rounds.
 
     Args:
         variants: name -> the call to time.
-        prepare: name -> a call run untimed before each of that variant's calls (a runtime's
+        prepare: name -> a call run untimed before each of that variant's samples (a runtime's
             process-wide setting, such as ExecuTorch's thread pool size).
+        min_sample_ms: a variant whose last warm-up call took less is called back to back
+            ``ceil(min_sample_ms / that time)`` times per sample, and the sample is their mean
+            (as ``timeit``'s autorange does): one call of a tenth of a millisecond measures the
+            timer and the caches the previous variant left as much as the variant itself. 0,
+            or no warm-up, times single calls.
 
     Example:
         >>> t = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: 0}, repeats=3)
-        >>> sorted(t), len(t["a"].samples)
-        (['a', 'b'], 3)
+        >>> sorted(t), len(t["a"].samples), t["b"].calls > 1
+        (['a', 'b'], 3, True)
     """
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    calls = dict.fromkeys(variants, 1)
     prepare = prepare or {}
     # Warm-up in the timed rounds' inference mode: compiled functions guard on it, and warming
     # up outside it left each one's recompilation inside the first timed call.
@@ -86,14 +102,19 @@ def interleaved_timings(
         for _ in range(warmup):
             for name, fn in variants.items():
                 prepare.get(name, _nothing)()
+                start = time.perf_counter()
                 fn()
+                once = (time.perf_counter() - start) * 1e3
+                calls[name] = max(1, math.ceil(min_sample_ms / max(once, 1e-6)))
         for _ in range(repeats):
             for name, fn in variants.items():
                 prepare.get(name, _nothing)()
+                number = calls[name]
                 start = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: Timing(tuple(s)) for name, s in samples.items()}
+                for _ in range(number):
+                    fn()
+                samples[name].append((time.perf_counter() - start) * 1e3 / number)
+    return {name: Timing(tuple(s), calls[name]) for name, s in samples.items()}
 
 
 def _nothing() -> None:

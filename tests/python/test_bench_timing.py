@@ -77,6 +77,32 @@ def test_interleaved_timings_warm_up_in_the_timed_rounds_mode():
     rounds would leave their recompilation inside the first timed call."""
     modes: list[bool] = []
     interleaved_timings(
-        {"a": lambda: modes.append(torch.is_inference_mode_enabled())}, repeats=3, warmup=2
+        {"a": lambda: modes.append(torch.is_inference_mode_enabled())},
+        repeats=3,
+        warmup=2,
+        min_sample_ms=0,
     )
     assert modes == [True] * 5
+
+
+def test_interleaved_timings_average_back_to_back_calls_only_under_min_sample_ms():
+    """A sub-millisecond call is sampled as the mean of enough calls to fill ``min_sample_ms``
+    (counted here, and each sample still at least the call's own sleep); a longer call once."""
+    import time
+
+    counts = {"short": 0, "long": 0}
+
+    def sleep(name: str, seconds: float):
+        def call():
+            counts[name] += 1
+            time.sleep(seconds)
+
+        return call
+
+    timings = interleaved_timings(
+        {"short": sleep("short", 2e-4), "long": sleep("long", 3e-3)}, repeats=4, warmup=1
+    )
+    short, long = timings["short"], timings["long"]
+    assert long.calls == 1 and counts["long"] == 1 + 4
+    assert 1 < short.calls <= 5 and counts["short"] == 1 + 4 * short.calls
+    assert min(short.samples) >= 0.2 and min(long.samples) >= 3.0
