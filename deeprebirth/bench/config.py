@@ -26,6 +26,11 @@ DEPLOY_RUNTIMES = (  # the phone and server runtimes a slim model ships to (port
 )
 # Tables 4/5; the int8 columns give the paper's Table 5 its GoogLeNet-Int8 / -Slim-Int8 rows
 INT8_RUNTIMES = ("executorch_int8_1t", "executorch_int8_2t", "inductor_int8")
+INT8_OF = {  # each fp32 runtime and its int8 form: the int8 table's columns
+    "executorch_1t": "executorch_int8_1t",
+    "executorch_2t": "executorch_int8_2t",
+    "compile_freezing": "inductor_int8",
+}
 LATENCY_RUNTIMES = ("eager", "torchscript", "onnxruntime", *DEPLOY_RUNTIMES, *INT8_RUNTIMES)
 PEER_RUNTIMES = (  # the original model in every form a user might try, and the slim one likewise
     "eager",

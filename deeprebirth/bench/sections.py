@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deeprebirth.bench import plots
+from deeprebirth.bench.config import INT8_OF
 from deeprebirth.bench.context import BenchContext
 from deeprebirth.bench.costs import max_batch_within, measure_peak_memory
 from deeprebirth.bench.profiling import TENSOR_OP_PATTERNS
@@ -197,6 +198,41 @@ def _block_table(ctx: BenchContext, page: ResultPage) -> None:
     )
 
 
+def _int8_table(ctx: BenchContext, page: ResultPage, batch: int) -> None:
+    """Table 5 with int8 models as rows (GoogLeNet-Int8, GoogLeNet-Slim-Int8 …) beside the fp32
+    ones: each column one runtime, its int8 form in the int8 rows (:data:`INT8_OF`), speed-ups
+    against the first model in fp32. Written when the latency runtimes include an int8 one."""
+    cfg = ctx.config
+    columns = [(f, q) for f, q in INT8_OF.items() if q in cfg.latency_runtimes]
+    if not columns:
+        return
+    latency = ctx.latency[batch]
+    first = cfg.latency_models[0].label
+    header = ["model"]
+    for fp32, _ in columns:
+        header += [f"{RUNTIMES[fp32]} ms", "speed-up"]
+    rows = []
+    for suffix, pick in (("", 0), ("-Int8", 1)):
+        for spec in cfg.latency_models:
+            cells = [spec.label + suffix]
+            for pair in columns:
+                timing = latency.get((spec.label, pair[pick]))
+                cells += [
+                    timing_cell(timing),
+                    ratio_cell(ratio(latency.get((first, pair[0])), timing)),
+                ]
+            rows.append(cells)
+    names = ", ".join(f"{RUNTIMES[f]} → {RUNTIMES[q]}" for f, q in columns)
+    page.add_table(
+        f"total latency with int8 models as rows, batch {batch} (Table 5 analog)",
+        header,
+        rows,
+        f"-Int8 rows run the int8 form of each column's runtime ({names}; quantized by PT2E on "
+        f"32 random images, docs/quantize.md). Speed-up: {first} in fp32 / this row, in the "
+        "same column.",
+    )
+
+
 def write_latency(ctx: BenchContext) -> list[Path]:
     """Tables 4/5 analog: per-block time of the GoogLeNet variants and total latency of every
     latency model in each runtime, per batch; plus ``latency.png`` (first batch)."""
@@ -226,6 +262,7 @@ def write_latency(ctx: BenchContext) -> list[Path]:
             rows,
             f"Speed-up: {first} / this model, in the same runtime.",
         )
+        _int8_table(ctx, page, batch)
     unavailable = [
         f"- {label}, {RUNTIMES[name]}: {rt.note}"
         for (label, name), rt in ctx.runtimes.items()
