@@ -54,7 +54,22 @@ def main() -> int:
     parser.add_argument("run", type=Path, help="output_dir of the finetune job")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--out", type=Path, help="Markdown page to write")
+    parser.add_argument(
+        "--runtimes",
+        default=",".join((*FP32, *INT8)),
+        help=f"comma-separated subset of {', '.join((*FP32, *INT8))} (must include executorch_1t, "
+        "the baseline)",
+    )
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.runtimes.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - {*FP32, *INT8})
+    if unknown or "executorch_1t" not in chosen:
+        print(
+            f"error: --runtimes takes {', '.join((*FP32, *INT8))} including executorch_1t, "
+            f"but got {args.runtimes!r}",
+            file=sys.stderr,
+        )
+        return 2
     files = [args.run / f"{who}{suffix}" for who in MODELS for suffix in (".pt", "_int8.pte")]
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
@@ -78,7 +93,7 @@ def main() -> int:
     x = torch.randn(1, channels, height, width)
     calls, prepare = {}, {}
     for who, model in models.items():
-        for name in (*FP32, *INT8):
+        for name in chosen:
             runtime = build_runtime(name, model, x)
             if runtime.run is None:
                 print(f"{who} {name}: unavailable ({runtime.note})", file=sys.stderr)
