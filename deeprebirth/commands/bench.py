@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep only these models (labels, e.g. GoogLeNet,GoogLeNet-Slim) in the latency, "
         "memory and roofline tables and the peer pairs",
     )
+    parser.add_argument(
+        "--latency-runtimes",
+        type=_csv(str),
+        default=None,
+        help="the latency tables' runtimes, in order (names, e.g. onnxruntime,executorch_1t,"
+        "executorch_int8_1t; default: all of them)",
+    )
 
 
 def _command_line() -> str:
@@ -83,6 +90,7 @@ def config_from_args(args: argparse.Namespace):
         SuiteConfig,
         quick_config,
     )
+    from deeprebirth.bench.runtimes import RUNTIMES
 
     overrides = {
         "out": args.out,
@@ -104,6 +112,13 @@ def config_from_args(args: argparse.Namespace):
             ("portable_runtimes", PORTABLE_FORM_RUNTIMES),
         ):
             overrides[key] = tuple(r for r in names if not r.startswith("compile"))
+    if args.latency_runtimes:
+        unknown = [name for name in args.latency_runtimes if name not in RUNTIMES]
+        if unknown:
+            raise ValueError(
+                f"expected --latency-runtimes among {sorted(RUNTIMES)}, but got {unknown}"
+            )
+        overrides["latency_runtimes"] = tuple(args.latency_runtimes)
     overrides["command"] = _command_line()
     config = quick_config(**overrides) if args.quick else SuiteConfig(**overrides)
     if args.models:

@@ -409,6 +409,12 @@ def test_cli_options_become_the_config(tmp_path):
             config_from_args(parser.parse_args(["bench", "--models", bad]))
     with pytest.raises(ValueError, match="sections"):
         config_from_args(parser.parse_args(["bench", "--sections", "tables"]))
+    chosen = "onnxruntime,executorch_1t,executorch_int8_1t"
+    config = config_from_args(parser.parse_args(["bench", "--latency-runtimes", chosen]))
+    assert config.latency_runtimes == tuple(chosen.split(","))
+    assert config.peer_runtimes == SuiteConfig().peer_runtimes  # the peers page keeps its own
+    with pytest.raises(ValueError, match="--latency-runtimes among .*tensorrt"):
+        config_from_args(parser.parse_args(["bench", "--latency-runtimes", "eager,tensorrt"]))
 
 
 def _compare_models(*args: str, timeout: int = 300):
