@@ -113,11 +113,13 @@ class InductorRunner:
     kernels) of an ``x86_inductor`` program, compiled here by one call on ``example_input``;
     call it on a batch.
 
-    Inductor's ``freezing`` is set process-wide while a shape compiles (each new input shape,
-    and each shape first called under ``torch.inference_mode``, compiles once) and not
-    otherwise: passed as a ``torch.compile`` option instead, the int8 weight prepacking is not
-    folded and compilation fails (``UnsupportedOperatorException: onednn.qconv_prepack``, torch
-    2.13 / torchao 0.18).
+    Inductor's ``freezing`` is set process-wide for the duration of each call, so that every
+    compilation Dynamo starts (a new shape, a call under ``torch.inference_mode``, an inference
+    tensor where an ordinary one was seen) folds the int8 weights. Setting it only for the first
+    call of each (shape, mode) left a later recompilation without it: that graph ran float
+    convolutions on weights dequantized per call, 3-5x slower. Passed as a ``torch.compile``
+    option instead, the int8 weight prepacking is not folded and compilation fails
+    (``UnsupportedOperatorException: onednn.qconv_prepack``, torch 2.13 / torchao 0.18).
 
     Args:
         program: a ``.pt2`` file from :func:`save_quantized`, or the converted module.
@@ -141,7 +143,6 @@ class InductorRunner:
 
             program = load_pt2(program)[0].module()
         self._compiled = torch.compile(program, dynamic=False)
-        self._seen: set[tuple] = set()  # (shape, inference mode): each compiles once
         keys = ("qconv_weight_prepack_matcher_count", "qlinear_weight_prepack_matcher_count")
         before = sum(counters["inductor"][k] for k in keys)
         self(example_input)
@@ -150,14 +151,8 @@ class InductorRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch._inductor.config
 
-        key = (tuple(x.shape), torch.is_inference_mode_enabled())
-        with torch.no_grad():
-            if key in self._seen:
-                return self._compiled(x)
-            with torch._inductor.config.patch(freezing=True):
-                y = self._compiled(x)
-            self._seen.add(key)
-            return y
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            return self._compiled(x)
 
 
 def inductor_runner(
