@@ -30,6 +30,7 @@ from deeprebirth.io import load_model, stored_input_geometry
 MODELS = ("teacher", "student")
 FP32 = ("executorch_1t", "executorch_2t", "compile_freezing")
 INT8 = ("executorch_int8_1t", "executorch_int8_2t", "inductor_int8")
+ALL = (*FP32, *INT8)
 
 
 def job_top1(run: Path) -> dict[tuple[str, str], float]:
@@ -56,16 +57,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="Markdown page to write")
     parser.add_argument(
         "--runtimes",
-        default=",".join((*FP32, *INT8)),
-        help=f"comma-separated subset of {', '.join((*FP32, *INT8))} (must include executorch_1t, "
+        default=",".join(ALL),
+        help=f"comma-separated subset of {', '.join(ALL)} (must include executorch_1t, "
         "the baseline)",
     )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.runtimes.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - {*FP32, *INT8})
+    unknown = sorted(set(chosen) - set(ALL))
     if unknown or "executorch_1t" not in chosen:
         print(
-            f"error: --runtimes takes {', '.join((*FP32, *INT8))} including executorch_1t, "
+            f"error: --runtimes takes {', '.join(ALL)} including executorch_1t, "
             f"but got {args.runtimes!r}",
             file=sys.stderr,
         )
