@@ -19,6 +19,10 @@ Formats:
       in f32 unless ``precision="bf16"`` (then a warning says how far outputs move).
       Needs ``pip install deeprebirth[deploy]``.
 
+:func:`to_onednn_graph` is deeprebirth's fastest PyTorch path on x86 CPUs: frozen TorchScript of
+the portable model run by TorchScript's oneDNN Graph fuser (``deeprebirth-run --onednn-graph`` for
+a portable TorchScript file in C++, ``load_exported(..., onednn_graph=True)`` in Python).
+
 ``portable=True`` replaces every :mod:`deeprebirth.nn` module with a ``to_standard()``
 (ConvPool2d, BranchConv2d, the packed convolutions) by the standard layers it returns (exact), so
 the file needs no deeprebirth library to load; otherwise the deeprebirth operators stay in the
@@ -40,6 +44,7 @@ from torch import nn
 
 from deeprebirth.export.loading import load_exported
 from deeprebirth.export.metadata import FORMATS, METADATA_FILE, METADATA_KEY, ExportMetadata
+from deeprebirth.export.onednn_graph import OneDNNGraphModule, to_onednn_graph
 from deeprebirth.export.portable import make_portable, uses_deeprebirth_ops
 
 __all__ = [
@@ -47,10 +52,12 @@ __all__ = [
     "METADATA_FILE",
     "METADATA_KEY",
     "ExportMetadata",
+    "OneDNNGraphModule",
     "export",
     "load_exported",
     "make_portable",
     "read_metadata",
+    "to_onednn_graph",
     "uses_deeprebirth_ops",
 ]
 

@@ -41,7 +41,7 @@ def _inference(module: Callable[[torch.Tensor], torch.Tensor]):
 
 
 def load_exported(
-    path: str | os.PathLike, num_threads: int | None = None
+    path: str | os.PathLike, num_threads: int | None = None, onednn_graph: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model in ``path`` (any format of :func:`deeprebirth.export.export`, told apart by its
     metadata record) as a function of a batch ``(N, C, H, W)``, on the CPU: ONNX in ONNX Runtime,
@@ -52,10 +52,13 @@ def load_exported(
         path: the exported file.
         num_threads: threads to run on (default: the runtime's own). For ExecuTorch and the torch
             formats this sets the process-wide pool (``torch.set_num_threads``).
+        onednn_graph: TorchScript only: run it with TorchScript's oneDNN Graph fuser
+            (:class:`~deeprebirth.export.onednn_graph.OneDNNGraphModule`), as
+            ``deeprebirth-run --onednn-graph`` does; the file must be portable.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`deeprebirth.export.read_metadata`, or
-            ``num_threads`` < 1.
+        FileNotFoundError / ValueError: as :func:`deeprebirth.export.read_metadata`,
+            ``num_threads`` < 1, or ``onednn_graph`` for a file that is not portable TorchScript.
         ImportError: the format's runtime is not installed (the message says what to install).
     """
     from deeprebirth.export import read_metadata
@@ -64,6 +67,12 @@ def load_exported(
         raise ValueError(f"expected num_threads >= 1, but got {num_threads}")
     path = Path(path)
     record: ExportMetadata = read_metadata(path)
+    if onednn_graph and (record.format != "torchscript" or not record.portable):
+        raise ValueError(
+            f"onednn_graph runs portable TorchScript files, but {path} is "
+            f"{'portable ' if record.portable else ''}{record.format} (export it with "
+            "format='torchscript', portable=True)"
+        )
     if record.format == "onnx":
         return _onnx_runner(path, num_threads)
     if record.format == "executorch":
@@ -82,4 +91,9 @@ def load_exported(
         from torch.jit.mobile import _load_for_lite_interpreter
 
         return _inference(_load_for_lite_interpreter(str(path)))
-    return _inference(torch.jit.load(str(path), map_location="cpu"))
+    module = torch.jit.load(str(path), map_location="cpu")
+    if onednn_graph:
+        from deeprebirth.export.onednn_graph import OneDNNGraphModule
+
+        return _inference(OneDNNGraphModule(module))
+    return _inference(module)
