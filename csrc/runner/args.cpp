@@ -40,7 +40,10 @@ cxxopts::Options make_options() {
       "optimize",
       "apply torch::jit::optimize_for_inference (MKLDNN rewrites) after loading; its "
       "prim::mkldnn_convolution nodes are invisible to the profiler breakdown")(
-      "print-logits", "print the raw logits of every image")(
+      "onednn-graph",
+      "run TorchScript's oneDNN Graph fuser: whole runs of standard layers become fused oneDNN "
+      "partitions (export with --portable so that every layer is standard; not with "
+      "--optimize)")("print-logits", "print the raw logits of every image")(
       "dump-input", "write the preprocessed batch as raw float32 (N,3,H,W) to FILE",
       cxxopts::value<std::string>())("h,help", "print this help");
   options.parse_positional({"model"});
@@ -105,6 +108,7 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     parsed.profile_iters = static_cast<int>(integer_option(result, "profile-iters", 0, kInt));
     parsed.print_logits = result.count("print-logits") > 0;
     parsed.optimize = result.count("optimize") > 0;
+    parsed.onednn_graph = result.count("onednn-graph") > 0;
     if (result.count("dump-input")) {
       parsed.dump_input = result["dump-input"].as<std::string>();
     }
@@ -112,6 +116,10 @@ RunnerOptions parse_args(int argc, const char* const argv[]) {
     throw RunnerError(ExitCode::kUsage, std::string(error.what()) + " (see --help)");
   }
   require(parsed.bench || !parsed.images.empty(), "expected --image FILE (one or more) or --bench");
+  // The MKLDNN rewrites replace the convolutions by prim::mkldnn_convolution, which the fuser
+  // cannot take: together the two options would silently give neither speed-up.
+  require(!(parsed.optimize && parsed.onednn_graph),
+          "--optimize and --onednn-graph exclude each other");
   return parsed;
 }
 

@@ -21,6 +21,7 @@ struct RunnerOptions {
   int iters = 100;
   int profile_iters = 10;     // extra iterations run under the profiler (0 = no breakdown)
   bool optimize = false;      // torch::jit::optimize_for_inference after loading (--optimize)
+  bool onednn_graph = false;  // TorchScript's oneDNN Graph fuser on (--onednn-graph)
   bool print_logits = false;  // print raw logits, one line per image
   std::string dump_input;     // write the preprocessed batch (float32, N*3*H*W) to this file
   bool help = false;          // --help was given (usage already printed)
@@ -28,7 +29,8 @@ struct RunnerOptions {
 
 // Parses argv. Throws RunnerError(kUsage) naming the bad option (integers outside their range
 // included: --topk >= 1, --batch >= 0, --threads in [0, kMaxThreads], --warmup >= 0, --iters >= 1,
-// --profile-iters >= 0, each at most what its field holds); prints usage on --help.
+// --profile-iters >= 0, each at most what its field holds) and --optimize with --onednn-graph;
+// prints usage on --help.
 RunnerOptions parse_args(int argc, const char* const argv[]);
 
 }  // namespace deeprebirth::runner

@@ -108,7 +108,7 @@ int run(const dr::RunnerOptions& options) {
   if (options.threads > 0) {
     at::set_num_threads(options.threads);
   }
-  const auto model = dr::LoadedModel::load(options.model, options.optimize);
+  const auto model = dr::LoadedModel::load(options.model, options.optimize, options.onednn_graph);
   if (!options.images.empty()) {
     classify(model, options);
   }

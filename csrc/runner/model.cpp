@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/jit/codegen/onednn/interface.h>
 #include <torch/csrc/jit/mobile/import.h>
 #include <torch/csrc/jit/mobile/module.h>
 #include <torch/script.h>
@@ -49,7 +50,7 @@ std::string forward_failure_reason(const std::string& what) {
   return what.substr(begin, end + 1 - begin);
 }
 
-LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
+LoadedModel LoadedModel::load(const std::string& path, bool optimize, bool onednn_graph) {
   std::error_code ignored;
   if (!std::filesystem::is_regular_file(path, ignored)) {
     throw model_error(path, "file not found");
@@ -103,6 +104,16 @@ LoadedModel LoadedModel::load(const std::string& path, bool optimize) {
     model.metadata_ = parse_metadata(extra[kMetadataFile]);
   } catch (const std::invalid_argument& error) {
     throw model_error(path, error.what());
+  }
+  if (onednn_graph) {
+    // The fuser fails inside LibTorch on graphs that hold deeprebirth's operators.
+    if (!model.metadata_.portable) {
+      throw model_error(path,
+                        "--onednn-graph needs a portable export (no deeprebirth operators): "
+                        "export it with `deeprebirth export --portable`");
+    }
+    // The fuser rewrites each input shape's graph during its first forwards (the warm-up).
+    torch::jit::RegisterLlgaFuseGraph::setEnabled(true);
   }
   return model;
 }

@@ -23,8 +23,11 @@ class LoadedModel {
  public:
   // Loads `path` on the CPU. Throws RunnerError(kModel) for a missing, empty or corrupt file,
   // a file that is not a TorchScript / lite model, or one without deeprebirth metadata.
-  // `optimize` applies torch::jit::optimize_for_inference to TorchScript modules.
-  static LoadedModel load(const std::string& path, bool optimize = false);
+  // `optimize` applies torch::jit::optimize_for_inference to TorchScript modules; `onednn_graph`
+  // turns on TorchScript's oneDNN Graph fuser (process-wide) for the forwards that follow, for
+  // portable files only (RunnerError(kModel) otherwise).
+  static LoadedModel load(const std::string& path, bool optimize = false,
+                          bool onednn_graph = false);
 
   // Logits (N, classes) of a (N, C, H, W) batch, in inference mode. Throws RunnerError(kInference)
   // when the model rejects the batch (e.g. a traced model fixed to another size).

@@ -162,14 +162,14 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def _runner_logits_and_input(
-    model_file: Path, image_paths: list[Path], dump: Path, optimize: bool = False
+    model_file: Path, image_paths: list[Path], dump: Path, options: tuple[str, ...] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs deeprebirth-run with --print-logits and --dump-input; returns (logits, input).
 
     One thread: OpenMP threads that spin on a shared, busy CPU made these runs ~7x slower.
     """
     args = [str(model_file), "--print-logits", "--dump-input", str(dump), "--threads", "1"]
-    args += ["--optimize"] if optimize else []
+    args += list(options)
     for path in image_paths:
         args += ["--image", str(path)]
     result = _run(*args)
@@ -207,11 +207,15 @@ def test_python_formats_give_the_eager_logits(name, exported):
 @needs_runner
 @pytest.mark.parametrize("name", list(MODELS))
 def test_runner_gives_the_eager_logits(name, exported, images, tmp_path):
-    """The TorchScript file in deeprebirth-run == eager PyTorch on the runner's input, atol 1e-4."""
+    """The TorchScript file in deeprebirth-run == eager PyTorch on the runner's input, atol 1e-4:
+    as saved, with LibTorch's MKLDNN rewrites, and (portable files) with the oneDNN Graph fuser."""
     model, ts_file = exported.model(name), exported.file(name, "torchscript")
     paths = [images["rgb.jpg"], images["gray.png"]]
-    for optimize in (False, True):  # as saved, and with LibTorch's MKLDNN rewrites
-        logits, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in", optimize)
+    modes = [(), ("--optimize",)] + (
+        [("--onednn-graph",)] if read_metadata(ts_file).portable else []
+    )
+    for options in modes:
+        logits, runner_input = _runner_logits_and_input(ts_file, paths, tmp_path / "in", options)
         with torch.no_grad():
             torch.testing.assert_close(logits, model(runner_input), atol=ATOL, rtol=0)
 
@@ -381,6 +385,7 @@ def test_runner_top_k_and_bench(images, exported):
 def test_runner_bad_inputs_give_messages_and_exit_codes(images, exported, tmp_path):
     model_file = exported.file("googlenet", "torchscript")
     onnx_file = exported.file("googlenet", "onnx")
+    native = exported.file("slim_googlenet", "torchscript")  # holds deeprebirth operators
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
     text = tmp_path / "notes.txt"
@@ -412,7 +417,9 @@ def test_runner_bad_inputs_give_messages_and_exit_codes(images, exported, tmp_pa
         ((str(model_file), "--image", str(not_image)), EXIT_IMAGE, "not a readable image"),
         ((str(model_file), "--bench", "--batch", "100000000"), EXIT_BATCH, "does not fit"),
         ((str(one_channel), "--image", image), EXIT_INFERENCE, "1-image batch: RuntimeError:"),
+        ((str(native), "--bench", "--onednn-graph"), EXIT_MODEL, "needs a portable export"),
         ((str(model_file),), EXIT_USAGE, "expected --image"),
+        ((str(model_file), "--bench", "--optimize", "--onednn-graph"), EXIT_USAGE, "exclude"),
         ((str(model_file), "--bench", "--iters", "0"), EXIT_USAGE, "--iters"),
         ((str(model_file), "--bench", "--batch", "two"), EXIT_USAGE, "--batch to be an integer"),
     ]
