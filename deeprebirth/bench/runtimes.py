@@ -45,6 +45,7 @@ RUNTIMES: dict[str, str] = {
     "eager": "eager",
     "eager_channels_last": "eager channels_last",
     "torchscript": "TorchScript frozen",
+    "torchscript_onednn": "TorchScript oneDNN Graph",
     "jit_optimized": "jit optimize_for_inference",
     "compile": "torch.compile",
     "compile_freezing": "torch.compile freezing",
@@ -314,6 +315,11 @@ def build_runtime(
                 run = torchscript_frozen(model, example, optimize=name == "jit_optimized")
             if any("tracing instead" in str(w.message) for w in caught):
                 note = "traced (torch.jit.script failed)"
+        elif name == "torchscript_onednn":
+            from deeprebirth.export.onednn_graph import to_onednn_graph
+
+            run = to_onednn_graph(model, example)
+            note = run.choice
         elif name in ("compile", "compile_freezing"):
             run = compiled(model, example, freezing=name == "compile_freezing")
         elif name.startswith("executorch_"):

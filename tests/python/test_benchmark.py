@@ -68,7 +68,7 @@ def _tiny_config(out: Path, **overrides) -> SuiteConfig:
         latency_runtimes=("eager", "eager_channels_last"),
         peer_runtimes=("eager", "eager_channels_last"),  # TorchScript: see the runtimes doctest
         deployed_models=[zoo.GOOGLENET_SLIM],
-        deployed_runtimes=("eager", "torchscript"),
+        deployed_runtimes=("eager", "torchscript", "torchscript_onednn"),
         portable_runtimes=DEPLOY_PEERS,
         model_kwargs=TINY,
         # the profiles page has its own tests (test_runtime_profiles.py); it would add a minute
