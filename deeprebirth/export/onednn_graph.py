@@ -26,10 +26,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import statistics
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -66,29 +68,69 @@ def onednn_fusion() -> Iterator[None]:
 
 class OneDNNGraphModule(nn.Module):
     """A frozen TorchScript module whose forwards run with the oneDNN Graph fuser on (or off,
-    when ``fused`` is False: then it is the frozen module as is).
+    when ``fused`` is False: then it is the frozen module as is); fused, one copy per input shape.
+
+    The fuser compiles each partition for the shapes it saw first: a later call of another shape
+    fails the partition's guard and runs the unfused fallback graph (GoogLeNet-Slim at batch 8
+    after batch 1: 1.4x slower). Each input shape therefore gets a fresh copy of the module,
+    loaded from the bytes of the original, which builds its own plan during its first calls.
+    Each copy holds the weights again: at most ``max_shapes`` are kept (least recently used go).
 
     Attributes:
-        module: the frozen ``torch.jit.ScriptModule``.
+        module: the frozen ``torch.jit.ScriptModule`` (the first shape's copy).
         fused: whether forwards run fused.
         choice: why ``fused`` is what it is (the measured times when :func:`to_onednn_graph`
             chose).
+        max_shapes: input shapes whose copies are kept.
     """
 
     def __init__(
-        self, module: torch.jit.ScriptModule, fused: bool = True, choice: str = ""
+        self,
+        module: torch.jit.ScriptModule,
+        fused: bool = True,
+        choice: str = "",
+        max_shapes: int = 4,
     ) -> None:
         super().__init__()
+        if max_shapes < 1:
+            raise ValueError(f"expected max_shapes >= 1, but got {max_shapes}")
         self.module = module
         self.fused = fused
         self.choice = choice or ("fused" if fused else "not fused")
+        self.max_shapes = max_shapes
+        self._saved = b""
+        if fused:  # unfused, one module serves every shape (and MKLDNN constants cannot be saved)
+            buffer = io.BytesIO()
+            torch.jit.save(module, buffer)
+            self._saved = buffer.getvalue()
+        self._copies: OrderedDict[tuple, torch.jit.ScriptModule] = OrderedDict()
+        self._copies_lock = threading.Lock()
+
+    def _copy_for(self, x: torch.Tensor) -> torch.jit.ScriptModule:
+        if not self.fused:
+            return self.module
+        key = (tuple(x.shape), x.dtype, x.device)
+        with self._copies_lock:
+            copy = self._copies.get(key)
+            if copy is None:
+                copy = (
+                    self.module
+                    if not self._copies
+                    else torch.jit.load(io.BytesIO(self._saved), map_location=x.device)
+                )
+                self._copies[key] = copy
+                while len(self._copies) > self.max_shapes:
+                    self._copies.popitem(last=False)
+            self._copies.move_to_end(key)
+            return copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's output for ``x``; the first calls of each input shape build its plan."""
+        module = self._copy_for(x)
         if not self.fused:
-            return self.module(x)
+            return module(x)
         with onednn_fusion():
-            return self.module(x)
+            return module(x)
 
     def extra_repr(self) -> str:
         return f"fused={self.fused}, choice={self.choice!r}"

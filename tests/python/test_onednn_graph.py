@@ -78,9 +78,13 @@ def test_fused_module_gives_the_eager_outputs(build):
             fused(x)  # the optimized plan of this shape
             got_again = fused(x)
         assert _relative(got, expected) < 1e-4 and _relative(got_again, expected) < 1e-4
+    # Each shape runs its own copy (a plan fused for batch 2 would fall back to unfused ATen
+    # convolutions at batch 1), and both copies hold fused partitions.
+    first, second = fused._copy_for(_example()), fused._copy_for(_example(1))
+    assert first is fused.module and second is not first
     with onednn_fusion():
-        graph = str(fused.module.graph_for(_example()))
-    assert "oneDNNFusionGroup" in graph
+        for copy, x in ((first, _example()), (second, _example(1))):
+            assert "oneDNNFusionGroup" in str(copy.graph_for(x))
     assert not torch.jit.onednn_fusion_enabled()
 
 
@@ -97,6 +101,8 @@ def test_measured_choice_keeps_the_outputs():
         assert _relative(chosen(_example()), model(_example())) < 1e-4
     with pytest.raises(ValueError, match="rounds >= 1"):
         to_onednn_graph(model, _example(), rounds=0)
+    with pytest.raises(ValueError, match="max_shapes >= 1"):
+        OneDNNGraphModule(chosen.module, fused=False, max_shapes=0)
 
 
 def test_fusion_switch_is_scoped_and_shared():
@@ -143,3 +149,16 @@ def test_load_exported_runs_portable_torchscript_fused(tmp_path):
     for path, kind in ((native, "is torchscript"), (onnx, "is portable onnx")):
         with pytest.raises(ValueError, match=kind):
             load_exported(path, onednn_graph=True)
+
+
+def test_shape_copies_are_bounded():
+    """At most ``max_shapes`` copies stay (least recently used go); evicted shapes come back as
+    fresh copies with the same outputs."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    fused = to_onednn_graph(net, _example(), measure=False)
+    fused.max_shapes = 2
+    with torch.no_grad():
+        for batch in (1, 3, 2, 1):
+            x = _example(batch)
+            assert _relative(fused(x), net(x)) < 1e-5
+    assert [key[0][0] for key in fused._copies] == [2, 1]
