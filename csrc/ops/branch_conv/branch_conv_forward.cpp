@@ -96,22 +96,20 @@ at::Tensor branch_conv_forward(const at::Tensor& x, at::TensorList weights,
   }
 
   at::Tensor out = at::empty({batch, total, g.out_h, g.out_w}, x.options().memory_format(format));
-  at::Tensor x_rows, x_nchw;  // GEMM operands, made on first use
+  at::Tensor x_rows;  // the GEMM operand, made on first use
   for (const BranchRun& run : runs) {
     at::Tensor slice = out.narrow(1, run.channel_begin, run.channels());
     const at::Tensor weight = run_weight(weights, run);
     const std::optional<at::Tensor> bias = run_bias(biases, run, g, x);
-    if (run.pointwise() && stride == 1 && channels_last) {  // all pixels: one GEMM
+    // A weight-heavy 1x1 branch (C_in > pixels) runs the reference's own convolution on x and
+    // writes it into its slice: the GEMMs per image or over a one-row image that ran here before
+    // were up to 1.8x slower than the reference on the Xeon (inception_5a/5b NCHW at batch 8,
+    // 4b-4e channels_last at batch 1; docs/kernels.md).
+    const bool weight_heavy =
+        run.pointwise() && run.last - run.first == 1 && weights[run.first].size(1) > pixels;
+    if (run.pointwise() && stride == 1 && channels_last && !weight_heavy) {  // one GEMM
       if (!x_rows.defined()) x_rows = pixel_rows(x);
       gemm(pixel_rows(slice), x_rows, weight.reshape({run.channels(), -1}), bias, relu);
-    } else if (run.pointwise() && stride == 1 && run.last - run.first == 1 &&
-               weights[run.first].size(1) > pixels) {
-      // NCHW, unmerged weight-heavy branch (small batch): one GEMM per image into its slice.
-      if (!x_nchw.defined()) x_nchw = x.contiguous();
-      for (int64_t n = 0; n < batch; ++n) {
-        gemm(slice[n].reshape({run.channels(), -1}).t(), x_nchw[n].reshape({x.size(1), -1}).t(),
-             weight.reshape({run.channels(), -1}), bias, relu);
-      }
     } else {
       copy_relu_into(slice, run_convolution(x, weight, bias, run, stride), relu);
     }

@@ -148,21 +148,38 @@ def format_table(rows: list[dict], peak_gflops: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` (``--quick``, ``--threads``), runs the benchmark, prints the table."""
+    """Parses ``argv`` (``--quick``, ``--threads``, ``--batches``), runs the benchmark, prints the
+    table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 cases, fewer repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--batches", default="1,32", help="comma-separated batch sizes (default: 1,32)"
+    )
     args = parser.parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches expects integers such as 1,8, but got {args.batches!r}")
+    if min(batches) < 1:
+        parser.error(f"--batches expects sizes >= 1, but got {args.batches!r}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     configure_allocator()  # before any timing, so every row runs under the same allocator setting
     peak = peak_conv_gflops()
-    rows = run(quick=args.quick)
+    rows = run(quick=args.quick, batches=batches)
     print(format_table(rows, peak))
     for batch in sorted({r["batch"] for r in rows}):
         ratios = [r["ratio"] for r in rows if r["batch"] == batch]
         print(f"batch {batch}: ratio min {min(ratios):.2f}x, median "
               f"{sorted(ratios)[len(ratios) // 2]:.2f}x, max {max(ratios):.2f}x")  # fmt: skip
+        for layout in ("nchw", "cl"):  # each layout against the reference in the same layout
+            same = [
+                r["timings"][f"ref {layout}"].median / r["timings"][f"ours {layout}"].median
+                for r in rows
+                if r["batch"] == batch
+            ]
+            print(f"  {layout} ref/ours: min {min(same):.2f}x, max {max(same):.2f}x")
     print(f"fp32 peak: {peak:.0f} GFLOP/s (3x3 convolution 256->256 at 28x28, batch 32)")
     print(machine_line())
     return 0
