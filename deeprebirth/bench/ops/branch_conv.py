@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from deeprebirth.bench.compare_models import int_list
 from deeprebirth.bench.roofline import achieved_gflops, peak_conv_gflops
 from deeprebirth.bench.timing import (
     configure_allocator,
@@ -153,21 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 cases, fewer repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument(
-        "--batches", default="1,32", help="comma-separated batch sizes (default: 1,32)"
-    )
+    parser.add_argument("--batches", type=int_list, default=[1, 32], help="e.g. 1,8 (default 1,32)")
     args = parser.parse_args(argv)
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        parser.error(f"--batches expects integers such as 1,8, but got {args.batches!r}")
-    if min(batches) < 1:
-        parser.error(f"--batches expects sizes >= 1, but got {args.batches!r}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     configure_allocator()  # before any timing, so every row runs under the same allocator setting
     peak = peak_conv_gflops()
-    rows = run(quick=args.quick, batches=batches)
+    rows = run(quick=args.quick, batches=args.batches)
     print(format_table(rows, peak))
     for batch in sorted({r["batch"] for r in rows}):
         ratios = [r["ratio"] for r in rows if r["batch"] == batch]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from deeprebirth.bench.compare_models import int_list
 from deeprebirth.bench.timing import (
     interleaved_timings,
     machine_line,
@@ -137,10 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="batch 1 only, 10 repeats")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--batches", type=int_list, default=[1, 32], help="e.g. 1,8 (default 1,32)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    batches, repeats = ([1], 10) if args.quick else ([1, 32], args.repeats)
+    batches, repeats = ([1], 10) if args.quick else (args.batches, args.repeats)
     rows = run(LAYERS, batches, repeats)
     print(format_table(rows))
     print(
