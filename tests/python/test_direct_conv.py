@@ -159,6 +159,32 @@ def test_small_conv2d_runs_the_direct_kernel_only_where_it_pays() -> None:
         torch.testing.assert_close(call(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_small_conv2d_output_keeps_the_input_layout() -> None:
+    """Like conv2d, the direct kernel's calls give channels_last outputs for channels_last inputs
+    (a channel slice of a channels_last tensor included, as a merged branch's view is) and NCHW
+    outputs for NCHW inputs; the values equal conv2d's. The _cat form follows its first input."""
+    cl = torch.channels_last
+    wide = torch.randn(1, 24, 8, 8).contiguous(memory_format=cl)
+    w, b = torch.randn(16, 8, 3, 3), torch.randn(16)
+    packed = direct_conv_pack(w)
+    cases = [  # (input, the layout conv2d gives it)
+        (wide[:, 8:16], cl),
+        (wide[:, :8].contiguous(memory_format=cl), cl),
+        (wide[:, :8].contiguous(), torch.contiguous_format),
+    ]
+    for x, layout in cases:
+        y = small_conv2d(x, w, packed, b, 1, 1, 1, 1, True, 1 << 22, 64)
+        assert _ran_direct_kernel(lambda x=x: small_conv2d(x, w, packed, b, 1, 1, 1, 1, True))
+        assert y.is_contiguous(memory_format=layout)
+        assert F.conv2d(x, w, b, 1, 1).is_contiguous(memory_format=layout)
+        torch.testing.assert_close(y, F.relu(F.conv2d(x, w, b, 1, 1)), rtol=1e-4, atol=1e-5)
+    xs = [wide[:, :8], wide[:, 8:16]]
+    y = small_conv2d_cat(xs, [w, w], [packed, packed], [b, b], [1, 1], [1, 1], True)
+    assert y.is_contiguous(memory_format=cl) and not y.is_contiguous()
+    expected = torch.cat([F.relu(F.conv2d(x, w, b, 1, 1)) for x in xs], 1)
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_small_conv2d_gradients_go_through_conv2d() -> None:
     x = torch.randn(1, 4, 6, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 4, 3, 3, dtype=torch.float64, requires_grad=True)

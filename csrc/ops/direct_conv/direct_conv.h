@@ -68,6 +68,7 @@ bool direct_conv_pays(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef
 // relu?(conv2d(x, w, b)) by direct_conv (on packed_w = direct_conv_pack(w)) where
 // direct_conv_pays and no gradient is needed, by at::conv2d otherwise (which autograd sees).
 // One call whatever the input, so a TorchScript graph that runs it needs no branches of its own.
+// The output is in the memory format conv2d gives (channels_last for a channels_last x).
 at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& packed_w,
                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -81,7 +82,7 @@ std::vector<DirectConvGeometry> check_direct_conv_cat_args(
     c10::IntArrayRef out_channels, c10::IntArrayRef strides, c10::IntArrayRef paddings);
 
 // direct_conv_cat where no gradient is needed and direct_conv_pays for every branch (ungrouped,
-// undilated), torch.cat of small_conv2d calls otherwise.
+// undilated), torch.cat of small_conv2d calls otherwise; channels_last when xs[0] is.
 at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList packed_ws,
                             const c10::List<std::optional<at::Tensor>>& bs,
                             c10::IntArrayRef strides, c10::IntArrayRef paddings, bool relu,
