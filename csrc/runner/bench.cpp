@@ -43,8 +43,11 @@ std::vector<OpInterval> profile_operators(const LoadedModel& model, const at::Te
   const auto result = prof::disableProfiler();
   std::vector<OpInterval> intervals;
   for (const auto& event : result->events()) {
-    if (event.name().find("::") == std::string::npos) {
-      continue;  // not an operator (profiler markers, user scopes)
+    // Operators, and the oneDNN Graph partitions that --onednn-graph runs in their place; not
+    // profiler markers or user scopes.
+    if (event.name().find("::") == std::string::npos &&
+        event.name().rfind(kFusedPartitionPrefix, 0) != 0) {
+      continue;
     }
     intervals.push_back({event.name(), event.startThreadId(), event.startNs(), event.endNs()});
   }
@@ -99,8 +102,11 @@ LatencySummary summarize_latencies(std::vector<double> latencies_ms, int64_t bat
 }
 
 bool is_tensor_op(const std::string& name) {
-  static const char* const kTensorPatterns[] = {"conv",     "linear",    "addmm",   "matmul",
-                                                "aten::mm", "aten::bmm", "baddbmm", "prepacked::"};
+  // A oneDNN Graph partition counts as a tensor op, as deeprebirth's fused conv ops do: its
+  // convolution or matrix product carries the layers fused into it.
+  static const char* const kTensorPatterns[] = {"conv",    "linear",      "addmm",
+                                                "matmul",  "aten::mm",    "aten::bmm",
+                                                "baddbmm", "prepacked::", kFusedPartitionPrefix};
   return std::any_of(std::begin(kTensorPatterns), std::end(kTensorPatterns),
                      [&](const char* pattern) { return name.find(pattern) != std::string::npos; });
 }

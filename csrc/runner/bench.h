@@ -11,6 +11,9 @@
 
 namespace deeprebirth::runner {
 
+// How the profiler names a oneDNN Graph partition (LlgaPartition_<n>) of a --onednn-graph run.
+inline constexpr const char* kFusedPartitionPrefix = "LlgaPartition";
+
 struct LatencySummary {
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, mean_ms = 0;
   double images_per_s = 0;
@@ -33,8 +36,9 @@ struct OpTime {
   bool tensor = false;
 };
 
-// Tensor operators do the arithmetic of the network (convolutions, matrix products and
-// deeprebirth's fused conv ops); everything else (pool, ReLU, LRN, cat, BN, copies) is non-tensor.
+// Tensor operators do the arithmetic of the network (convolutions, matrix products,
+// deeprebirth's fused conv ops and oneDNN Graph partitions); everything else (pool, ReLU, LRN,
+// cat, BN, copies) is non-tensor.
 bool is_tensor_op(const std::string& name);
 
 // Total time per operator name over the top-level calls only (calls nested inside another call

@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runner runs per model")
+    parser.add_argument(
+        "--onednn-graph",
+        action="store_true",
+        help="export portable TorchScript and run the runner with --onednn-graph",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 model,
                 example,
                 "torchscript",
+                portable=args.onednn_graph,
                 out=Path(folder) / f"{name}.ts",
                 metadata={"source_model": f"bvlc_googlenet ({name})"},
             )
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 command = [str(runner), str(path), "--bench", "--batch", str(args.batch)]
                 command += ["--threads", str(args.threads), "--warmup", str(args.warmup)]
                 command += ["--iters", str(args.iters), "--profile-iters", "5"]
+                command += ["--onednn-graph"] if args.onednn_graph else []
                 result = subprocess.run(command, capture_output=True, text=True, check=True)
                 runs[name].append(parse_bench(result.stdout))
 
@@ -123,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     print(
         f"bvlc_googlenet {args.image_size}x{args.image_size}, batch {args.batch}, "
-        f"{args.threads} threads; runner: median of {args.rounds} alternating runs of "
+        f"{args.threads} threads; runner"
+        f"{' (portable files, --onednn-graph)' if args.onednn_graph else ''}: median of "
+        f"{args.rounds} alternating runs of "
         f"{args.iters} iterations; Python: eager, interleaved, {args.iters} repeats"
     )
     header = f"{'metric':<28}{'original':>12}{'slim':>12}{'slim/orig':>11}"
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in RUNNER_FIELDS:
         a = statistics.median(r[key] for r in runs["original"])
         b = statistics.median(r[key] for r in runs["slim"])
-        print(f"{'C++ ' + key:<28}{a:>12.3f}{b:>12.3f}{b / a:>11.3f}")
+        ratio = b / a if a else float("nan")  # a share can be 0 (every op fused, say)
+        print(f"{'C++ ' + key:<28}{a:>12.3f}{b:>12.3f}{ratio:>11.3f}")
     a, b = python["original"].median, python["slim"].median
     print(f"{'Python eager p50_ms':<28}{a:>12.3f}{b:>12.3f}{b / a:>11.3f}")
     return 0

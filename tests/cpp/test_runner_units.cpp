@@ -101,6 +101,7 @@ TEST_CASE("top_level_op_times counts only outermost calls per thread", "[runner]
   CHECK_FALSE(ops[2].tensor);
   CHECK_FALSE(dr::is_tensor_op("aten::cat"));
   CHECK(dr::is_tensor_op("aten::linear"));
+  CHECK(dr::is_tensor_op("LlgaPartition_7"));  // a --onednn-graph partition: fused convolutions
 }
 
 TEST_CASE("forward_failure_reason keeps the line that says what went wrong", "[runner]") {
