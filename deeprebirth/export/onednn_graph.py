@@ -11,10 +11,10 @@ The fuser is a process-wide TorchScript setting. :class:`OneDNNGraphModule` turn
 while its own forwards run (the fused plan is built during the first calls for each input shape
 and kept), so other TorchScript modules in the process keep theirs.
 
-Some patterns fuse into oneDNN kernels slower than ATen's: the square root followed by a product
-of the LRN rewrite runs oneDNN's reference eltwise kernel (docs/export.md). :func:`to_onednn_graph`
-therefore measures the fused module against the same frozen module unfused on the example input
-and keeps the faster one.
+Some patterns fuse into oneDNN kernels slower than ATen's: a square root followed by a product ran
+oneDNN's reference eltwise kernel, 16-48 ms per LRN, before the LRN rewrite was reordered
+(docs/export.md). :func:`to_onednn_graph` therefore measures the fused module against the same
+frozen module unfused on the example input and keeps the faster one.
 
 Example:
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()
@@ -73,7 +73,8 @@ class OneDNNGraphModule(nn.Module):
     The fuser compiles each partition for the shapes it saw first: a later call of another shape
     fails the partition's guard and runs the unfused fallback graph (GoogLeNet-Slim at batch 8
     after batch 1: 1.4x slower). Each input shape therefore gets a fresh copy of the module,
-    loaded from the bytes of the original, which builds its own plan during its first calls.
+    loaded from the bytes of the original (saved when a second shape first needs them), which
+    builds its own plan during its first calls.
     Each copy holds the weights again: at most ``max_shapes`` are kept (least recently used go).
 
     Attributes:
@@ -98,31 +99,31 @@ class OneDNNGraphModule(nn.Module):
         self.fused = fused
         self.choice = choice or ("fused" if fused else "not fused")
         self.max_shapes = max_shapes
-        self._saved = b""
-        if fused:  # unfused, one module serves every shape (and MKLDNN constants cannot be saved)
-            buffer = io.BytesIO()
-            torch.jit.save(module, buffer)
-            self._saved = buffer.getvalue()
+        self._saved: bytes | None = None  # the module's bytes, once a second shape needs a copy
         self._copies: OrderedDict[tuple, torch.jit.ScriptModule] = OrderedDict()
         self._copies_lock = threading.Lock()
 
     def _copy_for(self, x: torch.Tensor) -> torch.jit.ScriptModule:
+        # Unfused, one module serves every shape (and its MKLDNN constants could not be saved).
         if not self.fused:
             return self.module
         key = (tuple(x.shape), x.dtype, x.device)
         with self._copies_lock:
             copy = self._copies.get(key)
             if copy is None:
-                copy = (
-                    self.module
-                    if not self._copies
-                    else torch.jit.load(io.BytesIO(self._saved), map_location=x.device)
-                )
+                copy = self.module if not self._copies else self._load_copy(x.device)
                 self._copies[key] = copy
                 while len(self._copies) > self.max_shapes:
                     self._copies.popitem(last=False)
             self._copies.move_to_end(key)
             return copy
+
+    def _load_copy(self, device: torch.device) -> torch.jit.ScriptModule:
+        if self._saved is None:
+            buffer = io.BytesIO()
+            torch.jit.save(self.module, buffer)
+            self._saved = buffer.getvalue()
+        return torch.jit.load(io.BytesIO(self._saved), map_location=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's output for ``x``; the first calls of each input shape build its plan."""
