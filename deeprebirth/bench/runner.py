@@ -1,7 +1,8 @@
 """Original vs slim GoogLeNet: ``deeprebirth-run --bench`` (C++) next to eager PyTorch (Python).
 
-Both models are exported as native TorchScript (deeprebirth ops kept) and benchmarked by the C++
-runner in alternating runs (A B A B …); the Python numbers come from
+Both models are exported as native TorchScript (deeprebirth ops kept; with ``--onednn-graph``,
+portable and run by ``deeprebirth-run --onednn-graph``) and benchmarked by the C++ runner in
+alternating runs (A B A B …); the Python numbers come from
 :func:`deeprebirth.bench.timing.interleaved_timings` on the eager models in this process.
 Prints slim/original ratios (< 1 means slim is faster or smaller) and the machine line.
 

@@ -419,10 +419,10 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
         "`fuse_conv_pool`, `merge_branches`, `pack_conv`) and `flatten_for_inference`; "
         "TorchScript (frozen) is what the C++ runner runs; TorchScript oneDNN Graph is the same "
         "model made portable, traced, frozen and run by TorchScript's oneDNN Graph fuser "
-        "(`deeprebirth.export.to_onednn_graph`, `deeprebirth-run --onednn-graph`). Portable form: the same model in "
-        "standard operators (`make_portable`), as exported to ONNX, ExecuTorch and OpenVINO. "
-        "GFLOP/s: 2 x the portable model's MACs x batch / median latency. bf16 rows compute in "
-        "bf16 (flagged: not a like-for-like fp32 result)."
+        "(`deeprebirth.export.to_onednn_graph`, `deeprebirth-run --onednn-graph`). Portable "
+        "form: the same model in standard operators (`make_portable`), as exported to ONNX, "
+        "ExecuTorch and OpenVINO. GFLOP/s: 2 x the portable model's MACs x batch / median "
+        "latency. bf16 rows compute in bf16 (flagged: not a like-for-like fp32 result)."
     )
     return [_write(ctx, page, "deployed_vs_peers")]
 
