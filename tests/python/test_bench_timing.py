@@ -85,24 +85,28 @@ def test_interleaved_timings_warm_up_in_the_timed_rounds_mode():
     assert modes == [True] * 5
 
 
-def test_interleaved_timings_average_back_to_back_calls_only_under_min_sample_ms():
+def test_interleaved_timings_average_back_to_back_calls_only_under_min_sample_ms(monkeypatch):
     """A sub-millisecond call is sampled as the mean of enough calls to fill ``min_sample_ms``
-    (counted here, and each sample still at least the call's own sleep); a longer call once."""
+    (counted here); a longer call once. On a clock that each call advances by its own duration,
+    so that the counts do not depend on how long the machine's sleeps overshoot (a loaded CI
+    machine slept 0.2 ms for over 1 ms, and the short call was then timed alone)."""
     import time
 
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
     counts = {"short": 0, "long": 0}
 
-    def sleep(name: str, seconds: float):
+    def takes(name: str, seconds: float):
         def call():
             counts[name] += 1
-            time.sleep(seconds)
+            now[0] += seconds
 
         return call
 
     timings = interleaved_timings(
-        {"short": sleep("short", 2e-4), "long": sleep("long", 3e-3)}, repeats=4, warmup=1
+        {"short": takes("short", 3e-4), "long": takes("long", 3e-3)}, repeats=4, warmup=1
     )
     short, long = timings["short"], timings["long"]
     assert long.calls == 1 and counts["long"] == 1 + 4
-    assert 1 < short.calls <= 5 and counts["short"] == 1 + 4 * short.calls
-    assert min(short.samples) >= 0.2 and min(long.samples) >= 3.0
+    assert short.calls == 4 and counts["short"] == 1 + 4 * short.calls  # ceil(1 ms / 0.3 ms)
+    assert short.samples == pytest.approx([0.3] * 4) and long.samples == pytest.approx([3.0] * 4)
