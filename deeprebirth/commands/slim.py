@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reduce-factor", type=float, default=0.5, help="branch_slim reducer factor"
     )
+    parser.add_argument(
+        "--channel-multiple",
+        type=int,
+        default=16,
+        help="branch_slim rounds the new branch widths to multiples of this (1: exact split)",
+    )
     parser.add_argument("--out", required=True, help="model file to write (deeprebirth.io format)")
     parser.add_argument("--report", default=None, help="Markdown report to write")
     parser.add_argument("--seed", type=int, default=0, help="seed for new layers' initialisation")
@@ -128,7 +134,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.model} cannot be built with {kwargs}: {error}") from error
         x = torch.randn(shape)
         slim_model, report = deeprebirth.slim(
-            model, args.rules, x, init=args.init, reduce_factor=args.reduce_factor
+            model,
+            args.rules,
+            x,
+            init=args.init,
+            reduce_factor=args.reduce_factor,
+            channel_multiple=args.channel_multiple,
         )
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"deeprebirth slim: error: {error}", file=sys.stderr)

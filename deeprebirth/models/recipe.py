@@ -160,7 +160,10 @@ def _replay(model: nn.Module, step: Mapping[str, Any]) -> nn.Module:
     if step["kind"] == "flatten":
         return deeprebirth.surgery.flatten_for_inference(model.eval())
     shape = tuple(int(s) for s in step["input_shape"])
-    slim_model, _ = deeprebirth.slim(model, list(step["rules"]), shape, **dict(step["options"]))
+    options = dict(step["options"])
+    # Files written before branch_slim rounded its widths split them exactly: rebuild those.
+    options.setdefault("channel_multiple", 1)
+    slim_model, _ = deeprebirth.slim(model, list(step["rules"]), shape, **options)
     return slim_model
 
 

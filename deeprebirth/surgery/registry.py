@@ -52,6 +52,10 @@ class SlimOptions:
         allow_train_mode: let ``fold_bn`` fold the running statistics of a model in training mode.
         reduce_factor: ``branch_slim`` multiplies the 3x3/5x5 reducer widths by this (default 0.5:
             our choice, the paper narrows the reducers without one global factor).
+        channel_multiple: ``branch_slim`` rounds the new 3x3 and 5x5 widths to multiples of this
+            where the module's width is one (default 16, the float32 vector width of AVX-512 and
+            the channel block of oneDNN's and OpenVINO's layouts; 1 splits exactly in
+            proportion). See :func:`~deeprebirth.surgery.rules.branch_slim.slimmed_widths`.
         tucker_ratio: ``tucker`` keeps this fraction of input/output channels as ranks.
         tucker_energy: if set, ``tucker`` keeps the smallest ranks holding this fraction of each
             unfolding's squared singular values (overrides ``tucker_ratio``).
@@ -64,6 +68,7 @@ class SlimOptions:
     init: str = "xavier"
     allow_train_mode: bool = False
     reduce_factor: float = 0.5
+    channel_multiple: int = 16
     tucker_ratio: float = 0.5
     tucker_energy: float | None = None
     tucker_min_channels: int = 32
@@ -75,6 +80,12 @@ class SlimOptions:
             raise ValueError(f"expected init to be one of {INIT_CHOICES}, but got {self.init!r}")
         if not 0 < self.reduce_factor <= 1:
             raise ValueError(f"expected 0 < reduce_factor <= 1, but got {self.reduce_factor}")
+        if isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, int):
+            raise ValueError(
+                f"expected channel_multiple to be an int, but got {self.channel_multiple!r}"
+            )
+        if self.channel_multiple < 1:
+            raise ValueError(f"expected channel_multiple >= 1, but got {self.channel_multiple}")
         if not 0 < self.tucker_ratio <= 1:
             raise ValueError(f"expected 0 < tucker_ratio <= 1, but got {self.tucker_ratio}")
         if self.tucker_energy is not None and not 0 < self.tucker_energy <= 1:

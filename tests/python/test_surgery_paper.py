@@ -15,7 +15,7 @@ from torch import nn
 import deeprebirth
 from deeprebirth.models import bvlc_googlenet
 from deeprebirth.models.bvlc_googlenet import INCEPTION_CONFIG as INCEPTION_CONFIG_FOR_TESTS
-from deeprebirth.surgery import new_parameters
+from deeprebirth.surgery import SlimOptions, new_parameters
 from deeprebirth.surgery.rules.branch_slim import slimmed_widths
 
 WIDTH = 0.25
@@ -65,7 +65,7 @@ def test_inception_modules_are_branch_slimmed(slimmed, name: str) -> None:
     old, new = getattr(model, name), getattr(slim_model, name)
     c_in, c1, r3, c3, r5, c5, pp = (scaled(c) for c in INCEPTION_CONFIG_FOR_TESTS[name])
     assert new.conv_1x1 is None and new.pool_proj is None and new.pool is None
-    new3, new5 = slimmed_widths(c1, c3, c5, pp)
+    new3, new5 = slimmed_widths(c1, c3, c5, pp, SlimOptions().channel_multiple)
     assert new3 + new5 == old.out_channels == new.out_channels
     assert new3 > c3 and new5 > c5
     assert new.conv_3x3_reduce.out_channels == max(1, round(r3 * 0.5))
@@ -152,3 +152,39 @@ def test_fully_slimmed_model_saves_and_keeps_marks(tmp_path) -> None:
     assert set(new_parameters(loaded)) == set(marked)
     x = torch.randn(1, 3, SIZE, SIZE)
     torch.testing.assert_close(loaded(x), slim_model(x))
+
+
+@pytest.mark.parametrize("name", list(INCEPTION_CONFIG_FOR_TESTS))
+def test_slimmed_widths_round_to_the_channel_multiple(name: str) -> None:
+    _, c1, _, c3, _, c5, pp = INCEPTION_CONFIG_FOR_TESTS[name]
+    exact3, exact5 = slimmed_widths(c1, c3, c5, pp)
+    assert exact3 + exact5 == c1 + c3 + c5 + pp
+    # the exact split is proportional to the kept branches' widths
+    assert abs(exact3 * c5 - exact5 * c3) <= c3 + c5
+    new3, new5 = slimmed_widths(c1, c3, c5, pp, multiple=16)
+    assert (new3 % 16, new5 % 16) == (0, 0)  # every GoogLeNet module width is a multiple of 16
+    assert new3 + new5 == exact3 + exact5 and abs(new3 - exact3) <= 8
+
+
+def test_slimmed_widths_keep_the_exact_split_when_the_width_is_no_multiple() -> None:
+    assert slimmed_widths(60, 130, 30, 30, multiple=16) == slimmed_widths(60, 130, 30, 30)
+    assert slimmed_widths(4, 8, 2, 2, multiple=16) == slimmed_widths(4, 8, 2, 2)  # 16 < 2 * 16
+    with pytest.raises(ValueError, match="channel_multiple"):
+        SlimOptions(channel_multiple=0)
+
+
+def test_recipes_without_channel_multiple_rebuild_the_exact_split() -> None:
+    """Model files written before the option existed rebuild the widths they were trained at."""
+    from deeprebirth.models.recipe import get_recipe, rebuild
+
+    model = bvlc_googlenet(num_classes=10).eval()
+    slim_model, _ = deeprebirth.slim(model, ["branch_slim"], (1, 3, 64, 64))
+    recipe = get_recipe(slim_model)
+    c1, c3, c5, pp = (INCEPTION_CONFIG_FOR_TESTS["inception_3a"][i] for i in (1, 3, 5, 6))
+
+    def widths(net: nn.Module) -> tuple[int, int]:
+        return net.inception_3a.conv_3x3.out_channels, net.inception_3a.conv_5x5.out_channels
+
+    assert widths(slim_model) == widths(rebuild(recipe)) == slimmed_widths(c1, c3, c5, pp, 16)
+    del recipe["steps"][-1]["options"]["channel_multiple"]
+    assert widths(rebuild(recipe)) == slimmed_widths(c1, c3, c5, pp) != widths(slim_model)
