@@ -87,7 +87,13 @@ def compare(
     runtimes: list[str],
     repeats: int,
 ) -> list[str]:
-    """Markdown table rows: per threads x batch x runtime, both models' medians and the ratio."""
+    """Markdown table rows: per threads x batch x runtime, both models' medians and the ratio.
+
+    Each runtime's two models are timed interleaved in a block of their own, after the
+    runtime's ``prepare`` (ExecuTorch sizes its process-wide pool there): with every runtime in
+    one round, one runtime's idle thread pool slowed the next (OpenVINO's GoogLeNet-Slim
+    speed-up read 2.11x between ExecuTorch calls and 2.15x alone, docs/benchmarks.md).
+    """
     baseline, candidate = list(models)
     rows = [
         f"| threads | batch | runtime | {baseline} (ms) | {candidate} (ms) | speed-up |",
@@ -98,18 +104,19 @@ def compare(
         torch.set_num_threads(thread_count)
         for batch in batches:
             x = torch.randn(batch, *shape)
-            forwards = {}
+            timings = {}
             for runtime in runtimes:
+                forwards, prepare = {}, {}
                 for name, model in models.items():
                     built = build_runtime(runtime, model, x, thread_count, workdir)
                     if built.run is None:
                         print(f"{name} / {runtime}: {built.note}", file=sys.stderr)
                         continue
-                    forwards[(runtime, name)] = built.run
-            with torch.inference_mode():
-                timings = interleaved_timings(
-                    {key: (lambda run=run, x=x: run(x)) for key, run in forwards.items()}, repeats
-                )
+                    forwards[(runtime, name)] = lambda run=built.run, x=x: run(x)
+                    if built.prepare is not None:
+                        prepare[(runtime, name)] = built.prepare
+                with torch.inference_mode():
+                    timings.update(interleaved_timings(forwards, repeats, prepare=prepare))
             best = {}
             for runtime in runtimes:
                 pair = [timings.get((runtime, name)) for name in models]

@@ -474,6 +474,41 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
         assert low * 0.99 - 0.005 <= ratio <= high * 1.01 + 0.005, (r, low, high)
 
 
+def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypatch):
+    """compare(): one interleaved block per runtime holding both models, and each runtime's
+    ``prepare`` (ExecuTorch's pool size) called before every one of its samples."""
+    from deeprebirth.bench import compare_models
+    from deeprebirth.bench.runtimes import Runtime
+
+    events: list[str] = []
+    blocks: list[set] = []
+
+    def fake_build(name, model, x, threads, workdir):
+        def run(batch, name=name):
+            events.append(f"run {name}")
+            return model(batch)
+
+        prepare = (lambda name=name: events.append(f"prepare {name}")) if name != "eager" else None
+        return Runtime(name, run, prepare=prepare)
+
+    real = compare_models.interleaved_timings
+
+    def spy(variants, repeats, **kwargs):
+        blocks.append({runtime for runtime, _ in variants})
+        return real(variants, repeats, warmup=1, min_sample_ms=0, **kwargs)
+
+    monkeypatch.setattr(compare_models, "build_runtime", fake_build)
+    monkeypatch.setattr(compare_models, "interleaved_timings", spy)
+    models = {"a": nn.Identity(), "b": nn.Identity()}
+    rows = compare_models.compare(models, (1, 2, 2), [1], [1], ["eager", "torchscript"], 2)
+    assert blocks == [{"eager"}, {"torchscript"}]
+    assert len(rows) == 2 + 3  # header, rule, one row per runtime, best of each
+    scripted = [e for e in events if e.endswith("torchscript")]
+    # warm-up + 2 timed rounds for each of the two models, every run after its prepare
+    assert scripted == ["prepare torchscript", "run torchscript"] * 6
+    assert "prepare eager" not in events
+
+
 def _with_rounding(cell: str) -> tuple[float, float]:
     """A printed number and half a unit of its last decimal (how far rounding can move it)."""
     text = cell.strip()
