@@ -3,7 +3,9 @@
 For every thread count, batch size and runtime it times both models interleaved in one process
 and prints a Markdown table: median latency of each, and ``baseline / candidate`` (> 1: the
 candidate is faster). A last row per thread count and batch compares each model in its own best
-runtime. Input shape comes from ``--input-shape`` or the run's ``config.yaml`` next to the files.
+runtime. Each runtime's pair is timed in a block of its own; ``--blocks N`` repeats the blocks,
+runtimes taking turns, and adds the range of the per-block speed-ups (the machine's drift).
+Input shape comes from ``--input-shape`` or the run's ``config.yaml`` next to the files.
 ``--candidate-rules`` / ``--baseline-rules`` first apply exact deployment rules to that model
 (e.g. ``pack_conv``), checked against the loaded model; ``--candidate-flatten`` /
 ``--baseline-flatten`` then flatten it (``deeprebirth.surgery.flatten_for_inference``).
@@ -26,7 +28,7 @@ import yaml
 
 import deeprebirth
 from deeprebirth.bench.runtimes import RUNTIMES, build_runtime
-from deeprebirth.bench.timing import interleaved_timings, machine_line
+from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line
 from deeprebirth.io import load_model
 
 
@@ -41,6 +43,17 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def positive_int(text: str) -> int:
+    """``"3"`` -> ``3``; raises ``argparse.ArgumentTypeError`` unless a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def input_shape_of(model_path: Path, given: list[int] | None) -> tuple[int, int, int]:
@@ -86,6 +99,7 @@ def compare(
     batches: list[int],
     runtimes: list[str],
     repeats: int,
+    blocks: int = 1,
 ) -> list[str]:
     """Markdown table rows: per threads x batch x runtime, both models' medians and the ratio.
 
@@ -93,30 +107,42 @@ def compare(
     runtime's ``prepare`` (ExecuTorch sizes its process-wide pool there): with every runtime in
     one round, one runtime's idle thread pool slowed the next (OpenVINO's GoogLeNet-Slim
     speed-up read 2.11x between ExecuTorch calls and 2.15x alone, docs/benchmarks.md).
+
+    With ``blocks`` > 1 the runtimes take turns, block after block, and the table gains the
+    lowest and highest per-block speed-up: how far the machine drifted during the run. The
+    medians are over every block's samples.
     """
     baseline, candidate = list(models)
+    spread = blocks > 1
     rows = [
-        f"| threads | batch | runtime | {baseline} (ms) | {candidate} (ms) | speed-up |",
-        "|---|---|---|---|---|---|",
+        f"| threads | batch | runtime | {baseline} (ms) | {candidate} (ms) | speed-up |"
+        + (f" per-block speed-ups ({blocks} blocks) |" if spread else ""),
+        "|---|---|---|---|---|---|" + ("---|" if spread else ""),
     ]
     workdir = Path(tempfile.mkdtemp(prefix="deeprebirth-compare-"))
     for thread_count in threads:
         torch.set_num_threads(thread_count)
         for batch in batches:
             x = torch.randn(batch, *shape)
-            timings = {}
+            built = {}
             for runtime in runtimes:
-                forwards, prepare = {}, {}
                 for name, model in models.items():
-                    built = build_runtime(runtime, model, x, thread_count, workdir)
-                    if built.run is None:
-                        print(f"{name} / {runtime}: {built.note}", file=sys.stderr)
+                    result = build_runtime(runtime, model, x, thread_count, workdir)
+                    if result.run is None:
+                        print(f"{name} / {runtime}: {result.note}", file=sys.stderr)
                         continue
-                    forwards[(runtime, name)] = lambda run=built.run, x=x: run(x)
-                    if built.prepare is not None:
-                        prepare[(runtime, name)] = built.prepare
-                with torch.inference_mode():
-                    timings.update(interleaved_timings(forwards, repeats, prepare=prepare))
+                    built[(runtime, name)] = result
+            per_block: dict[tuple[str, str], list[Timing]] = {key: [] for key in built}
+            for _ in range(blocks):
+                for runtime in runtimes:
+                    keys = [key for key in built if key[0] == runtime]
+                    forwards = {key: lambda run=built[key].run, x=x: run(x) for key in keys}
+                    prepare = {key: built[key].prepare for key in keys if built[key].prepare}
+                    with torch.inference_mode():
+                        block = interleaved_timings(forwards, repeats, prepare=prepare)
+                    for key, timing in block.items():
+                        per_block[key].append(timing)
+            timings = {key: _pooled(block) for key, block in per_block.items()}
             best = {}
             for runtime in runtimes:
                 pair = [timings.get((runtime, name)) for name in models]
@@ -127,18 +153,37 @@ def compare(
                         best[name] = (runtime, timing)
                 if None in pair:
                     continue
-                rows.append(
+                row = (
                     f"| {thread_count} | {batch} | {RUNTIMES[runtime]} | {pair[0].median:.3f} | "
                     f"{pair[1].median:.3f} | {pair[0].median / pair[1].median:.2f}x |"
                 )
+                if spread:
+                    ratios = [
+                        a.median / b.median
+                        for a, b in zip(
+                            per_block[(runtime, baseline)],
+                            per_block[(runtime, candidate)],
+                            strict=True,
+                        )
+                    ]
+                    row += f" {min(ratios):.2f}-{max(ratios):.2f}x |"
+                rows.append(row)
             if len(best) == 2:
                 (base_rt, base_t), (cand_rt, cand_t) = best[baseline], best[candidate]
                 rows.append(
                     f"| {thread_count} | {batch} | best of each ({RUNTIMES[base_rt]} / "
                     f"{RUNTIMES[cand_rt]}) | {base_t.median:.3f} | {cand_t.median:.3f} | "
-                    f"{base_t.median / cand_t.median:.2f}x |"
+                    f"{base_t.median / cand_t.median:.2f}x |" + (" - |" if spread else "")
                 )
     return rows
+
+
+def _pooled(blocks: list[Timing]) -> Timing:
+    """One Timing of every block's samples (their calls per sample may differ: the largest)."""
+    return Timing(
+        tuple(sample for block in blocks for sample in block.samples),
+        max(block.calls for block in blocks),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             help=f"flatten the {side} into one fx graph without no-op layers",
         )
     parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds")
+    parser.add_argument(
+        "--blocks",
+        type=positive_int,
+        default=1,
+        help="blocks of --repeats rounds per runtime, runtimes taking turns; above 1 the table "
+        "adds the per-block speed-ups' range (how much the machine drifted)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
@@ -185,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the two model files need different names (their stems label the table)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        rows = compare(models, shape, args.threads, args.batches, runtimes, args.repeats)
+        rows = compare(
+            models, shape, args.threads, args.batches, runtimes, args.repeats, args.blocks
+        )
     text = "\n".join([f"Machine: {machine_line()}", f"Input: {shape}", "", *rows]) + "\n"
     print(text)
     if args.out:

@@ -474,14 +474,17 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
         assert low * 0.99 - 0.005 <= ratio <= high * 1.01 + 0.005, (r, low, high)
 
 
-def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypatch):
-    """compare(): one interleaved block per runtime holding both models, and each runtime's
-    ``prepare`` (ExecuTorch's pool size) called before every one of its samples."""
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypatch, blocks):
+    """compare(): one interleaved block per runtime holding both models (runtimes taking turns
+    ``blocks`` times), and each runtime's ``prepare`` (ExecuTorch's pool size) called before
+    every one of its samples; with several blocks, the range of the per-block speed-ups."""
     from deeprebirth.bench import compare_models
     from deeprebirth.bench.runtimes import Runtime
 
     events: list[str] = []
-    blocks: list[set] = []
+    block_keys: list[set] = []
+    records: list[tuple[str, float]] = []  # (runtime, block median) per model, in block order
 
     def fake_build(name, model, x, threads, workdir):
         def run(batch, name=name):
@@ -494,19 +497,33 @@ def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypat
     real = compare_models.interleaved_timings
 
     def spy(variants, repeats, **kwargs):
-        blocks.append({runtime for runtime, _ in variants})
-        return real(variants, repeats, warmup=1, min_sample_ms=0, **kwargs)
+        block_keys.append({runtime for runtime, _ in variants})
+        timings = real(variants, repeats, warmup=1, min_sample_ms=0, **kwargs)
+        records.extend((runtime, timings[(runtime, name)].median) for runtime, name in variants)
+        return timings
 
     monkeypatch.setattr(compare_models, "build_runtime", fake_build)
     monkeypatch.setattr(compare_models, "interleaved_timings", spy)
     models = {"a": nn.Identity(), "b": nn.Identity()}
-    rows = compare_models.compare(models, (1, 2, 2), [1], [1], ["eager", "torchscript"], 2)
-    assert blocks == [{"eager"}, {"torchscript"}]
+    rows = compare_models.compare(
+        models, (1, 2, 2), [1], [1], ["eager", "torchscript"], 2, blocks=blocks
+    )
+    assert block_keys == [{"eager"}, {"torchscript"}] * blocks
     assert len(rows) == 2 + 3  # header, rule, one row per runtime, best of each
     scripted = [e for e in events if e.endswith("torchscript")]
     # warm-up + 2 timed rounds for each of the two models, every run after its prepare
-    assert scripted == ["prepare torchscript", "run torchscript"] * 6
+    assert scripted == ["prepare torchscript", "run torchscript"] * 6 * blocks
     assert "prepare eager" not in events
+    cells = [row.split("|")[1:-1] for row in rows[2:]]
+    assert {len(c) for c in cells} == {len(rows[0].split("|")[1:-1])}
+    if blocks > 1:
+        per_block = [r for r in records if r[0] == "torchscript"]
+        ratios = [a / b for (_, a), (_, b) in zip(per_block[::2], per_block[1::2], strict=True)]
+        low, high = (float(v) for v in cells[1][6].strip().rstrip("x").split("-"))
+        assert (low, high) == (round(min(ratios), 2), round(max(ratios), 2))
+        # the median of every block's samples lies between the blocks' medians
+        eager_a = [t for runtime, t in records if runtime == "eager"][::2]
+        assert min(eager_a) - 5e-4 <= float(cells[0][3]) <= max(eager_a) + 5e-4
 
 
 def _with_rounding(cell: str) -> tuple[float, float]:
@@ -599,3 +616,13 @@ def test_benchmark_scripts_start(script):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage" in done.stdout
+
+
+@pytest.mark.parametrize("blocks", ["0", "two"])
+def test_compare_models_rejects_a_bad_block_count(blocks, capsys):
+    from deeprebirth.bench.compare_models import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["a.pt", "b.pt", "--blocks", blocks])
+    assert exit_info.value.code == 2
+    assert f"expected a positive integer, got {blocks!r}" in capsys.readouterr().err
