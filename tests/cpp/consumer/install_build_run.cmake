@@ -1,7 +1,7 @@
 # CTest script (CMakeLists.txt, test cmake_package_consumer): installs the build in BUILD_DIR with
 # `cmake --install` into a prefix inside it, then configures, builds and runs the consumer project
 # CONSUMER_DIR against that prefix (CMAKE_PREFIX_PATH holds only the prefix: the package config
-# finds LibTorch itself).
+# finds LibTorch itself), and runs the installed deeprebirth-run when there is one.
 #   cmake -DBUILD_DIR=... -DCONSUMER_DIR=... -DGENERATOR=... -DBUILD_TYPE=... \
 #         -P install_build_run.cmake
 set(_work "${BUILD_DIR}/consumer-test")
@@ -21,3 +21,7 @@ run_step(${CMAKE_COMMAND} -S "${CONSUMER_DIR}" -B "${_work}/build" -G "${GENERAT
          -DCMAKE_BUILD_TYPE=${BUILD_TYPE} -DCMAKE_PREFIX_PATH=${_prefix})
 run_step(${CMAKE_COMMAND} --build "${_work}/build")
 run_step("${_work}/build/deeprebirth_consumer")
+# The installed runner (built when OpenCV is found) starts without any library path set.
+if(EXISTS "${_prefix}/bin/deeprebirth-run")
+  run_step(${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH "${_prefix}/bin/deeprebirth-run" --help)
+endif()
