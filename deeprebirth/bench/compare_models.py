@@ -105,8 +105,8 @@ def compare(
 
     Each runtime's two models are timed interleaved in a block of their own, after the
     runtime's ``prepare`` (ExecuTorch sizes its process-wide pool there): with every runtime in
-    one round, one runtime's idle thread pool slowed the next (OpenVINO's GoogLeNet-Slim
-    speed-up read 2.11x between ExecuTorch calls and 2.15x alone, docs/benchmarks.md).
+    one round, one runtime's idle thread pool slows the next (docs/benchmarks.md, "Measurement
+    traps").
 
     With ``blocks`` > 1 the runtimes take turns, block after block, and the table gains the
     lowest and highest per-block speed-up: how far the machine drifted during the run. The

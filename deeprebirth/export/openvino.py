@@ -78,9 +78,8 @@ def compiled_forward(compiled: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
     The call shares memory with OpenVINO both ways (``share_inputs`` / ``share_outputs``, its
     documented zero-copy mode): OpenVINO reads the batch in place during the synchronous call,
-    and only the output is copied out, because the next call overwrites OpenVINO's buffer. The
-    copying call cost about 0.5 ms more per GoogLeNet-Slim batch-1 inference here, a twentieth of
-    the model's time (docs/benchmarks.md).
+    and only the output is copied out, because the next call overwrites OpenVINO's buffer. What
+    the copying call cost: docs/benchmarks.md, "Measurement traps".
     """
     output = compiled.output(0)
 

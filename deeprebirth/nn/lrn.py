@@ -48,8 +48,8 @@ def local_response_norm_2d(
         return x / base.sqrt()
     if beta == 0.75:
         # base**0.75 as sqrt(base * sqrt(base)): a product then a root. oneDNN Graph runs a root
-        # followed by a product (root * sqrt(root)) with its reference eltwise kernel, 16-48 ms
-        # per GoogLeNet LRN at 224x224 (docs/export.md).
+        # followed by a product (root * sqrt(root)) with its slow reference eltwise kernel
+        # (docs/export.md has the times).
         return x / (base * base.sqrt()).sqrt()
     return x / base.pow(beta)
 

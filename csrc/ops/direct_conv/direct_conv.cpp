@@ -112,8 +112,7 @@ namespace {
 
 // `y` (direct_conv's NCHW output) in the memory format conv2d would give for `x`: a
 // channels_last input keeps a channels_last output. Without it one small layer turned the rest
-// of a channels_last network to NCHW (torchvision GoogLeNet's 5x5 branches at batch 1: the whole
-// model 1.65x slower, its max-pools in NCHW).
+// of a channels_last network to NCHW (docs/kernels.md, small_conv2d's layout).
 at::Tensor in_layout_of(const at::Tensor& x, const at::Tensor& y) {
   return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast
              ? y.contiguous(at::MemoryFormat::ChannelsLast)
