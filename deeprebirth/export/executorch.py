@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 
 from deeprebirth.export._optional import import_optional, quiet_import_logs
+from deeprebirth.export.concat import distribute_concatenations
 from deeprebirth.export.metadata import ExportMetadata
 from deeprebirth.export.portable import decompose_deeprebirth_ops, make_portable
 from deeprebirth.export.pt2 import contiguous_for_export
@@ -104,11 +105,14 @@ def export_for_executorch(
     model: nn.Module, example_input: torch.Tensor
 ) -> torch.export.ExportedProgram:
     """The ``torch.export`` program of the portable ``model`` at ``example_input``'s shape, with
-    no ``torch.ops.deeprebirth`` call left (each decomposed exactly into standard operators)."""
+    no ``torch.ops.deeprebirth`` call left (each decomposed exactly into standard operators) and
+    channel concatenations distributed over their readers where that moves less memory
+    (:func:`~deeprebirth.export.concat.distribute_concatenations`: XNNPACK copies each one)."""
     portable, example_input = contiguous_for_export(make_portable(model).eval(), example_input)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch's pytree LeafSpec note
-        return decompose_deeprebirth_ops(torch.export.export(portable, (example_input,)))
+        program = decompose_deeprebirth_ops(torch.export.export(portable, (example_input,)))
+        return distribute_concatenations(program)
 
 
 def lower_to_executorch(

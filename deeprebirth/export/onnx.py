@@ -1,7 +1,9 @@
 """ONNX export (always portable): for ONNX Runtime and other stock runtimes.
 
 deeprebirth's fused modules are replaced by their standard equivalents first
-(:func:`~deeprebirth.export.portable.make_portable`); the metadata record is stored as
+(:func:`~deeprebirth.export.portable.make_portable`), and channel concatenations are
+distributed over their readers where that moves less memory
+(:func:`~deeprebirth.export.concat.distribute_concatenations`); the metadata record is stored as
 ``model.metadata_props["deeprebirth"]``. Needs the ``onnx`` and ``onnxscript`` packages.
 """
 
@@ -14,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deeprebirth.export.concat import distribute_concatenations
 from deeprebirth.export.metadata import METADATA_KEY, ExportMetadata
 from deeprebirth.export.portable import make_portable
-from deeprebirth.export.pt2 import contiguous_for_export, dynamic_batch
+from deeprebirth.export.pt2 import dynamic_batch, export_program
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -38,18 +41,18 @@ def save_onnx(
         ) from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    portable, example_input = contiguous_for_export(make_portable(model).eval(), example_input)
     metadata.portable = True
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        exported = distribute_concatenations(
+            export_program(make_portable(model), example_input), dynamic_shapes=dynamic_batch()
+        )
         program = torch.onnx.export(
-            portable,
-            (example_input,),
+            exported,
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=dynamic_batch(),
             optimize=True,
             verbose=False,
         )

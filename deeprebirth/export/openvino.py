@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from deeprebirth.export._optional import import_optional
+from deeprebirth.export.concat import distribute_concatenations
 from deeprebirth.export.metadata import ExportMetadata
 from deeprebirth.export.portable import decompose_deeprebirth_ops, make_portable
-from deeprebirth.export.pt2 import export_program
+from deeprebirth.export.pt2 import dynamic_batch, export_program
 
 PRECISIONS = ("f32", "bf16")
 RT_INFO = "deeprebirth"  # rt_info section: metadata, inference_precision
@@ -54,6 +55,7 @@ def to_openvino(model: nn.Module, example_input: torch.Tensor) -> Any:
     """
     ov = _openvino()
     program = decompose_deeprebirth_ops(export_program(make_portable(model), example_input))
+    program = distribute_concatenations(program, dynamic_shapes=dynamic_batch())
     shape = ov.PartialShape([-1, *(int(s) for s in example_input.shape[1:])])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch's pytree LeafSpec note

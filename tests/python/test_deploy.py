@@ -36,6 +36,7 @@ import deeprebirth
 import deeprebirth.io
 from deeprebirth.compat.torchvision import import_torchvision
 from deeprebirth.export import FORMATS, load_exported, make_portable, read_metadata
+from deeprebirth.export.concat import distribute_concatenations
 from deeprebirth.export.portable import LocalResponseNorm2d
 from deeprebirth.models import bvlc_googlenet
 from deeprebirth.ops import BranchConv2d, branch_conv, conv_pool
@@ -174,25 +175,33 @@ def test_pte_runs_with_the_thread_count_asked_for(exports):
 
 def test_portable_googlenet_slim_graphs_are_clean(exports):
     """No scatter, slice, transpose or shape arithmetic: the convolutions, ReLUs, pools and one
-    cat per Inception module (the views of merged branches become the branch convolutions)."""
+    cat per Inception module (the views of merged branches become the branch convolutions); the
+    ONNX file holds exactly the layers of that graph once its concatenations are distributed."""
     import onnx
 
     model = exports.model("googlenet_slim")
     inceptions = sum(name.startswith("inception_") for name, _ in model.named_children())
     convs = sum(isinstance(m, nn.Conv2d) for m in _googlenet().modules())
-    proto = onnx.load(str(exports.file("googlenet_slim", "onnx")))
-    ops = collections.Counter(node.op_type for node in proto.graph.node)
-    assert not {"ScatterND", "Transpose", "Shape", "Slice", "Gather"} & set(ops), ops
-    assert ops["Concat"] == inceptions
-
     program = torch.export.export(make_portable(model).eval(), (_example(),))
-    targets = collections.Counter(
-        str(n.target) for n in program.graph.nodes if n.op == "call_function"
-    )
+    targets = _targets(program)
     assert not [t for t in targets if "slice" in t or "narrow" in t or "scatter" in t], targets
     assert targets["aten.cat.default"] == inceptions
     # branch_slim removed two of each Inception module's six convolutions
     assert targets["aten.conv2d.default"] == convs - 2 * inceptions
+
+    proto = onnx.load(str(exports.file("googlenet_slim", "onnx")))
+    ops = collections.Counter(node.op_type for node in proto.graph.node)
+    assert not {"ScatterND", "Transpose", "Shape", "Slice", "Gather"} & set(ops), ops
+    distributed = _targets(distribute_concatenations(program))
+    assert distributed["aten.cat.default"] < inceptions
+    assert ops["Concat"] == distributed["aten.cat.default"]
+    assert ops["Conv"] == distributed["aten.conv2d.default"]
+
+
+def _targets(program: torch.export.ExportedProgram) -> collections.Counter[str]:
+    return collections.Counter(
+        str(n.target) for n in program.graph.nodes if n.op == "call_function"
+    )
 
 
 class _OldMergedBlock(nn.Module):
