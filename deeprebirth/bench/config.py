@@ -71,6 +71,8 @@ class SuiteConfig:
         device: ``"cpu"`` or ``"cuda"`` for latency, memory and roofline (profiles are CPU).
         memory_budget_mib: budget for the largest-batch column of the memory table.
         gemm_size, copy_mib: sizes of the peak GEMM and copy measurements.
+        peak_conv_batch: batch of the peak convolution the "peers" page times in the same
+            rounds as the runtimes (:func:`~deeprebirth.bench.roofline.conv_peak_call`).
         sections: which pages to write (:data:`SECTIONS`).
         non_tensor_models, layer_time_models, latency_models, peer_pairs, deployed_models: what
             each page compares (``deployed_models``: the "peers" page's models, each in its
@@ -92,6 +94,7 @@ class SuiteConfig:
     memory_budget_mib: int = 1024
     gemm_size: int = 2048
     copy_mib: int = 256
+    peak_conv_batch: int = 32
     sections: tuple[str, ...] = SECTIONS
     non_tensor_models: list[ModelSpec] = field(
         default_factory=lambda: list(zoo.NON_TENSOR_SHARE_MODELS)
@@ -141,6 +144,7 @@ def quick_config(**overrides: Any) -> SuiteConfig:
         profile_forwards=2,
         gemm_size=1024,
         copy_mib=64,
+        peak_conv_batch=8,
         peer_pairs=[zoo.PEER_PAIRS[0]],
         deployed_models=[zoo.GOOGLENET_SLIM],
     )

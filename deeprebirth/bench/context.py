@@ -15,11 +15,13 @@ from tqdm import tqdm
 from deeprebirth.bench.config import SuiteConfig
 from deeprebirth.bench.costs import ModelCosts, model_costs
 from deeprebirth.bench.profiling import ForwardProfile, profile_forward
+from deeprebirth.bench.roofline import conv_peak_call
 from deeprebirth.bench.runtimes import Runtime, build_runtime
 from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line
 from deeprebirth.bench.zoo import ModelSpec, build_variant, in_form
 
 LatencyKey = tuple[str, str]  # (model label, runtime name)
+_PEAK = "peak convolution"  # its key among the timed calls (runtime keys hold a tab)
 
 
 class BenchContext:
@@ -31,6 +33,8 @@ class BenchContext:
         runtimes: built runtimes by ``(model label, runtime name)``.
         latency: ``{batch: {(model label, runtime name): Timing or None}}`` once
             :meth:`measure_latency` ran (None: the runtime is unavailable).
+        peak: ``{batch: (Timing, FLOP)}`` of the peak convolution timed in the same rounds, when
+            the run writes the "peers" page (its "% of peak" column divides by it).
     """
 
     def __init__(self, config: SuiteConfig) -> None:
@@ -41,6 +45,7 @@ class BenchContext:
         self.workdir = Path(tempfile.mkdtemp(prefix="deeprebirth-bench-"))
         self.runtimes: dict[LatencyKey, Runtime] = {}
         self.latency: dict[int, dict[LatencyKey, Timing | None]] = {}
+        self.peak: dict[int, tuple[Timing, int]] = {}
         self._models: dict[str, nn.Module] = {}
         self._device_models: dict[str, nn.Module] = {}
         self._profiles: dict[tuple[str, int], ForwardProfile] = {}
@@ -141,13 +146,24 @@ class BenchContext:
                 workdir=self.workdir,
             )
         available = {key: rt for key, rt in self.runtimes.items() if rt.run is not None}
+        # The peak convolution runs in the same rounds, so a drifting machine moves it and the
+        # runtimes alike (docs/benchmarks.md).
+        peak_call, peak_flops = None, 0
+        if "peers" in self.config.sections:
+            peak_call, peak_flops = conv_peak_call(
+                batch=self.config.peak_conv_batch, device=str(self.device)
+            )
         for batch in tqdm(self.config.batches, desc="latency", leave=False):
             x = self.example(batch, self.device)
             calls = {"\t".join(key): self.timed_call(rt.run, x) for key, rt in available.items()}
+            if peak_call is not None:
+                calls[_PEAK] = self.timed_call(lambda _: peak_call(), x)
             prepare = {"\t".join(key): rt.prepare for key, rt in available.items() if rt.prepare}
             with torch.inference_mode():
                 timings = interleaved_timings(
                     calls, self.config.repeats, self.config.warmup, prepare
                 )
             self.latency[batch] = {key: timings.get("\t".join(key)) for key in self.runtimes}
+            if peak_call is not None:
+                self.peak[batch] = (timings[_PEAK], peak_flops)
         return self.latency

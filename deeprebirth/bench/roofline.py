@@ -13,10 +13,12 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
 from deeprebirth.bench.costs import ModelCosts
+from deeprebirth.bench.timing import Timing
 
 
 def _synchronize(device: torch.device) -> None:
@@ -46,11 +48,11 @@ def peak_gemm_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu") ->
     return 2 * size**3 / seconds / 1e9
 
 
-def peak_conv_gflops(
-    channels: int = 256, size: int = 28, batch: int = 32, repeats: int = 5, device: str = "cpu"
-) -> float:
-    """Best GFLOP/s of an fp32 3x3 convolution (``channels`` -> ``channels``, ``size`` x ``size``,
-    channels_last) over ``repeats`` runs.
+def conv_peak_call(
+    channels: int = 256, size: int = 28, batch: int = 32, device: str = "cpu"
+) -> tuple[Callable[[], object], int]:
+    """The compute-roof workload: an fp32 3x3 convolution (``channels`` -> ``channels``,
+    ``size`` x ``size``, padding 1, channels_last) as a no-argument call, and its FLOP count.
 
     A tighter compute roof than :func:`peak_gemm_gflops` on CPUs where the BLAS takes a narrower
     vector path than oneDNN (docs/benchmarks.md).
@@ -59,9 +61,31 @@ def peak_conv_gflops(
     x = torch.randn(batch, channels, size, size, device=dev)
     w = torch.randn(channels, channels, 3, 3, device=dev)
     x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
-    with torch.no_grad():
-        seconds = _best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats, dev)
-    return 2 * batch * size * size * channels * channels * 9 / seconds / 1e9
+
+    def call() -> object:
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(x, w, padding=1)
+
+    return call, 2 * batch * size * size * channels * channels * 9
+
+
+def peak_conv_gflops(
+    channels: int = 256, size: int = 28, batch: int = 32, repeats: int = 5, device: str = "cpu"
+) -> float:
+    """Best GFLOP/s of :func:`conv_peak_call`'s convolution over ``repeats`` runs."""
+    call, flops = conv_peak_call(channels, size, batch, device)
+    return flops / _best_seconds(call, repeats, torch.device(device)) / 1e9
+
+
+def peak_gflops(timing: Timing, flops: int, best: bool = False) -> float:
+    """GFLOP/s of ``flops`` done in ``timing``'s median sample (its fastest with ``best``).
+
+    Example:
+        >>> peak_gflops(Timing((2.0, 4.0, 5.0)), 8_000_000_000)
+        2000.0
+    """
+    ms = min(timing.samples) if best else timing.median
+    return flops / (ms * 1e-3) / 1e9
 
 
 def peak_copy_gbps(mib: int = 256, repeats: int = 5, device: str = "cpu") -> float:

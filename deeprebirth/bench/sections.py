@@ -18,9 +18,9 @@ from deeprebirth.bench.roofline import (
     achieved_gflops,
     arithmetic_intensity,
     attainable_gflops,
-    peak_conv_gflops,
     peak_copy_gbps,
     peak_gemm_gflops,
+    peak_gflops,
 )
 from deeprebirth.bench.runtime_profiles import runtime_profiles_page
 from deeprebirth.bench.runtimes import RUNTIMES
@@ -359,17 +359,23 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
     """The "peers" page: each of ``deployed_models`` run by deeprebirth's own operators
     (deployed form) and by every other runtime (portable form: the same weights in standard
     operators), per batch, with ratios against the deployed form in the first of
-    ``deployed_runtimes`` (deeprebirth's deployed path) and achieved GFLOP/s against the measured
-    peak of a large convolution."""
+    ``deployed_runtimes`` (deeprebirth's deployed path) and achieved GFLOP/s against the peak
+    of a large convolution timed in the same interleaved rounds."""
     cfg = ctx.config
     latency = ctx.measure_latency()
-    peak = peak_conv_gflops(device=cfg.device)
     page = ResultPage(
         "deeprebirth's deployed path vs every runtime on the same model", cfg.settings_line()
     )
+    peaks = {batch: peak_gflops(*ctx.peak[batch]) for batch in cfg.batches}
+    best = peak_gflops(*ctx.peak[cfg.batches[0]], best=True)
     page.add_text(
-        f"Measured peak: fp32 3x3 convolution 256->256 channels, 28x28, batch 32, channels_last "
-        f"(oneDNN): **{peak:.1f} GFLOP/s** (best of 5)."
+        f"Peak: fp32 3x3 convolution 256->256 channels, 28x28, batch {cfg.peak_conv_batch}, "
+        "channels_last (oneDNN), timed as one more variant in the same interleaved rounds as "
+        "the runtimes, so the machine's drift moves it and them alike. Its median GFLOP/s in "
+        "each batch's rounds: "
+        + ", ".join(f"batch {b}: **{peaks[b]:.1f}**" for b in cfg.batches)
+        + f" (best round of batch {cfg.batches[0]}: {best:.1f})."
+        " The % of peak column divides a runtime's median GFLOP/s by its batch's peak median."
     )
     base_name = RUNTIMES[cfg.deployed_runtimes[0]]
     for spec in cfg.deployed_models:
@@ -379,6 +385,7 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
         ]
         macs = ctx.costs(forms[1][0]).macs
         for batch in cfg.batches:
+            peak = peaks[batch]
             base = latency[batch].get((forms[0][0].label, forms[0][1][0]))
             rows = []
             for form_spec, names in forms:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import deeprebirth
 from deeprebirth.bench import (
@@ -61,6 +62,7 @@ def _tiny_config(out: Path, **overrides) -> SuiteConfig:
         profile_forwards=1,
         gemm_size=64,
         copy_mib=1,
+        peak_conv_batch=1,
         non_tensor_models=[zoo.GOOGLENET, zoo.GOOGLENET_SLIM],
         layer_time_models=[zoo.GOOGLENET],
         latency_models=[zoo.GOOGLENET, zoo.GOOGLENET_SLIM],
@@ -152,6 +154,12 @@ def test_roofline_formulas():
     assert roofline.peak_gemm_gflops(64, repeats=1) > 0
     assert roofline.peak_copy_gbps(1, repeats=1) > 0
     assert roofline.peak_conv_gflops(channels=8, size=8, batch=1, repeats=1) > 0
+    # the peak workload's FLOP count is what PyTorch's own counter sees
+    call, flops = roofline.conv_peak_call(channels=8, size=6, batch=2)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call()
+    assert flops == counter.get_total_flops() == 2 * 2 * 6 * 6 * 8 * 8 * 9
 
 
 def _reference_top_level_ops(model: nn.Module, x: torch.Tensor) -> list[str]:
@@ -342,11 +350,16 @@ def test_deployed_page_compares_every_runtime_with_the_deployed_eager_form(tiny_
     deployed, portable = zoo.in_form(spec, "deployed"), zoo.in_form(spec, "portable")
     macs = context.costs(portable).macs
     page = (config.out / "deployed_vs_peers.md").read_text()
-    assert "Measured peak: fp32 3x3 convolution" in page
+    assert "Peak: fp32 3x3 convolution" in page
     found = _tables(page)
     assert len(found) == len(config.batches)
     for batch, table in zip(config.batches, found, strict=True):
         latency = context.latency[batch]
+        # the peak convolution ran in the same rounds as every runtime
+        peak_timing, _ = context.peak[batch]
+        assert len(peak_timing.samples) == config.repeats
+        peak = roofline.peak_gflops(*context.peak[batch])
+        assert f"batch {batch}: **{peak:.1f}**" in page
         base = latency[(deployed.label, "eager")]
         expected = [(deployed, n) for n in config.deployed_runtimes]
         expected += [(portable, n) for n in config.portable_runtimes]
@@ -361,7 +374,7 @@ def test_deployed_page_compares_every_runtime_with_the_deployed_eager_form(tiny_
             ]
             assert cells[3] == f"{base.median / timing.median:.2f}x"
             gflops = roofline.achieved_gflops(macs, batch, timing.median)
-            assert cells[4].startswith(f"{gflops:.1f} (")
+            assert cells[4] == f"{gflops:.1f} ({100 * gflops / peak:.0f}%)"
             assert context.runtimes[(form_spec.label, name)].max_abs_diff < 1e-5
     assert {s.form for s in (deployed, portable)} == {"deployed", "portable"}
     # the deployed form holds deeprebirth's operators, the portable one none
