@@ -23,7 +23,7 @@ four-branch modules, read by four wide layers, do not (measured: docs/export.md)
 :func:`distribute_concatenations` rewrites an exported program this way and exports the result
 again. A concatenation with any other reader (an in-place operation, an output, a grouped
 convolution, a layer whose weight is computed) is kept as it is. The sums are reassociated, so
-outputs move by float rounding only (about 1e-7 relative).
+outputs move by float rounding only.
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@ documented memory rule on both sides of its boundary, and no rewrite where a rea
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from deeprebirth.export import concat
 from deeprebirth.export.concat import distribute_concatenations
 from deeprebirth.export.pt2 import dynamic_batch, export_program
 
@@ -113,3 +116,8 @@ class InPlace(Branches):
 def test_concatenation_kept_when_a_reader_needs_it(model_type: type[nn.Module]) -> None:
     program = export_program(model_type().eval(), torch.randn(1, 3, 6, 6))
     assert distribute_concatenations(program, dynamic_shapes=dynamic_batch()) is program
+
+
+def test_docstring_example() -> None:
+    result = doctest.testmod(concat)
+    assert result.failed == 0 and result.attempted > 0
