@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from typing import Any
 
 import torch
@@ -127,11 +128,15 @@ class _Rewriter:
         return node
 
     def _weight_slice(self, weight: fx.Node, start: int, stop: int) -> fx.Node:
-        tensor = self.module.get_parameter(weight.target)
+        # A parameter or a buffer: the slice is held the same way as the weight it comes from.
+        tensor = operator.attrgetter(weight.target)(self.module)
         name = f"_distributed_weight_{self.count}"
         self.count += 1
         part = tensor.detach()[:, start:stop].contiguous()
-        self.module.register_parameter(name, torch.nn.Parameter(part, requires_grad=False))
+        if isinstance(tensor, torch.nn.Parameter):
+            self.module.register_parameter(name, torch.nn.Parameter(part, requires_grad=False))
+        else:
+            self.module.register_buffer(name, part)
         node = self.graph.get_attr(name)
         node.meta["val"] = weight.meta.get("val")
         return node
@@ -164,14 +169,15 @@ class _Rewriter:
 
     def rewrite(self, cat: fx.Node, parts: list[fx.Node]) -> bool:
         users = list(cat.users)
-        if not users or not all(_is_channelwise(u, cat) or _is_splittable(u, cat) for u in users):
+        channelwise = [u for u in users if _is_channelwise(u, cat)]
+        split = [u for u in users if u not in channelwise and _is_splittable(u, cat)]
+        if not users or len(channelwise) + len(split) < len(users):
             return False
-        added = sum(_elements(u) for u in users if not _is_channelwise(u, cat))
-        if 3 * (len(parts) - 1) * added >= 2 * _elements(cat):
+        if 3 * (len(parts) - 1) * sum(map(_elements, split)) >= 2 * _elements(cat):
             return False
         for user in users:
             with self.graph.inserting_before(user):
-                if _is_channelwise(user, cat):
+                if user in channelwise:
                     new = self._push_past(user, parts)
                 else:
                     new = self._split(user, parts)

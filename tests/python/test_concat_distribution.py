@@ -75,6 +75,29 @@ def test_distributed_program_equals_the_model(reader: str) -> None:
     assert _flops(distributed.module(), x) == _flops(model, x)
 
 
+class BufferWeight(Branches):
+    """The reader's weight is a buffer (a frozen constant), not a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Identity())
+        self.register_buffer("weight", torch.randn(2, 16, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([torch.relu(b(x)) for b in self.branches], 1)
+        return torch.nn.functional.conv2d(y, self.weight, padding=1)
+
+
+def test_weight_held_as_a_buffer_is_split_too() -> None:
+    torch.manual_seed(0)
+    model = BufferWeight().eval()
+    program = export_program(model, torch.randn(1, 3, 9, 9))
+    distributed = distribute_concatenations(program, dynamic_shapes=dynamic_batch())
+    assert _cats(distributed) == 0
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(distributed.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("outputs, distributed", [(5, True), (6, False)])
 def test_memory_rule_boundary(outputs: int, distributed: bool) -> None:
     """Branches of 4 + 4 channels read by one 1x1 convolution of ``outputs`` channels: the sum
