@@ -12,8 +12,9 @@ while its own forwards run (the fused plan is built during the first calls for e
 and kept), so other TorchScript modules in the process keep theirs.
 
 Some patterns fuse into oneDNN kernels slower than ATen's: a square root followed by a product ran
-oneDNN's reference eltwise kernel before the LRN rewrite was reordered (docs/export.md). :func:`to_onednn_graph` therefore measures the fused module against the same
-frozen module unfused on the example input and keeps the faster one.
+oneDNN's reference eltwise kernel before the LRN rewrite was reordered (docs/export.md).
+:func:`to_onednn_graph` therefore measures the fused module against the same frozen module
+unfused on the example input and keeps the faster one.
 
 Example:
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()
