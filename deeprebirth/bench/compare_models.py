@@ -28,7 +28,7 @@ import yaml
 
 import deeprebirth
 from deeprebirth.bench.runtimes import RUNTIMES, build_runtime
-from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line
+from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line, paired_ratio
 from deeprebirth.io import load_model
 
 
@@ -108,9 +108,12 @@ def compare(
     one round, one runtime's idle thread pool slows the next (docs/benchmarks.md, "Measurement
     traps").
 
-    With ``blocks`` > 1 the runtimes take turns, block after block, and the table gains the
-    lowest and highest per-block speed-up: how far the machine drifted during the run. The
-    medians are over every block's samples.
+    The speed-up is the median of the per-round ratios (:func:`paired_ratio`): the two models of
+    a runtime run back to back in each round, so a machine that changes speed between rounds or
+    blocks does not move it. With ``blocks`` > 1 the runtimes take turns, block after block, and
+    the table gains the lowest and highest per-block speed-up: how far the ratio itself moved.
+    The medians in milliseconds are over every block's samples. The "best of each" row pairs two
+    runtimes timed in different blocks, so its speed-up is the ratio of their medians.
     """
     baseline, candidate = list(models)
     spread = blocks > 1
@@ -155,11 +158,11 @@ def compare(
                     continue
                 row = (
                     f"| {thread_count} | {batch} | {RUNTIMES[runtime]} | {pair[0].median:.3f} | "
-                    f"{pair[1].median:.3f} | {pair[0].median / pair[1].median:.2f}x |"
+                    f"{pair[1].median:.3f} | {paired_ratio(*pair):.2f}x |"
                 )
                 if spread:
                     ratios = [
-                        a.median / b.median
+                        paired_ratio(a, b)
                         for a, b in zip(
                             per_block[(runtime, baseline)],
                             per_block[(runtime, candidate)],
@@ -179,7 +182,8 @@ def compare(
 
 
 def _pooled(blocks: list[Timing]) -> Timing:
-    """One Timing of every block's samples (their calls per sample may differ: the largest)."""
+    """One Timing of every block's samples, in block order, so two models' pooled samples stay
+    paired round by round (their calls per sample may differ: the largest)."""
     return Timing(
         tuple(sample for block in blocks for sample in block.samples),
         max(block.calls for block in blocks),

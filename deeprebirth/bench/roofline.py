@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from deeprebirth.bench.costs import ModelCosts
-from deeprebirth.bench.timing import Timing
+from deeprebirth.bench.timing import Timing, speed_ratio
 
 
 def _synchronize(device: torch.device) -> None:
@@ -95,6 +95,18 @@ def peak_copy_gbps(mib: int = 256, repeats: int = 5, device: str = "cpu") -> flo
     dst = torch.empty_like(src)
     seconds = _best_seconds(lambda: dst.copy_(src), repeats, dev)
     return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def share_of_peak(timing: Timing, flops: int, peak: Timing, peak_flops: int) -> float:
+    """The share of the peak's throughput that ``flops`` done in ``timing`` reach: per round when
+    both were timed in the same interleaved rounds (the median of the rounds' shares, which a
+    drifting machine does not move), else from the two medians.
+
+    Example:
+        >>> share_of_peak(Timing((4.0, 8.0)), 1000, Timing((1.0, 2.0)), 2000)
+        0.125
+    """
+    return speed_ratio(peak, timing) * flops / peak_flops
 
 
 def achieved_gflops(macs: int, batch: int, latency_ms: float) -> float:

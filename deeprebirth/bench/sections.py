@@ -21,6 +21,7 @@ from deeprebirth.bench.roofline import (
     peak_copy_gbps,
     peak_gemm_gflops,
     peak_gflops,
+    share_of_peak,
 )
 from deeprebirth.bench.runtime_profiles import runtime_profiles_page
 from deeprebirth.bench.runtimes import RUNTIMES
@@ -301,7 +302,7 @@ def peer_verdicts(ctx: BenchContext, batch: int) -> list[str]:
             lines.append(f"- {slim.label} vs {original.label}: not measured")
             continue
         best = min(forms, key=lambda name: forms[name].median)
-        speedup = forms[best].median / slim_eager.median
+        speedup = ratio(forms[best], slim_eager)
         verdict = "beats" if speedup > 1 else "does NOT beat"
         lines.append(
             f"- batch {batch}: {slim.label} in plain eager ({slim_eager.median:.2f} ms) {verdict} "
@@ -375,7 +376,8 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
         "each batch's rounds: "
         + ", ".join(f"batch {b}: **{peaks[b]:.1f}**" for b in cfg.batches)
         + f" (best round of batch {cfg.batches[0]}: {best:.1f})."
-        " The % of peak column divides a runtime's median GFLOP/s by its batch's peak median."
+        " The % of peak column is the median over rounds of a runtime's GFLOP/s over the "
+        "peak's in the same round."
     )
     base_name = RUNTIMES[cfg.deployed_runtimes[0]]
     for spec in cfg.deployed_models:
@@ -385,7 +387,6 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
         ]
         macs = ctx.costs(forms[1][0]).macs
         for batch in cfg.batches:
-            peak = peaks[batch]
             base = latency[batch].get((forms[0][0].label, forms[0][1][0]))
             rows = []
             for form_spec, names in forms:
@@ -393,15 +394,14 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
                     rt = ctx.runtimes[(form_spec.label, name)]
                     timing = latency[batch].get((form_spec.label, name))
                     gflops = achieved_gflops(macs, batch, timing.median) if timing else None
+                    share = timing and share_of_peak(timing, 2 * macs * batch, *ctx.peak[batch])
                     rows.append(
                         [
                             form_spec.form,
                             RUNTIMES[name],
                             timing_cell(timing),
                             ratio_cell(ratio(base, timing)),
-                            MISSING
-                            if gflops is None
-                            else f"{gflops:.1f} ({100 * gflops / peak:.0f}%)",
+                            MISSING if gflops is None else f"{gflops:.1f} ({100 * share:.0f}%)",
                             MISSING if rt.max_abs_diff is None else f"{rt.max_abs_diff:.1e}",
                             rt.note or "-",
                         ]
@@ -418,8 +418,8 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
                     "note",
                 ],
                 rows,
-                f"speed-up: the deployed form's {base_name} median / this median (above 1: "
-                "faster than deeprebirth's own path).",
+                f"speed-up: the median over rounds of the deployed form's {base_name} time / "
+                "this one's in the same round (above 1: faster than deeprebirth's own path).",
             )
     page.add_text(
         "Deployed form: the exact rules with deeprebirth's operators (`fold_bn`, "

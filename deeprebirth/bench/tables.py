@@ -2,8 +2,9 @@
 
 Every table a :class:`ResultPage` renders starts with the machine line (CPU, cores, torch,
 threads), so a table copied anywhere still says where it was measured. Latency cells read
-``median [min, max]`` in milliseconds; ratios are ``baseline median / this median`` (above 1:
-faster than the baseline), the baseline being the first entry.
+``median [min, max]`` in milliseconds; ratios are the baseline's time over this one (above 1:
+faster than the baseline), the baseline being the first entry: the median of the per-round ratios
+for two timings from the same interleaved rounds, else the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deeprebirth.bench.timing import Timing
+from deeprebirth.bench.timing import Timing, speed_ratio
 
 MISSING = "n/a"
 
@@ -44,10 +45,11 @@ def timing_cell(timing: Timing | None) -> str:
 
 
 def ratio(baseline: Timing | None, timing: Timing | None) -> float | None:
-    """``baseline.median / timing.median`` (None when either is missing)."""
+    """:func:`~deeprebirth.bench.timing.speed_ratio` of the two (per-round ratios when both were
+    timed in the same interleaved rounds), or None when either is missing."""
     if baseline is None or timing is None or timing.median <= 0:
         return None
-    return baseline.median / timing.median
+    return speed_ratio(baseline, timing)
 
 
 def ratio_cell(value: float | None) -> str:

@@ -3,6 +3,9 @@
 - :func:`interleaved_timings` runs variants A B A B … in one process after a warm-up, so machine
   noise hits every variant alike; compare medians and report ratios. A sample of a
   sub-millisecond call is the mean of enough back-to-back calls to fill a millisecond.
+- :func:`paired_ratio`: the speed-up of two variants timed in the same rounds, as the median of
+  the per-round ratios, which a machine that drifts between rounds does not move;
+  :func:`speed_ratio` uses it when it can.
 - :func:`benchmark_allocator` (entered by :func:`interleaved_timings` for its own duration) keeps
   freed activation buffers in glibc's heap, so repeated forwards do not map, fault in and unmap
   them again (allocator churn). Leaving it restores glibc's default thresholds: importing or
@@ -21,6 +24,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import itertools
 import math
 import os
 import platform
@@ -38,6 +42,7 @@ _TRACKING_MMAP_THRESHOLD = 64 * 1024
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # glibc's initial mmap and trim thresholds
 _allocator_configured = False
 _benchmark_depth = 0
+_round_sets = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,14 @@ class Timing:
         samples: one per timed round; each the mean of ``calls`` back-to-back calls.
         calls: calls per sample (1 unless a call took under ``min_sample_ms`` of
             :func:`interleaved_timings`).
+        rounds: which :func:`interleaved_timings` call measured it (None: unknown). Timings with
+            the same ``rounds`` have one sample per round, in round order, so :func:`paired_ratio`
+            may pair them.
     """
 
     samples: tuple[float, ...]
     calls: int = 1
+    rounds: int | None = None
 
     @property
     def median(self) -> float:
@@ -67,6 +76,45 @@ class Timing:
 
     def __str__(self) -> str:
         return f"{self.median:.3f} ms [{self.min:.3f}, {self.max:.3f}]"
+
+
+def paired_ratio(baseline: Timing, timing: Timing) -> float:
+    """Median over rounds of ``baseline``'s sample / ``timing``'s sample (above 1: ``timing`` is
+    faster), for two variants timed in the same interleaved rounds, sample ``i`` of each in round
+    ``i``.
+
+    The two samples of a round are taken a few milliseconds apart, so a machine that changes speed
+    between rounds moves both alike and their ratio stays put; the ratio of the two medians does
+    not when the rounds come from two machine states (docs/benchmarks.md, "Measurement traps").
+
+    Raises:
+        ValueError: the two have different numbers of samples (not from the same rounds).
+
+    Example:
+        >>> slow_then_fast = Timing((12.0, 6.0, 6.0)), Timing((4.0, 3.0, 2.0))
+        >>> paired_ratio(*slow_then_fast), slow_then_fast[0].median / slow_then_fast[1].median
+        (3.0, 2.0)
+    """
+    if len(baseline.samples) != len(timing.samples):
+        raise ValueError(
+            f"paired_ratio needs one sample per round of each: got {len(baseline.samples)} and "
+            f"{len(timing.samples)} samples"
+        )
+    return statistics.median(a / b for a, b in zip(baseline.samples, timing.samples, strict=True))
+
+
+def speed_ratio(baseline: Timing, timing: Timing) -> float:
+    """``baseline``'s time over ``timing``'s (above 1: ``timing`` is faster): :func:`paired_ratio`
+    when both come from the same :func:`interleaved_timings` call, else the ratio of the medians.
+
+    Example:
+        >>> a, b = Timing((12.0, 6.0, 6.0)), Timing((4.0, 3.0, 2.0))
+        >>> speed_ratio(a, b), speed_ratio(Timing(a.samples, rounds=7), Timing(b.samples, rounds=7))
+        (2.0, 3.0)
+    """
+    if baseline.rounds is not None and baseline.rounds == timing.rounds:
+        return paired_ratio(baseline, timing)
+    return baseline.median / timing.median
 
 
 def interleaved_timings(
@@ -114,7 +162,8 @@ def interleaved_timings(
                 for _ in range(number):
                     fn()
                 samples[name].append((time.perf_counter() - start) * 1e3 / number)
-    return {name: Timing(tuple(s), calls[name]) for name, s in samples.items()}
+    rounds = next(_round_sets)
+    return {name: Timing(tuple(s), calls[name], rounds) for name, s in samples.items()}
 
 
 def _nothing() -> None:

@@ -7,6 +7,7 @@ import doctest
 import importlib.util
 import math
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from deeprebirth.bench import (
     run_suite,
     runtimes,
     tables,
+    timing,
     zoo,
 )
 from deeprebirth.bench.context import BenchContext
@@ -92,7 +94,13 @@ def _tiny_googlenet() -> nn.Module:
     return deeprebirth.models.bvlc_googlenet(width=0.125).eval()
 
 
-@pytest.mark.parametrize("module", [profiling, tables, costs, roofline, runtimes])
+def _per_round_median(baseline: Timing, timing: Timing) -> float:
+    """The median over rounds of baseline / timing, both timed in the same interleaved rounds."""
+    assert baseline.rounds == timing.rounds and len(baseline.samples) == len(timing.samples)
+    return statistics.median(a / b for a, b in zip(baseline.samples, timing.samples, strict=True))
+
+
+@pytest.mark.parametrize("module", [profiling, tables, costs, roofline, runtimes, timing])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
@@ -322,11 +330,11 @@ def test_latency_page_lists_int8_models_as_rows_against_the_fp32_original(tmp_pa
         timing = latency[(label.removesuffix("-Int8"), name)]
         assert [c.strip() for c in cells] == [
             tables.timing_cell(timing),
-            f"{base.median / timing.median:.2f}x",
+            f"{_per_round_median(base, timing):.2f}x",
         ]
 
 
-def test_peer_ratio_column_is_baseline_median_over_variant_median(tiny_run):
+def test_peer_ratio_column_is_the_median_of_per_round_ratios(tiny_run):
     context, _ = tiny_run
     first = _tables((context.config.out / "peers.md").read_text())[0]
     latency = context.latency[1]
@@ -337,13 +345,14 @@ def test_peer_ratio_column_is_baseline_median_over_variant_median(tiny_run):
         label, runtime_label = cells[0].split(" \\| ")
         key = next(k for k in latency if k[0] == label and runtimes.RUNTIMES[k[1]] == runtime_label)
         assert cells[1] == tables.timing_cell(latency[key])
-        assert cells[2] == f"{base.median / latency[key].median:.2f}x"
+        assert cells[2] == f"{_per_round_median(base, latency[key]):.2f}x"
 
 
 def test_deployed_page_compares_every_runtime_with_the_deployed_eager_form(tiny_run):
     """One table per batch: the deployed form in its runtimes, then the portable form in every
-    other; speed-up = deployed eager median / this median; GFLOP/s from the portable model's MACs;
-    every runtime gives the eager outputs (random weights: tiny logits, so a tight bound)."""
+    other; speed-up = median over rounds of deployed eager / this; GFLOP/s from the portable
+    model's MACs, and its share of the peak convolution's GFLOP/s in the same round; every runtime
+    gives the eager outputs (random weights: tiny logits, so a tight bound)."""
     context, _ = tiny_run
     config = context.config
     spec = config.deployed_models[0]
@@ -356,7 +365,7 @@ def test_deployed_page_compares_every_runtime_with_the_deployed_eager_form(tiny_
     for batch, table in zip(config.batches, found, strict=True):
         latency = context.latency[batch]
         # the peak convolution ran in the same rounds as every runtime
-        peak_timing, _ = context.peak[batch]
+        peak_timing, peak_flops = context.peak[batch]
         assert len(peak_timing.samples) == config.repeats
         peak = roofline.peak_gflops(*context.peak[batch])
         assert f"batch {batch}: **{peak:.1f}**" in page
@@ -372,9 +381,14 @@ def test_deployed_page_compares_every_runtime_with_the_deployed_eager_form(tiny_
                 runtimes.RUNTIMES[name],
                 tables.timing_cell(timing),
             ]
-            assert cells[3] == f"{base.median / timing.median:.2f}x"
+            assert cells[3] == f"{_per_round_median(base, timing):.2f}x"
             gflops = roofline.achieved_gflops(macs, batch, timing.median)
-            assert cells[4] == f"{gflops:.1f} ({100 * gflops / peak:.0f}%)"
+            shares = [
+                (2 * macs * batch / t) / (peak_flops / p)
+                for t, p in zip(timing.samples, peak_timing.samples, strict=True)
+            ]
+            assert timing.rounds == peak_timing.rounds
+            assert cells[4] == f"{gflops:.1f} ({100 * statistics.median(shares):.0f}%)"
             assert context.runtimes[(form_spec.label, name)].max_abs_diff < 1e-5
     assert {s.form for s in (deployed, portable)} == {"deployed", "portable"}
     # the deployed form holds deeprebirth's operators, the portable one none
@@ -451,9 +465,10 @@ def _compare_models(*args: str, timeout: int = 300):
     )
 
 
-def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_path):
-    """scripts/compare_models.py on two saved models: one row per runtime whose speed-up is the
-    baseline median over the candidate median, and a best-of-each row."""
+def test_compare_models_script_times_both_files_and_prints_their_speed_ups(tmp_path):
+    """scripts/compare_models.py on two saved models: one row per runtime (its speed-up, the
+    median of per-round ratios, is checked in the next test) and a best-of-each row, whose
+    speed-up is the baseline median over the candidate median."""
     from deeprebirth.io import save_model
     from deeprebirth.models import build_model
 
@@ -478,7 +493,8 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
     assert [r[1].strip() for r in rows] == ["1"] * 3 + ["2"] * 3
     assert [r[2].strip() for r in rows[:2] + rows[3:5]] == ["eager", "TorchScript frozen"] * 2
     assert rows[2][2].strip().startswith("best of each") and rows[5][2].strip().startswith("best")
-    for r in rows:
+    assert all(float(r[5].strip().rstrip("x")) > 0 for r in rows)
+    for r in (rows[2], rows[5]):
         # the printed times are rounded: the ratio lies between the quotients of their bounds
         (teacher_ms, teacher_half), (student_ms, student_half) = map(_with_rounding, r[3:5])
         ratio = float(r[5].strip().rstrip("x"))
@@ -491,13 +507,14 @@ def test_compare_models_script_times_both_files_and_divides_their_medians(tmp_pa
 def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypatch, blocks):
     """compare(): one interleaved block per runtime holding both models (runtimes taking turns
     ``blocks`` times), and each runtime's ``prepare`` (ExecuTorch's pool size) called before
-    every one of its samples; with several blocks, the range of the per-block speed-ups."""
+    every one of its samples. Speed-ups are medians of per-round ratios: over every block's
+    rounds, and with several blocks their per-block range."""
     from deeprebirth.bench import compare_models
     from deeprebirth.bench.runtimes import Runtime
 
     events: list[str] = []
     block_keys: list[set] = []
-    records: list[tuple[str, float]] = []  # (runtime, block median) per model, in block order
+    records: list[tuple[str, tuple[float, ...]]] = []  # (runtime, samples), in block order
 
     def fake_build(name, model, x, threads, workdir):
         def run(batch, name=name):
@@ -512,7 +529,7 @@ def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypat
     def spy(variants, repeats, **kwargs):
         block_keys.append({runtime for runtime, _ in variants})
         timings = real(variants, repeats, warmup=1, min_sample_ms=0, **kwargs)
-        records.extend((runtime, timings[(runtime, name)].median) for runtime, name in variants)
+        records.extend((runtime, timings[(runtime, name)].samples) for runtime, name in variants)
         return timings
 
     monkeypatch.setattr(compare_models, "build_runtime", fake_build)
@@ -529,14 +546,21 @@ def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypat
     assert "prepare eager" not in events
     cells = [row.split("|")[1:-1] for row in rows[2:]]
     assert {len(c) for c in cells} == {len(rows[0].split("|")[1:-1])}
-    if blocks > 1:
-        per_block = [r for r in records if r[0] == "torchscript"]
-        ratios = [a / b for (_, a), (_, b) in zip(per_block[::2], per_block[1::2], strict=True)]
-        low, high = (float(v) for v in cells[1][6].strip().rstrip("x").split("-"))
-        assert (low, high) == (round(min(ratios), 2), round(max(ratios), 2))
-        # the median of every block's samples lies between the blocks' medians
-        eager_a = [t for runtime, t in records if runtime == "eager"][::2]
-        assert min(eager_a) - 5e-4 <= float(cells[0][3]) <= max(eager_a) + 5e-4
+
+    def per_round(a, b):
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+    for row, runtime in zip(cells[:2], ["eager", "torchscript"], strict=True):
+        per_block = [samples for name, samples in records if name == runtime]
+        a_blocks, b_blocks = per_block[::2], per_block[1::2]
+        overall = per_round(sum(a_blocks, ()), sum(b_blocks, ()))
+        assert row[5].strip() == f"{overall:.2f}x"
+        # the millisecond columns are medians of every block's samples
+        assert row[3].strip() == f"{statistics.median(sum(a_blocks, ())):.3f}"
+        if blocks > 1:
+            ratios = [per_round(a, b) for a, b in zip(a_blocks, b_blocks, strict=True)]
+            low, high = (float(v) for v in row[6].strip().rstrip("x").split("-"))
+            assert (low, high) == (round(min(ratios), 2), round(max(ratios), 2))
 
 
 def _with_rounding(cell: str) -> tuple[float, float]:
