@@ -61,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--models",
         type=_csv(str),
         default=None,
-        help="keep only these models (labels, e.g. GoogLeNet,GoogLeNet-Slim) in the latency, "
-        "memory and roofline tables and the peer pairs",
+        help="keep only these models (labels, e.g. GoogLeNet,GoogLeNet-Slim,ResNet-50) in the "
+        "latency, memory and roofline tables, the peer pairs and the deployed-vs-peers page; at "
+        "least one latency model",
     )
     parser.add_argument(
         "--latency-runtimes",
@@ -127,15 +128,18 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _only_models(config, labels: tuple[str, ...]):
-    """``config`` with its latency models and peer pairs restricted to ``labels``.
+    """``config`` with its latency models, peer pairs and deployed models restricted to
+    ``labels``.
 
     Raises:
-        ValueError: a label names no latency model or peer-pair model of the config.
+        ValueError: a label names no latency, peer-pair or deployed model of the config, or no
+            latency model is left.
     """
     from dataclasses import replace
 
     known = {s.label for s in config.latency_models}
     known |= {s.label for pair in config.peer_pairs for s in pair}
+    known |= {s.label for s in config.deployed_models}
     unknown = [label for label in labels if label not in known]
     if unknown:
         raise ValueError(f"expected --models among {sorted(known)}, but got {unknown}")
@@ -146,6 +150,7 @@ def _only_models(config, labels: tuple[str, ...]):
         config,
         latency_models=latency_models,
         peer_pairs=[p for p in config.peer_pairs if all(s.label in labels for s in p)],
+        deployed_models=[s for s in config.deployed_models if s.label in labels],
     )
 
 

@@ -441,6 +441,11 @@ def test_cli_options_become_the_config(tmp_path):
     config = config_from_args(args)
     assert [s.label for s in config.latency_models] == ["GoogLeNet", "GoogLeNet-Slim"]
     assert [(a.label, b.label) for a, b in config.peer_pairs] == [("GoogLeNet", "GoogLeNet-Slim")]
+    assert [s.label for s in config.deployed_models] == ["GoogLeNet-Slim"]
+    args = parser.parse_args(["bench", "--models", "GoogLeNet-Slim,ResNet-50"])
+    config = config_from_args(args)  # ResNet-50: a deployed model, not a latency one
+    assert [s.label for s in config.deployed_models] == ["GoogLeNet-Slim", "ResNet-50"]
+    assert [s.label for s in config.latency_models] == ["GoogLeNet-Slim"]
     for bad in ("GoogLeNet,AlexNet-9", "ResNet-50"):  # unknown; no latency model left
         with pytest.raises(ValueError, match="--models"):
             config_from_args(parser.parse_args(["bench", "--models", bad]))
