@@ -2,9 +2,10 @@
 
 For every thread count, batch size and runtime it times both models interleaved in one process
 and prints a Markdown table: median latency of each, and ``baseline / candidate`` (> 1: the
-candidate is faster). A last row per thread count and batch compares each model in its own best
-runtime. Each runtime's pair is timed in a block of its own; ``--blocks N`` repeats the blocks,
-runtimes taking turns, and adds the range of the per-block speed-ups (the machine's drift).
+candidate is faster) as the median of the per-round ratios. A last row per thread count and
+batch compares each model in its own best runtime. Each runtime's pair is timed in a block of
+its own; ``--blocks N`` repeats the blocks, runtimes taking turns, and adds the range of the
+per-block speed-ups (the machine's drift).
 Input shape comes from ``--input-shape`` or the run's ``config.yaml`` next to the files.
 ``--candidate-rules`` / ``--baseline-rules`` first apply exact deployment rules to that model
 (e.g. ``pack_conv``), checked against the loaded model; ``--candidate-flatten`` /
@@ -244,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare(
             models, shape, args.threads, args.batches, runtimes, args.repeats, args.blocks
         )
-    text = "\n".join([f"Machine: {machine_line()}", f"Input: {shape}", "", *rows]) + "\n"
+    note = (
+        "speed-up: the median over rounds of baseline / candidate, the two timed back to back in "
+        "each round; best of each: the ratio of the two medians"
+    )
+    text = "\n".join([f"Machine: {machine_line()}", f"Input: {shape}", "", *rows, "", note]) + "\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -492,6 +492,7 @@ def test_compare_models_script_times_both_files_and_prints_their_speed_ups(tmp_p
     )
     assert done.returncode == 0, done.stderr
     assert "| teacher (ms) | student + pack_conv + flat (ms) |" in out.read_text()
+    assert "speed-up: the median over rounds of baseline / candidate" in out.read_text()
     rows = [
         line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 ")
     ]
