@@ -394,7 +394,9 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
                     rt = ctx.runtimes[(form_spec.label, name)]
                     timing = latency[batch].get((form_spec.label, name))
                     gflops = achieved_gflops(macs, batch, timing.median) if timing else None
-                    share = timing and share_of_peak(timing, 2 * macs * batch, *ctx.peak[batch])
+                    share = (
+                        share_of_peak(timing, 2 * macs * batch, *ctx.peak[batch]) if timing else 0.0
+                    )
                     rows.append(
                         [
                             form_spec.form,
