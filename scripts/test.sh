@@ -11,9 +11,7 @@ status=0
 echo "== lint (ruff, clang-format)"
 "$ROOT/scripts/lint.sh" || status=1
 echo "== pytest"
-# One worker per core (at most 4), each test file in one worker (its module fixtures built once):
-# most tests run on one thread, and two workers on the 2-core CI machine cut the suite by a third.
-"$PYTHON" -m pytest tests/python --numprocesses=auto --maxprocesses=4 --dist=loadfile "$@" || status=1
+"$PYTHON" -m pytest tests/python "$@" || status=1
 echo "== Catch2 (ctest)"
 ctest --test-dir "$ROOT/build/cmake" --output-on-failure || status=1
 if command -v nvcc >/dev/null 2>&1; then
