@@ -393,17 +393,18 @@ def write_deployed_vs_peers(ctx: BenchContext) -> list[Path]:
                 for name in names:
                     rt = ctx.runtimes[(form_spec.label, name)]
                     timing = latency[batch].get((form_spec.label, name))
-                    gflops = achieved_gflops(macs, batch, timing.median) if timing else None
-                    share = (
-                        share_of_peak(timing, 2 * macs * batch, *ctx.peak[batch]) if timing else 0.0
-                    )
+                    throughput = MISSING
+                    if timing is not None:
+                        gflops = achieved_gflops(macs, batch, timing.median)
+                        share = share_of_peak(timing, 2 * macs * batch, *ctx.peak[batch])
+                        throughput = f"{gflops:.1f} ({100 * share:.0f}%)"
                     rows.append(
                         [
                             form_spec.form,
                             RUNTIMES[name],
                             timing_cell(timing),
                             ratio_cell(ratio(base, timing)),
-                            MISSING if gflops is None else f"{gflops:.1f} ({100 * share:.0f}%)",
+                            throughput,
                             MISSING if rt.max_abs_diff is None else f"{rt.max_abs_diff:.1e}",
                             rt.note or "-",
                         ]
