@@ -183,6 +183,39 @@ class BranchConv2d(nn.Module):
             convs.append(conv)
         return convs
 
+    def as_conv(self) -> nn.Conv2d | None:
+        """One ``nn.Conv2d`` computing every branch, when they all share one window (kernel size
+        and padding; the stride is always shared): its weights and biases are the branches'
+        concatenated along output channels, so its output is this module's before the ReLU.
+        ``None`` when the windows differ (a 1x1 branch beside a 3x3 one).
+
+        ``pack_conv`` packs such a module as one convolution: oneDNN then keeps its weights
+        packed, where ``branch_conv`` concatenates or reorders them on every call.
+
+        Example:
+            >>> merged = BranchConv2d(8, [4, 2], [1, 1])
+            >>> merged.as_conv()
+            Conv2d(8, 6, kernel_size=(1, 1), stride=(1, 1))
+            >>> BranchConv2d(8, [4, 2], [1, 3]).as_conv() is None
+            True
+        """
+        kernels = {tuple(w.shape[2:]) for w in self.weights}
+        if len(kernels) != 1 or len(set(self.paddings)) != 1:
+            return None
+        conv = nn.Conv2d(
+            self.in_channels,
+            sum(self.out_channels),
+            kernels.pop(),
+            stride=self.stride,
+            padding=self.paddings[0],
+            bias=self.has_bias,
+        ).to(device=self.weights[0].device, dtype=self.weights[0].dtype)
+        with torch.no_grad():
+            conv.weight.copy_(torch.cat(list(self.weights)))
+            if self.has_bias:
+                conv.bias.copy_(torch.cat(list(self.biases)))
+        return conv
+
     def to_standard(self) -> ConcatBranches:
         """The standard layers it computes.
 

@@ -514,9 +514,13 @@ class PackedConvConcat(nn.Module):
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
-    """``x`` if it is contiguous in NCHW or channels_last (what oneDNN reads), else a copy."""
+    """``x`` if it is contiguous in NCHW or channels_last (what oneDNN reads), else a copy in the
+    layout its strides are closest to."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
+    if x.dim() == 4 and x.stride(1) == 1:  # channels of a channels_last tensor (a narrow view):
+        # an NCHW copy would transpose it, and the convolution would then run and write NCHW
+        return x.contiguous(memory_format=torch.channels_last)
     return x.contiguous()
 
 

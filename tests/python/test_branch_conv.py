@@ -240,3 +240,23 @@ def test_from_convs_is_exact_and_round_trips():
 def test_from_convs_rejects_mismatched_geometry(bad, message):
     with pytest.raises(ValueError, match=message):
         BranchConv2d.from_convs([nn.Conv2d(12, 4, 1), bad], relu=False)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_as_conv_is_one_convolution_of_same_window_branches(bias, stride):
+    torch.manual_seed(3)
+    kernel, padding = (3, 1) if stride == 2 else (1, 0)
+    convs = [nn.Conv2d(6, c, kernel, stride, padding, bias=bias) for c in (4, 3, 5)]
+    merged = BranchConv2d.from_convs(convs, relu=False)
+    conv = merged.as_conv()
+    assert isinstance(conv, nn.Conv2d) and conv.out_channels == 12
+    x = torch.randn(2, 6, 9, 8)
+    torch.testing.assert_close(conv(x), torch.cat([c(x) for c in convs], 1))
+    conv.weight.data.zero_()  # a copy: the merged module's own weights stay
+    torch.testing.assert_close(merged(x), torch.cat([c(x) for c in convs], 1))
+
+
+def test_as_conv_is_none_when_the_windows_differ():
+    mixed = BranchConv2d.from_convs([nn.Conv2d(6, 4, 1), nn.Conv2d(6, 3, 3, padding=1)], False)
+    assert mixed.as_conv() is None

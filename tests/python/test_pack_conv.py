@@ -15,7 +15,7 @@ from torch import nn
 import deeprebirth
 from deeprebirth.export.portable import make_portable
 from deeprebirth.models import build_model
-from deeprebirth.nn import PackedConv2d, PackedResidualBlock, PackedResidualStage
+from deeprebirth.nn import BranchConv2d, PackedConv2d, PackedResidualBlock, PackedResidualStage
 
 needs_mkldnn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not in this torch build"
@@ -47,7 +47,7 @@ def _reference(conv: nn.Conv2d, x: torch.Tensor, relu: bool) -> torch.Tensor:
 @needs_mkldnn
 @pytest.mark.parametrize("spec", CONVS)
 @pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "channel_view"])
 def test_packed_path_matches_conv2d(spec, relu: bool, layout: str) -> None:
     torch.manual_seed(0)
     cin, cout, k, s, p, d, g, bias = spec
@@ -58,6 +58,9 @@ def test_packed_path_matches_conv2d(spec, relu: bool, layout: str) -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
         x = torch.randn(2, cin, 38, 17)[:, :, ::2]
+    elif layout == "channel_view":  # channels of a channels_last tensor, as after a merged layer
+        wide = torch.randn(2, cin + 5, 19, 17).contiguous(memory_format=torch.channels_last)
+        x = wide.narrow(1, 3, cin)
     with torch.inference_mode():
         actual = packed(x)
     assert packed.packed_weights, "the packed path did not run"
@@ -390,6 +393,10 @@ def test_pack_conv_rule_keeps_outputs(name: str) -> None:
     assert len(stages) == (4 if name == "torchvision:resnet18" else 0)  # layer1-4
     fuses = name in ("bvlc_googlenet", "torchvision:squeezenet1_1")
     assert any(len(s.modules) >= 2 for s in sites) == fuses
+    # merge_branches joined 1x1 layers only: each is now one packed convolution
+    assert not any(isinstance(m, BranchConv2d) for m in slim_model.modules())
+    merged = [s for s in sites if "branches' weights" in s.reason]
+    assert len(merged) == (9 if name == "bvlc_googlenet" else 0)  # one per Inception module
     again = deeprebirth.plan(slim_model, x, rules=["pack_conv"])
     assert not again.applied  # nothing left to pack
     portable = make_portable(slim_model)
@@ -437,3 +444,32 @@ def test_pack_conv_rule_skips_unpackable_convolutions_with_the_reason() -> None:
     report = deeprebirth.plan(model, torch.zeros(1, 3, 8, 8), rules=["pack_conv"])
     assert not report.applied
     assert any("padding_mode='reflect'" in s.reason for s in report.skipped)
+
+
+class _MixedBranches(nn.Module):
+    """A 1x1 and a 3x3 branch over one input, merged by merge_branches into one BranchConv2d
+    whose windows differ, and a 1x1 pair that shares one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 3, 1), nn.Conv2d(4, 5, 3, padding=1)
+        self.c, self.d = nn.Conv2d(8, 2, 1), nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)
+        return torch.cat([self.c(y), self.d(y)], 1)
+
+
+def test_pack_conv_packs_same_window_branch_convs_and_keeps_the_others() -> None:
+    torch.manual_seed(2)
+    model, x = _MixedBranches().eval(), torch.randn(2, 4, 9, 9)
+    merged, _ = deeprebirth.slim(model, ["merge_branches"], x)
+    branch_layers = [n for n, m in merged.named_modules() if isinstance(m, BranchConv2d)]
+    assert len(branch_layers) == 2
+    packed, report = deeprebirth.slim(merged, ["pack_conv"], x)
+    left = [n for n, m in packed.named_modules() if isinstance(m, BranchConv2d)]
+    assert len(left) == 1 and packed.get_submodule(left[0]).as_conv() is None
+    assert any(left[0] in s.modules and "windows differ" in s.reason for s in report.skipped)
+    joined = [n for n in branch_layers if n not in left]
+    assert isinstance(packed.get_submodule(joined[0]), PackedConv2d)
+    assert deeprebirth.verify(model, packed, x).max_rel <= 1e-4

@@ -5,6 +5,11 @@ A deployment rule for CPU inference, run after the other rules (priority 70): ea
 weights, which keeps oneDNN's packed copy of the weights instead of reordering them on every call.
 When the convolution's only reader is a ReLU layer called once, that ReLU is fused into the
 convolution and replaced by ``nn.Identity`` (a functional or shared ReLU stays where it is).
+A :class:`~deeprebirth.nn.BranchConv2d` whose branches share one window (``merge_branches``'s
+merged Inception 1x1 layers) becomes one PackedConv2d of its concatenated weights, its ReLU fused
+(:meth:`~deeprebirth.nn.BranchConv2d.as_conv`): ``branch_conv`` concatenates or reorders the
+weights on every call (docs/kernels.md, "Packed convolutions"); branches of different windows
+stay one ``branch_conv``.
 torchvision's ResNet blocks (``BasicBlock``, ``Bottleneck``) whose BatchNorms were folded become
 one :class:`~deeprebirth.nn.PackedResidualBlock`: their shared ReLU and the residual
 add are fused into the packed convolutions as well, and a ``nn.Sequential`` of such blocks (a
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.nn import PackedConv2d, PackedResidualBlock, PackedResidualStage
+from deeprebirth.nn import BranchConv2d, PackedConv2d, PackedResidualBlock, PackedResidualStage
 from deeprebirth.nn.packed_conv import packing_problem
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
@@ -46,6 +51,7 @@ class PackConv(Rule):
             )
             sites.append(self.site((*convs, relu_name), reason))
             handled.update(convs)
+        sites.extend(self._branch_sites(graph))
         for node, conv in graph.module_nodes(nn.Conv2d):
             if isinstance(conv, PackedConv2d) or node.target in handled:
                 continue
@@ -64,6 +70,32 @@ class PackConv(Rule):
             else:
                 modules, reason = (node.target,), f"pack {node.target}"
             sites.append(self.site(modules, reason))
+        return sites
+
+    def _branch_sites(self, graph: ModelGraph) -> list[Site]:
+        """Sites for the BranchConv2d layers: packed as one convolution where the branches share
+        one window, skipped with the reason otherwise."""
+        sites = []
+        merged_layers = {node.target: merged for node, merged in graph.module_nodes(BranchConv2d)}
+        for target, merged in merged_layers.items():
+            conv = merged.as_conv()
+            problem = (
+                "its branches' windows differ (kernel sizes "
+                f"{[tuple(w.shape[2:]) for w in merged.weights]}, paddings {merged.paddings})"
+                if conv is None
+                else packing_problem(conv)
+            )
+            if problem:
+                sites.append(
+                    self.site((target,), f"{target} stays a branch_conv: {problem}", False)
+                )
+                continue
+            relu = ", its ReLU fused" if merged.relu else ""
+            reason = (
+                f"pack {target} as one convolution of its {len(merged.out_channels)} branches' "
+                f"weights{relu}"
+            )
+            sites.append(self.site((target,), reason))
         return sites
 
     def _residual_sites(self, ctx: SurgeryContext) -> tuple[list[Site], set[str]]:
@@ -99,6 +131,9 @@ class PackConv(Rule):
         self, model: nn.Module, site: Site, options: SlimOptions
     ) -> dict[str, nn.Module]:
         block = model.get_submodule(site.modules[0])
+        if isinstance(block, BranchConv2d):
+            packed = PackedConv2d.from_conv(block.as_conv(), relu=block.relu)
+            return {site.modules[0]: packed.train(block.training)}
         if _is_residual_block(block):
             return {site.modules[0]: _packed_block(block)}
         if isinstance(block, nn.Sequential):  # a stage of residual blocks
