@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deeprebirth.nn._compile import compiling_for_inductor
@@ -248,6 +249,12 @@ class BranchConv2d(nn.Module):
     def _standard_forward(
         self, x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]
     ) -> torch.Tensor:
+        if len({tuple(w.shape[2:]) for w in weights}) == 1 and len(set(self.paddings)) == 1:
+            # One window: one convolution of the concatenated weights (constants that inductor's
+            # freezing folds), so the output is no cat that later narrow views copy from.
+            bias = torch.cat(biases) if self.has_bias else None
+            y = F.conv2d(x, torch.cat(weights), bias, self.stride, self.paddings[0])
+            return F.relu(y) if self.relu else y
         return _reference.branch_conv_reference(
             x, weights, biases, self.paddings, self.stride, self.relu
         )

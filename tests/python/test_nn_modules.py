@@ -65,6 +65,11 @@ def _branch_conv() -> tuple[nn.Module, Inputs]:
     return BranchConv2d.from_convs(convs, relu=True), torch.randn(2, 8, 9, 7)
 
 
+def _branch_conv_one_window() -> tuple[nn.Module, Inputs]:
+    convs = [nn.Conv2d(8, c, 1, stride=2) for c in (4, 6, 2)]  # merged Inception 1x1 layers
+    return BranchConv2d.from_convs(convs, relu=True), torch.randn(2, 8, 9, 7)
+
+
 def _packed_conv_direct() -> tuple[nn.Module, Inputs]:
     return _packed(nn.Conv2d(8, 16, 3, padding=1), relu=True), torch.randn(1, 8, 8, 8)
 
@@ -111,6 +116,7 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Inputs]]] = {
     "conv_pool_max": _conv_pool_max,
     "conv_pool_avg": _conv_pool_avg,
     "branch_conv": _branch_conv,
+    "branch_conv_one_window": _branch_conv_one_window,
     "packed_conv_direct": _packed_conv_direct,
     "packed_conv_onednn": _packed_conv_onednn,
     "packed_conv_concat": _packed_conv_concat,
@@ -248,3 +254,7 @@ def test_torch_compile_traces_one_graph_of_standard_operators(case: str) -> None
         with torch.no_grad():
             program = torch.export.export(module, (x,))
         assert any("deeprebirth" in target for target in _op_targets(program.graph))
+    if case == "branch_conv_one_window":  # one convolution is the output: no cat of outputs
+        convs = [n for n in graphs[0].graph.nodes if "conv2d" in str(n.target)]
+        (result,) = graphs[0].graph.output_node().args[0]
+        assert len(convs) == 1 and "relu" in str(result.target) and result.args[0] is convs[0]
