@@ -109,8 +109,11 @@ def small_conv2d(
     The direct kernel runs for float32 CPU inputs, groups 1, dilation 1, no gradient needed, fewer
     than ``max_macs`` multiply-accumulates, and, for 1x1 kernels, at most ``max_1x1_pixels``
     output pixels per image (a GEMM over the pixels wins above that). Every other call is
-    ``conv2d`` (differentiable as usual). One operator call either way, so a TorchScript graph
-    holds no branches of its own for the choice.
+    ``conv2d`` (differentiable as usual), except float32 CPU inference with a weight that does not
+    require grad (TorchScript's frozen constants): oneDNN then runs on a packed copy of ``w`` kept
+    across calls, one per input shape, remade when ``w`` is updated in place (its version
+    counter) and dropped when ``w`` is freed. One operator call either way, so a TorchScript
+    graph holds no branches of its own for the choice.
 
     Example:
         >>> x, w = torch.randn(1, 3, 8, 8), torch.randn(5, 3, 3, 3)

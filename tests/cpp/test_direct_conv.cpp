@@ -1,6 +1,7 @@
 // deeprebirth::direct_conv and small_conv2d from C++ through the dispatcher: against ATen's
 // conv2d (+ relu) over a seeded grid of small layers, and the argument errors.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <catch2/catch.hpp>
 #include <optional>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "deeprebirth_ops.h"
+#include "ops/direct_conv/cpu/onednn_packed_conv.h"
 
 using deeprebirth::ops::direct_conv;
 using deeprebirth::ops::direct_conv_pack;
@@ -83,4 +85,47 @@ TEST_CASE("direct_conv_cat writes each branch into its channels", "[direct_conv]
   const at::Tensor chosen = deeprebirth::ops::small_conv2d_cat(
       xs, ws, packed, bs, {1, 1, 1, 1}, {1, 1, 2, 2}, true, int64_t{1} << 22, 64);
   CHECK(at::allclose(chosen, expected, 1e-4, 1e-5));
+}
+
+TEST_CASE("small_conv2d packs a frozen weight once per input shape and version",
+          "[direct_conv][onednn]") {
+  if (!at::hasMKLDNN()) {
+    WARN("oneDNN is not in this torch build: nothing to pack");
+    return;
+  }
+  using deeprebirth::ops::clear_onednn_packed_weights;
+  using deeprebirth::ops::onednn_packed_weight_count;
+  at::manual_seed(1);
+  clear_onednn_packed_weights();
+  // Large enough that the direct kernel does not pay: small_conv2d hands it to oneDNN.
+  const at::Tensor x = at::randn({2, 32, 20, 20});
+  at::Tensor weight = at::randn({48, 32, 3, 3}) / 17.0;
+  const at::Tensor bias = at::randn({48});
+  const auto run = [&](const at::Tensor& input, const at::Tensor& w) {
+    return small_conv2d(input, w, direct_conv_pack(w), bias, {1, 1}, {1, 1}, {1, 1}, 1, true, 0, 0);
+  };
+  const auto expected = [&](const at::Tensor& input, const at::Tensor& w) {
+    return at::relu(at::conv2d(input, w, bias, {1, 1}, {1, 1}));
+  };
+  CHECK(at::allclose(run(x, weight), expected(x, weight), 1e-4, 1e-5));
+  CHECK(at::allclose(run(x, weight), expected(x, weight), 1e-4, 1e-5));
+  CHECK(onednn_packed_weight_count() == 1);  // the second call reused the packed copy
+  const at::Tensor x1 = at::randn({1, 32, 20, 20}).contiguous(at::MemoryFormat::ChannelsLast);
+  CHECK(at::allclose(run(x1, weight), expected(x1, weight), 1e-4, 1e-5));
+  CHECK(onednn_packed_weight_count() == 2);  // one copy per input shape
+  weight.mul_(-1.0);  // an in-place update moves the version counter: a new copy
+  CHECK(at::allclose(run(x, weight), expected(x, weight), 1e-4, 1e-5));
+  CHECK(onednn_packed_weight_count() == 3);
+  weight = at::randn({48, 32, 3, 3}) / 17.0;  // the old weight is freed, its copies go
+  CHECK(at::allclose(run(x, weight), expected(x, weight), 1e-4, 1e-5));
+  CHECK(onednn_packed_weight_count() == 1);
+  // A trainable weight keeps ATen's convolution (it may be written through .data unseen).
+  const at::Tensor trainable = weight.clone().set_requires_grad(true);
+  {
+    c10::AutoGradMode no_grad(false);
+    CHECK(at::allclose(run(x, trainable), expected(x, weight), 1e-4, 1e-5));
+  }
+  CHECK(onednn_packed_weight_count() == 1);
+  clear_onednn_packed_weights();
+  CHECK(onednn_packed_weight_count() == 0);
 }

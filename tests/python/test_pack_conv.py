@@ -473,3 +473,25 @@ def test_pack_conv_packs_same_window_branch_convs_and_keeps_the_others() -> None
     joined = [n for n in branch_layers if n not in left]
     assert isinstance(packed.get_submodule(joined[0]), PackedConv2d)
     assert deeprebirth.verify(model, packed, x).max_rel <= 1e-4
+
+
+@needs_mkldnn
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_torchscript_runs_packed_onednn_weights(frozen: bool) -> None:
+    """Frozen TorchScript (the C++ runner's path) keeps oneDNN's packed weights across calls;
+    a scripted module whose weights are still trainable parameters uses conv2d."""
+    from torch.profiler import profile
+
+    torch.manual_seed(4)
+    conv = nn.Conv2d(32, 48, 3, padding=1)
+    packed = PackedConv2d.from_conv(conv, relu=True).eval()
+    scripted = torch.jit.script(packed)
+    module = torch.jit.freeze(scripted) if frozen else scripted
+    x = torch.randn(2, 32, 20, 20)
+    with torch.no_grad():
+        module(x)
+        with profile() as prof:
+            actual = module(x)
+    ran = {event.name for event in prof.events()}
+    assert ("mkldnn::_convolution_pointwise" in ran) == frozen, sorted(ran)
+    torch.testing.assert_close(actual, F.relu(conv(x)), rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "ops/common/arg_checks.h"
+#include "ops/direct_conv/cpu/onednn_packed_conv.h"
 
 namespace deeprebirth::ops {
 
@@ -133,6 +134,9 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
   if (!needs_grad &&
       direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
     return in_layout_of(x, direct_conv(x, packed_w, b, w.size(0), stride, padding, relu));
+  }
+  if (onednn_packed_conv_applies(x, w, b)) {  // TorchScript's frozen weights: packed once
+    return onednn_packed_conv2d(x, w, b, stride, padding, dilation, groups, relu);
   }
   at::Tensor y = at::conv2d(x, w, b, stride, padding, dilation, groups);
   if (!relu) return y;

@@ -1,0 +1,123 @@
+// Packed-weight oneDNN convolution with a process-wide cache (see onednn_packed_conv.h).
+#include "ops/direct_conv/cpu/onednn_packed_conv.h"
+
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/TensorImpl.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include <list>
+#include <mutex>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace deeprebirth::ops {
+
+namespace {
+
+// A packed copy is valid for one weight tensor (held weakly: a freed weight's address may be
+// reused by another), its version, one input shape and one geometry.
+struct Entry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> weight;
+  uint32_t version;
+  std::vector<int64_t> key;  // input sizes, stride, padding, dilation, groups
+  at::Tensor packed;
+};
+
+// Least recently used first. A deployed model holds one entry per layer and input shape; the
+// bound keeps a server that sees many batch sizes from keeping every copy.
+constexpr size_t kMaxEntries = 1024;
+std::mutex cache_mutex;
+std::list<Entry> cache;
+
+std::vector<int64_t> geometry_key(const at::Tensor& x, c10::IntArrayRef stride,
+                                  c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                  int64_t groups) {
+  std::vector<int64_t> key(x.sizes().begin(), x.sizes().end());
+  for (const c10::IntArrayRef part : {stride, padding, dilation}) {
+    key.insert(key.end(), part.begin(), part.end());
+  }
+  key.push_back(groups);
+  return key;
+}
+
+at::Tensor packed_weight(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  const c10::TensorImpl* impl = w.unsafeGetTensorImpl();
+  const uint32_t version = w._version();
+  std::vector<int64_t> key = geometry_key(x, stride, padding, dilation, groups);
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    for (auto it = cache.begin(); it != cache.end();) {
+      c10::intrusive_ptr<c10::TensorImpl> held = it->weight.lock();
+      if (!held) {  // the weight is gone: so is the use of its copy
+        it = cache.erase(it);
+        continue;
+      }
+      if (held.get() == impl && it->version == version && it->key == key) {
+        cache.splice(cache.end(), cache, it);  // most recently used
+        return cache.back().packed;
+      }
+      ++it;
+    }
+  }
+  // Packed outside the lock: other layers keep running; two threads may pack the same copy.
+  at::Tensor packed = at::mkldnn_reorder_conv2d_weight(w.contiguous().to_mkldnn(), padding, stride,
+                                                       dilation, groups, x.sizes());
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version,
+                   std::move(key), packed});
+  while (cache.size() > kMaxEntries) cache.pop_front();
+  return packed;
+}
+
+}  // namespace
+
+bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& b) {
+  const auto is_cpu_float = [](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided &&
+           !t.is_mkldnn();
+  };
+  const bool wants_grad =
+      at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
+                                     (b.has_value() && b->defined() && b->requires_grad()));
+  // Only weights that are not trainable parameters (TorchScript's frozen constants): a parameter
+  // may be written through .data, which its version counter does not see.
+  return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && !wants_grad &&
+         !w.requires_grad() && x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) &&
+         is_cpu_float(w) && (!b.has_value() || !b->defined() || is_cpu_float(*b));
+}
+
+at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                bool relu) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
+                            std::string_view, c10::List<std::optional<at::Scalar>>,
+                            std::optional<std::string_view>)>();
+  // oneDNN reads NCHW or channels_last: any other strides become the closer of the two.
+  const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor input = dense ? x : x.contiguous(x.suggest_memory_format());
+  const at::Tensor packed = packed_weight(input, w, stride, padding, dilation, groups);
+  return op.call(input, packed, b, padding, stride, dilation, groups, relu ? "relu" : "none",
+                 c10::List<std::optional<at::Scalar>>(), std::nullopt);
+}
+
+size_t onednn_packed_weight_count() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  return cache.size();
+}
+
+void clear_onednn_packed_weights() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  cache.clear();
+}
+
+}  // namespace deeprebirth::ops

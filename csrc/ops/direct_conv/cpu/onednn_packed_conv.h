@@ -1,0 +1,29 @@
+// oneDNN convolution on packed weights kept across calls, for small_conv2d's large layers.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace deeprebirth::ops {
+
+// Whether onednn_packed_conv2d can run this call: float32 CPU tensors, oneDNN in the build and
+// enabled, no gradient wanted, and a weight that does not require grad (a frozen constant, not a
+// trainable parameter that could be written through .data unseen by its version counter).
+bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& b);
+
+// relu?(conv2d(x, w, b, ...)) by oneDNN on a packed copy of w made on the first call for x's shape
+// and kept while w is the same tensor at the same version (an in-place update makes a new copy).
+// ATen's conv2d reorders the weights on every call: at batch 1 that costs about as much as the
+// arithmetic of a late layer, and TorchScript's frozen weights never change (docs/kernels.md).
+at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                bool relu);
+
+// Packed copies held now (for tests), and dropping them all.
+size_t onednn_packed_weight_count();
+void clear_onednn_packed_weights();
+
+}  // namespace deeprebirth::ops
