@@ -27,7 +27,9 @@ struct Entry {
 };
 
 // Least recently used first. A deployed model holds one entry per layer and input shape; the
-// bound keeps a server that sees many batch sizes from keeping every copy.
+// bound keeps a server that sees many batch sizes from keeping every copy. The lookup scans from
+// the front, and a forward calls its layers in the order the previous forward moved them to the
+// back, so each layer's entry is found first.
 constexpr size_t kMaxEntries = 1024;
 std::mutex cache_mutex;
 std::list<Entry> cache;
