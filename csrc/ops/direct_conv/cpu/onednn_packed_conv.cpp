@@ -75,10 +75,31 @@ at::Tensor packed_weight(const at::Tensor& x, const at::Tensor& w, c10::IntArray
   return packed;
 }
 
+// A call conv2d accepts. Any other goes to conv2d, whose errors name the argument (oneDNN's
+// only say that it could not create a primitive).
+bool valid_geometry(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                    int64_t groups) {
+  if (w.dim() != 4 || stride.size() != 2 || padding.size() != 2 || dilation.size() != 2 ||
+      groups < 1 || w.size(0) < 1 || w.size(0) % groups != 0 || w.size(1) < 1 ||
+      x.size(1) != w.size(1) * groups) {
+    return false;
+  }
+  for (int64_t i = 0; i < 2; ++i) {
+    if (w.size(2 + i) < 1 || stride[i] < 1 || padding[i] < 0 || dilation[i] < 1 ||
+        x.size(2 + i) + 2 * padding[i] < dilation[i] * (w.size(2 + i) - 1) + 1) {
+      return false;
+    }
+  }
+  return !b.has_value() || !b->defined() || (b->dim() == 1 && b->size(0) == w.size(0));
+}
+
 }  // namespace
 
 bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
-                                const std::optional<at::Tensor>& b) {
+                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                int64_t groups) {
   const auto is_cpu_float = [](const at::Tensor& t) {
     return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided &&
            !t.is_mkldnn();
@@ -90,7 +111,8 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
   // may be written through .data, which its version counter does not see.
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && !wants_grad &&
          !w.requires_grad() && x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) &&
-         is_cpu_float(w) && (!b.has_value() || !b->defined() || is_cpu_float(*b));
+         is_cpu_float(w) && (!b.has_value() || !b->defined() || is_cpu_float(*b)) &&
+         valid_geometry(x, w, b, stride, padding, dilation, groups);
 }
 
 at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,

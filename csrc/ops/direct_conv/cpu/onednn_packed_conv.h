@@ -8,10 +8,13 @@
 namespace deeprebirth::ops {
 
 // Whether onednn_packed_conv2d can run this call: float32 CPU tensors, oneDNN in the build and
-// enabled, no gradient wanted, and a weight that does not require grad (a frozen constant, not a
-// trainable parameter that could be written through .data unseen by its version counter).
+// enabled, no gradient wanted, a weight that does not require grad (a frozen constant, not a
+// trainable parameter that could be written through .data unseen by its version counter), and
+// arguments conv2d accepts.
 bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
-                                const std::optional<at::Tensor>& b);
+                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                int64_t groups);
 
 // relu?(conv2d(x, w, b, ...)) by oneDNN on a packed copy of w made on the first call for x's shape
 // and kept while w is the same tensor at the same version (an in-place update makes a new copy).
