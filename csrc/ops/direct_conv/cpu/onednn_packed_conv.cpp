@@ -58,9 +58,13 @@ at::Tensor packed_weight(const at::Tensor& x, const at::Tensor& w, c10::IntArray
         it = cache.erase(it);
         continue;
       }
-      if (held.get() == impl && it->version == version && it->key == key) {
-        cache.splice(cache.end(), cache, it);  // most recently used
-        return cache.back().packed;
+      if (held.get() == impl && it->key == key) {
+        if (it->version == version) {
+          cache.splice(cache.end(), cache, it);  // most recently used
+          return cache.back().packed;
+        }
+        it = cache.erase(it);  // made before an in-place update: never valid again
+        continue;
       }
       ++it;
     }

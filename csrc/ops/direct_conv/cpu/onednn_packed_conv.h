@@ -17,7 +17,7 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
                                 int64_t groups);
 
 // relu?(conv2d(x, w, b, ...)) by oneDNN on a packed copy of w made on the first call for x's shape
-// and kept while w is the same tensor at the same version (an in-place update makes a new copy).
+// and kept while w is the same tensor at the same version (an in-place update replaces the copy).
 // ATen's conv2d reorders the weights on every call: at batch 1 that costs about as much as the
 // arithmetic of a late layer, and TorchScript's frozen weights never change (docs/kernels.md).
 at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
