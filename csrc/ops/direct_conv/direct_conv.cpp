@@ -135,8 +135,8 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
       direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
     return in_layout_of(x, direct_conv(x, packed_w, b, w.size(0), stride, padding, relu));
   }
-  if (onednn_packed_conv_applies(x, w, b, stride, padding, dilation,
-                                 groups)) {  // TorchScript's frozen weights: packed once
+  // TorchScript's frozen weights: packed once, kept across calls.
+  if (!needs_grad && onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups)) {
     return onednn_packed_conv2d(x, w, b, stride, padding, dilation, groups, relu);
   }
   at::Tensor y = at::conv2d(x, w, b, stride, padding, dilation, groups);

@@ -3,7 +3,6 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/grad_mode.h>
 #include <c10/core/TensorImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
@@ -12,6 +11,8 @@
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "ops/common/arg_checks.h"
 
 namespace deeprebirth::ops {
 
@@ -91,7 +92,7 @@ bool valid_geometry(const at::Tensor& x, const at::Tensor& w, const std::optiona
   }
   for (int64_t i = 0; i < 2; ++i) {
     if (w.size(2 + i) < 1 || stride[i] < 1 || padding[i] < 0 || dilation[i] < 1 ||
-        x.size(2 + i) + 2 * padding[i] < dilation[i] * (w.size(2 + i) - 1) + 1) {
+        conv_output_size(x.size(2 + i), w.size(2 + i), stride[i], padding[i], dilation[i]) < 1) {
       return false;
     }
   }
@@ -108,14 +109,11 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
     return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided &&
            !t.is_mkldnn();
   };
-  const bool wants_grad =
-      at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
-                                     (b.has_value() && b->defined() && b->requires_grad()));
   // Only weights that are not trainable parameters (TorchScript's frozen constants): a parameter
   // may be written through .data, which its version counter does not see.
-  return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && !wants_grad &&
-         !w.requires_grad() && x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) &&
-         is_cpu_float(w) && (!b.has_value() || !b->defined() || is_cpu_float(*b)) &&
+  return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && !w.requires_grad() &&
+         x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) && is_cpu_float(w) &&
+         (!b.has_value() || !b->defined() || is_cpu_float(*b)) &&
          valid_geometry(x, w, b, stride, padding, dilation, groups);
 }
 

@@ -7,10 +7,10 @@
 
 namespace deeprebirth::ops {
 
-// Whether onednn_packed_conv2d can run this call: float32 CPU tensors, oneDNN in the build and
-// enabled, no gradient wanted, a weight that does not require grad (a frozen constant, not a
-// trainable parameter that could be written through .data unseen by its version counter), and
-// arguments conv2d accepts.
+// Whether onednn_packed_conv2d can run this call, for a caller that wants no gradient: float32
+// CPU tensors, oneDNN in the build and enabled, a weight that does not require grad (a frozen
+// constant, not a trainable parameter that could be written through .data unseen by its version
+// counter), and arguments conv2d accepts.
 bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation,
