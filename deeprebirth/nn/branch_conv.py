@@ -200,13 +200,13 @@ class BranchConv2d(nn.Module):
             >>> BranchConv2d(8, [4, 2], [1, 3]).as_conv() is None
             True
         """
-        kernels = {tuple(w.shape[2:]) for w in self.weights}
-        if len(kernels) != 1 or len(set(self.paddings)) != 1:
+        kernel = self._shared_kernel()
+        if kernel is None:
             return None
         conv = nn.Conv2d(
             self.in_channels,
             sum(self.out_channels),
-            kernels.pop(),
+            kernel,
             stride=self.stride,
             padding=self.paddings[0],
             bias=self.has_bias,
@@ -216,6 +216,11 @@ class BranchConv2d(nn.Module):
             if self.has_bias:
                 conv.bias.copy_(torch.cat(list(self.biases)))
         return conv
+
+    def _shared_kernel(self) -> tuple[int, ...] | None:
+        """The kernel size every branch has, when they also share one padding; else None."""
+        kernels = {tuple(w.shape[2:]) for w in self.weights}
+        return kernels.pop() if len(kernels) == 1 and len(set(self.paddings)) == 1 else None
 
     def to_standard(self) -> ConcatBranches:
         """The standard layers it computes.
@@ -249,7 +254,7 @@ class BranchConv2d(nn.Module):
     def _standard_forward(
         self, x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]
     ) -> torch.Tensor:
-        if len({tuple(w.shape[2:]) for w in weights}) == 1 and len(set(self.paddings)) == 1:
+        if self._shared_kernel() is not None:
             # One window: one convolution of the concatenated weights (constants that inductor's
             # freezing folds), so the output is no cat that later narrow views copy from.
             bias = torch.cat(biases) if self.has_bias else None

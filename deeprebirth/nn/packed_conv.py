@@ -23,7 +23,8 @@ class PackedConv2d(nn.Conv2d):
     ``forward(x, residual)``'s add fused; channels_last output), ``deeprebirth::small_conv2d`` for
     smaller ungrouped, undilated ones (in TorchScript too, which then needs deeprebirth's library);
     any other call is ``Conv2d`` then ReLU. Frozen TorchScript (``torch.jit.freeze``, the C++
-    runner's exports) keeps oneDNN packed copies of its constant weights in ``small_conv2d``. Equal to :meth:`to_standard` up to float32 rounding.
+    runner's exports) keeps oneDNN packed copies of its constant weights in ``small_conv2d``.
+    Equal to :meth:`to_standard` up to float32 rounding.
 
     Weight updates: packed copies are used only while the weight is bitwise equal to their snapshot,
     else remade, so every update is seen (``.data``, fused optimizers, ``load_state_dict`` ...).
