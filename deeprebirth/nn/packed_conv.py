@@ -51,6 +51,7 @@ class PackedConv2d(nn.Conv2d):
         "_kernel_by_shape",
         "_direct_weight",
         "_weight_snapshot",
+        "_last_packed",
         "_cache_lock",
     ]
     # constants, so that TorchScript can read them in _small_conv2d
@@ -92,6 +93,9 @@ class PackedConv2d(nn.Conv2d):
         self._direct_weight: tuple = ()  # (snapshot generation, direct_conv_pack(snapshot))
         # (the weight's values packed, generation, _version_key of the weight they came from)
         self._weight_snapshot: tuple = (None, 0, None)
+        # (input shape, min_packed_macs, generation, packed weight) of the last packed call: a
+        # repeated call skips the cache lookups above, most of a small layer's Python time
+        self._last_packed: tuple = ()
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, relu: bool = False) -> "PackedConv2d":
@@ -126,18 +130,19 @@ class PackedConv2d(nn.Conv2d):
         version key) in its place. The caller holds ``_cache_lock``."""
         self.packed_weights = OrderedDict()
         self._direct_weight = ()
+        self._last_packed = ()
         self._weight_snapshot = snapshot or (None, self._weight_snapshot[1] + 1, None)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         # oneDNN's opaque tensors can be neither copied nor pickled, nor can a lock
-        for name in ("packed_weights", "_kernel_by_shape", "_direct_weight", "_weight_snapshot"):
+        for name in _CACHES:
             state.pop(name, None)
         state.pop("_cache_lock", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        for name in ("packed_weights", "_kernel_by_shape", "_direct_weight", "_weight_snapshot"):
+        for name in _CACHES:
             state.pop(name, None)  # older pickles may hold caches of another form: rebuild them
         super().__setstate__(state)
         self._init_caches()
@@ -170,10 +175,14 @@ class PackedConv2d(nn.Conv2d):
                     self._kernel_by_shape.popitem(last=False)
             else:
                 self._kernel_by_shape.move_to_end(key)
-        if not kernel:
-            return ""
+        return kernel if kernel and self._cpu_inference(x, kernel) else ""
+
+    @torch.jit.unused
+    def _cpu_inference(self, x: torch.Tensor, kernel: str) -> bool:
+        """Whether a call on ``x`` may take ``kernel`` now: float32 CPU inference, no autograd,
+        tracing or autocast (the per-call part of :meth:`_inference_kernel`)."""
         weight = self._parameters["weight"]
-        cpu_inference = (
+        return (
             not self.training
             and x.is_cpu
             and x.dtype == torch.float32
@@ -184,7 +193,6 @@ class PackedConv2d(nn.Conv2d):
             and not torch.is_autocast_enabled("cpu")
             and (kernel != "packed" or torch.backends.mkldnn.enabled)
         )
-        return kernel if cpu_inference else ""
 
     @torch.jit.unused
     def _kernel_for_shape(self, shape: torch.Size) -> str:
@@ -237,6 +245,7 @@ class PackedConv2d(nn.Conv2d):
             weight = self.packed_weights.get(key)
             if weight is not None:
                 self.packed_weights.move_to_end(key)
+                self._last_packed = (x.shape, self.min_packed_macs, generation, weight)
                 return weight
             # At most max_packed_shapes input shapes: each packed copy is as large as the weight,
             # and a server sees many batch sizes.
@@ -252,22 +261,45 @@ class PackedConv2d(nn.Conv2d):
                 self.packed_weights[key] = weight
                 while len(self.packed_weights) > max(1, self.max_packed_shapes):
                     self.packed_weights.popitem(last=False)
+                self._last_packed = (x.shape, self.min_packed_macs, generation, weight)
             return weight
 
     @torch.jit.unused
-    def _onednn_args(self, x: torch.Tensor) -> tuple:
+    def _onednn_args(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> tuple:
         """``(x, packed weight, bias, padding, stride, dilation, groups)`` for the
-        ``mkldnn::_convolution_pointwise`` ops, ``x`` made dense for oneDNN."""
+        ``mkldnn::_convolution_pointwise`` ops, ``x`` made dense for oneDNN (``weight``: the
+        packed weight when the caller has it)."""
         x = _dense(x)
-        bias = None if self.bias is None else self.bias.detach()
+        bias = self._parameters["bias"]
+        bias = None if bias is None else bias.detach()
         geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-        return (x, self._packed_weight(x), bias, *geometry)
+        return (x, self._packed_weight(x) if weight is None else weight, bias, *geometry)
+
+    @torch.jit.unused
+    def _repeated_packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The packed weight when this call repeats the last packed call (same input shape,
+        :attr:`min_packed_macs` and weight values, packed kernel allowed), else None."""
+        last = self._last_packed
+        if (
+            not last
+            or last[0] != x.shape
+            or last[1] != self.min_packed_macs
+            or torch.compiler.is_compiling()
+            or type(x) is not torch.Tensor
+            or not self._cpu_inference(x, "packed")
+            or last[2] != self._current_snapshot()[1]
+        ):
+            return None
+        return last[3]
 
     @torch.jit.unused
     def _packed_forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x, *conv = self._onednn_args(x)
+        x, *conv = self._onednn_args(x, weight)
         if residual is not None and self.relu:  # relu(conv(x) + residual) in one oneDNN call
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, residual, *conv, "add", 1.0, "relu", [], ""
@@ -352,6 +384,9 @@ class PackedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self._repeated_packed_weight(x)
+        if weight is not None:
+            return self._packed_forward(x, residual, weight)
         kernel = self._inference_kernel(x)
         if kernel == "packed":
             return self._packed_forward(x, residual)
@@ -566,6 +601,16 @@ def _conv_sharing_weights(cls: type[nn.Conv2d], conv: nn.Conv2d, **kwargs) -> nn
     )
     new.weight, new.bias = conv.weight, conv.bias
     return new.train(conv.training)
+
+
+#: PackedConv2d's caches: neither copied nor pickled (oneDNN's opaque tensors cannot be).
+_CACHES = (
+    "packed_weights",
+    "_kernel_by_shape",
+    "_direct_weight",
+    "_weight_snapshot",
+    "_last_packed",
+)
 
 
 def _version_key(weight: torch.Tensor) -> tuple:

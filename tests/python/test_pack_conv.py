@@ -112,6 +112,63 @@ def test_weight_updates_repack() -> None:
     assert not packed.packed_weights
 
 
+def _ops_run(fn) -> set[str]:
+    """The names of the operators that calling ``fn`` ran (seen by the profiler)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+@needs_mkldnn
+@pytest.mark.parametrize(
+    "change",
+    ["threshold", "grad", "mkldnn_off", "autocast", "train", "in_place", "frozen_in_place"],
+)
+def test_a_repeated_call_sees_what_changed_since_the_last_packed_call(
+    change: str, monkeypatch
+) -> None:
+    """A call repeating the last packed call's shape skips the cache lookups; whatever changed
+    in between (kernel threshold, autograd, oneDNN switch, autocast, mode, weight values) still
+    decides the kernel and the result, as on a first call."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 6, 3, padding=1).eval()
+    packed = PackedConv2d.from_conv(copy.deepcopy(conv), relu=True).eval()
+    if change == "frozen_in_place":
+        deeprebirth.nn.freeze_packed_weights(packed)
+    x = torch.randn(1, 4, 9, 9)
+    with torch.no_grad():
+        assert "mkldnn::_convolution_pointwise" in _ops_run(lambda: packed(x))
+    packed_op = "mkldnn::_convolution_pointwise"
+    expect_packed = False
+    if change == "threshold":
+        monkeypatch.setattr(PackedConv2d, "min_packed_macs", packed.macs(x.shape) + 1)
+        context, run = torch.no_grad(), lambda: packed(x)
+    elif change == "grad":
+        x.requires_grad_()
+        context, run = torch.enable_grad(), lambda: packed(x)
+    elif change == "mkldnn_off":
+        context, run = torch.backends.mkldnn.flags(enabled=False), lambda: packed(x)
+    elif change == "autocast":
+        context, run = torch.autocast("cpu", dtype=torch.bfloat16), lambda: packed(x).float()
+    elif change == "train":
+        packed.train()
+        context, run = torch.no_grad(), lambda: packed(x)
+    else:  # the weight changes in place between two packed calls
+        with torch.no_grad():
+            packed.weight.mul_(-0.5)
+            conv.weight.mul_(-0.5)
+        context, run, expect_packed = torch.no_grad(), lambda: packed(x), True
+    with context:
+        ran = _ops_run(run)
+        actual = run()
+    assert (packed_op in ran) == expect_packed, sorted(ran)
+    if change == "grad":
+        actual.sum().backward()  # the plain convolution: differentiable
+        assert x.grad is not None
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if change == "autocast" else {}
+    torch.testing.assert_close(actual.detach(), _reference(conv, x.detach(), True), **tolerance)
+
+
 @needs_mkldnn
 def test_at_most_max_packed_shapes_copies_are_kept() -> None:
     conv = nn.Conv2d(3, 4, 3).eval()
