@@ -155,7 +155,7 @@ class PackedConv2d(nn.Conv2d):
         return conv2d_macs(self, tuple(input_shape))
 
     @torch.jit.unused
-    def _inference_kernel(self, x: torch.Tensor) -> str:
+    def _inference_kernel(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> str:
         """ "packed" (oneDNN, packed weights), "small" (``deeprebirth::small_conv2d``) or "" (the
         plain ``Conv2d`` forward) for a call on ``x``. Runs on every call of layers that may take
         microseconds: the shape-dependent choice is cached per shape, and the per-call checks run
@@ -175,20 +175,32 @@ class PackedConv2d(nn.Conv2d):
                     self._kernel_by_shape.popitem(last=False)
             else:
                 self._kernel_by_shape.move_to_end(key)
-        return kernel if kernel and self._cpu_inference(x, kernel) else ""
+        return kernel if kernel and self._cpu_inference(x, kernel, residual) else ""
 
     @torch.jit.unused
-    def _cpu_inference(self, x: torch.Tensor, kernel: str) -> bool:
-        """Whether a call on ``x`` may take ``kernel`` now: float32 CPU inference, no autograd,
-        tracing or autocast (the per-call part of :meth:`_inference_kernel`)."""
-        weight = self._parameters["weight"]
+    def _cpu_inference(
+        self, x: torch.Tensor, kernel: str, residual: torch.Tensor | None = None
+    ) -> bool:
+        """Whether a call on ``x`` (adding ``residual``) may take ``kernel`` now: float32 CPU
+        inference, no tracing or autocast, and no gradient wanted for any input: oneDNN's ops have
+        no derivative, so a bias or residual that requires grad takes the plain path too (the
+        per-call part of :meth:`_inference_kernel`)."""
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
         return (
             not self.training
             and x.is_cpu
             and x.dtype == torch.float32
             and weight.is_cpu
             and weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not (
+                torch.is_grad_enabled()
+                and (
+                    x.requires_grad
+                    or weight.requires_grad
+                    or (bias is not None and bias.requires_grad)
+                    or (residual is not None and residual.requires_grad)
+                )
+            )
             and not torch.jit.is_tracing()
             and not torch.is_autocast_enabled("cpu")
             and (kernel != "packed" or torch.backends.mkldnn.enabled)
@@ -203,8 +215,8 @@ class PackedConv2d(nn.Conv2d):
         return "small" if self.groups == 1 and self.dilation == (1, 1) else ""
 
     @torch.jit.unused
-    def _packed_path_applies(self, x: torch.Tensor) -> bool:
-        return self._inference_kernel(x) == "packed"
+    def _packed_path_applies(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+        return self._inference_kernel(x, residual) == "packed"
 
     @torch.jit.unused
     def _current_snapshot(self) -> tuple:
@@ -270,13 +282,14 @@ class PackedConv2d(nn.Conv2d):
         ``mkldnn::_convolution_pointwise`` ops, ``x`` made dense for oneDNN (``weight``: the
         packed weight when the caller has it)."""
         x = _dense(x)
-        bias = self._parameters["bias"]
-        bias = None if bias is None else bias.detach()
+        bias = self._parameters["bias"]  # no gradient wanted here (_cpu_inference): not detached
         geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         return (x, self._packed_weight(x) if weight is None else weight, bias, *geometry)
 
     @torch.jit.unused
-    def _repeated_packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+    def _repeated_packed_weight(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The packed weight when this call repeats the last packed call (same input shape,
         :attr:`min_packed_macs` and weight values, packed kernel allowed), else None."""
         last = self._last_packed
@@ -286,7 +299,7 @@ class PackedConv2d(nn.Conv2d):
             or last[1] != self.min_packed_macs
             or torch.compiler.is_compiling()
             or type(x) is not torch.Tensor
-            or not self._cpu_inference(x, "packed")
+            or not self._cpu_inference(x, "packed", residual)
             or last[2] != self._current_snapshot()[1]
         ):
             return None
@@ -368,7 +381,7 @@ class PackedConv2d(nn.Conv2d):
         (its "sum" post-op), which saves the separate add pass and a second output tensor.
         Elsewhere it is ``residual.add_(conv(x))`` (then ``relu_``). Not for TorchScript.
         """
-        if self._packed_path_applies(x):
+        if self._packed_path_applies(x, residual):
             unary = "relu" if self.relu else None
             return torch.ops.mkldnn._convolution_pointwise_.binary(
                 residual, *self._onednn_args(x), "add", 1.0, unary, [], ""
@@ -384,10 +397,10 @@ class PackedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        weight = self._repeated_packed_weight(x)
+        weight = self._repeated_packed_weight(x, residual)
         if weight is not None:
             return self._packed_forward(x, residual, weight)
-        kernel = self._inference_kernel(x)
+        kernel = self._inference_kernel(x, residual)
         if kernel == "packed":
             return self._packed_forward(x, residual)
         if kernel == "small":

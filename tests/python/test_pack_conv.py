@@ -284,6 +284,34 @@ def test_residual_is_added_before_the_relu(relu: bool, grad: bool) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("trainable", ["bias", "residual", "add_into_residual"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_gradients_reach_a_trainable_bias_or_residual_of_a_frozen_layer(
+    trainable: str, relu: bool
+) -> None:
+    """oneDNN's ops have no derivative: a frozen weight with a bias or residual that requires grad
+    (bias-only finetuning, a residual from trainable layers) takes the differentiable path, and
+    the gradients equal conv2d's."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 6, 3, padding=1).eval()
+    conv.weight.requires_grad_(False)
+    conv.bias.requires_grad_(trainable == "bias")
+    packed = PackedConv2d.from_conv(copy.deepcopy(conv), relu=relu).eval()
+    x = torch.randn(1, 4, 8, 8)
+    residual = torch.randn(1, 6, 8, 8, requires_grad=trainable != "bias")
+    expected = _reference(conv, x, False) + residual
+    expected = F.relu(expected) if relu else expected
+    if trainable == "add_into_residual":
+        actual = packed.add_into_(x, residual.clone())  # written over a non-leaf copy
+    else:
+        actual = packed(x, residual)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    leaf, reference_leaf = (packed.bias, conv.bias) if trainable == "bias" else (residual, residual)
+    (gradient,) = torch.autograd.grad(actual.square().sum(), leaf)
+    (expected_gradient,) = torch.autograd.grad(expected.square().sum(), reference_leaf)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
 def test_packed_residual_block_matches_the_torchvision_block(block: str) -> None:
     """The block after fold_bn + pack_conv against torchvision's block in eval mode (BatchNorm
