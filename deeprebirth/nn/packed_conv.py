@@ -372,15 +372,35 @@ class PackedConv2d(nn.Conv2d):
         y = self._small_conv2d(x, self.weight, packed_weight, self.bias, False) + residual
         return y.relu_() if self.relu else y
 
-    @torch.jit.unused
     def add_into_(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``relu?(conv(x) + residual)`` written over ``residual``, which it returns.
 
         For a residual that nothing reads afterwards (a block's fresh shortcut output): on the
         packed path with a channels_last ``residual`` oneDNN accumulates into it as it writes
         (its "sum" post-op), which saves the separate add pass and a second output tensor.
-        Elsewhere it is ``residual.add_(conv(x))`` (then ``relu_``). Not for TorchScript.
+        Elsewhere it is ``residual.add_(conv(x))`` (then ``relu_``). In TorchScript one
+        ``deeprebirth::small_conv2d_add_`` call, which does the same on frozen weights.
         """
+        if not torch.jit.is_scripting():
+            return self._eager_add_into_(x, residual)
+        packed_weight = torch.ops.deeprebirth.direct_conv_pack(self.weight)
+        return torch.ops.deeprebirth.small_conv2d_add_(
+            residual,
+            x,
+            self.weight,
+            packed_weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.relu,
+            self.min_packed_macs,
+            self.max_direct_1x1_pixels,
+        )
+
+    @torch.jit.unused
+    def _eager_add_into_(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self._packed_path_applies(x, residual):
             unary = "relu" if self.relu else None
             return torch.ops.mkldnn._convolution_pointwise_.binary(

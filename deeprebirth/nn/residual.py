@@ -29,6 +29,8 @@ class PackedResidualBlock(nn.Module):
         torch.Size([1, 8, 6, 6])
     """
 
+    _fresh_shortcut: bool  # set for TorchScript by __prepare_scriptable__
+
     def __init__(self, convs: Sequence[nn.Conv2d], shortcut: nn.Conv2d | None = None) -> None:
         super().__init__()
         *body, last = convs
@@ -42,7 +44,14 @@ class PackedResidualBlock(nn.Module):
         y = self.body(x)
         if not torch.jit.is_scripting():
             return self._add_shortcut(x, y, x_is_scratch)
+        if self._fresh_shortcut or x_is_scratch:  # as _add_shortcut: accumulate into it
+            return self.last.add_into_(y, self.shortcut(x))
         return self.last(y, self.shortcut(x))
+
+    def __prepare_scriptable__(self) -> "PackedResidualBlock":
+        # TorchScript cannot ask what type the shortcut is: torch.jit.script calls this first.
+        self._fresh_shortcut = not isinstance(self.shortcut, nn.Identity)
+        return self
 
     @torch.jit.unused
     def _add_shortcut(self, x: torch.Tensor, y: torch.Tensor, x_is_scratch: bool) -> torch.Tensor:
@@ -87,13 +96,23 @@ class PackedResidualStage(nn.Sequential):
         torch.Size([1, 8, 6, 6])
     """
 
+    _script_private_outputs: list[bool]  # set for TorchScript by __prepare_scriptable__
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_is_scratch = False
-        for block in self:  # a loop over the blocks: TorchScript unrolls it
+        for i, block in enumerate(self):  # a loop over the blocks: TorchScript unrolls it
             x = block(x, x_is_scratch)
             if not torch.jit.is_scripting():
                 x_is_scratch = self._output_is_private(block)
+            else:
+                x_is_scratch = self._script_private_outputs[i]
         return x
+
+    def __prepare_scriptable__(self) -> "PackedResidualStage":
+        # TorchScript compiles the hooks registered when it scripts the stage, and no later ones:
+        # which block outputs stay private is known then (torch.jit.script calls this first).
+        self._script_private_outputs = [self._output_is_private(block) for block in self]
+        return self
 
     @torch.jit.unused
     def _output_is_private(self, block: nn.Module) -> bool:

@@ -3,7 +3,8 @@
 - :func:`conv_pool`: convolution -> [ReLU] -> max/avg pooling, fused (module: ``ConvPool2d``).
 - :func:`branch_conv`: parallel convolutions over one input, concatenated (``BranchConv2d``).
 - :func:`direct_conv` / :func:`small_conv2d` / :func:`small_conv2d_cat`: small layers computed
-  directly on a packed weight (:func:`direct_conv_pack`); ``PackedConv2d`` runs them;
+  directly on a packed weight (:func:`direct_conv_pack`); ``PackedConv2d`` runs them
+  (:func:`small_conv2d_add_`: a residual block's last layer added into its shortcut's output);
   :func:`direct_conv_isa` names the kernel's instruction set.
 
 ``deeprebirth.ops.ConvPool2d`` and ``deeprebirth.ops.BranchConv2d`` still name the modules.
@@ -21,6 +22,7 @@ from deeprebirth.ops.direct_conv import (
     direct_conv_isa,
     direct_conv_pack,
     small_conv2d,
+    small_conv2d_add_,
     small_conv2d_cat,
 )
 
@@ -35,6 +37,7 @@ __all__ = [
     "direct_conv_pack",
     "load_extension",
     "small_conv2d",
+    "small_conv2d_add_",
     "small_conv2d_cat",
 ]
 

@@ -77,6 +77,13 @@ def _small_conv2d_flop(
     return _conv_flops(x, w, stride, padding, dilation)
 
 
+@register_flop_formula(_ops.small_conv2d_add_)
+def _small_conv2d_add_flop(
+    residual, x, w, packed_w, b, stride, padding, dilation, groups, *args, out_shape=None, **kwargs
+) -> int:
+    return _conv_flops(x, w, stride, padding, dilation)
+
+
 @register_flop_formula(_ops.small_conv2d_cat)
 def _small_conv2d_cat_flop(
     xs, ws, packed_ws, bs, strides, paddings, *args, out_shape=None, **kwargs

@@ -1,5 +1,5 @@
-"""Direct convolution for small layers: ``direct_conv_pack``, ``direct_conv``, ``small_conv2d``
-and ``small_conv2d_cat``.
+"""Direct convolution for small layers: ``direct_conv_pack``, ``direct_conv``, ``small_conv2d``,
+``small_conv2d_add_`` and ``small_conv2d_cat``.
 
 On a Fashion-MNIST-size network every convolution does well under a million multiply-accumulates
 and a convolution library's fixed cost per call (im2col, GEMM setup, oneDNN's weight reorder)
@@ -123,6 +123,48 @@ def small_conv2d(
     """
     return torch.ops.deeprebirth.small_conv2d(
         x, w, packed_w, b, pair(stride, "stride"), pair(padding, "padding"),
+        pair(dilation, "dilation"),
+        groups, relu, max_macs, max_1x1_pixels,
+    )  # fmt: skip
+
+
+def small_conv2d_add_(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    packed_w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    relu: bool = False,
+    max_macs: int = 1 << 22,
+    max_1x1_pixels: int = 64,
+) -> torch.Tensor:
+    """``relu?(conv2d(x, w, b, ...) + residual)`` written over ``residual``, which it returns: a
+    residual block's last convolution added to its shortcut's output.
+
+    Where :func:`small_conv2d` would run oneDNN on a packed copy of a weight that does not require
+    grad (TorchScript's frozen constants) and no gradient is needed, oneDNN adds the convolution
+    into ``residual`` as it writes it (its "sum" post-op, for a channels_last ``residual``):
+    neither a second output nor a separate add and ReLU pass. Elsewhere :func:`small_conv2d`,
+    ``residual.add_`` and ``relu_``, which autograd sees.
+
+    Args:
+        residual: the tensor to add to and overwrite, shaped like the convolution's output.
+        x, w, packed_w, b, stride, padding, dilation, groups, relu, max_macs, max_1x1_pixels: as
+            for :func:`small_conv2d`.
+
+    Example:
+        >>> x, w, r = torch.randn(1, 3, 8, 8), torch.randn(5, 3, 3, 3), torch.randn(1, 5, 8, 8)
+        >>> expected = torch.relu(torch.nn.functional.conv2d(x, w, padding=1) + r)
+        >>> y = small_conv2d_add_(r, x, w, direct_conv_pack(w), padding=1, relu=True)
+        >>> y is r and torch.allclose(y, expected, atol=1e-5)
+        True
+    """
+    return torch.ops.deeprebirth.small_conv2d_add_(
+        residual, x, w, packed_w, b, pair(stride, "stride"), pair(padding, "padding"),
         pair(dilation, "dilation"),
         groups, relu, max_macs, max_1x1_pixels,
     )  # fmt: skip

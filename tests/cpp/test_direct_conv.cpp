@@ -129,3 +129,44 @@ TEST_CASE("small_conv2d packs a frozen weight once per input shape and version",
   clear_onednn_packed_weights();
   CHECK(onednn_packed_weight_count() == 0);
 }
+
+TEST_CASE("small_conv2d_add_ writes relu(conv + residual) over the residual",
+          "[direct_conv][onednn]") {
+  using deeprebirth::ops::clear_onednn_packed_weights;
+  using deeprebirth::ops::onednn_packed_weight_count;
+  using deeprebirth::ops::small_conv2d_add_;
+  at::manual_seed(2);
+  clear_onednn_packed_weights();
+  const at::Tensor x = at::randn({2, 32, 12, 12}).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor weight = at::randn({48, 32, 3, 3}) / 17.0;
+  const at::Tensor bias = at::randn({48});
+  const at::Tensor shortcut = at::randn({2, 48, 12, 12});
+  for (const bool relu : {false, true}) {
+    for (const auto layout : {at::MemoryFormat::ChannelsLast, at::MemoryFormat::Contiguous}) {
+      for (const bool trainable : {false, true}) {
+        CAPTURE(relu, layout == at::MemoryFormat::ChannelsLast, trainable);
+        const at::Tensor w = trainable ? weight.clone().set_requires_grad(true) : weight;
+        at::Tensor residual = shortcut.contiguous(layout).clone(layout);
+        at::Tensor expected = at::conv2d(x, weight, bias, {1, 1}, {1, 1}) + shortcut;
+        expected = relu ? at::relu(expected) : expected;
+        c10::AutoGradMode no_grad(false);
+        const at::Tensor& out = small_conv2d_add_(residual, x, w, direct_conv_pack(w), bias, {1, 1},
+                                                  {1, 1}, {1, 1}, 1, relu, 0, 0);
+        CHECK(out.is_same(residual));  // written in place
+        CHECK(at::allclose(residual, expected, 1e-4, 1e-5));
+      }
+    }
+  }
+  // Frozen weights ran oneDNN on one packed copy (one input shape); trainable ones ATen's conv2d.
+  CHECK(onednn_packed_weight_count() == (at::hasMKLDNN() ? 1u : 0u));
+  clear_onednn_packed_weights();
+  // A residual that wants a gradient takes the differentiable path: d(sum)/d(residual) = 1.
+  const at::Tensor leaf = shortcut.clone().set_requires_grad(true);
+  at::Tensor residual = leaf.clone();
+  small_conv2d_add_(residual, x, weight, direct_conv_pack(weight), bias, {1, 1}, {1, 1}, {1, 1}, 1,
+                    false, 0, 0);
+  CHECK(at::allclose(residual, at::conv2d(x, weight, bias, {1, 1}, {1, 1}) + shortcut, 1e-4, 1e-5));
+  residual.sum().backward();
+  CHECK(at::equal(leaf.grad(), at::ones_like(leaf)));
+  clear_onednn_packed_weights();
+}

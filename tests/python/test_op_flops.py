@@ -57,3 +57,11 @@ def test_deployed_model_counts_what_its_portable_form_counts(name, size):
     assert expected == _flops(model.eval(), x)
     for _ in range(2):  # the first call packs weights; both calls count the same work
         assert _flops(deployed.eval(), x) == expected
+
+
+def test_small_conv2d_add_counts_its_convolution():
+    x, w, b = torch.randn(2, 8, 9, 9), torch.randn(12, 8, 3, 3), torch.randn(12)
+    residual = torch.randn(2, 12, 9, 9)
+    packed = deeprebirth.ops.direct_conv_pack(w)
+    counted = _flops(deeprebirth.ops.small_conv2d_add_, residual, x, w, packed, b, 1, 1)
+    assert counted == _flops(torch.nn.functional.conv2d, x, w, b, 1, 1) > 0

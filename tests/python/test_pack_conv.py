@@ -417,6 +417,37 @@ def test_packed_residual_stage_writes_blocks_over_their_inputs_exactly(monkeypat
     assert deeprebirth.verify(original, portable, x).max_rel <= 1e-4
 
 
+@needs_mkldnn
+def test_frozen_torchscript_stage_accumulates_in_place_like_eager() -> None:
+    """Frozen TorchScript (the C++ runner's path) adds each block's last convolution into the
+    residual inside oneDNN, as eager does: no separate add or ReLU, the stage's input untouched,
+    outputs equal torchvision's. A hook registered before scripting keeps its block's output
+    from being overwritten."""
+    original = _bottleneck_stage()
+    x = torch.randn(2, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    slim_model, _ = deeprebirth.slim(original, ["fold_bn", "pack_conv"], x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated in torch >= 2.11
+        frozen = torch.jit.freeze(torch.jit.script(slim_model))
+    x_before = x.clone()
+    with torch.no_grad():
+        expected = original(x)
+        frozen(x)
+        with torch.profiler.profile() as prof:
+            actual = frozen(x)
+    ran = [event.name for event in prof.events()]
+    assert ran.count("mkldnn::_convolution_pointwise_") == 3, sorted(set(ran))
+    assert "aten::add" not in ran and "aten::add_" not in ran, sorted(set(ran))
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(x, x_before)
+
+    stage = slim_model[0]
+    assert stage.__prepare_scriptable__()._script_private_outputs == [True, True, True]
+    hook = stage[1].register_forward_hook(lambda module, inputs, output: None)
+    assert stage.__prepare_scriptable__()._script_private_outputs == [True, False, True]
+    hook.remove()
+
+
 def test_unfolded_residual_blocks_are_packed_layer_by_layer_with_the_reason() -> None:
     model = randomize_batchnorm(build_model("torchvision:resnet18", num_classes=10)).eval()
     report = deeprebirth.plan(model, torch.zeros(1, 3, 32, 32), rules=["pack_conv"])

@@ -144,6 +144,50 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
   return needs_grad ? at::relu(y) : y.relu_();  // y is this call's own tensor
 }
 
+namespace {
+
+// A float32 CPU residual shaped like conv2d(x, w)'s output: what oneDNN's in-place sum takes.
+// Any other is add_'s to report or broadcast.
+bool residual_fits(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                   c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  if (residual.scalar_type() != at::kFloat || !residual.device().is_cpu() ||
+      residual.layout() != at::kStrided || residual.dim() != 4 || x.dim() != 4 || w.dim() != 4) {
+    return false;
+  }
+  bool fits = residual.size(0) == x.size(0) && residual.size(1) == w.size(0);
+  for (int64_t i = 0; i < 2; ++i) {
+    fits = fits && residual.size(2 + i) == conv_output_size(x.size(2 + i), w.size(2 + i), stride[i],
+                                                            padding[i], dilation[i]);
+  }
+  return fits;
+}
+
+}  // namespace
+
+at::Tensor& small_conv2d_add_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                              const at::Tensor& packed_w, const std::optional<at::Tensor>& b,
+                              c10::IntArrayRef stride, c10::IntArrayRef padding,
+                              c10::IntArrayRef dilation, int64_t groups, bool relu,
+                              int64_t max_macs, int64_t max_1x1_pixels) {
+  check_int_list(stride, 2, false, "small_conv2d_add_", "stride");
+  check_int_list(padding, 2, true, "small_conv2d_add_", "padding");
+  check_int_list(dilation, 2, false, "small_conv2d_add_", "dilation");
+  TORCH_CHECK(groups > 0, "small_conv2d_add_: expected groups > 0, but got ", groups);
+  const bool needs_grad =
+      conv_needs_grad(x, w, b) || (at::GradMode::is_enabled() && residual.requires_grad());
+  // oneDNN accumulates into the residual as it writes: no second output, no separate add pass.
+  // Only where small_conv2d would run oneDNN too.
+  if (!needs_grad &&
+      !direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels) &&
+      onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups) &&
+      residual_fits(residual, x, w, stride, padding, dilation)) {
+    return onednn_packed_conv2d_add_(residual, x, w, b, stride, padding, dilation, groups, relu);
+  }
+  residual.add_(small_conv2d(x, w, packed_w, b, stride, padding, dilation, groups, false, max_macs,
+                             max_1x1_pixels));
+  return relu ? residual.relu_() : residual;
+}
+
 std::vector<DirectConvGeometry> check_direct_conv_cat_args(
     at::TensorList xs, at::TensorList packed_ws, const c10::List<std::optional<at::Tensor>>& bs,
     c10::IntArrayRef out_channels, c10::IntArrayRef strides, c10::IntArrayRef paddings) {
@@ -237,6 +281,10 @@ TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
       "int[2] padding, int[2] dilation, int groups, bool relu, int max_macs, "
       "int max_1x1_pixels) -> Tensor");
   m.def(
+      "small_conv2d_add_(Tensor(a!) residual, Tensor x, Tensor w, Tensor packed_w, Tensor? b, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu, int max_macs, "
+      "int max_1x1_pixels) -> Tensor(a!)");
+  m.def(
       "direct_conv_cat(Tensor[] xs, Tensor[] packed_ws, Tensor?[] bs, int[] out_channels, "
       "int[] strides, int[] paddings, bool relu) -> Tensor");
   m.def(
@@ -248,6 +296,7 @@ TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
 TORCH_LIBRARY_IMPL(deeprebirth, CompositeImplicitAutograd, m) {
   m.impl("direct_conv_pack", &direct_conv_pack);
   m.impl("small_conv2d", &small_conv2d);
+  m.impl("small_conv2d_add_", &small_conv2d_add_);
   m.impl("small_conv2d_cat", &small_conv2d_cat);
 }
 

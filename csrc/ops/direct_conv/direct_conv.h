@@ -8,6 +8,9 @@
 //   small_conv2d(Tensor x, Tensor w, Tensor packed_w, Tensor? b, int[2] stride, int[2] padding,
 //                int[2] dilation, int groups, bool relu, int max_macs, int max_1x1_pixels)
 //                -> Tensor
+//   small_conv2d_add_(Tensor(a!) residual, Tensor x, Tensor w, Tensor packed_w, Tensor? b,
+//                     int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu,
+//                     int max_macs, int max_1x1_pixels) -> Tensor(a!)
 //   direct_conv_cat(Tensor[] xs, Tensor[] packed_ws, Tensor?[] bs, int[] out_channels,
 //                   int[] strides, int[] paddings, bool relu) -> Tensor
 //   small_conv2d_cat(Tensor[] xs, Tensor[] ws, Tensor[] packed_ws, Tensor?[] bs, int[] strides,
@@ -73,6 +76,16 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                         bool relu, int64_t max_macs, int64_t max_1x1_pixels);
+
+// relu?(small_conv2d(x, ...) + residual) written over `residual`, which it returns (a residual
+// block's last convolution and its shortcut's fresh output). Where small_conv2d would run oneDNN
+// on a packed frozen weight and no gradient is needed, oneDNN adds into `residual` as it writes;
+// elsewhere small_conv2d, add_ and relu_, which autograd sees.
+at::Tensor& small_conv2d_add_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                              const at::Tensor& packed_w, const std::optional<at::Tensor>& b,
+                              c10::IntArrayRef stride, c10::IntArrayRef padding,
+                              c10::IntArrayRef dilation, int64_t groups, bool relu,
+                              int64_t max_macs, int64_t max_1x1_pixels);
 
 // check_direct_conv_args for every branch of direct_conv_cat (the message names the branch), and
 // requires at least one branch, one pair of strides and paddings per branch, and outputs of one

@@ -117,6 +117,16 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
          valid_geometry(x, w, b, stride, padding, dilation, groups);
 }
 
+namespace {
+
+// oneDNN reads NCHW or channels_last: any other strides become the closer of the two.
+at::Tensor dense_input(const at::Tensor& x) {
+  const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return dense ? x : x.contiguous(x.suggest_memory_format());
+}
+
+}  // namespace
+
 at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -128,11 +138,28 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                             c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
                             std::string_view, c10::List<std::optional<at::Scalar>>,
                             std::optional<std::string_view>)>();
-  // oneDNN reads NCHW or channels_last: any other strides become the closer of the two.
-  const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor input = dense ? x : x.contiguous(x.suggest_memory_format());
+  const at::Tensor input = dense_input(x);
   const at::Tensor packed = packed_weight(input, w, stride, padding, dilation, groups);
   return op.call(input, packed, b, padding, stride, dilation, groups, relu ? "relu" : "none",
+                 c10::List<std::optional<at::Scalar>>(), std::nullopt);
+}
+
+at::Tensor& onednn_packed_conv2d_add_(at::Tensor& residual, const at::Tensor& x,
+                                      const at::Tensor& w, const std::optional<at::Tensor>& b,
+                                      c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                      c10::IntArrayRef dilation, int64_t groups, bool relu) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary")
+          .typed<at::Tensor&(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const std::optional<at::Tensor>&, c10::IntArrayRef, c10::IntArrayRef,
+                             c10::IntArrayRef, int64_t, std::string_view, std::optional<at::Scalar>,
+                             std::optional<std::string_view>, c10::List<std::optional<at::Scalar>>,
+                             std::optional<std::string_view>)>();
+  const at::Tensor input = dense_input(x);
+  const at::Tensor packed = packed_weight(input, w, stride, padding, dilation, groups);
+  return op.call(residual, input, packed, b, padding, stride, dilation, groups, "add", 1.0,
+                 relu ? std::optional<std::string_view>("relu") : std::nullopt,
                  c10::List<std::optional<at::Scalar>>(), std::nullopt);
 }
 

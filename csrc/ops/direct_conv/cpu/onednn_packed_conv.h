@@ -25,6 +25,16 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                 bool relu);
 
+// relu?(conv2d(x, w, b, ...) + residual) written over `residual`, which it returns: oneDNN adds
+// the convolution into `residual` as it writes it (its "sum" post-op; a channels_last residual,
+// else ATen's convolution then add), on the same packed copies as onednn_packed_conv2d. For a
+// caller that wants no gradient and may overwrite `residual` (a residual block's fresh shortcut
+// output); `residual` has the convolution's output shape, dtype and device.
+at::Tensor& onednn_packed_conv2d_add_(at::Tensor& residual, const at::Tensor& x,
+                                      const at::Tensor& w, const std::optional<at::Tensor>& b,
+                                      c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                      c10::IntArrayRef dilation, int64_t groups, bool relu);
+
 // Packed copies held now (for tests), and dropping them all.
 size_t onednn_packed_weight_count();
 void clear_onednn_packed_weights();
