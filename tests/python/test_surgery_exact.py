@@ -15,7 +15,7 @@ from torch import nn
 
 import deeprebirth
 from deeprebirth.models import build_model
-from deeprebirth.nn import PackedConv2d
+from deeprebirth.nn import PackedConv2d, PackedResidualStage
 from deeprebirth.ops import BranchConv2d, ConvPool2d
 
 EXACT_RULES = ["fold_bn", "fuse_conv_pool", "merge_branches"]
@@ -33,8 +33,8 @@ MODELS = {
         {"aux_logits": False, "init_weights": False},
         {"fold_bn": 94, "fuse_conv_pool": 2, "merge_branches": 10},
     ),
-    "torchvision:resnet18": (64, {}, {"fold_bn": 20, "fuse_conv_pool": 1, "merge_branches": 3}),
-    "torchvision:resnet50": (64, {}, {"fold_bn": 53, "fuse_conv_pool": 1, "merge_branches": 1}),
+    "torchvision:resnet18": (64, {}, {"fold_bn": 20, "fuse_conv_pool": 1}),
+    "torchvision:resnet50": (64, {}, {"fold_bn": 53, "fuse_conv_pool": 1}),
     "torchvision:vgg16_bn": (64, {}, {"fold_bn": 13, "fuse_conv_pool": 5}),
     "torchvision:mobilenet_v2": (64, {}, {"fold_bn": 52}),
     "torchvision:efficientnet_b0": (64, {}, {"fold_bn": 49}),
@@ -71,6 +71,50 @@ def test_exact_rules_keep_outputs(name: str, monkeypatch) -> None:
     check = deeprebirth.verify(model, packed, x)
     assert check.max_rel <= 1e-4, f"{name} + pack_conv: {check}"
     assert any(m.packed_weights for m in packed.modules() if isinstance(m, PackedConv2d))
+
+
+@pytest.mark.parametrize(
+    "name, stages",
+    [
+        ("torchvision:resnet18", ("layer2", "layer3", "layer4")),  # 3x3 s2 conv1, 1x1 s2 shortcut
+        ("torchvision:resnet50", ("layer1",)),  # later stages: conv1 s1, shortcut s2, no group
+    ],
+)
+def test_merge_branches_leaves_residual_blocks_to_pack_conv(name: str, stages: tuple) -> None:
+    """A ResNet block's conv1 (ReLU after its folded BatchNorm) and downsample (no ReLU, read by
+    the add) are not merged: every such block is skipped with the reason, and pack_conv then
+    packs every stage whole."""
+    model = randomize_batchnorm(build_model(name, num_classes=10))
+    x = torch.randn(1, 3, 64, 64)
+    slim_model, report = deeprebirth.slim(model, [*EXACT_RULES, "pack_conv"], x)
+    skipped = [s for s in report.skipped if s.rule == "merge_branches" and "mixed" in s.reason]
+    assert sorted(s.modules for s in skipped) == sorted(
+        (f"{stage}.0.conv1", f"{stage}.0.downsample.0") for stage in stages
+    )
+    assert not any(isinstance(m, BranchConv2d) for m in slim_model.modules())
+    stages = [m for m in slim_model.modules() if isinstance(m, PackedResidualStage)]
+    assert len(stages) == 4
+    assert deeprebirth.verify(model, slim_model, x).max_rel <= 1e-4
+
+
+def test_merge_branches_fuses_relus_behind_folded_batchnorms() -> None:
+    """torchvision's Inception branches are conv -> BatchNorm -> ReLU: once fold_bn leaves an
+    nn.Identity in each BatchNorm's place, the merged layer still fuses the ReLUs, and no ReLU
+    is left writing into a view of it."""
+    kwargs = {"aux_logits": False, "init_weights": False}
+    model = randomize_batchnorm(build_model("torchvision:googlenet", num_classes=10, **kwargs))
+    x = torch.randn(1, 3, 64, 64)
+    slim_model, _ = deeprebirth.slim(model, EXACT_RULES, x)
+    merged = [m for m in slim_model.modules() if isinstance(m, BranchConv2d)]
+    assert len(merged) == 9 and all(m.relu for m in merged)
+    for module in slim_model.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            if node.target is torch.narrow:
+                readers = [user.target for user in node.users]
+                assert torch.nn.functional.relu not in readers, (module, node, readers)
+    assert deeprebirth.verify(model, slim_model, x).max_rel <= 1e-4
 
 
 def test_fold_bn_matches_closed_form_batch_norm() -> None:

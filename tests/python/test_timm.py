@@ -30,7 +30,7 @@ BATCHNORMS = nn.modules.batchnorm._BatchNorm
 
 # name -> (input size, minimum applied sites of fuse_conv_pool / merge_branches)
 MODELS = {
-    "resnet18": (64, {"fuse_conv_pool": 1, "merge_branches": 3}),
+    "resnet18": (64, {"fuse_conv_pool": 1}),
     "efficientnet_b0": (64, {}),
     "mobilenetv3_large_100": (64, {}),
     "regnety_002": (64, {}),

@@ -1,11 +1,17 @@
 """``merge_branches`` (exact): parallel convolutions reading one input become one ``BranchConv2d``.
 
-E.g. an Inception module's three 1x1 convolutions, SqueezeNet's ``expand1x1``/``expand3x3``, or a
-ResNet block's first conv and its downsample conv when their output sizes agree. The parent module
-(the closest common ancestor of the convolutions) is re-traced with torch.fx and replaced by a
-GraphModule in which one ``BranchConv2d`` call feeds ``torch.narrow`` views to the old consumers
-(the ReLU is fused when every branch is followed by one, and those ReLUs are removed; ReLUs kept
-on a view run out of place, so the model trains and exports without in-place writes to views).
+E.g. an Inception module's 1x1 convolutions or SqueezeNet's ``expand1x1``/``expand3x3``. The
+parent module (the closest common ancestor of the convolutions) is re-traced with torch.fx and
+replaced by a GraphModule in which one ``BranchConv2d`` call feeds ``torch.narrow`` views to the
+old consumers (the ReLU is fused when every branch is followed by one, and those ReLUs are
+removed; with no ReLU after any branch there is none to fuse).
+
+Groups where some branches are followed by a ReLU and others are not (a ResNet block's first
+convolution and its downsample) are skipped with the reason: the merged layer could fuse no ReLU,
+the ReLU would run out of place on a view (a copy; an in-place write to a view breaks autograd and
+becomes a ``slice_scatter`` under ``torch.export``), every reader of a view would copy it, and
+``pack_conv`` could no longer fuse the block's ReLUs and residual add. On ResNet-50 the merged
+block made every runtime slower (docs/surgery.md).
 
 Convolutions are grouped by what BranchConv2d can share (stride, output size, bias, groups 1,
 dilation 1, symmetric zero padding); groups of one are not sites, convolutions the operator cannot
@@ -66,6 +72,18 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in (torch.relu, torch.relu_, torch.nn.functional.relu)
     return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _skip_identities(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Removes the ``nn.Identity`` calls that follow ``node`` alone (BatchNorms fold_bn folded):
+    exact, and the ReLU after a folded BatchNorm then reads the convolution directly, so that it
+    can be fused, or made out of place on a view."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.op != "call_module" or not isinstance(gm.get_submodule(user.target), nn.Identity):
+            return
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
 
 
 def _relu_out_of_place(gm: fx.GraphModule, view: fx.Node, drop: bool) -> None:
@@ -166,11 +184,17 @@ class MergeBranches(Rule):
                 "the convolutions do not read one shared tensor inside their parent module"
             )
         convs = [gm.get_submodule(t) for t in targets]
-        try:
-            merged = BranchConv2d.from_convs(
-                convs,
-                relu=all(len(n.users) == 1 and _is_relu(gm, next(iter(n.users))) for n in nodes),
+        for node in nodes:
+            _skip_identities(gm, node)
+        followed_by_relu = [len(n.users) == 1 and _is_relu(gm, next(iter(n.users))) for n in nodes]
+        if any(followed_by_relu) and not all(followed_by_relu):
+            with_relu = [t for t, relu in zip(targets, followed_by_relu, strict=True) if relu]
+            raise SiteError(
+                f"mixed activations: only {', '.join(with_relu)} is followed by a ReLU, so the "
+                "merged layer would fuse none and copy its views (slower; docs/surgery.md)"
             )
+        try:
+            merged = BranchConv2d.from_convs(convs, relu=all(followed_by_relu))
         except ValueError as error:
             raise SiteError(str(error)) from error
         if any(is_new(c) for c in convs):
