@@ -122,22 +122,52 @@ at::Tensor in_layout_of(const at::Tensor& x, const at::Tensor& y) {
 
 }  // namespace
 
+namespace {
+
+void check_small_conv2d_args(const char* op, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                             c10::IntArrayRef dilation, int64_t groups) {
+  check_int_list(stride, 2, false, op, "stride");
+  check_int_list(padding, 2, true, op, "padding");
+  check_int_list(dilation, 2, false, op, "dilation");
+  TORCH_CHECK(groups > 0, op, ": expected groups > 0, but got ", groups);
+}
+
+enum class SmallConvKernel { kDirect, kOneDnnPacked, kConv2d };
+
+// The kernel small_conv2d runs a call on, in order of preference: the direct kernel where it
+// pays, then oneDNN on TorchScript's frozen weights (packed once, kept across calls), else conv2d.
+// Only conv2d records a gradient.
+SmallConvKernel small_conv2d_kernel(const at::Tensor& x, const at::Tensor& w,
+                                    const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                    c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                    int64_t groups, bool needs_grad, int64_t max_macs,
+                                    int64_t max_1x1_pixels) {
+  if (needs_grad) return SmallConvKernel::kConv2d;
+  if (direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
+    return SmallConvKernel::kDirect;
+  }
+  if (onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups)) {
+    return SmallConvKernel::kOneDnnPacked;
+  }
+  return SmallConvKernel::kConv2d;
+}
+
+}  // namespace
+
 at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& packed_w,
                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                         bool relu, int64_t max_macs, int64_t max_1x1_pixels) {
-  check_int_list(stride, 2, false, "small_conv2d", "stride");
-  check_int_list(padding, 2, true, "small_conv2d", "padding");
-  check_int_list(dilation, 2, false, "small_conv2d", "dilation");
-  TORCH_CHECK(groups > 0, "small_conv2d: expected groups > 0, but got ", groups);
+  check_small_conv2d_args("small_conv2d", stride, padding, dilation, groups);
   const bool needs_grad = conv_needs_grad(x, w, b);
-  if (!needs_grad &&
-      direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
-    return in_layout_of(x, direct_conv(x, packed_w, b, w.size(0), stride, padding, relu));
-  }
-  // TorchScript's frozen weights: packed once, kept across calls.
-  if (!needs_grad && onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups)) {
-    return onednn_packed_conv2d(x, w, b, stride, padding, dilation, groups, relu);
+  switch (small_conv2d_kernel(x, w, b, stride, padding, dilation, groups, needs_grad, max_macs,
+                              max_1x1_pixels)) {
+    case SmallConvKernel::kDirect:
+      return in_layout_of(x, direct_conv(x, packed_w, b, w.size(0), stride, padding, relu));
+    case SmallConvKernel::kOneDnnPacked:
+      return onednn_packed_conv2d(x, w, b, stride, padding, dilation, groups, relu);
+    case SmallConvKernel::kConv2d:
+      break;
   }
   at::Tensor y = at::conv2d(x, w, b, stride, padding, dilation, groups);
   if (!relu) return y;
@@ -169,17 +199,13 @@ at::Tensor& small_conv2d_add_(at::Tensor& residual, const at::Tensor& x, const a
                               c10::IntArrayRef stride, c10::IntArrayRef padding,
                               c10::IntArrayRef dilation, int64_t groups, bool relu,
                               int64_t max_macs, int64_t max_1x1_pixels) {
-  check_int_list(stride, 2, false, "small_conv2d_add_", "stride");
-  check_int_list(padding, 2, true, "small_conv2d_add_", "padding");
-  check_int_list(dilation, 2, false, "small_conv2d_add_", "dilation");
-  TORCH_CHECK(groups > 0, "small_conv2d_add_: expected groups > 0, but got ", groups);
+  check_small_conv2d_args("small_conv2d_add_", stride, padding, dilation, groups);
   const bool needs_grad =
       conv_needs_grad(x, w, b) || (at::GradMode::is_enabled() && residual.requires_grad());
   // oneDNN accumulates into the residual as it writes: no second output, no separate add pass.
   // Only where small_conv2d would run oneDNN too.
-  if (!needs_grad &&
-      !direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels) &&
-      onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups) &&
+  if (small_conv2d_kernel(x, w, b, stride, padding, dilation, groups, needs_grad, max_macs,
+                          max_1x1_pixels) == SmallConvKernel::kOneDnnPacked &&
       residual_fits(residual, x, w, stride, padding, dilation)) {
     return onednn_packed_conv2d_add_(residual, x, w, b, stride, padding, dilation, groups, relu);
   }
