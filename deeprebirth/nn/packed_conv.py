@@ -160,10 +160,7 @@ class PackedConv2d(nn.Conv2d):
         plain ``Conv2d`` forward) for a call on ``x``. Runs on every call of layers that may take
         microseconds: the shape-dependent choice is cached per shape, and the per-call checks run
         only when it is not the plain forward."""
-        # torch.compile / torch.export trace the plain forward; fx proxies and the fake tensors
-        # of a non-strict export are not plain tensors. Checked before the caches: tracing their
-        # updates (under a lock) broke compiled graphs and recompiled them per layer.
-        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        if _traced(x):
             return ""
         key = (x.shape, self.min_packed_macs)
         with self._cache_lock:
@@ -294,11 +291,10 @@ class PackedConv2d(nn.Conv2d):
         :attr:`min_packed_macs` and weight values, packed kernel allowed), else None."""
         last = self._last_packed
         if (
-            not last
+            _traced(x)
+            or not last
             or last[0] != x.shape
             or last[1] != self.min_packed_macs
-            or torch.compiler.is_compiling()
-            or type(x) is not torch.Tensor
             or not self._cpu_inference(x, "packed", residual)
             or last[2] != self._current_snapshot()[1]
         ):
@@ -581,6 +577,14 @@ class PackedConvConcat(nn.Module):
             self.min_packed_macs,
             self.max_direct_1x1_pixels,
         )
+
+
+def _traced(x: torch.Tensor) -> bool:
+    """Whether this call is being traced: torch.compile / torch.export trace the plain forward,
+    and fx proxies and the fake tensors of a non-strict export are not plain tensors. Checked
+    before any cache: tracing their reads and updates (under a lock) broke compiled graphs,
+    recompiled them per layer, and fx cannot branch on a proxy's shape."""
+    return torch.compiler.is_compiling() or type(x) is not torch.Tensor
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
