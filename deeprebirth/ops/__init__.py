@@ -6,6 +6,8 @@
   directly on a packed weight (:func:`direct_conv_pack`); ``PackedConv2d`` runs them
   (:func:`small_conv2d_add_`: a residual block's last layer added into its shortcut's output);
   :func:`direct_conv_isa` names the kernel's instruction set.
+- :func:`winograd_conv2d`: 3x3 stride-1 layers by Winograd F(2x2, 3x3) on a weight transformed
+  once (:func:`winograd_pack`); ``small_conv2d`` runs it on frozen weights where it is faster.
 
 ``deeprebirth.ops.ConvPool2d`` and ``deeprebirth.ops.BranchConv2d`` still name the modules.
 """
@@ -25,6 +27,7 @@ from deeprebirth.ops.direct_conv import (
     small_conv2d_add_,
     small_conv2d_cat,
 )
+from deeprebirth.ops.winograd_conv import winograd_conv2d, winograd_pack
 
 __all__ = [
     "BranchConv2d",
@@ -39,6 +42,8 @@ __all__ = [
     "small_conv2d",
     "small_conv2d_add_",
     "small_conv2d_cat",
+    "winograd_conv2d",
+    "winograd_pack",
 ]
 
 

@@ -94,6 +94,15 @@ def _small_conv2d_cat_flop(
     )
 
 
+@register_flop_formula(_ops.winograd_conv2d)
+def _winograd_conv2d_flop(
+    x, packed_w, b, out_channels, padding, relu, out_shape=None, **kwargs
+) -> int:
+    # The convolution's work as aten.convolution counts it (Winograd does 2.25x fewer
+    # multiplications; counting them would make the deployed model differ from its portable form).
+    return _conv_flops(x, (out_channels, x[1], 3, 3), (1, 1), padding)
+
+
 # PackedConv2d runs its large layers through oneDNN's fused convolutions, which torch's own table
 # does not cover; without these their work is invisible to FlopCounterMode as well.
 def _onednn_conv_flop(x, *args, out_shape=None, **kwargs) -> int:

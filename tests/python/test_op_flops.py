@@ -65,3 +65,18 @@ def test_small_conv2d_add_counts_its_convolution():
     packed = deeprebirth.ops.direct_conv_pack(w)
     counted = _flops(deeprebirth.ops.small_conv2d_add_, residual, x, w, packed, b, 1, 1)
     assert counted == _flops(torch.nn.functional.conv2d, x, w, b, 1, 1) > 0
+
+
+def test_winograd_conv2d_counts_the_convolution_it_computes():
+    """Winograd does fewer multiplications; its count is the convolution's, as the portable form
+    counts it, and torch.compile sees the operator's output shape through its fake kernel."""
+    x, w, b = torch.randn(2, 8, 9, 7), torch.randn(20, 8, 3, 3), torch.randn(20)
+    packed = deeprebirth.ops.winograd_pack(w)
+    counted = _flops(deeprebirth.ops.winograd_conv2d, x, packed, b, 20, (1, 0))
+    assert counted == _flops(torch.nn.functional.conv2d, x, w, b, 1, (1, 0)) > 0
+    with torch.no_grad():
+        compiled = torch.compile(deeprebirth.ops.winograd_conv2d, backend="eager", fullgraph=True)
+        torch.testing.assert_close(
+            compiled(x, packed, b, 20, (1, 0)), torch.nn.functional.conv2d(x, w, b, 1, (1, 0)),
+            rtol=1e-4, atol=1e-5,
+        )  # fmt: skip

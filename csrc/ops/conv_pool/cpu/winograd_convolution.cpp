@@ -140,13 +140,15 @@ void transform_patch(const float* __restrict patch, int64_t pixel_step, int64_t 
 }
 
 // Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], of one tile's products m[k][0 .. channels)
-// (rows `m_step` apart) into the output pixels (0..rows, 0..cols) of the 2x2 block at `out`.
-// In vectors of `Wide` (inlined into an instruction set's chunk function).
+// (rows `m_step` apart) into the output pixels (0..rows, 0..cols) of the 2x2 block at `out`,
+// plus bias[0 .. channels) and then ReLU when `bias` is given. In vectors of `Wide` (inlined into
+// an instruction set's chunk function).
 template <typename Wide>
 __attribute__((always_inline)) inline void transform_back(const float* __restrict m, int64_t m_step,
                                                           int64_t channels, int64_t rows,
                                                           int64_t cols, float* __restrict out,
-                                                          int64_t pixel_step, int64_t row_step) {
+                                                          int64_t pixel_step, int64_t row_step,
+                                                          const float* __restrict bias, bool relu) {
   over_channels<Wide>(channels, [&]<typename T>(int64_t c) {
     T s[2][4];
     for (int64_t j = 0; j < 4; ++j) {  // A^T m
@@ -155,9 +157,17 @@ __attribute__((always_inline)) inline void transform_back(const float* __restric
       s[0][j] = m0 + m1 + m2;
       s[1][j] = m1 - m2 - m3;
     }
+    const T zero{};
+    const T shift = bias != nullptr ? load<T>(bias + c) : zero;
+    const auto finish = [&](T value) {
+      value = value + shift;
+      return relu ? (value > zero ? value : zero) : value;
+    };
     for (int64_t i = 0; i < rows; ++i) {  // (A^T m) A
-      store<T>(out + i * row_step + c, s[i][0] + s[i][1] + s[i][2]);
-      if (cols > 1) store<T>(out + i * row_step + pixel_step + c, s[i][1] - s[i][2] - s[i][3]);
+      store<T>(out + i * row_step + c, finish(s[i][0] + s[i][1] + s[i][2]));
+      if (cols > 1) {
+        store<T>(out + i * row_step + pixel_step + c, finish(s[i][1] - s[i][2] - s[i][3]));
+      }
     }
   });
 }
@@ -172,6 +182,8 @@ struct WinogradChunk {
   int64_t first_row;   // the chunk's first patch row (of the band)
   int64_t first_col;   // the chunk's first patch column
   int64_t chunk_cols;  // patches per patch row of the chunk
+  const float* bias;   // C_out values added to the output (with `relu`), or none
+  bool relu;
 };
 
 // Transforms `count` patches' products back, from patch `first` of the chunk: m[k][q][width]
@@ -188,7 +200,7 @@ __attribute__((always_inline)) inline void write_back(const WinogradChunk& chunk
     transform_back<typename Vector<Width>::type>(
         m + q * width, count * width, channels, std::min<int64_t>(2, chunk.rows - y),
         std::min<int64_t>(2, chunk.cols - x), chunk.out + y * out_row + x * chunk.out_channels + c0,
-        chunk.out_channels, out_row);
+        chunk.out_channels, out_row, chunk.bias != nullptr ? chunk.bias + c0 : nullptr, chunk.relu);
   }
 }
 
@@ -272,6 +284,8 @@ bool WinogradConvolution::exact_for(const at::Tensor& x, const at::Tensor& w) {
   return all_finite(w) && all_finite(x);
 }
 
+bool WinogradConvolution::finite(const at::Tensor& t) { return all_finite(t); }
+
 bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args) {
   return winograd_enabled() && w.scalar_type() == at::kFloat && w.size(2) == 3 && w.size(3) == 3 &&
          args.stride[0] == 1 && args.stride[1] == 1 && args.dilation[0] == 1 &&
@@ -290,17 +304,25 @@ int64_t WinogradConvolution::channels_per_pass(const at::Tensor& w, int64_t conv
   return (per_pass + multiple - 1) / multiple * multiple;
 }
 
+at::Tensor WinogradConvolution::transform(const at::Tensor& w) { return transform_weight(w); }
+
 WinogradConvolution::WinogradConvolution(const at::Tensor& w, const ConvPoolArgs& args,
                                          int64_t conv_w)
-    : transformed_weight_(transform_weight(w)),
-      in_channels_(w.size(1)),
-      out_channels_(w.size(0)),
-      padding_h_(args.padding[0]),
-      padding_w_(args.padding[1]),
+    : WinogradConvolution(transform_weight(w), w.size(0), args.padding[0], args.padding[1],
+                          conv_w) {}
+
+WinogradConvolution::WinogradConvolution(const at::Tensor& transformed_weight, int64_t out_channels,
+                                         int64_t padding_h, int64_t padding_w, int64_t conv_w)
+    : transformed_weight_(transformed_weight),
+      in_channels_(transformed_weight.size(2)),
+      out_channels_(out_channels),
+      padding_h_(padding_h),
+      padding_w_(padding_w),
       conv_w_(conv_w) {}
 
 void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int64_t row1,
-                                     float* out, std::vector<float>& scratch) const {
+                                     float* out, std::vector<float>& scratch, const float* bias,
+                                     bool relu) const {
   const int64_t in_channels = in_channels_, out_channels = out_channels_;
   const int64_t rows = row1 - row0, cols = conv_w_;
   const int64_t tile_rows = (rows + 1) / 2, tile_cols = (cols + 1) / 2;
@@ -326,6 +348,8 @@ void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int6
   chunk.out = out;
   chunk.rows = rows;
   chunk.cols = cols;
+  chunk.bias = bias;
+  chunk.relu = relu;
   for (int64_t first = 0; first < tile_rows; first += chunk_rows) {  // patch rows [first, last)
     const int64_t last = std::min(tile_rows, first + chunk_rows);
     copy_padded_rows(image, row0 + 2 * first, 2 * (last - first) + 2, padding_h_, padding_w_,

@@ -44,6 +44,9 @@ class WinogradConvolution {
   // non-finite only by overflow. One pass over x, a small fraction of the convolution's work.
   static bool exact_for(const at::Tensor& x, const at::Tensor& w);
 
+  // Whether every value of t (float32, any strides) is finite: the condition above for one tensor.
+  static bool finite(const at::Tensor& t);
+
   // Output channels to convolve per pass over the input (a multiple of 16): all of w's (C_out)
   // unless their transformed weight (16 C_in C_out floats) exceeds both kPassWeightBytes and an
   // eighth of the call's convolution output (`conv_output_bytes`), then equal groups of them.
@@ -53,15 +56,26 @@ class WinogradConvolution {
   static int64_t channels_per_pass(const at::Tensor& w, int64_t conv_output_bytes);
   static constexpr int64_t kPassWeightBytes = 256 * 1024;
 
+  // U = G w G^T: the weight w (C_out, C_in, 3, 3; float32, any layout) transformed, in parallel,
+  // as (16, ceil(C_out / 16), C_in, 16). A caller whose weight stays can keep it across calls.
+  static at::Tensor transform(const at::Tensor& w);
+
   // Transforms the weight w (C_out, C_in, 3, 3; any layout; in parallel) for convolutions with
   // the padding of `args` whose output is `conv_w` columns wide.
   WinogradConvolution(const at::Tensor& w, const ConvPoolArgs& args, int64_t conv_w);
 
-  // Writes the convolution rows [row0, row1) of `image` (C_in, H, W; float32, any strides),
-  // without bias, to `out` as (row1 - row0, conv_w, C_out) contiguous. `scratch` holds one chunk's
+  // The same from a weight already transformed (`transform`) with C_out output channels, for
+  // convolutions padded by (padding_h, padding_w).
+  WinogradConvolution(const at::Tensor& transformed_weight, int64_t out_channels, int64_t padding_h,
+                      int64_t padding_w, int64_t conv_w);
+
+  // Writes the convolution rows [row0, row1) of `image` (C_in, H, W; float32, any strides) to
+  // `out` as (row1 - row0, conv_w, C_out) contiguous: without bias, or relu?(conv + bias) when
+  // `bias` (C_out floats) is given, added as each tile is written. `scratch` holds one chunk's
   // input rows and transforms (one buffer per thread; grown as needed).
   void operator()(const at::Tensor& image, int64_t row0, int64_t row1, float* out,
-                  std::vector<float>& scratch) const;
+                  std::vector<float>& scratch, const float* bias = nullptr,
+                  bool relu = false) const;
 
  private:
   at::Tensor transformed_weight_;  // U: (16, blocks, C_in, 16), element (i, j) at 4 * i + j

@@ -1,0 +1,33 @@
+// Autograd entry of deeprebirth::winograd_conv2d: an inference kernel, so a call that would need a
+// gradient raises (naming what to use instead) rather than returning a result that silently has
+// none; every other call goes on to the backend kernel.
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/Exception.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "ops/winograd_conv/winograd_conv.h"
+
+namespace deeprebirth::ops {
+namespace {
+
+bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+
+at::Tensor winograd_conv2d_autograd(const at::Tensor& x, const at::Tensor& packed_w,
+                                    const std::optional<at::Tensor>& b, int64_t out_channels,
+                                    c10::IntArrayRef padding, bool relu) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() &&
+                (needs_grad(x) || needs_grad(packed_w) || (b.has_value() && needs_grad(*b)))),
+              "winograd_conv2d: is an inference kernel and has no gradient, but x, packed_w or b "
+              "requires grad; run it under torch.no_grad() or use torch.nn.functional.conv2d");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return winograd_conv2d(x, packed_w, b, out_channels, padding, relu);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deeprebirth, Autograd, m) {
+  m.impl("winograd_conv2d", &winograd_conv2d_autograd);
+}
+
+}  // namespace deeprebirth::ops

@@ -1,0 +1,87 @@
+// CPU kernel of deeprebirth::winograd_pack / winograd_conv2d: whole images in parts of whole 2x2
+// output rows, each part convolved by WinogradConvolution straight into the output with its bias
+// and ReLU (see winograd_conv.h).
+#include "ops/winograd_conv/cpu/winograd_conv_kernel.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops/conv_pool/cpu/winograd_convolution.h"
+#include "ops/winograd_conv/winograd_conv.h"
+
+namespace deeprebirth::ops {
+
+bool winograd_conv_applies(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
+                           c10::IntArrayRef dilation, int64_t groups) {
+  const auto is_cpu_float = [](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
+  };
+  return is_cpu_float(x) && is_cpu_float(w) && x.dim() == 4 && w.dim() == 4 && groups == 1 &&
+         stride.size() == 2 && stride[0] == 1 && stride[1] == 1 && dilation.size() == 2 &&
+         dilation[0] == 1 && dilation[1] == 1 && w.size(2) == 3 && w.size(3) == 3 &&
+         w.size(1) >= 8 && w.size(0) >= 16 && x.size(1) == w.size(1);
+}
+
+at::Tensor winograd_pack_if_finite(const at::Tensor& w) {
+  return WinogradConvolution::finite(w) ? WinogradConvolution::transform(w) : at::Tensor();
+}
+
+bool winograd_input_finite(const at::Tensor& x) { return WinogradConvolution::finite(x); }
+
+at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
+                               const std::optional<at::Tensor>& b, int64_t out_channels,
+                               c10::IntArrayRef padding, bool relu) {
+  const auto [out_h, out_w] = check_winograd_conv2d_args(x, packed_w, b, out_channels, padding);
+  const int64_t batch = x.size(0);
+  const WinogradConvolution convolve(packed_w, out_channels, padding[0], padding[1], out_w);
+  at::Tensor out = at::empty({batch, out_channels, out_h, out_w},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (batch == 0) return out;
+  const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
+  const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  float* out_data = out.mutable_data_ptr<float>();
+  // Parts of whole 2x2 output rows, two per thread at batch 1, so that a thread the OS preempts
+  // (the cores are shared) holds back half as much.
+  const int64_t pairs = (out_h + 1) / 2;
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
+  const int64_t image_size = out_h * out_w * out_channels;
+  at::parallel_for(0, batch * parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / parts, part = task % parts;
+      const int64_t row0 = 2 * (pairs * part / parts);
+      const int64_t row1 = std::min(out_h, 2 * (pairs * (part + 1) / parts));
+      if (row0 >= row1) continue;
+      convolve(x[n], row0, row1, out_data + n * image_size + row0 * out_w * out_channels, scratch,
+               bias_data, relu);
+    }
+  });
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? out : out.contiguous();
+}
+
+namespace {
+
+at::Tensor winograd_pack_cpu(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3 && w.size(0) > 0 && w.size(1) > 0,
+              "winograd_pack: expected a weight of shape (C_out, C_in, 3, 3), but got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == at::kFloat, "winograd_pack: expected a float32 weight, but got ",
+              w.dtype());
+  at::Tensor packed = winograd_pack_if_finite(w);
+  TORCH_CHECK(packed.defined(),
+              "winograd_pack: the weight holds an infinity or NaN, which Winograd's transforms "
+              "would spread over whole 2x2 blocks of outputs; use torch.nn.functional.conv2d");
+  return packed;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) {
+  m.impl("winograd_pack", &winograd_pack_cpu);
+  m.impl("winograd_conv2d", &winograd_conv2d_cpu);
+}
+
+}  // namespace deeprebirth::ops

@@ -1,0 +1,43 @@
+// deeprebirth::winograd_conv2d — relu?(conv2d(x, w, b)) of a 3x3, stride-1 layer by Winograd
+// F(2x2, 3x3) on a weight transformed once by winograd_pack (the kernel:
+// ops/conv_pool/cpu/winograd_convolution.h).
+//
+// Schema (registered in winograd_conv.cpp):
+//   winograd_pack(Tensor w) -> Tensor
+//   winograd_conv2d(Tensor x, Tensor packed_w, Tensor? b, int out_channels, int[2] padding,
+//                   bool relu) -> Tensor
+// 2.25x fewer multiply-adds than a direct convolution; float32 on the CPU, ungrouped, undilated,
+// inference only (no gradient). small_conv2d runs it on frozen weights where it measures faster
+// than oneDNN (ops/direct_conv/cpu/onednn_packed_conv.h).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace deeprebirth::ops {
+
+// The weight w (C_out, C_in, 3, 3; float32 CPU, finite) transformed as winograd_conv2d reads it:
+// (16, ceil(C_out / 16), C_in, 16), the lanes past C_out zero.
+at::Tensor winograd_pack(const at::Tensor& w);
+
+// Validates every argument (x 4-D float32 CPU with C_in channels, packed_w = winograd_pack of a
+// (out_channels, C_in, 3, 3) weight, b of out_channels values, non-negative padding, an output
+// of at least one pixel) and returns the output's (H, W).
+std::pair<int64_t, int64_t> check_winograd_conv2d_args(const at::Tensor& x,
+                                                       const at::Tensor& packed_w,
+                                                       const std::optional<at::Tensor>& b,
+                                                       int64_t out_channels,
+                                                       c10::IntArrayRef padding);
+
+// relu?(conv2d(x, w, b, stride 1, padding)) from packed_w = winograd_pack(w), in x's memory
+// format (channels_last for a channels_last x, else contiguous NCHW), within about 1e-6 of the
+// output's magnitude of conv2d's. x must be finite: the transforms add and subtract inputs, so an
+// infinity or NaN reaches its whole 2x2 block of outputs (conv2d gives it to some of them).
+at::Tensor winograd_conv2d(const at::Tensor& x, const at::Tensor& packed_w,
+                           const std::optional<at::Tensor>& b, int64_t out_channels,
+                           c10::IntArrayRef padding, bool relu);
+
+}  // namespace deeprebirth::ops

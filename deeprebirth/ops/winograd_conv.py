@@ -1,0 +1,64 @@
+"""Winograd F(2x2, 3x3) convolution of 3x3 stride-1 layers: ``winograd_pack`` and
+``winograd_conv2d``.
+
+A 3x3 convolution computes each 2x2 block of outputs from a 4x4 input patch with 16
+multiplications per channel pair instead of 36 (Lavin & Gray, CVPR 2016): 2.25x fewer
+multiply-adds than a direct convolution, on a weight transformed once (``winograd_pack``).
+``small_conv2d`` runs it on frozen weights wherever it times faster than oneDNN, which is how
+``PackedConv2d`` and frozen TorchScript use it; docs/kernels.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deeprebirth.ops import _library
+from deeprebirth.ops._args import pair
+
+_library.load_extension()
+
+
+def winograd_pack(w: torch.Tensor) -> torch.Tensor:
+    """``w`` ``(C_out, C_in, 3, 3)`` (float32, CPU) transformed for :func:`winograd_conv2d`:
+    ``(16, ceil(C_out / 16), C_in, 16)``, the lanes past ``C_out`` zero. Transform once per weight.
+
+    Raises:
+        RuntimeError: ``w`` is not a float32 3x3 weight, or holds an infinity or NaN (which the
+            transforms would spread over whole 2x2 blocks of outputs).
+
+    Example:
+        >>> winograd_pack(torch.randn(20, 8, 3, 3)).shape
+        torch.Size([16, 2, 8, 16])
+    """
+    return torch.ops.deeprebirth.winograd_pack(w)
+
+
+def winograd_conv2d(
+    x: torch.Tensor,
+    packed_w: torch.Tensor,
+    b: torch.Tensor | None,
+    out_channels: int,
+    padding: int | tuple[int, int] = 1,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``relu?(conv2d(x, w, b, stride=1, padding=padding))`` by Winograd F(2x2, 3x3) on
+    ``packed_w`` = :func:`winograd_pack` ``(w)``, ``w`` of shape ``(out_channels, C_in, 3, 3)``.
+
+    Float32 CPU inference (no gradient: a call that would need one raises). The output is in
+    ``x``'s memory format (channels_last for a channels_last ``x``) and within about 1e-6 of its
+    magnitude of ``conv2d``'s. ``x`` must be finite: an infinity or NaN reaches its whole 2x2
+    block of outputs, where ``conv2d`` gives it to some of them (``small_conv2d`` checks and runs
+    oneDNN for such inputs).
+
+    Raises:
+        RuntimeError: arguments that do not fit (named in the message).
+
+    Example:
+        >>> x, w = torch.randn(1, 8, 9, 9), torch.randn(16, 8, 3, 3)
+        >>> y = winograd_conv2d(x, winograd_pack(w), None, 16, padding=1, relu=True)
+        >>> torch.allclose(y, torch.relu(torch.nn.functional.conv2d(x, w, padding=1)), atol=1e-4)
+        True
+    """
+    return torch.ops.deeprebirth.winograd_conv2d(
+        x, packed_w, b, out_channels, pair(padding, "padding"), relu
+    )

@@ -1,0 +1,80 @@
+// deeprebirth::winograd_pack / winograd_conv2d from C++ through the dispatcher: against ATen's
+// conv2d (+ relu) on odd and even sizes, both layouts and every padding, and the argument errors.
+#include <ATen/ATen.h>
+
+#include <catch2/catch.hpp>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "deeprebirth_ops.h"
+
+using deeprebirth::ops::winograd_conv2d;
+using deeprebirth::ops::winograd_pack;
+
+TEST_CASE("winograd_conv2d matches conv2d on a packed weight", "[winograd_conv]") {
+  at::manual_seed(3);
+  // (C_in, C_out, H, W, padding h, padding w): odd and even outputs, one row, each padding
+  const std::vector<std::vector<int64_t>> layers = {
+      {8, 16, 9, 9, 1, 1}, {13, 40, 7, 12, 0, 2}, {32, 24, 3, 5, 2, 0}, {16, 33, 1, 8, 1, 1}};
+  for (const auto& l : layers) {
+    const at::Tensor w = at::randn({l[1], l[0], 3, 3}) / 10.0;
+    const at::Tensor bias = at::randn({l[1]});
+    const at::Tensor packed = winograd_pack(w);
+    for (const auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+      for (const bool relu : {false, true}) {
+        CAPTURE(l, layout == at::MemoryFormat::ChannelsLast, relu);
+        const at::Tensor x = at::randn({2, l[0], l[2], l[3]}).contiguous(layout);
+        const at::Tensor y = winograd_conv2d(x, packed, bias, l[1], {l[4], l[5]}, relu);
+        at::Tensor expected = at::conv2d(x, w, bias, {1, 1}, {l[4], l[5]});
+        expected = relu ? at::relu(expected) : expected;
+        CHECK(y.is_contiguous(layout));
+        CHECK(at::allclose(y, expected, 1e-4, 1e-5));
+        const at::Tensor unbiased =
+            winograd_conv2d(x, packed, std::nullopt, l[1], {l[4], l[5]}, false);
+        CHECK(at::allclose(unbiased, at::conv2d(x, w, {}, {1, 1}, {l[4], l[5]}), 1e-4, 1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("winograd_conv2d errors name the argument", "[winograd_conv][errors]") {
+  const at::Tensor w = at::randn({16, 8, 3, 3});
+  const at::Tensor packed = winograd_pack(w);
+  const at::Tensor x = at::randn({1, 8, 6, 6});
+  const auto message = [](const auto& call) {
+    try {
+      call();
+    } catch (const c10::Error& error) {
+      return std::string(error.what_without_backtrace());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(message([&] {
+               winograd_conv2d(x, packed, std::nullopt, 24, {1, 1}, false);
+             }),
+             Catch::Contains("packed_w = winograd_pack(w)"));
+  CHECK_THAT(message([&] {
+               winograd_conv2d(x.narrow(1, 0, 4), packed, std::nullopt, 16, {1, 1}, false);
+             }),
+             Catch::Contains("packed_w"));
+  CHECK_THAT(message([&] {
+               winograd_conv2d(x, packed, at::randn({3}), 16, {1, 1}, false);
+             }),
+             Catch::Contains("expected b of shape (16)"));
+  CHECK_THAT(message([&] {
+               winograd_conv2d(x.to(at::kDouble), packed, std::nullopt, 16, {1, 1}, false);
+             }),
+             Catch::Contains("float32"));
+  CHECK_THAT(message([&] {
+               winograd_conv2d(at::randn({1, 8, 1, 1}), packed, std::nullopt, 16, {0, 0}, false);
+             }),
+             Catch::Contains("smaller than the 3x3 kernel"));
+  CHECK_THAT(message([&] {
+               winograd_pack(at::randn({16, 8, 5, 5}));
+             }),
+             Catch::Contains("(C_out, C_in, 3, 3)"));
+  at::Tensor infinite = w.clone();
+  infinite[3][2][1][1] = std::numeric_limits<float>::infinity();
+  CHECK_THAT(message([&] { winograd_pack(infinite); }), Catch::Contains("infinity or NaN"));
+}
