@@ -24,7 +24,12 @@ class PackedConv2d(nn.Conv2d):
     smaller ungrouped, undilated ones (in TorchScript too, which then needs deeprebirth's library);
     any other call is ``Conv2d`` then ReLU. Frozen TorchScript (``torch.jit.freeze``, the C++
     runner's exports) keeps oneDNN packed copies of its constant weights in ``small_conv2d``.
-    Equal to :meth:`to_standard` up to float32 rounding.
+    3x3 stride-1 layers (ungrouped, at least 8 input and 16 output channels) take that C++ path
+    in eager too, on a snapshot of the weight: it runs Winograd F(2x2, 3x3) on a transformed
+    weight wherever that timed faster than oneDNN on the first call of an input shape
+    (``DEEPREBIRTH_PACKED_WINOGRAD=0`` turns it off, ``=1`` skips the timing; docs/kernels.md).
+    Equal to :meth:`to_standard` up to float32 rounding (Winograd: about 1e-6 of the output's
+    magnitude).
 
     Weight updates: packed copies are used only while the weight is bitwise equal to their snapshot,
     else remade, so every update is seen (``.data``, fused optimizers, ``load_state_dict`` ...).
@@ -200,7 +205,7 @@ class PackedConv2d(nn.Conv2d):
             )
             and not torch.jit.is_tracing()
             and not torch.is_autocast_enabled("cpu")
-            and (kernel != "packed" or torch.backends.mkldnn.enabled)
+            and (kernel not in ("packed", "winograd") or torch.backends.mkldnn.enabled)
         )
 
     @torch.jit.unused
@@ -208,12 +213,28 @@ class PackedConv2d(nn.Conv2d):
         if len(shape) != 4 or shape.numel() == 0:
             return ""
         if self.macs(shape) >= self.min_packed_macs:
-            return "packed" if torch.backends.mkldnn.is_available() else ""
+            if not torch.backends.mkldnn.is_available():
+                return ""
+            return "winograd" if self._winograd_shaped() else "packed"
         return "small" if self.groups == 1 and self.dilation == (1, 1) else ""
 
     @torch.jit.unused
+    def _winograd_shaped(self) -> bool:
+        """Whether ``small_conv2d`` may run this layer with Winograd, which it then chooses where
+        it measures faster than oneDNN (the conditions of ``winograd_conv_applies`` in
+        csrc/ops/direct_conv/cpu/winograd_packed_conv.h)."""
+        return (
+            self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.in_channels >= 8
+            and self.out_channels >= 16
+        )
+
+    @torch.jit.unused
     def _packed_path_applies(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
-        return self._inference_kernel(x, residual) == "packed"
+        return self._inference_kernel(x, residual) in ("packed", "winograd")
 
     @torch.jit.unused
     def _current_snapshot(self) -> tuple:
@@ -318,6 +339,16 @@ class PackedConv2d(nn.Conv2d):
         return y if residual is None else y + residual
 
     @torch.jit.unused
+    def _winograd_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A 3x3 stride-1 layer's packed call: ``small_conv2d`` on the weight's snapshot (a
+        tensor that needs no gradient and stays while the weight's values do), which keeps the
+        packed copies in C++ and runs Winograd where it measured faster than oneDNN for this
+        input shape on this CPU (docs/kernels.md, "Winograd on packed layers")."""
+        snapshot = self._current_snapshot()[0]
+        bias = self._parameters["bias"]
+        return self._small_conv2d(x, snapshot, _NO_DIRECT_WEIGHT, bias, self.relu, 0)
+
+    @torch.jit.unused
     def _small_forward(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
         # Parameters read from _parameters: nn.Module.__getattr__ is slow next to the few
         # microseconds a small layer takes.
@@ -343,8 +374,10 @@ class PackedConv2d(nn.Conv2d):
         packed_weight: torch.Tensor,
         bias: torch.Tensor | None,
         relu: bool,
+        max_direct_macs: int = -1,
     ) -> torch.Tensor:
-        # deeprebirth::small_conv2d: the direct kernel where it pays, conv2d otherwise.
+        # deeprebirth::small_conv2d: the direct kernel where it pays (below max_direct_macs,
+        # min_packed_macs when negative), oneDNN or Winograd on frozen weights, conv2d otherwise.
         return torch.ops.deeprebirth.small_conv2d(
             x,
             weight,
@@ -355,7 +388,7 @@ class PackedConv2d(nn.Conv2d):
             self.dilation,
             self.groups,
             relu,
-            self.min_packed_macs,
+            self.min_packed_macs if max_direct_macs < 0 else max_direct_macs,
             self.max_direct_1x1_pixels,
         )
 
@@ -417,7 +450,9 @@ class PackedConv2d(nn.Conv2d):
         if weight is not None:
             return self._packed_forward(x, residual, weight)
         kernel = self._inference_kernel(x, residual)
-        if kernel == "packed":
+        if kernel == "winograd" and residual is None:
+            return self._winograd_forward(x)
+        if kernel in ("packed", "winograd"):
             return self._packed_forward(x, residual)
         if kernel == "small":
             if residual is None:
@@ -577,6 +612,10 @@ class PackedConvConcat(nn.Module):
             self.min_packed_macs,
             self.max_direct_1x1_pixels,
         )
+
+
+# small_conv2d's direct-kernel weight where the direct kernel is ruled out (max_macs 0)
+_NO_DIRECT_WEIGHT = torch.empty(0)
 
 
 def _traced(x: torch.Tensor) -> bool:

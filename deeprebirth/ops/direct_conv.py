@@ -112,8 +112,10 @@ def small_conv2d(
     ``conv2d`` (differentiable as usual), except float32 CPU inference with a weight that does not
     require grad (TorchScript's frozen constants): oneDNN then runs on a packed copy of ``w`` kept
     across calls, one per input shape, remade when ``w`` is updated in place (its version
-    counter) and dropped when ``w`` is freed. One operator call either way, so a TorchScript
-    graph holds no branches of its own for the choice.
+    counter) and dropped when ``w`` is freed; a 3x3 stride-1 layer runs :func:`winograd_conv2d`
+    on a kept :func:`winograd_pack` of ``w`` instead where that timed faster on the first call of
+    the input shape (``DEEPREBIRTH_PACKED_WINOGRAD=0`` never, ``=1`` always). One operator call
+    either way, so a TorchScript graph holds no branches of its own for the choice.
 
     Example:
         >>> x, w = torch.randn(1, 3, 8, 8), torch.randn(5, 3, 3, 3)

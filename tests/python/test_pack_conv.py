@@ -112,6 +112,12 @@ def test_weight_updates_repack() -> None:
     assert not packed.packed_weights
 
 
+def _packed_ran(conv: PackedConv2d) -> bool:
+    """Whether a packed kernel ran in ``conv``: oneDNN's copies held here, or the C++ path of
+    ``small_conv2d`` that 3x3 stride-1 layers take (Winograd or oneDNN, its choice)."""
+    return bool(conv.packed_weights) or "winograd" in conv._kernel_by_shape.values()
+
+
 def _ops_run(fn) -> set[str]:
     """The names of the operators that calling ``fn`` ran (seen by the profiler)."""
     with torch.profiler.profile() as prof:
@@ -498,7 +504,7 @@ def test_pack_conv_rule_keeps_outputs(name: str) -> None:
     check = deeprebirth.verify(model, slim_model, x)
     assert check.max_rel <= 1e-4, f"{name}: {check}"
     packed = [m for m in slim_model.modules() if isinstance(m, PackedConv2d)]
-    assert packed and all(m.packed_weights for m in packed), "a packed path did not run"
+    assert packed and all(_packed_ran(m) for m in packed), "a packed path did not run"
     plain = [n for n, m in slim_model.named_modules() if type(m) is nn.Conv2d]
     assert not plain, f"{name}: convolutions left unpacked: {plain[:3]}"
     sites = [s for s in report.applied if s.rule == "pack_conv"]
@@ -607,11 +613,16 @@ def test_pack_conv_packs_same_window_branch_convs_and_keeps_the_others() -> None
 
 @needs_mkldnn
 @pytest.mark.parametrize("frozen", [True, False])
-def test_frozen_torchscript_runs_packed_onednn_weights(frozen: bool) -> None:
-    """Frozen TorchScript (the C++ runner's path) keeps oneDNN's packed weights across calls;
-    a scripted module whose weights are still trainable parameters uses conv2d."""
+@pytest.mark.parametrize("winograd", ["0", "1"])
+def test_frozen_torchscript_runs_packed_onednn_weights(
+    frozen: bool, winograd: str, monkeypatch
+) -> None:
+    """Frozen TorchScript (the C++ runner's path) keeps oneDNN's packed weights across calls, or
+    runs this 3x3 layer with Winograd where that is chosen (forced here); a scripted module
+    whose weights are still trainable parameters uses conv2d."""
     from torch.profiler import profile
 
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", winograd)
     torch.manual_seed(4)
     conv = nn.Conv2d(32, 48, 3, padding=1)
     packed = PackedConv2d.from_conv(conv, relu=True).eval()
@@ -623,5 +634,7 @@ def test_frozen_torchscript_runs_packed_onednn_weights(frozen: bool) -> None:
         with profile() as prof:
             actual = module(x)
     ran = {event.name for event in prof.events()}
-    assert ("mkldnn::_convolution_pointwise" in ran) == frozen, sorted(ran)
+    onednn = frozen and winograd == "0"
+    assert ("mkldnn::_convolution_pointwise" in ran) == onednn, sorted(ran)
+    assert ("aten::convolution" in ran) == (not frozen), sorted(ran)
     torch.testing.assert_close(actual, F.relu(conv(x)), rtol=1e-4, atol=1e-5)

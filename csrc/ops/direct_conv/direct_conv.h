@@ -69,7 +69,9 @@ bool direct_conv_pays(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef
                       int64_t max_macs, int64_t max_1x1_pixels);
 
 // relu?(conv2d(x, w, b)) by direct_conv (on packed_w = direct_conv_pack(w)) where
-// direct_conv_pays and no gradient is needed, by at::conv2d otherwise (which autograd sees).
+// direct_conv_pays and no gradient is needed; else, for a weight that does not require grad (a
+// frozen constant), by oneDNN or Winograd on copies kept across calls (onednn_packed_conv.h);
+// by at::conv2d otherwise (which autograd sees).
 // One call whatever the input, so a TorchScript graph that runs it needs no branches of its own.
 // The output is in the memory format conv2d gives (channels_last for a channels_last x).
 at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& packed_w,

@@ -20,6 +20,10 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
 // and kept while w is the same tensor at the same version (an in-place update replaces the copy).
 // ATen's conv2d reorders the weights on every call: at batch 1 that costs about as much as the
 // arithmetic of a late layer, and TorchScript's frozen weights never change (docs/kernels.md).
+// Layers Winograd computes (winograd_conv_applies) run winograd_conv2d on a transformed weight
+// kept beside the packed copy where, timed on the first call for x's shape (three calls of each),
+// it was faster than oneDNN; DEEPREBIRTH_PACKED_WINOGRAD=0 never runs it, =1 always does. A call
+// whose input holds an infinity or NaN runs oneDNN.
 at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,

@@ -1,0 +1,169 @@
+"""Winograd on frozen 3x3 layers (``small_conv2d``'s C++ path): against ATen's conv2d, with
+every instruction set, non-finite values, the per-shape choice, and weight updates through
+``PackedConv2d``."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from isa_helpers import run_with_cpu_isa
+from torch import nn
+
+import deeprebirth.ops  # noqa: F401  (registers the operators)
+from deeprebirth.nn import PackedConv2d, freeze_packed_weights
+
+pytestmark = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not in this torch build"
+)
+
+ONEDNN = "mkldnn::_convolution_pointwise"
+WINOGRAD = "deeprebirth::winograd_conv2d"
+NO_DIRECT = torch.empty(0)
+
+
+def _small_conv2d(x, w, b, padding, relu: bool) -> torch.Tensor:
+    """``small_conv2d`` with the direct kernel ruled out: oneDNN or Winograd on a frozen weight."""
+    return torch.ops.deeprebirth.small_conv2d(
+        x, w, NO_DIRECT, b, [1, 1], list(padding), [1, 1], 1, relu, 0, 0
+    )
+
+
+def _reference(x, w, b, padding, relu: bool) -> torch.Tensor:
+    y = F.conv2d(x, w, b, 1, padding)
+    return F.relu(y) if relu else y
+
+
+def _ops_run(fn, *args) -> tuple[torch.Tensor, list[str]]:
+    """``fn(*args)`` and the names of the operators it ran (seen by the profiler)."""
+    with torch.profiler.profile() as prof:
+        out = fn(*args)
+    return out, [event.name for event in prof.events()]
+
+
+def _random_layer(rng: random.Random):
+    """A Winograd-shaped layer (3x3, stride 1, C_in >= 8, C_out >= 16) and an input: odd and even
+    sizes, each padding up to 2, both layouts and a channel view, with and without bias."""
+    cin, cout = rng.choice([8, 13, 32, 70]), rng.choice([16, 24, 40, 72])
+    padding = (rng.randint(0, 2), rng.randint(0, 2))
+    h, w = (rng.randint(max(1, 3 - 2 * p), 21) for p in padding)  # outputs of 1 to 21 + 2p - 2
+    batch = rng.randint(1, 3)
+    layout = rng.choice(["contiguous", "channels_last", "channel_view"])
+    if layout == "channel_view":  # channels of a channels_last tensor, as after a merged layer
+        x = torch.randn(batch, cin + 5, h, w).contiguous(memory_format=torch.channels_last)
+        x = x.narrow(1, 2, cin)
+    else:
+        x = torch.randn(batch, cin, h, w)
+        x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    weight = torch.randn(cout, cin, 3, 3) / (9 * cin) ** 0.5
+    bias = torch.randn(cout) if rng.random() < 0.7 else None
+    return x, weight, bias, padding, rng.random() < 0.5
+
+
+def check_forced_winograd_matches_conv2d() -> None:
+    """Forced Winograd on 24 random layers: conv2d's values (1e-4) and memory format, and no
+    oneDNN convolution run."""
+    os.environ["DEEPREBIRTH_PACKED_WINOGRAD"] = "1"
+    rng = random.Random(7)
+    for case in range(24):
+        x, w, b, padding, relu = _random_layer(rng)
+        with torch.no_grad():
+            actual, ran = _ops_run(_small_conv2d, x, w, b, padding, relu)
+        expected = _reference(x, w, b, padding, relu)
+        assert ONEDNN not in ran and WINOGRAD in ran, f"case {case}: {sorted(set(ran))}"
+        torch.testing.assert_close(
+            actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, c=case: f"case {c}: {m}"
+        )
+        channels_last = expected.is_contiguous(memory_format=torch.channels_last)
+        assert actual.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert actual.is_contiguous() == expected.is_contiguous(), f"case {case}"
+
+
+def test_forced_winograd_matches_conv2d(monkeypatch) -> None:
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
+    check_forced_winograd_matches_conv2d()
+
+
+@pytest.mark.parametrize("isa", ["avx2", "sse2"])
+def test_forced_winograd_matches_conv2d_with_every_instruction_set(isa: str) -> None:
+    """The same with the narrower register tiles and transforms, chosen by DEEPREBIRTH_CPU_ISA
+    in a fresh process."""
+    run_with_cpu_isa(
+        isa, "import test_winograd_packed as t; t.check_forced_winograd_matches_conv2d()"
+    )
+
+
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_non_finite_values_take_onednn(where: str, monkeypatch) -> None:
+    """Winograd's transforms would spread an infinity over a 2x2 block of outputs (and make NaN
+    of inf - inf): such calls run oneDNN, with the outputs of the path that never runs Winograd
+    (NaN where it has NaN). The same weight and shape with a finite input run Winograd again."""
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "0")
+    torch.manual_seed(5)
+    x, w = torch.randn(1, 16, 9, 9), torch.randn(32, 16, 3, 3) / 12
+    target = x if where == "input" else w
+    target.view(-1)[[5, 77, 140]] = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = _small_conv2d(x, w.clone(), None, (1, 1), False)
+        monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
+        actual, ran = _ops_run(lambda: _small_conv2d(x, w, None, (1, 1), False))
+        assert ONEDNN in ran and WINOGRAD not in ran
+        torch.testing.assert_close(actual, expected, equal_nan=True, rtol=0, atol=0)
+        if where == "input":
+            x.nan_to_num_(0.0, 0.0, 0.0)
+            actual, ran = _ops_run(lambda: _small_conv2d(x, w, None, (1, 1), False))
+            assert ONEDNN not in ran
+            torch.testing.assert_close(actual, _reference(x, w, None, (1, 1), False))
+
+
+@pytest.mark.parametrize("mode", ["0", None])
+def test_each_layer_keeps_one_kernel_per_input_shape(mode: str | None, monkeypatch) -> None:
+    """Switched off, every call runs oneDNN; measured (the default), the first call of a shape
+    times both kernels and every later call runs the one that was faster, with conv2d's values."""
+    if mode is None:
+        monkeypatch.delenv("DEEPREBIRTH_PACKED_WINOGRAD", raising=False)
+    else:
+        monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", mode)
+    torch.manual_seed(6)
+    x = torch.randn(1, 32, 14, 14).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(64, 32, 3, 3) / 17, torch.randn(64)
+    with torch.no_grad():
+        first, ran_first = _ops_run(lambda: _small_conv2d(x, w, b, (1, 1), True))
+        _, ran = _ops_run(lambda: [_small_conv2d(x, w, b, (1, 1), True) for _ in range(4)])
+    if mode == "0":
+        assert ran_first.count(ONEDNN) == 1
+    else:  # one untimed and three timed oneDNN calls in the first call, then the choice
+        assert ran_first.count(ONEDNN) in (4, 5)
+    assert ran.count(ONEDNN) in ((4,) if mode == "0" else (0, 4)), ran.count(ONEDNN)
+    assert ran.count(ONEDNN) + ran.count(WINOGRAD) == 4  # one kernel per call
+    torch.testing.assert_close(first, _reference(x, w, b, (1, 1), True), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_packed_conv2d_winograd_follows_weight_updates(frozen: bool, monkeypatch) -> None:
+    """``PackedConv2d`` runs its 3x3 layers through the same path; an in-place update (seen by
+    the version counter) and ``load_state_dict`` give the new weight's outputs, never those of a
+    transformed weight kept from before."""
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0)
+    torch.manual_seed(8)
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    packed = PackedConv2d.from_conv(copy.deepcopy(conv), relu=True).eval()
+    if frozen:
+        freeze_packed_weights(packed)
+    x = torch.randn(2, 16, 10, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        actual, ran = _ops_run(lambda: packed(x))
+        assert "deeprebirth::small_conv2d" in ran and WINOGRAD in ran and ONEDNN not in ran
+        torch.testing.assert_close(actual, F.relu(conv(x)), rtol=1e-4, atol=1e-5)
+        packed.weight.mul_(-0.5)
+        expected = F.relu(packed.to_standard()[0](x))
+        torch.testing.assert_close(packed(x), expected, rtol=1e-4, atol=1e-5)
+    packed.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), F.relu(conv(x)), rtol=1e-4, atol=1e-5)
