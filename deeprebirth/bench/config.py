@@ -42,10 +42,10 @@ PEER_RUNTIMES = (  # the original model in every form a user might try, and the 
     *DEPLOY_RUNTIMES,
     "openvino_bf16",
 )
-# The "peers" page: deeprebirth's deployed form in PyTorch's runtimes (the first, oneDNN Graph, is
-# the deployed path the ratios compare with; TorchScript is the C++ runner's unfused path) against
-# the portable form in every other runtime.
-DEPLOYED_FORM_RUNTIMES = ("torchscript_onednn", "eager", "torchscript", "compile_freezing")
+# The "peers" page: deeprebirth's deployed form in PyTorch's runtimes (the first, frozen
+# TorchScript with deeprebirth's operators as the C++ runner runs it, is the deployed path the
+# ratios compare with) against the portable form in every other runtime.
+DEPLOYED_FORM_RUNTIMES = ("torchscript", "eager", "torchscript_onednn", "compile_freezing")
 PORTABLE_FORM_RUNTIMES = (
     "eager_channels_last",
     "compile_freezing",
