@@ -40,6 +40,7 @@ def winograd_conv2d(
     out_channels: int,
     padding: int | tuple[int, int] = 1,
     relu: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``relu?(conv2d(x, w, b, stride=1, padding=padding))`` by Winograd F(2x2, 3x3) on
     ``packed_w`` = :func:`winograd_pack` ``(w)``, ``w`` of shape ``(out_channels, C_in, 3, 3)``.
@@ -50,6 +51,9 @@ def winograd_conv2d(
     block of outputs, where ``conv2d`` gives it to some of them (``small_conv2d`` checks and runs
     oneDNN for such inputs).
 
+    ``out``: write the result there and return it; channels_last, or a channel slice
+    (``narrow``) of a channels_last tensor, so that concatenated layers need no ``torch.cat``.
+
     Raises:
         RuntimeError: arguments that do not fit (named in the message).
 
@@ -59,6 +63,10 @@ def winograd_conv2d(
         >>> torch.allclose(y, torch.relu(torch.nn.functional.conv2d(x, w, padding=1)), atol=1e-4)
         True
     """
+    if out is not None:
+        return torch.ops.deeprebirth.winograd_conv2d.out(
+            x, packed_w, b, out_channels, pair(padding, "padding"), relu, out=out
+        )
     return torch.ops.deeprebirth.winograd_conv2d(
         x, packed_w, b, out_channels, pair(padding, "padding"), relu
     )

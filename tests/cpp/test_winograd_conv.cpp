@@ -38,6 +38,25 @@ TEST_CASE("winograd_conv2d matches conv2d on a packed weight", "[winograd_conv]"
   }
 }
 
+TEST_CASE("winograd_conv2d.out writes into a channel slice of a channels_last tensor",
+          "[winograd_conv]") {
+  using deeprebirth::ops::winograd_conv2d_out;
+  at::manual_seed(4);
+  const at::Tensor w = at::randn({24, 16, 3, 3}) / 12.0;
+  const at::Tensor bias = at::randn({24});
+  const at::Tensor x = at::randn({2, 16, 7, 10}).contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor whole = at::full({2, 40, 7, 10}, 7.0).contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor part = whole.narrow(1, 5, 24);
+  winograd_conv2d_out(x, winograd_pack(w), bias, 24, {1, 1}, true, part);
+  CHECK(at::allclose(part, at::relu(at::conv2d(x, w, bias, {1, 1}, {1, 1})), 1e-4, 1e-5));
+  // the other channels are untouched
+  CHECK(at::equal(whole.narrow(1, 0, 5), at::full({2, 5, 7, 10}, 7.0)));
+  CHECK(at::equal(whole.narrow(1, 29, 11), at::full({2, 11, 7, 10}, 7.0)));
+  at::Tensor nchw = at::empty({2, 24, 7, 10});
+  CHECK_THROWS_WITH(winograd_conv2d_out(x, winograd_pack(w), bias, 24, {1, 1}, true, nchw),
+                    Catch::Contains("channels_last"));
+}
+
 TEST_CASE("winograd_conv2d errors name the argument", "[winograd_conv][errors]") {
   const at::Tensor w = at::randn({16, 8, 3, 3});
   const at::Tensor packed = winograd_pack(w);

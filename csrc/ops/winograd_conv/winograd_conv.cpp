@@ -57,11 +57,42 @@ at::Tensor winograd_conv2d(const at::Tensor& x, const at::Tensor& packed_w,
   return op.call(x, packed_w, b, out_channels, padding, relu);
 }
 
+at::Tensor& winograd_conv2d_out(const at::Tensor& x, const at::Tensor& packed_w,
+                                const std::optional<at::Tensor>& b, int64_t out_channels,
+                                c10::IntArrayRef padding, bool relu, at::Tensor& out) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("deeprebirth::winograd_conv2d", "out")
+                       .typed<decltype(winograd_conv2d_out)>();
+  return op.call(x, packed_w, b, out_channels, padding, relu, out);
+}
+
+void check_winograd_out(const at::Tensor& out, const at::Tensor& x, int64_t out_channels,
+                        std::pair<int64_t, int64_t> size) {
+  constexpr const char* op = "winograd_conv2d.out";
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == x.size(0) && out.size(1) == out_channels &&
+                  out.size(2) == size.first && out.size(3) == size.second,
+              op, ": expected out of shape (", x.size(0), ", ", out_channels, ", ", size.first,
+              ", ", size.second, "), but got ", out.sizes());
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat, op,
+              ": expected a float32 CPU out, but got ", out.dtype(), " on ", out.device());
+  // channels innermost, pixels and rows evenly apart: channels_last or its channel slice
+  TORCH_CHECK(out.stride(1) == 1 && out.stride(3) >= out_channels &&
+                  out.stride(2) == out.size(3) * out.stride(3) &&
+                  out.stride(0) >= out.size(2) * out.stride(2),
+              op,
+              ": expected out in channels_last layout (or a channel slice of a channels_last "
+              "tensor), but got strides ",
+              out.strides());
+}
+
 TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
   m.def("winograd_pack(Tensor w) -> Tensor");
   m.def(
       "winograd_conv2d(Tensor x, Tensor packed_w, Tensor? b, int out_channels, int[2] padding, "
       "bool relu) -> Tensor");
+  m.def(
+      "winograd_conv2d.out(Tensor x, Tensor packed_w, Tensor? b, int out_channels, "
+      "int[2] padding, bool relu, *, Tensor(a!) out) -> Tensor(a!)");
 }
 
 }  // namespace deeprebirth::ops

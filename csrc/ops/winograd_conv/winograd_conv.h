@@ -6,6 +6,8 @@
 //   winograd_pack(Tensor w) -> Tensor
 //   winograd_conv2d(Tensor x, Tensor packed_w, Tensor? b, int out_channels, int[2] padding,
 //                   bool relu) -> Tensor
+//   winograd_conv2d.out(..., *, Tensor(a!) out) -> Tensor(a!)   (written into a channels_last out
+//                   or a channel slice of one: a concatenation's part, no torch.cat)
 // 2.25x fewer multiply-adds than a direct convolution; float32 on the CPU, ungrouped, undilated,
 // inference only (no gradient). small_conv2d runs it on frozen weights where it measures faster
 // than oneDNN (ops/direct_conv/cpu/onednn_packed_conv.h).
@@ -16,6 +18,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 namespace deeprebirth::ops {
 
@@ -39,5 +42,15 @@ std::pair<int64_t, int64_t> check_winograd_conv2d_args(const at::Tensor& x,
 at::Tensor winograd_conv2d(const at::Tensor& x, const at::Tensor& packed_w,
                            const std::optional<at::Tensor>& b, int64_t out_channels,
                            c10::IntArrayRef padding, bool relu);
+
+// The same written into `out`, shaped like the output, channels innermost with pixels and rows
+// evenly apart: channels_last, or a channel slice (narrow) of a channels_last tensor.
+at::Tensor& winograd_conv2d_out(const at::Tensor& x, const at::Tensor& packed_w,
+                                const std::optional<at::Tensor>& b, int64_t out_channels,
+                                c10::IntArrayRef padding, bool relu, at::Tensor& out);
+
+// Validates winograd_conv2d.out's `out` for x and the output's (H, W) `size`.
+void check_winograd_out(const at::Tensor& out, const at::Tensor& x, int64_t out_channels,
+                        std::pair<int64_t, int64_t> size);
 
 }  // namespace deeprebirth::ops

@@ -177,12 +177,13 @@ struct WinogradChunk {
   const float* v;  // (16, tiles, C_in)
   const float* u;  // (16, blocks, C_in, 16)
   int64_t tiles, in_channels, out_channels, blocks;
-  float* out;          // the band's output rows, (rows, cols, C_out)
-  int64_t rows, cols;  // of the band
-  int64_t first_row;   // the chunk's first patch row (of the band)
-  int64_t first_col;   // the chunk's first patch column
-  int64_t chunk_cols;  // patches per patch row of the chunk
-  const float* bias;   // C_out values added to the output (with `relu`), or none
+  float* out;            // the band's output rows, (rows, cols, C_out) with pixels
+  int64_t pixel_stride;  // floats apart (C_out, or more in a wider tensor's channel slice)
+  int64_t rows, cols;    // of the band
+  int64_t first_row;     // the chunk's first patch row (of the band)
+  int64_t first_col;     // the chunk's first patch column
+  int64_t chunk_cols;    // patches per patch row of the chunk
+  const float* bias;     // C_out values added to the output (with `relu`), or none
   bool relu;
 };
 
@@ -192,15 +193,15 @@ template <int Width>
 __attribute__((always_inline)) inline void write_back(const WinogradChunk& chunk, int64_t first,
                                                       int64_t count, int64_t c0, int64_t channels,
                                                       const float* m, int64_t width) {
-  const int64_t out_row = chunk.cols * chunk.out_channels;
+  const int64_t out_row = chunk.cols * chunk.pixel_stride;
   for (int64_t q = 0; q < count; ++q) {
     const int64_t t = first + q;
     const int64_t y = 2 * (chunk.first_row + t / chunk.chunk_cols);
     const int64_t x = 2 * (chunk.first_col + t % chunk.chunk_cols);
     transform_back<typename Vector<Width>::type>(
         m + q * width, count * width, channels, std::min<int64_t>(2, chunk.rows - y),
-        std::min<int64_t>(2, chunk.cols - x), chunk.out + y * out_row + x * chunk.out_channels + c0,
-        chunk.out_channels, out_row, chunk.bias != nullptr ? chunk.bias + c0 : nullptr, chunk.relu);
+        std::min<int64_t>(2, chunk.cols - x), chunk.out + y * out_row + x * chunk.pixel_stride + c0,
+        chunk.pixel_stride, out_row, chunk.bias != nullptr ? chunk.bias + c0 : nullptr, chunk.relu);
   }
 }
 
@@ -322,7 +323,7 @@ WinogradConvolution::WinogradConvolution(const at::Tensor& transformed_weight, i
 
 void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int64_t row1,
                                      float* out, std::vector<float>& scratch, const float* bias,
-                                     bool relu) const {
+                                     bool relu, int64_t out_pixel_stride) const {
   const int64_t in_channels = in_channels_, out_channels = out_channels_;
   const int64_t rows = row1 - row0, cols = conv_w_;
   const int64_t tile_rows = (rows + 1) / 2, tile_cols = (cols + 1) / 2;
@@ -346,6 +347,7 @@ void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int6
   chunk.out_channels = out_channels;
   chunk.blocks = transformed_weight_.size(1);
   chunk.out = out;
+  chunk.pixel_stride = out_pixel_stride > 0 ? out_pixel_stride : out_channels;
   chunk.rows = rows;
   chunk.cols = cols;
   chunk.bias = bias;

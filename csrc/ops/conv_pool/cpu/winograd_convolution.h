@@ -70,12 +70,14 @@ class WinogradConvolution {
                       int64_t padding_w, int64_t conv_w);
 
   // Writes the convolution rows [row0, row1) of `image` (C_in, H, W; float32, any strides) to
-  // `out` as (row1 - row0, conv_w, C_out) contiguous: without bias, or relu?(conv + bias) when
-  // `bias` (C_out floats) is given, added as each tile is written. `scratch` holds one chunk's
-  // input rows and transforms (one buffer per thread; grown as needed).
+  // `out` as (row1 - row0, conv_w, C_out), channels contiguous and pixels `out_pixel_stride`
+  // floats apart (C_out when 0; more for a channel slice of a wider channels-last tensor):
+  // without bias, or relu?(conv + bias) when `bias` (C_out floats) is given, added as each tile
+  // is written. `scratch` holds one chunk's input rows and transforms (one buffer per thread;
+  // grown as needed).
   void operator()(const at::Tensor& image, int64_t row0, int64_t row1, float* out,
-                  std::vector<float>& scratch, const float* bias = nullptr,
-                  bool relu = false) const;
+                  std::vector<float>& scratch, const float* bias = nullptr, bool relu = false,
+                  int64_t out_pixel_stride = 0) const;
 
  private:
   at::Tensor transformed_weight_;  // U: (16, blocks, C_in, 16), element (i, j) at 4 * i + j

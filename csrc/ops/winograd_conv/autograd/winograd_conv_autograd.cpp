@@ -24,10 +24,23 @@ at::Tensor winograd_conv2d_autograd(const at::Tensor& x, const at::Tensor& packe
   return winograd_conv2d(x, packed_w, b, out_channels, padding, relu);
 }
 
+at::Tensor& winograd_conv2d_out_autograd(const at::Tensor& x, const at::Tensor& packed_w,
+                                         const std::optional<at::Tensor>& b, int64_t out_channels,
+                                         c10::IntArrayRef padding, bool relu, at::Tensor& out) {
+  TORCH_CHECK(
+      !(at::GradMode::is_enabled() && (needs_grad(x) || needs_grad(packed_w) ||
+                                       (b.has_value() && needs_grad(*b)) || needs_grad(out))),
+      "winograd_conv2d.out: is an inference kernel and has no gradient, but an argument "
+      "requires grad; run it under torch.no_grad() or use torch.nn.functional.conv2d");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return winograd_conv2d_out(x, packed_w, b, out_channels, padding, relu, out);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deeprebirth, Autograd, m) {
   m.impl("winograd_conv2d", &winograd_conv2d_autograd);
+  m.impl("winograd_conv2d.out", &winograd_conv2d_out_autograd);
 }
 
 }  // namespace deeprebirth::ops

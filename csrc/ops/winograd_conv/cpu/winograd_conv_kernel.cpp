@@ -31,15 +31,14 @@ at::Tensor winograd_pack_if_finite(const at::Tensor& w) {
 
 bool winograd_input_finite(const at::Tensor& x) { return WinogradConvolution::finite(x); }
 
-at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
-                               const std::optional<at::Tensor>& b, int64_t out_channels,
-                               c10::IntArrayRef padding, bool relu) {
-  const auto [out_h, out_w] = check_winograd_conv2d_args(x, packed_w, b, out_channels, padding);
-  const int64_t batch = x.size(0);
-  const WinogradConvolution convolve(packed_w, out_channels, padding[0], padding[1], out_w);
-  at::Tensor out = at::empty({batch, out_channels, out_h, out_w},
-                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packed_w,
+                                    const std::optional<at::Tensor>& b, int64_t out_channels,
+                                    c10::IntArrayRef padding, bool relu, at::Tensor& out) {
+  const auto size = check_winograd_conv2d_args(x, packed_w, b, out_channels, padding);
+  check_winograd_out(out, x, out_channels, size);
+  const int64_t batch = x.size(0), out_h = size.first, out_w = size.second;
   if (batch == 0) return out;
+  const WinogradConvolution convolve(packed_w, out_channels, padding[0], padding[1], out_w);
   const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
   const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* out_data = out.mutable_data_ptr<float>();
@@ -48,7 +47,6 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
   const int64_t pairs = (out_h + 1) / 2;
   const int64_t threads = at::get_num_threads();
   const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
-  const int64_t image_size = out_h * out_w * out_channels;
   at::parallel_for(0, batch * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
     for (int64_t task = begin; task < end; ++task) {
@@ -56,10 +54,20 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
       const int64_t row0 = 2 * (pairs * part / parts);
       const int64_t row1 = std::min(out_h, 2 * (pairs * (part + 1) / parts));
       if (row0 >= row1) continue;
-      convolve(x[n], row0, row1, out_data + n * image_size + row0 * out_w * out_channels, scratch,
-               bias_data, relu);
+      convolve(x[n], row0, row1, out_data + n * out.stride(0) + row0 * out.stride(2), scratch,
+               bias_data, relu, out.stride(3));
     }
   });
+  return out;
+}
+
+at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
+                               const std::optional<at::Tensor>& b, int64_t out_channels,
+                               c10::IntArrayRef padding, bool relu) {
+  const auto [out_h, out_w] = check_winograd_conv2d_args(x, packed_w, b, out_channels, padding);
+  at::Tensor out = at::empty({x.size(0), out_channels, out_h, out_w},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  winograd_conv2d_out_cpu(x, packed_w, b, out_channels, padding, relu, out);
   return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? out : out.contiguous();
 }
 
@@ -82,6 +90,7 @@ at::Tensor winograd_pack_cpu(const at::Tensor& w) {
 TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) {
   m.impl("winograd_pack", &winograd_pack_cpu);
   m.impl("winograd_conv2d", &winograd_conv2d_cpu);
+  m.impl("winograd_conv2d.out", &winograd_conv2d_out_cpu);
 }
 
 }  // namespace deeprebirth::ops

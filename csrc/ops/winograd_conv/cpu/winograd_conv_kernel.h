@@ -25,4 +25,9 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
                                const std::optional<at::Tensor>& b, int64_t out_channels,
                                c10::IntArrayRef padding, bool relu);
 
+// winograd_conv2d.out's CPU kernel (see winograd_conv.h).
+at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packed_w,
+                                    const std::optional<at::Tensor>& b, int64_t out_channels,
+                                    c10::IntArrayRef padding, bool relu, at::Tensor& out);
+
 }  // namespace deeprebirth::ops
