@@ -545,13 +545,13 @@ class PackedConvConcat(nn.Module):
         return ConvConcat([conv.to_standard() for conv in self.convs])
 
     @torch.jit.unused
-    def _op_arguments(self) -> tuple[list, list, list, list, list]:
+    def _op_arguments(self, direct: bool = True) -> tuple[list, list, list, list, list]:
         """The layers' weights, packed weights, biases, strides and paddings as
-        ``small_conv2d_cat`` takes them (the packed weights current)."""
+        ``small_conv2d_cat`` takes them (the packed weights current; none unless ``direct``)."""
         convs = list(self.convs)
         return (
             [conv.weight for conv in convs],
-            [conv._direct_packed_weight() for conv in convs],
+            [conv._direct_packed_weight() for conv in convs] if direct else [],
             [conv.bias for conv in convs],
             [v for conv in convs for v in conv.stride],
             [v for conv in convs for v in conv.padding],
@@ -584,13 +584,20 @@ class PackedConvConcat(nn.Module):
     @torch.jit.unused
     def _eager_forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         convs = list(self.convs)
-        if (
-            torch.compiler.is_compiling()
-            or len(xs) != len(convs)
-            or any(conv._inference_kernel(x) != "small" for conv, x in zip(convs, xs, strict=True))
-        ):
+        if torch.compiler.is_compiling() or len(xs) != len(convs):
             return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
-        return self._op(xs, *self._op_arguments())
+        kernels = {conv._inference_kernel(x) for conv, x in zip(convs, xs, strict=True)}
+        if kernels == {"small"}:
+            return self._op(xs, *self._op_arguments())
+        if kernels <= {"packed", "winograd"} and "winograd" in kernels:
+            # small_conv2d_cat's C++ path on the weights' snapshots, as for one such layer
+            # (PackedConv2d._winograd_forward): Winograd layers write into their channels of the
+            # output, no torch.cat
+            _, _, biases, strides, paddings = self._op_arguments(direct=False)
+            snapshots = [conv._current_snapshot()[0] for conv in convs]
+            no_direct = [_NO_DIRECT_WEIGHT] * len(convs)
+            return self._op(xs, snapshots, no_direct, biases, strides, paddings, 0)
+        return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
 
     def _op(
         self,
@@ -600,7 +607,9 @@ class PackedConvConcat(nn.Module):
         biases: list[torch.Tensor | None],
         strides: list[int],
         paddings: list[int],
+        max_direct_macs: int = -1,
     ) -> torch.Tensor:
+        # max_direct_macs: below it the direct kernel (min_packed_macs when negative)
         return torch.ops.deeprebirth.small_conv2d_cat(
             xs,
             weights,
@@ -609,7 +618,7 @@ class PackedConvConcat(nn.Module):
             strides,
             paddings,
             self.relu,
-            self.min_packed_macs,
+            self.min_packed_macs if max_direct_macs < 0 else max_direct_macs,
             self.max_direct_1x1_pixels,
         )
 

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from isa_helpers import run_with_cpu_isa
 from torch import nn
 
-import deeprebirth.ops  # noqa: F401  (registers the operators)
+import deeprebirth.ops
 from deeprebirth.nn import PackedConv2d, freeze_packed_weights
+from deeprebirth.nn.packed_conv import PackedConvConcat
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not in this torch build"
@@ -167,3 +168,50 @@ def test_packed_conv2d_winograd_follows_weight_updates(frozen: bool, monkeypatch
     packed.load_state_dict(conv.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(packed(x), F.relu(conv(x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_concatenated_branches_write_into_their_channels(layout: str, monkeypatch) -> None:
+    """``small_conv2d_cat`` over an Inception module's frozen 3x3 and 5x5 branches: with
+    channels_last inputs the Winograd branch writes straight into its channels of the result
+    and the other branch's output is copied into its own (no ``torch.cat``); NCHW inputs keep
+    ``torch.cat``. Either way the values of ``torch.cat`` of the convolutions, in its layout."""
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
+    torch.manual_seed(9)
+    fmt = getattr(torch, layout if layout == "channels_last" else "contiguous_format")
+    xs = [torch.randn(2, c, 11, 13).contiguous(memory_format=fmt) for c in (24, 8)]
+    ws = [torch.randn(40, 24, 3, 3) / 15, torch.randn(24, 8, 5, 5) / 14]
+    bs = [torch.randn(40), None]
+    packed = [deeprebirth.ops.direct_conv_pack(w) for w in ws]
+    args = (xs, ws, packed, bs, [1, 1, 1, 1], [1, 1, 2, 2], True, 0, 0)
+    with torch.no_grad():
+        actual, ran = _ops_run(torch.ops.deeprebirth.small_conv2d_cat, *args)
+    expected = torch.cat([_reference(x, w, b, p, True) for x, w, b, p in
+                          zip(xs, ws, bs, [(1, 1), (2, 2)], strict=True)], 1)  # fmt: skip
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    assert actual.is_contiguous(memory_format=fmt)
+    assert WINOGRAD in ran and ran.count(ONEDNN) == 1
+    assert ("aten::cat" in ran) == (layout == "contiguous"), sorted(set(ran))
+    # branches whose outputs do not line up still get cat's error
+    bad = ([xs[0], xs[1][..., :-1]], *args[1:])
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"), torch.no_grad():
+        torch.ops.deeprebirth.small_conv2d_cat(*bad)
+
+
+def test_packed_conv_concat_runs_its_winograd_branch_into_the_output(monkeypatch) -> None:
+    """Eager ``PackedConvConcat`` (an Inception module's branches after ``flatten_for_inference``)
+    takes the same C++ path on its layers' snapshots: no ``torch.cat``, the values of its
+    standard form, and an in-place weight update is seen."""
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0)
+    torch.manual_seed(10)
+    convs = [nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(8, 16, 5, padding=2)]
+    module = PackedConvConcat([PackedConv2d.from_conv(c, relu=True) for c in convs]).eval()
+    freeze_packed_weights(module)
+    xs = [torch.randn(1, c, 9, 9).contiguous(memory_format=torch.channels_last) for c in (16, 8)]
+    with torch.no_grad():
+        actual, ran = _ops_run(module, xs)
+        assert WINOGRAD in ran and "aten::cat" not in ran, sorted(set(ran))
+        torch.testing.assert_close(actual, module.to_standard()(xs), rtol=1e-4, atol=1e-5)
+        module.convs[0].weight.mul_(-1.0)
+        torch.testing.assert_close(module(xs), module.to_standard()(xs), rtol=1e-4, atol=1e-5)

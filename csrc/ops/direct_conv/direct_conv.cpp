@@ -246,6 +246,38 @@ std::vector<DirectConvGeometry> check_direct_conv_cat_args(
   return geometry;
 }
 
+namespace {
+
+// The channels_last output of small_conv2d_cat's branches, for its branches to write into their
+// channels (Winograd directly: no torch.cat copy), when every branch has a channels_last float32
+// CPU input, wants no gradient, and gives an output of branch 0's batch and size (what cat
+// would give); undefined otherwise (cat then joins the outputs, and reports any mismatch).
+at::Tensor channels_last_cat_output(at::TensorList xs, at::TensorList ws,
+                                    const c10::List<std::optional<at::Tensor>>& bs,
+                                    c10::IntArrayRef strides, c10::IntArrayRef paddings) {
+  int64_t channels = 0, out_h = -1, out_w = -1;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const at::Tensor& x = xs[i];
+    const at::Tensor& w = ws[i];
+    if (x.dim() != 4 || w.dim() != 4 || !x.device().is_cpu() || x.scalar_type() != at::kFloat ||
+        x.suggest_memory_format() != at::MemoryFormat::ChannelsLast || x.size(0) != xs[0].size(0) ||
+        conv_needs_grad(x, w, bs.get(i)) || w.scalar_type() != at::kFloat || !w.device().is_cpu()) {
+      return at::Tensor();
+    }
+    const int64_t h = conv_output_size(x.size(2), w.size(2), strides[2 * i], paddings[2 * i], 1);
+    const int64_t wd =
+        conv_output_size(x.size(3), w.size(3), strides[2 * i + 1], paddings[2 * i + 1], 1);
+    if (h <= 0 || wd <= 0 || (i > 0 && (h != out_h || wd != out_w))) return at::Tensor();
+    out_h = h;
+    out_w = wd;
+    channels += w.size(0);
+  }
+  return at::empty({xs[0].size(0), channels, out_h, out_w},
+                   xs[0].options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+}  // namespace
+
 at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList packed_ws,
                             const c10::List<std::optional<at::Tensor>>& bs,
                             c10::IntArrayRef strides, c10::IntArrayRef paddings, bool relu,
@@ -277,6 +309,22 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
   if (direct) {
     return in_layout_of(xs[0],
                         direct_conv_cat(xs, packed_ws, bs, out_channels, strides, paddings, relu));
+  }
+  if (at::Tensor out = channels_last_cat_output(xs, ws, bs, strides, paddings); out.defined()) {
+    int64_t c0 = 0;
+    for (size_t i = 0; i < n; ++i) {
+      at::Tensor part = out.narrow(1, c0, ws[i].size(0));
+      c0 += ws[i].size(0);
+      const auto stride = strides.slice(2 * i, 2), padding = paddings.slice(2 * i, 2);
+      if (small_conv2d_kernel(xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, false, max_macs,
+                              max_1x1_pixels) == SmallConvKernel::kOneDnnPacked) {
+        onednn_packed_conv2d_into(part, xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, relu);
+      } else {
+        part.copy_(small_conv2d(xs[i], ws[i], packed_ws[i], bs.get(i), stride, padding, {1, 1}, 1,
+                                relu, max_macs, max_1x1_pixels));
+      }
+    }
+    return out;
   }
   std::vector<at::Tensor> outputs;
   for (size_t i = 0; i < n; ++i) {

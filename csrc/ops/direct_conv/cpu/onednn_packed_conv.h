@@ -29,6 +29,13 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                 bool relu);
 
+// onednn_packed_conv2d's result written into `out` (shaped like it; channels_last or a channel
+// slice of a channels_last tensor): Winograd writes there directly, oneDNN's output is copied.
+void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
+                               const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                               c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                               bool relu);
+
 // relu?(conv2d(x, w, b, ...) + residual) written over `residual`, which it returns: oneDNN adds
 // the convolution into `residual` as it writes it (its "sum" post-op; a channels_last residual,
 // else ATen's convolution then add), on the same packed copies as onednn_packed_conv2d. For a
