@@ -230,16 +230,25 @@ Packed decide_winograd(const at::Tensor& input, const at::Tensor& w,
   return packed;
 }
 
-// The packed copies of w for `input`'s shape, with the Winograd decision made.
-Packed packed_for_call(const at::Tensor& input, const at::Tensor& w,
-                       const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
-                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                       bool relu) {
-  Packed packed = packed_weight(input, w, stride, padding, dilation, groups);
-  if (!packed.winograd_decided) {
-    packed = decide_winograd(input, w, b, stride, padding, dilation, groups, relu, packed);
+// A call's dense input and packed copies (the Winograd decision made), and whether it runs
+// Winograd: decided faster for this shape, and the input finite.
+struct PackedCall {
+  at::Tensor input;
+  Packed packed;
+  bool winograd;
+};
+
+PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                       int64_t groups, bool relu) {
+  PackedCall call{dense_input(x), Packed{}, false};
+  call.packed = packed_weight(call.input, w, stride, padding, dilation, groups);
+  if (!call.packed.winograd_decided) {
+    call.packed =
+        decide_winograd(call.input, w, b, stride, padding, dilation, groups, relu, call.packed);
   }
-  return packed;
+  call.winograd = call.packed.winograd.defined() && winograd_input_finite(call.input);
+  return call;
 }
 
 }  // namespace
@@ -248,25 +257,24 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                 bool relu) {
-  const at::Tensor input = dense_input(x);
-  const Packed packed = packed_for_call(input, w, b, stride, padding, dilation, groups, relu);
-  if (packed.winograd.defined() && winograd_input_finite(input)) {
-    return winograd_conv2d(input, packed.winograd, b, w.size(0), padding, relu);
+  const PackedCall call = packed_call(x, w, b, stride, padding, dilation, groups, relu);
+  if (call.winograd) {
+    return winograd_conv2d(call.input, call.packed.winograd, b, w.size(0), padding, relu);
   }
-  return onednn_call(input, packed.packed, b, stride, padding, dilation, groups, relu);
+  return onednn_call(call.input, call.packed.packed, b, stride, padding, dilation, groups, relu);
 }
 
 void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                bool relu) {
-  const at::Tensor input = dense_input(x);
-  const Packed packed = packed_for_call(input, w, b, stride, padding, dilation, groups, relu);
-  if (packed.winograd.defined() && winograd_input_finite(input)) {
-    winograd_conv2d_out(input, packed.winograd, b, w.size(0), padding, relu, out);
-    return;
+  const PackedCall call = packed_call(x, w, b, stride, padding, dilation, groups, relu);
+  if (call.winograd) {
+    winograd_conv2d_out(call.input, call.packed.winograd, b, w.size(0), padding, relu, out);
+  } else {
+    out.copy_(
+        onednn_call(call.input, call.packed.packed, b, stride, padding, dilation, groups, relu));
   }
-  out.copy_(onednn_call(input, packed.packed, b, stride, padding, dilation, groups, relu));
 }
 
 at::Tensor& onednn_packed_conv2d_add_(at::Tensor& residual, const at::Tensor& x,
