@@ -222,7 +222,7 @@ class PackedConv2d(nn.Conv2d):
     def _winograd_shaped(self) -> bool:
         """Whether ``small_conv2d`` may run this layer with Winograd, which it then chooses where
         it measures faster than oneDNN (the conditions of ``winograd_conv_applies`` in
-        csrc/ops/direct_conv/cpu/winograd_packed_conv.h)."""
+        csrc/ops/winograd_conv/cpu/winograd_conv_kernel.h)."""
         return (
             self.kernel_size == (3, 3)
             and self.stride == (1, 1)

@@ -287,10 +287,15 @@ bool WinogradConvolution::exact_for(const at::Tensor& x, const at::Tensor& w) {
 
 bool WinogradConvolution::finite(const at::Tensor& t) { return all_finite(t); }
 
+bool WinogradConvolution::suits(const at::Tensor& w, c10::IntArrayRef stride,
+                                c10::IntArrayRef dilation, int64_t groups) {
+  return w.scalar_type() == at::kFloat && w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3 &&
+         stride.size() == 2 && stride[0] == 1 && stride[1] == 1 && dilation.size() == 2 &&
+         dilation[0] == 1 && dilation[1] == 1 && groups == 1 && w.size(1) >= 8 && w.size(0) >= 16;
+}
+
 bool WinogradConvolution::applies(const at::Tensor& w, const ConvPoolArgs& args) {
-  return winograd_enabled() && w.scalar_type() == at::kFloat && w.size(2) == 3 && w.size(3) == 3 &&
-         args.stride[0] == 1 && args.stride[1] == 1 && args.dilation[0] == 1 &&
-         args.dilation[1] == 1 && args.groups == 1 && w.size(1) >= 8 && w.size(0) >= 16;
+  return winograd_enabled() && suits(w, args.stride, args.dilation, args.groups);
 }
 
 int64_t WinogradConvolution::channels_per_pass(const at::Tensor& w, int64_t conv_output_bytes) {

@@ -31,10 +31,14 @@ class WinogradConvolution {
   // (GoogLeNet conv2: one pooled row, 3 convolution rows, 129 KB).
   static constexpr int64_t kBandTileBytes = 128 * 1024;
 
-  // Whether conv_pool's CPU kernel convolves with w (and x of w's dtype) this way: float32, a 3x3
-  // kernel, stride 1, dilation 1, one group and enough channels (C_in >= 8, C_out >= 16) for the
-  // matrix products to outweigh the transforms; not when DEEPREBIRTH_CONV_POOL_WINOGRAD=0 was set
-  // when the library loaded.
+  // Whether this algorithm suits a convolution by w (C_out, C_in, kh, kw) with these settings:
+  // float32, a 3x3 kernel, stride 1, dilation 1, one group and enough channels (C_in >= 8,
+  // C_out >= 16) for the matrix products to outweigh the transforms. Every user's condition.
+  static bool suits(const at::Tensor& w, c10::IntArrayRef stride, c10::IntArrayRef dilation,
+                    int64_t groups);
+
+  // Whether conv_pool's CPU kernel convolves with w (and x of w's dtype) this way: `suits`, and
+  // not when DEEPREBIRTH_CONV_POOL_WINOGRAD=0 was set when the library loaded.
   static bool applies(const at::Tensor& w, const ConvPoolArgs& args);
 
   // Whether every value of x and w (float32, any strides) is finite, which conv_pool requires of

@@ -19,10 +19,8 @@ bool winograd_conv_applies(const at::Tensor& x, const at::Tensor& w, c10::IntArr
   const auto is_cpu_float = [](const at::Tensor& t) {
     return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
   };
-  return is_cpu_float(x) && is_cpu_float(w) && x.dim() == 4 && w.dim() == 4 && groups == 1 &&
-         stride.size() == 2 && stride[0] == 1 && stride[1] == 1 && dilation.size() == 2 &&
-         dilation[0] == 1 && dilation[1] == 1 && w.size(2) == 3 && w.size(3) == 3 &&
-         w.size(1) >= 8 && w.size(0) >= 16 && x.size(1) == w.size(1);
+  return is_cpu_float(x) && is_cpu_float(w) && x.dim() == 4 &&
+         WinogradConvolution::suits(w, stride, dilation, groups) && x.size(1) == w.size(1);
 }
 
 at::Tensor winograd_pack_if_finite(const at::Tensor& w) {

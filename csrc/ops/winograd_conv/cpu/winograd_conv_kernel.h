@@ -7,9 +7,9 @@
 
 namespace deeprebirth::ops {
 
-// Whether winograd_conv2d can compute conv2d(x, w) with these settings: float32 CPU tensors, a
-// 3x3 kernel, stride 1, dilation 1, one group, at least 8 input and 16 output channels (fewer
-// leave the transforms more work than the products save), x of rank 4 with w.size(1) channels.
+// Whether winograd_conv2d can compute conv2d(x, w) with these settings: float32 CPU tensors,
+// WinogradConvolution::suits (3x3, stride 1, dilation 1, one group, C_in >= 8, C_out >= 16), x of
+// rank 4 with w.size(1) channels.
 bool winograd_conv_applies(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
                            c10::IntArrayRef dilation, int64_t groups);
 
