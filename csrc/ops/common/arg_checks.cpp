@@ -1,5 +1,6 @@
 #include "ops/common/arg_checks.h"
 
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -10,6 +11,11 @@ std::string shape_string(c10::IntArrayRef sizes) {
   std::ostringstream out;
   out << sizes;
   return out.str();
+}
+
+bool conv_needs_grad(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  return at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
+                                        (b.has_value() && b->defined() && b->requires_grad()));
 }
 
 void check_4d_float(const at::Tensor& t, const char* op, const std::string& name) {

@@ -10,6 +10,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace deeprebirth::ops {
@@ -20,6 +21,10 @@ void check_4d_float(const at::Tensor& t, const char* op, const std::string& name
 // Requires `t` to have the same dtype and device as `ref`.
 void check_same_dtype_and_device(const at::Tensor& t, const std::string& name,
                                  const at::Tensor& ref, const char* ref_name, const char* op);
+
+// Whether autograd would record a convolution of these (grad mode on and x, w or b requiring
+// grad): the inference kernels' condition for running (or, in their Autograd entries, refusing).
+bool conv_needs_grad(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b);
 
 // Requires exactly `expected_len` entries, each > 0 (or >= 0 when allow_zero).
 void check_int_list(c10::IntArrayRef values, int64_t expected_len, bool allow_zero, const char* op,

@@ -14,12 +14,6 @@ namespace deeprebirth::ops {
 
 namespace {
 constexpr const char* kOp = "direct_conv";
-
-// Whether autograd would record a conv2d of these (grad mode on and an input requiring grad).
-bool conv_needs_grad(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
-  return at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
-                                        (b.has_value() && b->defined() && b->requires_grad()));
-}
 }  // namespace
 
 at::Tensor direct_conv_pack(const at::Tensor& w) {

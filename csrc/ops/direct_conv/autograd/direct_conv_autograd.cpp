@@ -7,6 +7,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/common/arg_checks.h"
 #include "ops/direct_conv/direct_conv.h"
 
 namespace deeprebirth::ops {
@@ -17,8 +18,7 @@ bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); 
 at::Tensor direct_conv_autograd(const at::Tensor& x, const at::Tensor& packed_w,
                                 const std::optional<at::Tensor>& b, int64_t out_channels,
                                 c10::IntArrayRef stride, c10::IntArrayRef padding, bool relu) {
-  TORCH_CHECK(!(at::GradMode::is_enabled() &&
-                (needs_grad(x) || needs_grad(packed_w) || (b.has_value() && needs_grad(*b)))),
+  TORCH_CHECK(!conv_needs_grad(x, packed_w, b),
               "direct_conv: is an inference kernel and has no gradient, but x, packed_w or b "
               "requires grad; run it under torch.no_grad() or use torch.nn.functional.conv2d");
   at::AutoDispatchBelowADInplaceOrView guard;

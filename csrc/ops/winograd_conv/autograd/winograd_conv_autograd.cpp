@@ -6,18 +6,16 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/common/arg_checks.h"
 #include "ops/winograd_conv/winograd_conv.h"
 
 namespace deeprebirth::ops {
 namespace {
 
-bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
-
 at::Tensor winograd_conv2d_autograd(const at::Tensor& x, const at::Tensor& packed_w,
                                     const std::optional<at::Tensor>& b, int64_t out_channels,
                                     c10::IntArrayRef padding, bool relu) {
-  TORCH_CHECK(!(at::GradMode::is_enabled() &&
-                (needs_grad(x) || needs_grad(packed_w) || (b.has_value() && needs_grad(*b)))),
+  TORCH_CHECK(!conv_needs_grad(x, packed_w, b),
               "winograd_conv2d: is an inference kernel and has no gradient, but x, packed_w or b "
               "requires grad; run it under torch.no_grad() or use torch.nn.functional.conv2d");
   at::AutoDispatchBelowADInplaceOrView guard;
@@ -28,8 +26,7 @@ at::Tensor& winograd_conv2d_out_autograd(const at::Tensor& x, const at::Tensor& 
                                          const std::optional<at::Tensor>& b, int64_t out_channels,
                                          c10::IntArrayRef padding, bool relu, at::Tensor& out) {
   TORCH_CHECK(
-      !(at::GradMode::is_enabled() && (needs_grad(x) || needs_grad(packed_w) ||
-                                       (b.has_value() && needs_grad(*b)) || needs_grad(out))),
+      !conv_needs_grad(x, packed_w, b) && !(at::GradMode::is_enabled() && out.requires_grad()),
       "winograd_conv2d.out: is an inference kernel and has no gradient, but an argument "
       "requires grad; run it under torch.no_grad() or use torch.nn.functional.conv2d");
   at::AutoDispatchBelowADInplaceOrView guard;
