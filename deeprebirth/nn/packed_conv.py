@@ -249,8 +249,11 @@ class PackedConv2d(nn.Conv2d):
             current = self._weight_snapshot
             if not self._snapshot_holds(weight, current):
                 values = weight.detach()
-                if not self.frozen_weights:
-                    values = values.clone()
+                if not self._trusts_version(weight):
+                    # a normal tensor even under inference_mode: C++ keeps packed copies only
+                    # of weights with a version counter
+                    with torch.inference_mode(False):
+                        values = values.clone()
                 current = (values, current[1] + 1, _version_key(weight))
                 self._drop_packed_copies(current)
             return current[:2]
@@ -262,9 +265,15 @@ class PackedConv2d(nn.Conv2d):
         values, _, key = snapshot
         if values is None:
             return False
-        if self.frozen_weights:
+        if self._trusts_version(weight):
             return key == _version_key(weight)
         return torch.ops.deeprebirth.bitwise_equal(weight, values)
+
+    @torch.jit.unused
+    def _trusts_version(self, weight: torch.Tensor) -> bool:
+        """Whether the weight's version counter tells its updates (:attr:`frozen_weights`): not
+        for an inference tensor (made under ``torch.inference_mode``), which has none."""
+        return self.frozen_weights and not weight.is_inference()
 
     @torch.jit.unused
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -700,7 +709,8 @@ _CACHES = (
 
 def _version_key(weight: torch.Tensor) -> tuple:
     """What changes when ``weight`` is replaced or updated through autograd-visible writes."""
-    return (id(weight), weight.data_ptr(), weight._version, weight.shape, weight.dtype)
+    version = None if weight.is_inference() else weight._version  # inference tensors have none
+    return (id(weight), weight.data_ptr(), version, weight.shape, weight.dtype)
 
 
 def freeze_packed_weights(model: nn.Module, frozen: bool = True) -> int:

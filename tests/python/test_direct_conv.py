@@ -21,6 +21,9 @@ from deeprebirth.ops import (
     small_conv2d_cat,
 )
 
+needs_mkldnn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="the packed path needs oneDNN"
+)
 direct_conv_op = torch.ops.deeprebirth.direct_conv
 small_conv2d_op = torch.ops.deeprebirth.small_conv2d
 
@@ -183,6 +186,18 @@ def test_small_conv2d_output_keeps_the_input_layout() -> None:
     assert y.is_contiguous(memory_format=cl) and not y.is_contiguous()
     expected = torch.cat([F.relu(F.conv2d(x, w, b, 1, 1)) for x in xs], 1)
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_mkldnn
+def test_inference_tensor_weights_skip_the_kept_copies() -> None:
+    """Weights made under torch.inference_mode have no version counter, so no kept packed copy
+    could tell their updates: small_conv2d runs them without one and sees an in-place change."""
+    with torch.inference_mode():
+        x, w = torch.randn(1, 8, 9, 9), torch.randn(16, 8, 3, 3)
+        for _ in range(2):
+            y = small_conv2d(x, w, direct_conv_pack(w), None, 1, 1, max_macs=0)
+            torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-5)
+            w.mul_(-2)
 
 
 def test_small_conv2d_gradients_go_through_conv2d() -> None:

@@ -126,6 +126,37 @@ def _ops_run(fn) -> set[str]:
 
 
 @needs_mkldnn
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_weights_made_under_inference_mode_are_followed(frozen: bool, kernel_size: int) -> None:
+    """A layer copied under ``torch.inference_mode`` holds inference tensors, which have no
+    version counter: even with :attr:`frozen_weights` its packed copies follow the values, so an
+    in-place update inside inference mode is seen; the packed path still runs (on a snapshot
+    copy), and the layer still scripts."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(8, 16, kernel_size, padding=kernel_size // 2).eval()
+    x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        packed = copy.deepcopy(PackedConv2d.from_conv(conv, relu=True).eval())
+        assert packed.weight.is_inference()
+        deeprebirth.nn.freeze_packed_weights(packed, frozen)
+        for small in (False, True):  # the packed path, then small_conv2d's
+            packed.min_packed_macs = packed.macs(x.shape) + 1 if small else 0
+            torch.testing.assert_close(packed(x), _reference(packed, x, True))
+            if not small:  # no direct kernel to choose: oneDNN or Winograd on a kept copy
+                ran = _ops_run(lambda: packed(x))
+                packed_ops = {"mkldnn::_convolution_pointwise", "deeprebirth::winograd_conv2d"}
+                assert packed_ops & ran, sorted(ran)
+            packed.weight.mul_(-0.5)
+            torch.testing.assert_close(packed(x), _reference(packed, x, True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation
+        scripted = torch.jit.script(packed)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), _reference(packed, x, True))
+
+
+@needs_mkldnn
 @pytest.mark.parametrize(
     "change",
     ["threshold", "grad", "mkldnn_off", "autocast", "train", "in_place", "frozen_in_place"],

@@ -141,9 +141,10 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
            !t.is_mkldnn();
   };
   // Only weights that are not trainable parameters (TorchScript's frozen constants): a parameter
-  // may be written through .data, which its version counter does not see.
+  // may be written through .data, which its version counter does not see. Nor inference tensors
+  // (made under torch.inference_mode), which have no version counter.
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && !w.requires_grad() &&
-         x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) && is_cpu_float(w) &&
+         !w.is_inference() && x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) && is_cpu_float(w) &&
          (!b.has_value() || !b->defined() || is_cpu_float(*b)) &&
          valid_geometry(x, w, b, stride, padding, dilation, groups);
 }
