@@ -21,8 +21,9 @@ class PackedConv2d(nn.Conv2d):
     Float32 CPU inference (eval, no autograd, not scripted, traced, exported or compiled) runs
     oneDNN on it for calls of at least :attr:`min_packed_macs` multiply-accumulates (ReLU and
     ``forward(x, residual)``'s add fused; channels_last output), ``deeprebirth::small_conv2d`` for
-    smaller ungrouped, undilated ones (in TorchScript too, which then needs deeprebirth's library);
-    any other call is ``Conv2d`` then ReLU. Frozen TorchScript (``torch.jit.freeze``, the C++
+    smaller ungrouped, undilated ones (in TorchScript too, which then needs deeprebirth's library):
+    on the weight's snapshot it times the direct kernel against oneDNN on the first call of an
+    input shape and keeps the faster; any other call is ``Conv2d`` then ReLU. Frozen TorchScript (``torch.jit.freeze``, the C++
     runner's exports) keeps oneDNN packed copies of its constant weights in ``small_conv2d``.
     3x3 stride-1 layers (ungrouped, at least 8 input and 16 output channels) take that C++ path
     in eager too, on a snapshot of the weight: it runs Winograd F(2x2, 3x3) on a transformed
@@ -348,26 +349,25 @@ class PackedConv2d(nn.Conv2d):
         return y if residual is None else y + residual
 
     @torch.jit.unused
-    def _winograd_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """A 3x3 stride-1 layer's packed call: ``small_conv2d`` on the weight's snapshot (a
-        tensor that needs no gradient and stays while the weight's values do), which keeps the
-        packed copies in C++ and runs Winograd where it measured faster than oneDNN for this
-        input shape on this CPU (docs/kernels.md, "Winograd on packed layers")."""
-        snapshot = self._current_snapshot()[0]
-        bias = self._parameters["bias"]
-        return self._small_conv2d(x, snapshot, _NO_DIRECT_WEIGHT, bias, self.relu, 0)
-
-    @torch.jit.unused
-    def _small_forward(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    def _snapshot_forward(self, x: torch.Tensor, relu: bool, direct: bool) -> torch.Tensor:
+        """``small_conv2d`` on the weight's snapshot (a tensor that needs no gradient and stays
+        while the weight's values do), as frozen TorchScript runs the layer: it keeps the packed
+        copies in C++ and, on the first call of each input shape, times oneDNN against Winograd
+        (3x3 stride-1 layers) and, where ``direct`` and the layer is small enough, the direct
+        kernel, keeping the fastest (docs/kernels.md, "Kernel choice on frozen weights")."""
         # Parameters read from _parameters: nn.Module.__getattr__ is slow next to the few
         # microseconds a small layer takes.
-        weight, bias = self._parameters["weight"], self._parameters["bias"]
-        return self._small_conv2d(x, weight, self._direct_packed_weight(), bias, relu)
+        current = self._current_snapshot()
+        bias = self._parameters["bias"]
+        if not direct:
+            return self._small_conv2d(x, current[0], _NO_DIRECT_WEIGHT, bias, relu, 0)
+        return self._small_conv2d(x, current[0], self._direct_packed_weight(current), bias, relu)
 
     @torch.jit.unused
-    def _direct_packed_weight(self) -> torch.Tensor:
-        """``direct_conv_pack(weight)``, kept while the weight's values stay."""
-        snapshot, generation = self._current_snapshot()
+    def _direct_packed_weight(self, current: tuple | None = None) -> torch.Tensor:
+        """``direct_conv_pack(weight)``, kept while the weight's values stay (``current``: the
+        ``_current_snapshot()`` the caller took)."""
+        snapshot, generation = current or self._current_snapshot()
         direct = self._direct_weight
         if not direct or direct[0] != generation:
             direct = (generation, torch.ops.deeprebirth.direct_conv_pack(snapshot))
@@ -460,13 +460,13 @@ class PackedConv2d(nn.Conv2d):
             return self._packed_forward(x, residual, weight)
         kernel = self._inference_kernel(x, residual)
         if kernel == "winograd" and residual is None:
-            return self._winograd_forward(x)
+            return self._snapshot_forward(x, self.relu, direct=False)
         if kernel in ("packed", "winograd"):
             return self._packed_forward(x, residual)
         if kernel == "small":
             if residual is None:
-                return self._small_forward(x, self.relu)
-            y = self._small_forward(x, False)
+                return self._snapshot_forward(x, self.relu, direct=True)
+            y = self._snapshot_forward(x, False, direct=True)
         else:
             weight, bias = self._parameters["weight"], self._parameters["bias"]
             y = self._conv_forward(x, weight, bias)
@@ -595,17 +595,19 @@ class PackedConvConcat(nn.Module):
         convs = list(self.convs)
         if torch.compiler.is_compiling() or len(xs) != len(convs):
             return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
-        kernels = {conv._inference_kernel(x) for conv, x in zip(convs, xs, strict=True)}
-        if kernels == {"small"}:
-            return self._op(xs, *self._op_arguments())
-        if kernels <= {"packed", "winograd"} and "winograd" in kernels:
-            # small_conv2d_cat's C++ path on the weights' snapshots, as for one such layer
-            # (PackedConv2d._winograd_forward): Winograd layers write into their channels of the
-            # output, no torch.cat
+        kernels = [conv._inference_kernel(x) for conv, x in zip(convs, xs, strict=True)]
+        if set(kernels) <= {"small", "packed", "winograd"} and set(kernels) != {"packed"}:
+            # small_conv2d_cat's C++ path on the weights' snapshots, as frozen TorchScript runs
+            # it and as for one such layer (PackedConv2d._snapshot_forward): each layer takes the
+            # kernel timed fastest, and Winograd layers write into their channels of the output
             _, _, biases, strides, paddings = self._op_arguments(direct=False)
-            snapshots = [conv._current_snapshot()[0] for conv in convs]
-            no_direct = [_NO_DIRECT_WEIGHT] * len(convs)
-            return self._op(xs, snapshots, no_direct, biases, strides, paddings, 0)
+            snapshots, direct = [], []
+            for conv, kernel in zip(convs, kernels, strict=True):
+                current = conv._current_snapshot()
+                snapshots.append(current[0])
+                small = kernel == "small"
+                direct.append(conv._direct_packed_weight(current) if small else _NO_DIRECT_WEIGHT)
+            return self._op(xs, snapshots, direct, biases, strides, paddings)
         return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
 
     def _op(

@@ -103,19 +103,22 @@ def small_conv2d(
     max_macs: int = 1 << 22,
     max_1x1_pixels: int = 64,
 ) -> torch.Tensor:
-    """``relu?(conv2d(x, w, b, stride, padding, dilation, groups))``: by :func:`direct_conv` on
-    ``packed_w`` (``direct_conv_pack(w)``) where that pays, by ``conv2d`` otherwise.
+    """``relu?(conv2d(x, w, b, stride, padding, dilation, groups))``: on frozen weights by the
+    fastest kernel for the input shape, else by :func:`direct_conv` on ``packed_w``
+    (``direct_conv_pack(w)``) where that pays, by ``conv2d`` otherwise.
 
-    The direct kernel runs for float32 CPU inputs, groups 1, dilation 1, no gradient needed, fewer
-    than ``max_macs`` multiply-accumulates, and, for 1x1 kernels, at most ``max_1x1_pixels``
-    output pixels per image (a GEMM over the pixels wins above that). Every other call is
-    ``conv2d`` (differentiable as usual), except float32 CPU inference with a weight that does not
-    require grad (TorchScript's frozen constants): oneDNN then runs on a packed copy of ``w`` kept
-    across calls, one per input shape, remade when ``w`` is updated in place (its version
-    counter) and dropped when ``w`` is freed; a 3x3 stride-1 layer runs :func:`winograd_conv2d`
-    on a kept :func:`winograd_pack` of ``w`` instead where that timed faster on the first call of
-    the input shape (``DEEPREBIRTH_PACKED_WINOGRAD=0`` never, ``=1`` always). One operator call
-    either way, so a TorchScript graph holds no branches of its own for the choice.
+    The direct kernel may run for float32 CPU inputs, groups 1, dilation 1, no gradient needed,
+    fewer than ``max_macs`` multiply-accumulates, and, for 1x1 kernels, at most
+    ``max_1x1_pixels`` output pixels per image (a GEMM over the pixels wins above that). Float32
+    CPU inference with a weight that does not require grad (TorchScript's frozen constants; not an
+    inference tensor) takes the packed path: oneDNN on a packed copy of ``w`` kept across calls,
+    one per input shape, remade when ``w`` is updated in place (its version counter) and dropped
+    when ``w`` is freed. On the first call of an input shape it times oneDNN against
+    :func:`winograd_conv2d` on a kept :func:`winograd_pack` of ``w`` (3x3 stride-1 layers;
+    ``DEEPREBIRTH_PACKED_WINOGRAD=0`` never, ``=1`` always) and the direct kernel (where it may
+    run) and keeps the fastest; its output is channels_last whichever wins. Every other call is
+    ``conv2d`` (differentiable as usual). One operator call either way, so a TorchScript graph
+    holds no branches of its own for the choice.
 
     Example:
         >>> x, w = torch.randn(1, 3, 8, 8), torch.randn(5, 3, 3, 3)

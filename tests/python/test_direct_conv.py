@@ -134,10 +134,12 @@ def test_network_layers_in_every_layout(layer, layout: str) -> None:
     )
 
 
+@torch.no_grad()
 def test_small_conv2d_runs_the_direct_kernel_only_where_it_pays() -> None:
-    """Direct for small ungrouped undilated float32 calls; conv2d for calls of max_macs or more,
-    1x1 calls over max_1x1_pixels output pixels, groups, dilation, float64 and gradients. Every
-    call equals conv2d (+ ReLU)."""
+    """On weights that are trainable parameters (no packed path): direct for small ungrouped
+    undilated float32 calls; conv2d for calls of max_macs or more, 1x1 calls over
+    max_1x1_pixels output pixels, groups, dilation, float64 and gradients. Every call equals
+    conv2d (+ ReLU)."""
     x = torch.randn(1, 8, 8, 8)
     w3, w1 = torch.randn(16, 8, 3, 3), torch.randn(16, 8, 1, 1)
     macs_3x3 = 16 * 8 * 8 * 8 * 9
@@ -153,6 +155,7 @@ def test_small_conv2d_runs_the_direct_kernel_only_where_it_pays() -> None:
     for xi, w, p, d, g, max_macs, max_pixels, direct in cases:
         b = torch.randn(w.shape[0], dtype=w.dtype)
         packed = direct_conv_pack(w)
+        w = w.requires_grad_()
 
         def call(xi=xi, w=w, b=b, packed=packed, p=p, d=d, g=g, mm=max_macs, mp=max_pixels):
             return small_conv2d(xi, w, packed, b, 1, p, d, g, True, mm, mp)
@@ -168,24 +171,66 @@ def test_small_conv2d_output_keeps_the_input_layout() -> None:
     outputs for NCHW inputs; the values equal conv2d's. The _cat form follows its first input."""
     cl = torch.channels_last
     wide = torch.randn(1, 24, 8, 8).contiguous(memory_format=cl)
-    w, b = torch.randn(16, 8, 3, 3), torch.randn(16)
-    packed = direct_conv_pack(w)
+    w, b = torch.randn(16, 8, 3, 3).requires_grad_(), torch.randn(16)
+    packed = direct_conv_pack(w.detach())
     cases = [  # (input, the layout conv2d gives it)
         (wide[:, 8:16], cl),
         (wide[:, :8].contiguous(memory_format=cl), cl),
         (wide[:, :8].contiguous(), torch.contiguous_format),
     ]
-    for x, layout in cases:
-        y = small_conv2d(x, w, packed, b, 1, 1, 1, 1, True, 1 << 22, 64)
-        assert _ran_direct_kernel(lambda x=x: small_conv2d(x, w, packed, b, 1, 1, 1, 1, True))
-        assert y.is_contiguous(memory_format=layout)
-        assert F.conv2d(x, w, b, 1, 1).is_contiguous(memory_format=layout)
-        torch.testing.assert_close(y, F.relu(F.conv2d(x, w, b, 1, 1)), rtol=1e-4, atol=1e-5)
-    xs = [wide[:, :8], wide[:, 8:16]]
-    y = small_conv2d_cat(xs, [w, w], [packed, packed], [b, b], [1, 1], [1, 1], True)
-    assert y.is_contiguous(memory_format=cl) and not y.is_contiguous()
-    expected = torch.cat([F.relu(F.conv2d(x, w, b, 1, 1)) for x in xs], 1)
-    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # a parameter (no packed path) that needs no gradient: the direct kernel
+        for x, layout in cases:
+            y = small_conv2d(x, w, packed, b, 1, 1, 1, 1, True, 1 << 22, 64)
+            assert _ran_direct_kernel(lambda x=x: small_conv2d(x, w, packed, b, 1, 1, 1, 1, True))
+            assert y.is_contiguous(memory_format=layout)
+            assert F.conv2d(x, w, b, 1, 1).is_contiguous(memory_format=layout)
+            torch.testing.assert_close(y, F.relu(F.conv2d(x, w, b, 1, 1)), rtol=1e-4, atol=1e-5)
+        xs = [wide[:, :8], wide[:, 8:16]]
+        y = small_conv2d_cat(xs, [w, w], [packed, packed], [b, b], [1, 1], [1, 1], True)
+        assert _ran_direct_kernel(
+            lambda: small_conv2d_cat(xs, [w, w], [packed, packed], [b, b], [1, 1], [1, 1], True)
+        )
+        assert y.is_contiguous(memory_format=cl) and not y.is_contiguous()
+        expected = torch.cat([F.relu(F.conv2d(x, w, b, 1, 1)) for x in xs], 1)
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def _kernels_run(fn) -> list[str]:
+    """The convolution kernels calling ``fn`` ran, in order (the profiler)."""
+    kernels = ("deeprebirth::direct_conv", "mkldnn::_convolution_pointwise")
+    with torch.profiler.profile() as prof:
+        fn()
+    return [event.name for event in prof.events() if event.name in kernels]
+
+
+@needs_mkldnn
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@torch.no_grad()
+def test_frozen_small_layers_time_the_direct_kernel_against_onednn(layout: str) -> None:
+    """A weight that is not a trainable parameter (a frozen constant): a layer the direct kernel
+    may compute (5x5: Winograd does not apply) times it against oneDNN on the first call of a
+    shape, then runs the one it kept, alone; with the direct kernel ruled out (max_macs 0) only
+    oneDNN runs, also after a decision for the direct kernel. Values as conv2d's; the output
+    channels_last (oneDNN's layout) whichever kernel won, so the timing never changes it."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for shape in ((1, 3, 4, 4), (1, 12, 14, 14)):  # the first tiny: the direct kernel should win
+        x = torch.randn(*shape).contiguous(memory_format=fmt)
+        w, b = torch.randn(16, shape[1], 5, 5), torch.randn(16)
+        packed = direct_conv_pack(w)
+
+        def call(max_macs=1 << 22, x=x, w=w, b=b, packed=packed):
+            return small_conv2d(x, w, packed, b, 1, 2, 1, 1, True, max_macs)
+
+        first = _kernels_run(call)
+        assert set(first) == {"deeprebirth::direct_conv", "mkldnn::_convolution_pointwise"}
+        assert len(first) >= 8, first  # one untimed and three timed calls of each, then the call
+        kept = _kernels_run(call)
+        assert len(kept) == 1 and kept[0] == first[-1], (first, kept)
+        expected = F.relu(F.conv2d(x, w, b, 1, 2))
+        for y in (call(), call(max_macs=0)):
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+        assert _kernels_run(lambda: call(max_macs=0)) == ["mkldnn::_convolution_pointwise"]
 
 
 @needs_mkldnn
@@ -266,18 +311,23 @@ def test_float64_is_refused_by_the_kernel_with_its_dtype_named() -> None:
         direct_conv_op(x, direct_conv_pack(w), None, 4, [1, 1], [0, 0], False)
 
 
+# opcheck's schema check reads the storage of every tensor an operator makes, which oneDNN's
+# opaque packed weights have none of: its small_conv2d checks run with oneDNN off (the direct
+# kernel), and fake and traced tensors must never reach the packed path at all.
+_OPCHECK_TRACED = ("test_faketensor", "test_aot_dispatch_dynamic")
+
+
 def test_opcheck() -> None:
     x, w, b = torch.randn(2, 3, 9, 9), torch.randn(20, 3, 3, 3), torch.randn(20)
     torch.library.opcheck(
         direct_conv_op,
         (x, direct_conv_pack(w), b, 20, [2, 1], [1, 0], True),
-        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        test_utils=("test_schema", *_OPCHECK_TRACED),
     )
-    torch.library.opcheck(
-        small_conv2d_op,
-        (x, w, direct_conv_pack(w), b, [1, 1], [1, 1], [1, 1], 1, True, 1 << 22, 64),
-        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
-    )
+    args = (x, w, direct_conv_pack(w), b, [1, 1], [1, 1], [1, 1], 1, True, 1 << 22, 64)
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.library.opcheck(small_conv2d_op, args, test_utils=("test_schema", *_OPCHECK_TRACED))
+    torch.library.opcheck(small_conv2d_op, args, test_utils=_OPCHECK_TRACED)
 
 
 def test_frozen_torchscript_packs_the_weight_once() -> None:
@@ -375,8 +425,11 @@ def test_cat_opcheck() -> None:
         (xs, packed, bs, [20, 5], flat_strides, flat_paddings, True),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
     )
-    torch.library.opcheck(
-        torch.ops.deeprebirth.small_conv2d_cat,
-        (xs, ws, packed, bs, flat_strides, flat_paddings, True, 1 << 22, 64),
-        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
-    )
+    args = (xs, ws, packed, bs, flat_strides, flat_paddings, True, 1 << 22, 64)
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.library.opcheck(
+            torch.ops.deeprebirth.small_conv2d_cat,
+            args,
+            test_utils=("test_schema", *_OPCHECK_TRACED),
+        )
+    torch.library.opcheck(torch.ops.deeprebirth.small_conv2d_cat, args, test_utils=_OPCHECK_TRACED)

@@ -198,7 +198,10 @@ def test_a_repeated_call_sees_what_changed_since_the_last_packed_call(
     with context:
         ran = _ops_run(run)
         actual = run()
-    assert (packed_op in ran) == expect_packed, sorted(ran)
+    if change == "threshold":  # a small layer: small_conv2d's timed choice on the snapshot
+        assert "deeprebirth::small_conv2d" in ran, sorted(ran)
+    else:
+        assert (packed_op in ran) == expect_packed, sorted(ran)
     if change == "grad":
         actual.sum().backward()  # the plain convolution: differentiable
         assert x.grad is not None

@@ -128,22 +128,33 @@ void check_small_conv2d_args(const char* op, c10::IntArrayRef stride, c10::IntAr
 
 enum class SmallConvKernel { kDirect, kOneDnnPacked, kConv2d };
 
-// The kernel small_conv2d runs a call on, in order of preference: the direct kernel where it
-// pays, then oneDNN on TorchScript's frozen weights (packed once, kept across calls), else conv2d.
-// Only conv2d records a gradient.
+// The kernel small_conv2d runs a call on: on frozen weights (TorchScript's constants, eager's
+// snapshots) the packed path, which times oneDNN against Winograd and the direct kernel where they
+// apply; else the direct kernel where it pays; else conv2d. Only conv2d records a gradient.
 SmallConvKernel small_conv2d_kernel(const at::Tensor& x, const at::Tensor& w,
                                     const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                     c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                     int64_t groups, bool needs_grad, int64_t max_macs,
                                     int64_t max_1x1_pixels) {
   if (needs_grad) return SmallConvKernel::kConv2d;
-  if (direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
-    return SmallConvKernel::kDirect;
-  }
   if (onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups)) {
     return SmallConvKernel::kOneDnnPacked;
   }
+  if (direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)) {
+    return SmallConvKernel::kDirect;
+  }
   return SmallConvKernel::kConv2d;
+}
+
+// packed_w where the packed path may time the direct kernel (it pays for the call), else an
+// undefined tensor.
+at::Tensor direct_candidate(const at::Tensor& x, const at::Tensor& w, const at::Tensor& packed_w,
+                            c10::IntArrayRef stride, c10::IntArrayRef padding,
+                            c10::IntArrayRef dilation, int64_t groups, int64_t max_macs,
+                            int64_t max_1x1_pixels) {
+  return direct_conv_pays(x, w, stride, padding, dilation, groups, max_macs, max_1x1_pixels)
+             ? packed_w
+             : at::Tensor();
 }
 
 }  // namespace
@@ -159,7 +170,9 @@ at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
     case SmallConvKernel::kDirect:
       return in_layout_of(x, direct_conv(x, packed_w, b, w.size(0), stride, padding, relu));
     case SmallConvKernel::kOneDnnPacked:
-      return onednn_packed_conv2d(x, w, b, stride, padding, dilation, groups, relu);
+      return onednn_packed_conv2d(x, w, b, stride, padding, dilation, groups, relu,
+                                  direct_candidate(x, w, packed_w, stride, padding, dilation,
+                                                   groups, max_macs, max_1x1_pixels));
     case SmallConvKernel::kConv2d:
       break;
   }
@@ -292,19 +305,27 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
       TORCH_CHECK(false, "small_conv2d_cat: branch ", i, ": ", error.what_without_backtrace());
     }
   }
-  bool direct = true;
+  // One direct_conv_cat call where every branch takes the direct kernel; on frozen weights with a
+  // channels_last output, each branch's timed choice instead (the direct kernel among them).
+  bool direct = true, frozen = true;
   std::vector<int64_t> out_channels;
-  for (size_t i = 0; i < n && direct; ++i) {
-    direct = !conv_needs_grad(xs[i], ws[i], bs.get(i)) &&
-             direct_conv_pays(xs[i], ws[i], strides.slice(2 * i, 2), paddings.slice(2 * i, 2),
-                              {1, 1}, 1, max_macs, max_1x1_pixels);
+  for (size_t i = 0; i < n; ++i) {
+    const auto stride = strides.slice(2 * i, 2), padding = paddings.slice(2 * i, 2);
+    const bool needs_grad = conv_needs_grad(xs[i], ws[i], bs.get(i));
+    direct = direct && !needs_grad &&
+             direct_conv_pays(xs[i], ws[i], stride, padding, {1, 1}, 1, max_macs, max_1x1_pixels);
+    frozen = frozen &&
+             small_conv2d_kernel(xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, needs_grad,
+                                 max_macs, max_1x1_pixels) == SmallConvKernel::kOneDnnPacked;
     out_channels.push_back(ws[i].size(0));
   }
-  if (direct) {
+  const at::Tensor out =
+      direct && !frozen ? at::Tensor() : channels_last_cat_output(xs, ws, bs, strides, paddings);
+  if (direct && !out.defined()) {
     return in_layout_of(xs[0],
                         direct_conv_cat(xs, packed_ws, bs, out_channels, strides, paddings, relu));
   }
-  if (at::Tensor out = channels_last_cat_output(xs, ws, bs, strides, paddings); out.defined()) {
+  if (out.defined()) {
     int64_t c0 = 0;
     for (size_t i = 0; i < n; ++i) {
       at::Tensor part = out.narrow(1, c0, ws[i].size(0));
@@ -312,7 +333,9 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
       const auto stride = strides.slice(2 * i, 2), padding = paddings.slice(2 * i, 2);
       if (small_conv2d_kernel(xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, false, max_macs,
                               max_1x1_pixels) == SmallConvKernel::kOneDnnPacked) {
-        onednn_packed_conv2d_into(part, xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, relu);
+        onednn_packed_conv2d_into(part, xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, relu,
+                                  direct_candidate(xs[i], ws[i], packed_ws[i], stride, padding,
+                                                   {1, 1}, 1, max_macs, max_1x1_pixels));
       } else {
         part.copy_(small_conv2d(xs[i], ws[i], packed_ws[i], bs.get(i), stride, padding, {1, 1}, 1,
                                 relu, max_macs, max_1x1_pixels));

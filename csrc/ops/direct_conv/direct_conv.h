@@ -68,12 +68,14 @@ bool direct_conv_pays(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef
                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                       int64_t max_macs, int64_t max_1x1_pixels);
 
-// relu?(conv2d(x, w, b)) by direct_conv (on packed_w = direct_conv_pack(w)) where
-// direct_conv_pays and no gradient is needed; else, for a weight that does not require grad (a
-// frozen constant), by oneDNN or Winograd on copies kept across calls (onednn_packed_conv.h);
-// by at::conv2d otherwise (which autograd sees).
+// relu?(conv2d(x, w, b)) where no gradient is needed: for a weight that does not require grad (a
+// frozen constant), by the fastest for x's shape, timed on its first call, of oneDNN and Winograd
+// on copies kept across calls and, where direct_conv_pays, direct_conv on packed_w =
+// direct_conv_pack(w) (onednn_packed_conv.h; the output channels_last); for other weights by
+// direct_conv where it pays. By at::conv2d otherwise (which autograd sees).
 // One call whatever the input, so a TorchScript graph that runs it needs no branches of its own.
-// The output is in the memory format conv2d gives (channels_last for a channels_last x).
+// Off the packed path, the output is in the memory format conv2d gives (channels_last for a
+// channels_last x).
 at::Tensor small_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& packed_w,
                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -97,7 +99,9 @@ std::vector<DirectConvGeometry> check_direct_conv_cat_args(
     c10::IntArrayRef out_channels, c10::IntArrayRef strides, c10::IntArrayRef paddings);
 
 // direct_conv_cat where no gradient is needed and direct_conv_pays for every branch (ungrouped,
-// undilated), torch.cat of small_conv2d calls otherwise; channels_last when xs[0] is.
+// undilated), unless the weights are frozen and the output can be channels_last: each branch then
+// takes small_conv2d's timed choice and writes into its channels of the output. torch.cat of
+// small_conv2d calls otherwise; channels_last when xs[0] is.
 at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList packed_ws,
                             const c10::List<std::optional<at::Tensor>>& bs,
                             c10::IntArrayRef strides, c10::IntArrayRef paddings, bool relu,

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <list>
 #include <mutex>
 #include <string_view>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "ops/common/arg_checks.h"
+#include "ops/direct_conv/direct_conv.h"
 #include "ops/winograd_conv/cpu/winograd_conv_kernel.h"
 #include "ops/winograd_conv/winograd_conv.h"
 
@@ -25,13 +27,14 @@ namespace deeprebirth::ops {
 
 namespace {
 
-// How a weight is kept for one input shape and geometry: oneDNN's packed copy and, for layers
-// Winograd can compute, whether it runs faster on this CPU (decided by timing both on the first
-// call, see decide_winograd) with the weight it reads.
+// How a weight is kept for one input shape and geometry: oneDNN's packed copy and the kernel
+// that ran fastest on this CPU among those that can compute the layer (decided by timing them on
+// the first call, see decide_kernel), with the weight Winograd reads where it won.
 struct Packed {
   at::Tensor packed;
-  bool winograd_decided = false;
-  at::Tensor winograd;  // the transformed weight where Winograd is faster, else undefined
+  bool decided = false;
+  at::Tensor winograd;  // the transformed weight where Winograd is fastest, else undefined
+  bool direct = false;  // whether the direct kernel is fastest
 };
 
 // A packed copy is valid for one weight tensor (held weakly: a freed weight's address may be
@@ -96,8 +99,8 @@ Packed packed_weight(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef 
   return Packed{packed};
 }
 
-// Records the Winograd decision on the entry of (w, x's shape, geometry), if it is still held.
-void record_winograd(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
+// Records the kernel decision on the entry of (w, x's shape, geometry), if it is still held.
+void record_decision(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
                      c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                      const Packed& decided) {
   const std::vector<int64_t> key = geometry_key(x, stride, padding, dilation, groups);
@@ -136,15 +139,19 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                 int64_t groups) {
+  // Real data only: fake and functional tensors (tracing, torch.compile, opcheck) and symbolic
+  // sizes have no values to pack or to time a kernel on.
   const auto is_cpu_float = [](const at::Tensor& t) {
     return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided &&
-           !t.is_mkldnn();
+           !t.is_mkldnn() && !t.unsafeGetTensorImpl()->has_symbolic_sizes_strides() &&
+           !t.key_set().has_any(
+               c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
   };
   // Only weights that are not trainable parameters (TorchScript's frozen constants): a parameter
   // may be written through .data, which its version counter does not see. Nor inference tensors
   // (made under torch.inference_mode), which have no version counter.
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && !w.requires_grad() &&
-         !w.is_inference() && x.dim() == 4 && x.numel() > 0 && is_cpu_float(x) && is_cpu_float(w) &&
+         !w.is_inference() && x.dim() == 4 && is_cpu_float(x) && is_cpu_float(w) && x.numel() > 0 &&
          (!b.has_value() || !b->defined() || is_cpu_float(*b)) &&
          valid_geometry(x, w, b, stride, padding, dilation, groups);
 }
@@ -172,6 +179,31 @@ at::Tensor onednn_call(const at::Tensor& input, const at::Tensor& packed,
                  c10::List<std::optional<at::Scalar>>(), std::nullopt);
 }
 
+// The packed path's output for x: channels_last, as oneDNN writes it whatever x's layout, so that
+// which kernel the timing chose never changes the layout the rest of the network runs in.
+at::Tensor channels_last_output(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
+                                c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  return at::empty({x.size(0), w.size(0),
+                    conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
+                    conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])},
+                   x.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+at::Tensor winograd_call(const at::Tensor& input, const at::Tensor& transformed,
+                         const at::Tensor& w, const std::optional<at::Tensor>& b,
+                         c10::IntArrayRef padding, bool relu) {
+  at::Tensor out = channels_last_output(input, w, {1, 1}, padding, {1, 1});
+  winograd_conv2d_out(input, transformed, b, w.size(0), padding, relu, out);
+  return out;
+}
+
+at::Tensor direct_call(const at::Tensor& input, const at::Tensor& direct_w, const at::Tensor& w,
+                       const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, bool relu) {
+  return direct_conv(input, direct_w, b, w.size(0), stride, padding, relu)
+      .contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // DEEPREBIRTH_PACKED_WINOGRAD: "0" never, "1" wherever it applies, otherwise (unset) where it
 // measures faster. Read at each decision (once per layer and input shape).
 enum class WinogradMode { kNever, kAlways, kMeasured };
@@ -183,56 +215,63 @@ WinogradMode winograd_mode() {
   return WinogradMode::kMeasured;
 }
 
-// Fastest of `rounds` timed calls of each of two functions, taking turns after one untimed call
-// each (the first call of a shape allocates): {first's, second's} in seconds.
-template <typename F, typename G>
-std::pair<double, double> fastest_of(int rounds, const F& first, const G& second) {
+// The index of the fastest of `calls`, each timed `rounds` times in turns after one untimed call
+// each (the first call of a shape allocates); ties go to the earlier one.
+size_t fastest_of(int rounds, const std::vector<std::function<void()>>& calls) {
   using clock = std::chrono::steady_clock;
-  first();
-  second();
-  double best_first = 1e30, best_second = 1e30;
+  for (const auto& call : calls) call();
+  std::vector<double> best(calls.size(), 1e30);
   for (int i = 0; i < rounds; ++i) {
-    auto start = clock::now();
-    first();
-    best_first = std::min(best_first, std::chrono::duration<double>(clock::now() - start).count());
-    start = clock::now();
-    second();
-    best_second =
-        std::min(best_second, std::chrono::duration<double>(clock::now() - start).count());
+    for (size_t k = 0; k < calls.size(); ++k) {
+      const auto start = clock::now();
+      calls[k]();
+      best[k] = std::min(best[k], std::chrono::duration<double>(clock::now() - start).count());
+    }
   }
-  return {best_first, best_second};
+  return std::min_element(best.begin(), best.end()) - best.begin();
 }
 
-// Whether this layer runs Winograd for inputs shaped like x, decided on its first call: where it
-// applies, the faster of oneDNN and Winograd on this CPU for this shape, each timed three times
-// on x (Winograd's speed-up over oneDNN ranged 0.6-1.9x over the 3x3 layers of GoogLeNet-Slim and
-// ResNet-50 on one CPU, with the weight's size against the work: docs/kernels.md). Both compute
-// the same convolution, within rounding. The timed calls bypass Python's dispatch modes, so that
-// FLOP counters see the layer's work once.
-Packed decide_winograd(const at::Tensor& input, const at::Tensor& w,
-                       const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
-                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                       bool relu, Packed packed) {
-  packed.winograd_decided = true;
+// The kernel this layer runs for inputs shaped like x, decided on its first call: the fastest on
+// this CPU for this shape of oneDNN, Winograd (where it applies) and the direct kernel (where
+// direct_w is given), each timed three times on x. Which one wins depends on the CPU, the layout
+// and the layer: Winograd's speed-up over oneDNN ranged 0.6-1.9x over the 3x3 layers of
+// GoogLeNet-Slim and ResNet-50 on one CPU, and the direct kernel, faster than oneDNN on some
+// small NCHW layers, ran the same layers 1.3-2.6x slower than oneDNN in channels_last
+// (docs/kernels.md). All compute the same convolution, within rounding. The timed calls bypass
+// Python's dispatch modes, so that FLOP counters see the layer's work once.
+Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
+                     const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, bool relu,
+                     const at::Tensor& direct_w, Packed packed) {
+  packed.decided = true;
   const WinogradMode mode = winograd_mode();
+  at::Tensor transformed;
   if (mode != WinogradMode::kNever && winograd_conv_applies(input, w, stride, dilation, groups)) {
-    at::Tensor transformed = winograd_pack_if_finite(w);
-    if (transformed.defined() && mode == WinogradMode::kMeasured) {
-      const c10::impl::ExcludeDispatchKeyGuard no_python(
-          c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
-      const auto [onednn, winograd] = fastest_of(
-          3, [&] { onednn_call(input, packed.packed, b, stride, padding, dilation, groups, relu); },
-          [&] { winograd_conv2d_cpu(input, transformed, b, w.size(0), padding, relu); });
-      if (winograd >= onednn) transformed = at::Tensor();
-    }
-    packed.winograd = transformed;
+    transformed = winograd_pack_if_finite(w);
   }
-  record_winograd(input, w, stride, padding, dilation, groups, packed);
+  if (transformed.defined() && mode == WinogradMode::kAlways) {
+    packed.winograd = transformed;
+  } else if (transformed.defined() || direct_w.defined()) {
+    const c10::impl::ExcludeDispatchKeyGuard no_python(
+        c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
+    std::vector<std::function<void()>> calls{
+        [&] { onednn_call(input, packed.packed, b, stride, padding, dilation, groups, relu); }};
+    if (transformed.defined()) {
+      calls.emplace_back([&] { winograd_call(input, transformed, w, b, padding, relu); });
+    }
+    if (direct_w.defined()) {
+      calls.emplace_back([&] { direct_call(input, direct_w, w, b, stride, padding, relu); });
+    }
+    const size_t fastest = fastest_of(3, calls);
+    packed.winograd = fastest == 1 && transformed.defined() ? transformed : at::Tensor();
+    packed.direct = fastest == calls.size() - 1 && direct_w.defined() && fastest > 0;
+  }
+  record_decision(input, w, stride, padding, dilation, groups, packed);
   return packed;
 }
 
-// A call's dense input and packed copies (the Winograd decision made), and whether it runs
-// Winograd: decided faster for this shape, and the input finite.
+// A call's dense input and packed copies (the kernel decided), and whether it runs Winograd
+// (decided fastest for this shape, and the input finite) or the direct kernel.
 struct PackedCall {
   at::Tensor input;
   Packed packed;
@@ -241,12 +280,12 @@ struct PackedCall {
 
 PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                       int64_t groups, bool relu) {
+                       int64_t groups, bool relu, const at::Tensor& direct_w) {
   PackedCall call{dense_input(x), Packed{}, false};
   call.packed = packed_weight(call.input, w, stride, padding, dilation, groups);
-  if (!call.packed.winograd_decided) {
-    call.packed =
-        decide_winograd(call.input, w, b, stride, padding, dilation, groups, relu, call.packed);
+  if (!call.packed.decided) {
+    call.packed = decide_kernel(call.input, w, b, stride, padding, dilation, groups, relu, direct_w,
+                                call.packed);
   }
   call.winograd = call.packed.winograd.defined() && winograd_input_finite(call.input);
   return call;
@@ -257,10 +296,13 @@ PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::opti
 at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                                bool relu) {
-  const PackedCall call = packed_call(x, w, b, stride, padding, dilation, groups, relu);
+                                bool relu, const at::Tensor& direct_w) {
+  const PackedCall call = packed_call(x, w, b, stride, padding, dilation, groups, relu, direct_w);
   if (call.winograd) {
-    return winograd_conv2d(call.input, call.packed.winograd, b, w.size(0), padding, relu);
+    return winograd_call(call.input, call.packed.winograd, w, b, padding, relu);
+  }
+  if (call.packed.direct && direct_w.defined()) {  // a later caller may rule the direct kernel out
+    return direct_call(call.input, direct_w, w, b, stride, padding, relu);
   }
   return onednn_call(call.input, call.packed.packed, b, stride, padding, dilation, groups, relu);
 }
@@ -268,10 +310,12 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
 void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                               bool relu) {
-  const PackedCall call = packed_call(x, w, b, stride, padding, dilation, groups, relu);
+                               bool relu, const at::Tensor& direct_w) {
+  const PackedCall call = packed_call(x, w, b, stride, padding, dilation, groups, relu, direct_w);
   if (call.winograd) {
     winograd_conv2d_out(call.input, call.packed.winograd, b, w.size(0), padding, relu, out);
+  } else if (call.packed.direct && direct_w.defined()) {
+    out.copy_(direct_conv(call.input, direct_w, b, w.size(0), stride, padding, relu));
   } else {
     out.copy_(
         onednn_call(call.input, call.packed.packed, b, stride, padding, dilation, groups, relu));

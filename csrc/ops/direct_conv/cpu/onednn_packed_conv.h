@@ -20,25 +20,29 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
 // and kept while w is the same tensor at the same version (an in-place update replaces the copy).
 // ATen's conv2d reorders the weights on every call: at batch 1 that costs about as much as the
 // arithmetic of a late layer, and TorchScript's frozen weights never change (docs/kernels.md).
-// Layers Winograd computes (winograd_conv_applies) run winograd_conv2d on a transformed weight
-// kept beside the packed copy where, timed on the first call for x's shape (three calls of each),
-// it was faster than oneDNN; DEEPREBIRTH_PACKED_WINOGRAD=0 never runs it, =1 always does. A call
-// whose input holds an infinity or NaN runs oneDNN.
+// On the first call for x's shape, oneDNN is timed (three calls of each) against the other
+// kernels that can compute the layer, and the fastest is kept for that shape: winograd_conv2d on
+// a transformed weight kept beside the packed copy, for layers Winograd computes
+// (winograd_conv_applies; DEEPREBIRTH_PACKED_WINOGRAD=0 never runs it, =1 always does), and
+// direct_conv on `direct_w` (direct_conv_pack(w)) where the caller gives it defined (a layer
+// direct_conv_pays for). A call whose input holds an infinity or NaN does not run Winograd. The
+// output is channels_last, as oneDNN writes it, whichever kernel runs and whatever x's layout.
 at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
                                 const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                                bool relu);
+                                bool relu, const at::Tensor& direct_w);
 
 // onednn_packed_conv2d's result written into `out` (shaped like it; channels_last or a channel
-// slice of a channels_last tensor): Winograd writes there directly, oneDNN's output is copied.
+// slice of a channels_last tensor): Winograd writes there directly, the others' output is copied.
 void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
                                const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                               bool relu);
+                               bool relu, const at::Tensor& direct_w);
 
 // relu?(conv2d(x, w, b, ...) + residual) written over `residual`, which it returns: oneDNN adds
 // the convolution into `residual` as it writes it (its "sum" post-op; a channels_last residual,
-// else ATen's convolution then add), on the same packed copies as onednn_packed_conv2d. For a
+// else ATen's convolution then add), on the same packed copies as onednn_packed_conv2d (oneDNN
+// whatever kernel onednn_packed_conv2d chose: only it adds as it writes). For a
 // caller that wants no gradient and may overwrite `residual` (a residual block's fresh shortcut
 // output); `residual` has the convolution's output shape, dtype and device.
 at::Tensor& onednn_packed_conv2d_add_(at::Tensor& residual, const at::Tensor& x,
