@@ -514,6 +514,7 @@ class PackedConvConcat(nn.Module):
     """
 
     __constants__ = ["relu", "min_packed_macs", "max_direct_1x1_pixels"]
+    __jit_ignored_attributes__ = ["_last_call"]
     _script_weights: list[torch.Tensor]
     _script_packed: list[torch.Tensor]
     _script_biases: list[torch.Tensor | None]
@@ -529,7 +530,20 @@ class PackedConvConcat(nn.Module):
         self.relu = convs[0].relu
         self.min_packed_macs = min(conv.min_packed_macs for conv in convs)
         self.max_direct_1x1_pixels = min(conv.max_direct_1x1_pixels for conv in convs)
+        # (input shapes, snapshot generations, kernel thresholds, layers, small_conv2d_cat's
+        # arguments) of the last call that took the C++ path: a repeated call skips the checks
+        # and list-building that cost about as much as a small module's arithmetic
+        self._last_call: tuple = ()
         self.__prepare_scriptable__()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_last_call", None)  # the layers' snapshots, which copies do not share
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._last_call = ()
 
     @staticmethod
     def problem(convs: Sequence[nn.Module]) -> str:
@@ -592,6 +606,10 @@ class PackedConvConcat(nn.Module):
 
     @torch.jit.unused
     def _eager_forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        repeated = self._repeated_call(xs)
+        if repeated is not None:
+            snapshots, direct, biases, strides, paddings = repeated
+            return self._op(xs, snapshots, direct, biases, strides, paddings)
         convs = list(self.convs)
         if torch.compiler.is_compiling() or len(xs) != len(convs):
             return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
@@ -601,14 +619,58 @@ class PackedConvConcat(nn.Module):
             # it and as for one such layer (PackedConv2d._snapshot_forward): each layer takes the
             # kernel timed fastest, and Winograd layers write into their channels of the output
             _, _, biases, strides, paddings = self._op_arguments(direct=False)
-            snapshots, direct = [], []
+            snapshots, direct, generations = [], [], []
             for conv, kernel in zip(convs, kernels, strict=True):
                 current = conv._current_snapshot()
                 snapshots.append(current[0])
+                generations.append(current[1])
                 small = kernel == "small"
                 direct.append(conv._direct_packed_weight(current) if small else _NO_DIRECT_WEIGHT)
+            self._last_call = (
+                tuple(x.shape for x in xs),
+                tuple(generations),
+                tuple((conv.min_packed_macs, conv.max_direct_1x1_pixels) for conv in convs),
+                convs,
+                (snapshots, direct, strides, paddings),
+            )
             return self._op(xs, snapshots, direct, biases, strides, paddings)
+        self._last_call = ()
         return torch.cat([conv(x) for conv, x in zip(convs, xs, strict=True)], 1)
+
+    @torch.jit.unused
+    def _repeated_call(self, xs: list[torch.Tensor]) -> tuple | None:
+        """``small_conv2d_cat``'s arguments after ``xs`` (snapshots, direct weights, biases,
+        strides, paddings) when this call repeats the last one that took the C++ path: no
+        gradient wanted, no tracing, compiling or autocast, oneDNN on, float32 CPU inputs of the
+        same shapes, and every layer in eval mode with the same kernel thresholds and the same
+        weight values (snapshot generation). Else None, and the full checks run."""
+        last = self._last_call
+        if (
+            not last
+            or len(xs) != len(last[0])
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or torch.is_autocast_enabled("cpu")
+            or not torch.backends.mkldnn.enabled
+        ):
+            return None
+        shapes, generations, thresholds, convs, (snapshots, direct, strides, paddings) = last
+        biases = []
+        layers = zip(xs, shapes, generations, thresholds, convs, strict=True)
+        for x, shape, generation, threshold, conv in layers:
+            if (
+                type(x) is not torch.Tensor
+                or x.shape != shape
+                or x.dtype != torch.float32
+                or not x.is_cpu
+                or conv.training
+                or (conv.min_packed_macs, conv.max_direct_1x1_pixels) != threshold
+                or conv._current_snapshot()[1] != generation
+            ):
+                return None
+            biases.append(conv._parameters["bias"])
+        return snapshots, direct, biases, strides, paddings
 
     def _op(
         self,

@@ -215,3 +215,52 @@ def test_packed_conv_concat_runs_its_winograd_branch_into_the_output(monkeypatch
         torch.testing.assert_close(actual, module.to_standard()(xs), rtol=1e-4, atol=1e-5)
         module.convs[0].weight.mul_(-1.0)
         torch.testing.assert_close(module(xs), module.to_standard()(xs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change", ["grad", "train", "in_place", "frozen_in_place", "shape", "threshold", "copy"]
+)
+def test_packed_conv_concat_repeated_call_sees_what_changed(change: str, monkeypatch) -> None:
+    """A call repeating the last C++ call of an eager ``PackedConvConcat`` skips the per-layer
+    checks; whatever changed in between (autograd, mode, weight values, input shape, a layer's
+    kernel threshold) still decides the path and the result, and a copy of the module keeps
+    none of the original's state."""
+    monkeypatch.setattr(PackedConv2d, "min_packed_macs", 0)
+    torch.manual_seed(11)
+    convs = [nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(8, 16, 5, padding=2)]
+    module = PackedConvConcat([PackedConv2d.from_conv(c, relu=True) for c in convs]).eval()
+    if change == "frozen_in_place":
+        freeze_packed_weights(module)
+    xs = [torch.randn(1, c, 9, 9).contiguous(memory_format=torch.channels_last) for c in (16, 8)]
+    with torch.no_grad():
+        module(xs)
+        first = module._last_call
+        assert first and module._repeated_call(xs) is not None  # the next call would repeat it
+    context = torch.no_grad()
+    if change == "grad":
+        context = torch.enable_grad()
+    elif change == "train":
+        module.convs[1].train()
+    elif change in ("in_place", "frozen_in_place"):
+        with torch.no_grad():
+            module.convs[1].weight.mul_(-0.5)
+    elif change == "shape":
+        xs = [
+            torch.randn(2, c, 7, 9).contiguous(memory_format=torch.channels_last) for c in (16, 8)
+        ]
+    elif change == "threshold":
+        monkeypatch.setattr(PackedConv2d, "min_packed_macs", 1 << 40)
+    elif change == "copy":
+        module = copy.deepcopy(module)
+        assert not module._last_call
+        with torch.no_grad():
+            module.convs[0].weight.mul_(-1.0)
+    with context:
+        assert module._repeated_call(xs) is None
+        actual = module(xs)
+        expected = module.to_standard()(xs)
+    if change == "grad":
+        assert actual.requires_grad  # the layers' own forwards: differentiable
+        actual.sum().backward()
+        assert module.convs[0].weight.grad is not None
+    torch.testing.assert_close(actual.detach(), expected.detach(), rtol=1e-4, atol=1e-5)
