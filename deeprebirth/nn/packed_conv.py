@@ -530,8 +530,8 @@ class PackedConvConcat(nn.Module):
         self.relu = convs[0].relu
         self.min_packed_macs = min(conv.min_packed_macs for conv in convs)
         self.max_direct_1x1_pixels = min(conv.max_direct_1x1_pixels for conv in convs)
-        # (input shapes, snapshot generations, kernel thresholds, layers, small_conv2d_cat's
-        # arguments) of the last call that took the C++ path: a repeated call skips the checks
+        # (input shapes, snapshot generations, kernel thresholds, kernels, layers,
+        # small_conv2d_cat's arguments) of the last call that took the C++ path: a repeated call skips the checks
         # and list-building that cost about as much as a small module's arithmetic
         self._last_call: tuple = ()
         self.__prepare_scriptable__()
@@ -629,7 +629,8 @@ class PackedConvConcat(nn.Module):
             self._last_call = (
                 tuple(x.shape for x in xs),
                 tuple(generations),
-                tuple((conv.min_packed_macs, conv.max_direct_1x1_pixels) for conv in convs),
+                tuple(conv.min_packed_macs for conv in convs),
+                kernels,
                 convs,
                 (snapshots, direct, strides, paddings),
             )
@@ -640,36 +641,28 @@ class PackedConvConcat(nn.Module):
     @torch.jit.unused
     def _repeated_call(self, xs: list[torch.Tensor]) -> tuple | None:
         """``small_conv2d_cat``'s arguments after ``xs`` (snapshots, direct weights, biases,
-        strides, paddings) when this call repeats the last one that took the C++ path: no
-        gradient wanted, no tracing, compiling or autocast, oneDNN on, float32 CPU inputs of the
-        same shapes, and every layer in eval mode with the same kernel thresholds and the same
-        weight values (snapshot generation). Else None, and the full checks run."""
+        strides, paddings) when this call repeats the last one that took the C++ path: inputs
+        of the same shapes, and every layer at the same kernel threshold (so the same kernel,
+        ``_inference_kernel``'s cache key), allowed it now (the per-call checks of
+        ``PackedConv2d._cpu_inference``) and with the same weight values (snapshot
+        generation). Else None, and the full checks run."""
         last = self._last_call
-        if (
-            not last
-            or len(xs) != len(last[0])
-            or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
-            or torch.jit.is_tracing()
-            or torch.is_autocast_enabled("cpu")
-            or not torch.backends.mkldnn.enabled
-        ):
+        if not last or len(xs) != len(last[0]):
             return None
-        shapes, generations, thresholds, convs, (snapshots, direct, strides, paddings) = last
+        shapes, generations, thresholds, kernels, convs, args = last
         biases = []
-        layers = zip(xs, shapes, generations, thresholds, convs, strict=True)
-        for x, shape, generation, threshold, conv in layers:
+        layers = zip(xs, shapes, generations, thresholds, kernels, convs, strict=True)
+        for x, shape, generation, threshold, kernel, conv in layers:
             if (
-                type(x) is not torch.Tensor
+                _traced(x)
                 or x.shape != shape
-                or x.dtype != torch.float32
-                or not x.is_cpu
-                or conv.training
-                or (conv.min_packed_macs, conv.max_direct_1x1_pixels) != threshold
+                or conv.min_packed_macs != threshold
+                or not conv._cpu_inference(x, kernel)
                 or conv._current_snapshot()[1] != generation
             ):
                 return None
             biases.append(conv._parameters["bias"])
+        snapshots, direct, strides, paddings = args
         return snapshots, direct, biases, strides, paddings
 
     def _op(

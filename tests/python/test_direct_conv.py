@@ -33,12 +33,17 @@ def _reference(x, w, b, stride, padding, relu):
     return F.relu(y) if relu else y
 
 
-def _ran_direct_kernel(fn) -> bool:
-    """Whether calling ``fn`` ran deeprebirth::direct_conv or direct_conv_cat (the profiler)."""
-    kernels = ("deeprebirth::direct_conv", "deeprebirth::direct_conv_cat")
+def _ops_run(fn) -> list[str]:
+    """The names of the operators calling ``fn`` ran, in order (the profiler)."""
     with torch.profiler.profile() as prof:
         fn()
-    return any(event.name in kernels for event in prof.events())
+    return [event.name for event in prof.events()]
+
+
+def _ran_direct_kernel(fn) -> bool:
+    """Whether calling ``fn`` ran deeprebirth::direct_conv or direct_conv_cat."""
+    kernels = ("deeprebirth::direct_conv", "deeprebirth::direct_conv_cat")
+    return any(name in kernels for name in _ops_run(fn))
 
 
 def test_pack_layout_puts_channel_c_in_block_c_div_16() -> None:
@@ -196,11 +201,9 @@ def test_small_conv2d_output_keeps_the_input_layout() -> None:
 
 
 def _kernels_run(fn) -> list[str]:
-    """The convolution kernels calling ``fn`` ran, in order (the profiler)."""
+    """The convolution kernels calling ``fn`` ran, in order."""
     kernels = ("deeprebirth::direct_conv", "mkldnn::_convolution_pointwise")
-    with torch.profiler.profile() as prof:
-        fn()
-    return [event.name for event in prof.events() if event.name in kernels]
+    return [name for name in _ops_run(fn) if name in kernels]
 
 
 @needs_mkldnn

@@ -309,14 +309,17 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
   // channels_last output, each branch's timed choice instead (the direct kernel among them).
   bool direct = true, frozen = true;
   std::vector<int64_t> out_channels;
+  std::vector<SmallConvKernel> kernels;
+  std::vector<bool> pays;  // whether the direct kernel may run the branch
   for (size_t i = 0; i < n; ++i) {
     const auto stride = strides.slice(2 * i, 2), padding = paddings.slice(2 * i, 2);
     const bool needs_grad = conv_needs_grad(xs[i], ws[i], bs.get(i));
-    direct = direct && !needs_grad &&
-             direct_conv_pays(xs[i], ws[i], stride, padding, {1, 1}, 1, max_macs, max_1x1_pixels);
-    frozen = frozen &&
-             small_conv2d_kernel(xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, needs_grad,
-                                 max_macs, max_1x1_pixels) == SmallConvKernel::kOneDnnPacked;
+    pays.push_back(
+        direct_conv_pays(xs[i], ws[i], stride, padding, {1, 1}, 1, max_macs, max_1x1_pixels));
+    kernels.push_back(small_conv2d_kernel(xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1,
+                                          needs_grad, max_macs, max_1x1_pixels));
+    direct = direct && !needs_grad && pays[i];
+    frozen = frozen && kernels[i] == SmallConvKernel::kOneDnnPacked;
     out_channels.push_back(ws[i].size(0));
   }
   const at::Tensor out =
@@ -331,11 +334,9 @@ at::Tensor small_conv2d_cat(at::TensorList xs, at::TensorList ws, at::TensorList
       at::Tensor part = out.narrow(1, c0, ws[i].size(0));
       c0 += ws[i].size(0);
       const auto stride = strides.slice(2 * i, 2), padding = paddings.slice(2 * i, 2);
-      if (small_conv2d_kernel(xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, false, max_macs,
-                              max_1x1_pixels) == SmallConvKernel::kOneDnnPacked) {
+      if (kernels[i] == SmallConvKernel::kOneDnnPacked) {  // out defined: no gradient wanted
         onednn_packed_conv2d_into(part, xs[i], ws[i], bs.get(i), stride, padding, {1, 1}, 1, relu,
-                                  direct_candidate(xs[i], ws[i], packed_ws[i], stride, padding,
-                                                   {1, 1}, 1, max_macs, max_1x1_pixels));
+                                  pays[i] ? packed_ws[i] : at::Tensor());
       } else {
         part.copy_(small_conv2d(xs[i], ws[i], packed_ws[i], bs.get(i), stride, padding, {1, 1}, 1,
                                 relu, max_macs, max_1x1_pixels));

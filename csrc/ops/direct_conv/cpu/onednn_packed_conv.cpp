@@ -254,17 +254,21 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
   } else if (transformed.defined() || direct_w.defined()) {
     const c10::impl::ExcludeDispatchKeyGuard no_python(
         c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
+    enum class Kernel { kOneDnn, kWinograd, kDirect };
+    std::vector<Kernel> kernels{Kernel::kOneDnn};
     std::vector<std::function<void()>> calls{
         [&] { onednn_call(input, packed.packed, b, stride, padding, dilation, groups, relu); }};
     if (transformed.defined()) {
+      kernels.push_back(Kernel::kWinograd);
       calls.emplace_back([&] { winograd_call(input, transformed, w, b, padding, relu); });
     }
     if (direct_w.defined()) {
+      kernels.push_back(Kernel::kDirect);
       calls.emplace_back([&] { direct_call(input, direct_w, w, b, stride, padding, relu); });
     }
-    const size_t fastest = fastest_of(3, calls);
-    packed.winograd = fastest == 1 && transformed.defined() ? transformed : at::Tensor();
-    packed.direct = fastest == calls.size() - 1 && direct_w.defined() && fastest > 0;
+    const Kernel fastest = kernels[fastest_of(3, calls)];
+    packed.winograd = fastest == Kernel::kWinograd ? transformed : at::Tensor();
+    packed.direct = fastest == Kernel::kDirect;
   }
   record_decision(input, w, stride, padding, dilation, groups, packed);
   return packed;
