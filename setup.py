@@ -127,7 +127,7 @@ def python_module():
     """deeprebirth._C: the build facts for Python; loading it loads the operator library."""
     return CppExtension(
         name="deeprebirth._C",
-        sources=["csrc/bindings.cpp"],
+        sources=["csrc/bindings.cpp", "csrc/plan/op_plan.cpp"],
         include_dirs=[str(CSRC)],
         libraries=["deeprebirth_ops"],
         extra_compile_args={"cxx": ["-O3", "-fvisibility=hidden"]},

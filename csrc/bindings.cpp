@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "ops/build_info.h"
+#include "plan/op_plan.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "deeprebirth operator library (conv_pool, branch_conv, direct_conv) and build facts";
@@ -21,4 +22,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "Build facts: version, torch_version, with_cuda, parallel_backend, parallel_kernels, "
       "num_threads.");
+  deeprebirth::plan::bind_op_plan(m);
 }

@@ -260,6 +260,16 @@ class PackedConv2d(nn.Conv2d):
             return current[:2]
 
     @torch.jit.unused
+    def _plan_state(self) -> tuple:
+        """What a recorded forward through this layer assumed (``deeprebirth.nn.op_plan``): its
+        weight's values (the snapshot generation, None before the first snapshot) and the
+        settings its kernel choice reads."""
+        generation = None
+        if self._weight_snapshot[0] is not None:  # no snapshot taken here, none used either
+            generation = self._current_snapshot()[1]
+        return (generation, self.min_packed_macs, self.max_direct_1x1_pixels, self.relu)
+
+    @torch.jit.unused
     def _snapshot_holds(self, weight: torch.Tensor, snapshot: tuple) -> bool:
         """Whether ``snapshot`` still has ``weight``'s values: compared byte for byte, or, when
         :attr:`frozen_weights`, by the weight's identity, storage and version counter."""

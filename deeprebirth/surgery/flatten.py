@@ -6,7 +6,8 @@ batch 1 those calls are a large share of an eager forward: flattening made the 6
 GoogLeNet-Slim 11-15% faster. The result is exact: the same layers on the same tensors. A concatenation of PackedConv2d outputs
 that nothing else reads becomes one :class:`~deeprebirth.nn.PackedConvConcat` call,
 which writes each output straight into its channels (no ``torch.cat``) where the layers take the
-direct kernel.
+direct kernel. The GraphModule is a :class:`~deeprebirth.nn.PlannedGraphModule`: from the third
+call of an input shape on, its inference forward runs as one C++ call.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from deeprebirth.nn import PackedConvConcat
+from deeprebirth.nn import PackedConvConcat, PlannedGraphModule
 from deeprebirth.surgery.trace import LeafTracer
 
 #: Layers that return their input unchanged in eval mode.
 NO_OP_LAYERS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 
 
-def flatten_for_inference(model: nn.Module) -> fx.GraphModule:
+def flatten_for_inference(model: nn.Module) -> PlannedGraphModule:
     """``model`` (eval mode) as one ``torch.fx.GraphModule``: containers inlined, deeprebirth's
-    fused and packed modules kept as layers, ``nn.Identity`` and dropout calls removed.
+    fused and packed modules kept as layers, ``nn.Identity`` and dropout calls removed. Its
+    inference calls (no gradient) run as one C++ call from the third of each input shape on
+    (:class:`~deeprebirth.nn.PlannedGraphModule`: the same operator calls, without Python between
+    them).
 
     The GraphModule shares ``model``'s layers (and so its weights); it is for inference only
     (dropout is gone). It can be scripted, exported and saved like any GraphModule.
@@ -45,7 +49,7 @@ def flatten_for_inference(model: nn.Module) -> fx.GraphModule:
         raise RuntimeError(
             f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}"
         ) from error
-    flat = fx.GraphModule(model, graph, class_name=f"Flat{type(model).__name__}")
+    flat = PlannedGraphModule(model, graph, class_name=f"Flat{type(model).__name__}")
     for node in list(flat.graph.nodes):
         if node.op == "call_module" and isinstance(flat.get_submodule(node.target), NO_OP_LAYERS):
             node.replace_all_uses_with(node.args[0])
