@@ -20,6 +20,7 @@ eager, and :meth:`PlannedGraphModule.plan_report` says why.
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections import OrderedDict
@@ -79,6 +80,8 @@ class OpPlanRun:
     called: list[nn.Module] = field(default_factory=list)
     #: guards another tensor: the plan refuses to run once it is written (``_Builder.guard``)
     add_guard: Callable[[torch.Tensor, str], None] | None = None
+    #: the output is one tensor the plan computes
+    single: bool = False
 
     @property
     def steps(self) -> int:
@@ -92,6 +95,8 @@ class OpPlanRun:
         tensors = self.plan.run(list(inputs))
         if tensors is None:
             return DECLINED if self.plan.guards_hold() else STALE
+        if self.single:
+            return tensors[0]
         leaves = [tensors[value] if planned else value for planned, value in self.outputs]
         return tree_unflatten(leaves, self.structure)
 
@@ -229,7 +234,8 @@ class _Builder:
             else:
                 outputs.append((False, self._constant(leaf, "the output")[1]))
         self.plan.set_outputs(refs)
-        return OpPlanRun(self.plan, outputs, structure)
+        single = isinstance(output, torch.Tensor) and outputs == [(True, 0)]
+        return OpPlanRun(self.plan, outputs, structure, single=single)
 
 
 def record_op_plan(forward: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> tuple:
@@ -328,6 +334,7 @@ class _Entry:
     assignments: int  # _assignments when the members last held
     plan: OpPlanRun | None = None
     why: str = ""
+    called: list[dict] = field(default_factory=list)  # the __dict__ of each module that ran
 
     @classmethod
     def of(cls, root: nn.Module, plan: OpPlanRun | None) -> _Entry:
@@ -350,7 +357,8 @@ class _Entry:
                 plan.add_guard(weight, type(layer).__name__)
             else:
                 layers.append((layer, layer._plan_state()))
-        return cls(members, type(root).forward, layers, _assignments[0], plan)
+        called = [module.__dict__ for module in (plan.called if plan else [])]
+        return cls(members, type(root).forward, layers, _assignments[0], plan, called=called)
 
     def holds(self, root: nn.Module) -> bool:
         """Whether the recorded Python would run the same way now (the C++ guards aside)."""
@@ -358,11 +366,17 @@ class _Entry:
             if not all(table.get(name) is value for table, name, value in self.members):
                 return False
             self.assignments = _assignments[0]
-        if root.training or type(root).forward is not self.forward:
+        if type(root).forward is not self.forward:
             return False
-        if self.plan is not None and _watched(self.plan.called):
+        # Between two forwards the caches are cold, and each line of Python costs microseconds:
+        # the called modules' flags and hooks are read by C loops (map, any), not in Python.
+        if self.plan is not None and any(map(any, map(_FLAGS, self.called))):
             return False
         return all(layer._plan_state() == state for layer, state in self.layers)
+
+
+#: A module's ``__dict__`` entries that make a plan skip its Python: training mode, forward hooks.
+_FLAGS = operator.itemgetter("training", "_forward_hooks", "_forward_pre_hooks")
 
 
 def _watched(modules: Sequence[nn.Module]) -> bool:
