@@ -123,7 +123,8 @@ def compare(
         + (f" per-block speed-ups ({blocks} blocks) |" if spread else ""),
         "|---|---|---|---|---|---|" + ("---|" if spread else ""),
     ]
-    workdir = Path(tempfile.mkdtemp(prefix="deeprebirth-compare-"))
+    temporary = tempfile.TemporaryDirectory(prefix="deeprebirth-compare-")  # deleted at exit
+    workdir = Path(temporary.name)
     for thread_count in threads:
         torch.set_num_threads(thread_count)
         for batch in batches:
@@ -179,6 +180,7 @@ def compare(
                     f"{RUNTIMES[cand_rt]}) | {base_t.median:.3f} | {cand_t.median:.3f} | "
                     f"{base_t.median / cand_t.median:.2f}x |" + (" - |" if spread else "")
                 )
+    temporary.cleanup()
     return rows
 
 

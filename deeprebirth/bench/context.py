@@ -42,7 +42,9 @@ class BenchContext:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested, but torch.cuda.is_available() is False")
-        self.workdir = Path(tempfile.mkdtemp(prefix="deeprebirth-bench-"))
+        # the runtimes' .pte and ONNX files: deleted with the context, or at exit
+        self._workdir = tempfile.TemporaryDirectory(prefix="deeprebirth-bench-")
+        self.workdir = Path(self._workdir.name)
         self.runtimes: dict[LatencyKey, Runtime] = {}
         self.latency: dict[int, dict[LatencyKey, Timing | None]] = {}
         self.peak: dict[int, tuple[Timing, int]] = {}

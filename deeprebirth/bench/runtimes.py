@@ -34,7 +34,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class Runtime:
         max_abs_diff: largest absolute difference from eager's output on the example.
         prepare: called (untimed) before each timed call of ``run``, for runtimes whose settings
             are process-wide (ExecuTorch's thread pool); None when there is nothing to do.
+        folder: the temporary folder of its files when :func:`build_runtime` made one (deleted
+            with the Runtime, or at exit).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Runtime:
     note: str = ""
     max_abs_diff: float | None = None
     prepare: Callable[[], None] | None = None
+    folder: tempfile.TemporaryDirectory | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -303,7 +306,8 @@ def build_runtime(
     model = model.eval()
     started, note, prepare = time.perf_counter(), "", None
     threads = threads or torch.get_num_threads()
-    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deeprebirth-"))
+    temporary = None if workdir else tempfile.TemporaryDirectory(prefix="deeprebirth-")
+    folder = Path(workdir or temporary.name)
     try:
         if name == "eager":
             run: Forward = model
@@ -342,7 +346,9 @@ def build_runtime(
             run = onnxruntime_forward(model, example, path, threads)
         diff = _max_abs_diff(run, model, example)
     except Exception as error:  # exporters and compilers raise many unrelated types
+        if temporary is not None:
+            temporary.cleanup()
         return Runtime(
             name, None, time.perf_counter() - started, f"unavailable ({_first_line(error)})"
         )
-    return Runtime(name, run, time.perf_counter() - started, note, diff, prepare)
+    return Runtime(name, run, time.perf_counter() - started, note, diff, prepare, temporary)
