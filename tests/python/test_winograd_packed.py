@@ -121,6 +121,28 @@ def test_non_finite_values_take_onednn(where: str, monkeypatch) -> None:
             torch.testing.assert_close(actual, _reference(x, w, None, (1, 1), False))
 
 
+def test_channel_views_reach_winograd_uncopied(monkeypatch) -> None:
+    """A channel slice of a channels_last tensor (a merged layer's output read through narrow)
+    goes to Winograd as it is: no copy runs, and only the slice's own channels decide whether the
+    input is finite (a NaN in the other channels changes nothing)."""
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
+    torch.manual_seed(3)
+    base = torch.randn(2, 40, 11, 11).contiguous(memory_format=torch.channels_last)
+    x, w = base.narrow(1, 8, 24), torch.randn(32, 24, 3, 3) / 15
+    with torch.no_grad():
+        base[0, 35, 4, 4] = float("nan")  # outside the slice
+        actual, ran = _ops_run(_small_conv2d, x, w, None, (1, 1), True)
+        assert WINOGRAD in ran and ONEDNN not in ran
+        assert "aten::copy_" not in ran and "aten::clone" not in ran, sorted(set(ran))
+        torch.testing.assert_close(actual, _reference(x, w, None, (1, 1), True))
+        base[1, 10, 4, 4] = float("nan")  # inside it: oneDNN, on a dense copy
+        actual, ran = _ops_run(_small_conv2d, x, w, None, (1, 1), True)
+        assert ONEDNN in ran and WINOGRAD not in ran
+        monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "0")  # a path that never runs it
+        expected = _small_conv2d(x.contiguous(), w.clone(), None, (1, 1), True)
+        torch.testing.assert_close(actual, expected, equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["0", None])
 def test_each_layer_keeps_one_kernel_per_input_shape(mode: str | None, monkeypatch) -> None:
     """Switched off, every call runs oneDNN; measured (the default), the first call of a shape

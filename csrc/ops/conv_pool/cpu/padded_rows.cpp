@@ -77,7 +77,11 @@ void copy_padded_rows(const at::Tensor& image, int64_t first, int64_t rows, int6
         for (int64_t q = begin; q < end; ++q) {
           float* pixel = row + q * to.column_step;
           const float* from = line + (q - padding_w) * sw;
-          for (int64_t c = 0; c < channels; ++c) pixel[c] = from[c * sc];
+          if (sc == 1) {  // channels-last, or a channel slice of it: one copy per pixel
+            std::copy_n(from, channels, pixel);
+          } else {
+            for (int64_t c = 0; c < channels; ++c) pixel[c] = from[c * sc];
+          }
         }
       }
       std::fill(row + end * to.column_step, row + padded_w * to.column_step, 0.0f);

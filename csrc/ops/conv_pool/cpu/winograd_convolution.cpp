@@ -258,25 +258,51 @@ ChunkFunction chunk_function() {
   return function;
 }
 
-// Whether every value of t (float32) is finite: no value with an all-ones exponent. A max over
-// the magnitudes' bits (integers, so the loop vectorises), in parallel over chunks of the memory
-// of a dense tensor; ATen's isfinite for any other.
+// The largest magnitude's bits among `count` floats at `data`: integers, so the loop vectorises.
+uint32_t largest_magnitude(const float* data, int64_t count) {
+  constexpr uint32_t kMagnitude = 0x7fffffffu;
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, sizeof(bits));
+    largest = std::max(largest, bits & kMagnitude);
+  }
+  return largest;
+}
+
+// Whether every value of t (float32) is finite: no value with an all-ones exponent. In parallel
+// over chunks of the memory of a dense tensor, or over the pixels of a 4-d tensor whose channels
+// are contiguous (a channel slice of a channels-last tensor, which Winograd reads uncopied); ATen's
+// isfinite for any other.
 bool all_finite(const at::Tensor& t) {
-  if (!t.is_non_overlapping_and_dense()) return at::isfinite(t).all().item<bool>();
+  constexpr uint32_t kInfinity = 0x7f800000u;
   const float* data = t.const_data_ptr<float>();
-  constexpr uint32_t kMagnitude = 0x7fffffffu, kInfinity = 0x7f800000u;
-  return at::parallel_reduce(
-      0, t.numel(), int64_t{1} << 16, true,
-      [&](int64_t begin, int64_t end, bool finite) {
-        uint32_t largest = 0;
-        for (int64_t i = begin; i < end; ++i) {
-          uint32_t bits;
-          std::memcpy(&bits, data + i, sizeof(bits));
-          largest = std::max(largest, bits & kMagnitude);
-        }
-        return finite && largest < kInfinity;
-      },
-      [](bool a, bool b) { return a && b; });
+  const auto both = [](bool a, bool b) { return a && b; };
+  if (t.is_non_overlapping_and_dense()) {
+    return at::parallel_reduce(
+        0, t.numel(), int64_t{1} << 16, true,
+        [&](int64_t begin, int64_t end, bool finite) {
+          return finite && largest_magnitude(data + begin, end - begin) < kInfinity;
+        },
+        both);
+  }
+  if (t.dim() == 4 && t.stride(1) == 1) {
+    const int64_t rows = t.size(0) * t.size(2), width = t.size(3), channels = t.size(1);
+    return at::parallel_reduce(
+        0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, width * channels)),
+        true,
+        [&](int64_t begin, int64_t end, bool finite) {
+          for (int64_t r = begin; r < end && finite; ++r) {
+            const float* row = data + (r / t.size(2)) * t.stride(0) + (r % t.size(2)) * t.stride(2);
+            for (int64_t q = 0; q < width; ++q) {
+              finite = finite && largest_magnitude(row + q * t.stride(3), channels) < kInfinity;
+            }
+          }
+          return finite;
+        },
+        both);
+  }
+  return at::isfinite(t).all().item<bool>();
 }
 
 }  // namespace

@@ -256,15 +256,19 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
         c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
     enum class Kernel { kOneDnn, kWinograd, kDirect };
     std::vector<Kernel> kernels{Kernel::kOneDnn};
-    std::vector<std::function<void()>> calls{
-        [&] { onednn_call(input, packed.packed, b, stride, padding, dilation, groups, relu); }};
+    // oneDNN and the direct kernel read a dense input, Winograd any strides: each is timed
+    // with the copy it needs
+    std::vector<std::function<void()>> calls{[&] {
+      onednn_call(dense_input(input), packed.packed, b, stride, padding, dilation, groups, relu);
+    }};
     if (transformed.defined()) {
       kernels.push_back(Kernel::kWinograd);
       calls.emplace_back([&] { winograd_call(input, transformed, w, b, padding, relu); });
     }
     if (direct_w.defined()) {
       kernels.push_back(Kernel::kDirect);
-      calls.emplace_back([&] { direct_call(input, direct_w, w, b, stride, padding, relu); });
+      calls.emplace_back(
+          [&] { direct_call(dense_input(input), direct_w, w, b, stride, padding, relu); });
     }
     const Kernel fastest = kernels[fastest_of(3, calls)];
     packed.winograd = fastest == Kernel::kWinograd ? transformed : at::Tensor();
@@ -274,7 +278,8 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
   return packed;
 }
 
-// A call's dense input and packed copies (the kernel decided), and whether it runs Winograd
+// A call's input (as given: Winograd reads any strides, the other kernels a dense copy) and packed
+// copies (the kernel decided), and whether it runs Winograd
 // (decided fastest for this shape, and the input finite) or the direct kernel.
 struct PackedCall {
   at::Tensor input;
@@ -285,7 +290,7 @@ struct PackedCall {
 PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                        int64_t groups, bool relu, const at::Tensor& direct_w) {
-  PackedCall call{dense_input(x), Packed{}, false};
+  PackedCall call{x, Packed{}, false};
   call.packed = packed_weight(call.input, w, stride, padding, dilation, groups);
   if (!call.packed.decided) {
     call.packed = decide_kernel(call.input, w, b, stride, padding, dilation, groups, relu, direct_w,
@@ -305,10 +310,11 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
   if (call.winograd) {
     return winograd_call(call.input, call.packed.winograd, w, b, padding, relu);
   }
+  const at::Tensor dense = dense_input(call.input);
   if (call.packed.direct && direct_w.defined()) {  // a later caller may rule the direct kernel out
-    return direct_call(call.input, direct_w, w, b, stride, padding, relu);
+    return direct_call(dense, direct_w, w, b, stride, padding, relu);
   }
-  return onednn_call(call.input, call.packed.packed, b, stride, padding, dilation, groups, relu);
+  return onednn_call(dense, call.packed.packed, b, stride, padding, dilation, groups, relu);
 }
 
 void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
@@ -319,10 +325,10 @@ void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::T
   if (call.winograd) {
     winograd_conv2d_out(call.input, call.packed.winograd, b, w.size(0), padding, relu, out);
   } else if (call.packed.direct && direct_w.defined()) {
-    out.copy_(direct_conv(call.input, direct_w, b, w.size(0), stride, padding, relu));
+    out.copy_(direct_conv(dense_input(call.input), direct_w, b, w.size(0), stride, padding, relu));
   } else {
-    out.copy_(
-        onednn_call(call.input, call.packed.packed, b, stride, padding, dilation, groups, relu));
+    out.copy_(onednn_call(dense_input(call.input), call.packed.packed, b, stride, padding, dilation,
+                          groups, relu));
   }
 }
 
