@@ -14,8 +14,9 @@ same way: the same input sizes, strides, dtypes and devices, no gradient, no aut
 compiling, hooks or modes, every layer in eval mode, the same parameter, buffer and submodule
 objects, and each packed layer on the same weight values and thresholds
 (``PackedConv2d._plan_state``). Calls that read a value Python could branch on (``.item()``, an
-output whose shape depends on the data) or draw random numbers make no plan: the forward stays
-eager, and :meth:`PlannedGraphModule.plan_report` says why.
+output whose shape depends on the data) make no plan: the forward stays eager, and
+:meth:`PlannedGraphModule.plan_report` says why. Python that reads other state (a global variable,
+Python's ``random``, the clock) is fixed at the recording, as in any trace.
 """
 
 from __future__ import annotations
@@ -249,8 +250,10 @@ def record_op_plan(forward: Callable[..., Any], inputs: Sequence[torch.Tensor]) 
 
     Raises:
         PlanRefused: a call the plan cannot repeat faithfully (named in the message): random
-            numbers, data-dependent shapes or values read into Python, a write into a constant,
-            or a tensor that aliases the input's memory without a dispatcher call.
+            numbers drawn for a constant, data-dependent shapes or values read into Python, a
+            write into a weight, buffer, constant or the input, a tensor that aliases the input's
+            memory without a dispatcher call, a buffer filled through its data pointer, or an
+            argument OpPlan cannot hold.
 
     Example:
         >>> layer = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
@@ -397,7 +400,7 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, _Plans] = weakref.WeakKeyDictionary
 
 class PlannedGraphModule(fx.GraphModule):
     """A ``torch.fx.GraphModule`` whose inference forward runs as one C++ call once it has run
-    twice on inputs of a signature (sizes, strides, dtypes, devices).
+    twice on inputs of a signature (sizes, strides, dtypes, devices, ``requires_grad``).
 
     The first call of a signature runs eagerly (the layers pick and pack their kernels), the second
     records a plan (:func:`record_op_plan`), later ones run it while the plan holds: every layer in
@@ -436,7 +439,7 @@ class PlannedGraphModule(fx.GraphModule):
         if plans is None:
             plans = _PLANS.setdefault(self, _Plans())
         key = (
-            tuple((a.shape, a.stride(), a.dtype, a.device) for a in args),
+            tuple((a.shape, a.stride(), a.dtype, a.device, a.requires_grad) for a in args),
             torch.is_inference_mode_enabled(),
             torch.backends.mkldnn.enabled,
         )
