@@ -25,7 +25,7 @@ import operator
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +79,6 @@ class OpPlanRun:
     structure: Any  # the output's pytree spec
     #: the modules whose forward ran during the recording (their hooks would run again)
     called: list[nn.Module] = field(default_factory=list)
-    #: guards another tensor: the plan refuses to run once it is written (``_Builder.guard``)
-    add_guard: Callable[[torch.Tensor, str], None] | None = None
     #: the output is one tensor the plan computes
     single: bool = False
 
@@ -282,7 +280,6 @@ def record_op_plan(forward: Callable[..., Any], inputs: Sequence[torch.Tensor]) 
     except (ValueError, TypeError, RuntimeError) as error:  # an argument OpPlan cannot hold
         raise PlanRefused(f"cannot record the forward: {error}") from error
     run.called = list(called.values())
-    run.add_guard = builder.guard
     return output, run
 
 
@@ -337,7 +334,9 @@ class _Entry:
     assignments: int  # _assignments when the members last held
     plan: OpPlanRun | None = None
     why: str = ""
-    called: list[dict] = field(default_factory=list)  # the __dict__ of each module that ran
+    #: the ``__dict__`` of each module the recorded forward called, read on every call: the
+    #: modules themselves would be more cache lines to touch between two forwards
+    called: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(cls, root: nn.Module, plan: OpPlanRun | None) -> _Entry:
@@ -356,11 +355,11 @@ class _Entry:
             if not hasattr(layer, "_plan_state"):
                 continue
             weight = layer._parameters["weight"]
-            if plan is not None and layer._trusts_version(weight):
-                plan.add_guard(weight, type(layer).__name__)
+            if plan is not None and layer._trusts_version(weight):  # not an inference tensor
+                plan.plan.add_guard(weight)
             else:
                 layers.append((layer, layer._plan_state()))
-        called = [module.__dict__ for module in (plan.called if plan else [])]
+        called = list(map(vars, plan.called)) if plan is not None else []
         return cls(members, type(root).forward, layers, _assignments[0], plan, called=called)
 
     def holds(self, root: nn.Module) -> bool:
@@ -371,9 +370,7 @@ class _Entry:
             self.assignments = _assignments[0]
         if type(root).forward is not self.forward:
             return False
-        # Between two forwards the caches are cold, and each line of Python costs microseconds:
-        # the called modules' flags and hooks are read by C loops (map, any), not in Python.
-        if self.plan is not None and any(map(any, map(_FLAGS, self.called))):
+        if _watched(self.called):
             return False
         return all(layer._plan_state() == state for layer, state in self.layers)
 
@@ -382,9 +379,11 @@ class _Entry:
 _FLAGS = operator.itemgetter("training", "_forward_hooks", "_forward_pre_hooks")
 
 
-def _watched(modules: Sequence[nn.Module]) -> bool:
-    """Whether a module is in training mode or has forward hooks (Python a plan would skip)."""
-    return any(m.training or m._forward_hooks or m._forward_pre_hooks for m in modules)
+def _watched(module_dicts: Iterable[dict]) -> bool:
+    """Whether a module (given by its ``__dict__``) is in training mode or has forward hooks:
+    Python a plan would skip. Between two forwards the caches are cold and each line of Python
+    costs microseconds: the flags are read by C loops (map, any), not in Python."""
+    return any(map(any, map(_FLAGS, module_dicts)))
 
 
 @dataclass
@@ -454,7 +453,7 @@ class PlannedGraphModule(fx.GraphModule):
             if output is not STALE:
                 plans.runs += 1
                 return output
-        if _watched(list(self.modules())):
+        if _watched(map(vars, self.modules())):
             return super().__call__(*args)
         with plans.lock:
             if key not in plans.seen or key in plans.entries:
@@ -469,10 +468,7 @@ class PlannedGraphModule(fx.GraphModule):
             except PlanRefused as refused:
                 why = str(refused)
                 output = super().__call__(*args)
-            try:  # the state after the recorded call: it may have taken the first snapshots
-                entry = _Entry.of(self, plan)
-            except PlanRefused as refused:
-                entry, why = _Entry.of(self, None), str(refused)
+            entry = _Entry.of(self, plan)  # after the recorded call: it may take first snapshots
             entry.why = why
             plans.entries[key] = entry
             while len(plans.entries) > max(1, self.max_plans):
