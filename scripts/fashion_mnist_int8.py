@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from deeprebirth.bench.runtimes import RUNTIMES, build_runtime
-from deeprebirth.bench.timing import interleaved_timings, machine_line
+from deeprebirth.bench.timing import RUNTIME_SETTLE_MS, interleaved_timings, machine_line
 from deeprebirth.io import load_model, stored_input_geometry
 
 MODELS = ("teacher", "student")
@@ -102,7 +102,9 @@ def main() -> int:
             calls[(who, name)] = lambda run=runtime.run: run(x)
             if runtime.prepare:
                 prepare[(who, name)] = runtime.prepare
-    timings = interleaved_timings(calls, repeats=args.repeats, prepare=prepare)
+    timings = interleaved_timings(
+        calls, repeats=args.repeats, prepare=prepare, settle_ms=RUNTIME_SETTLE_MS
+    )
     base = timings[("teacher", "executorch_1t")].median
 
     lines = [

@@ -29,7 +29,13 @@ import yaml
 
 import deeprebirth
 from deeprebirth.bench.runtimes import RUNTIMES, build_runtime
-from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line, paired_ratio
+from deeprebirth.bench.timing import (
+    RUNTIME_SETTLE_MS,
+    Timing,
+    interleaved_timings,
+    machine_line,
+    paired_ratio,
+)
 from deeprebirth.io import load_model
 
 
@@ -144,7 +150,9 @@ def compare(
                     forwards = {key: lambda run=built[key].run, x=x: run(x) for key in keys}
                     prepare = {key: built[key].prepare for key in keys if built[key].prepare}
                     with torch.inference_mode():
-                        block = interleaved_timings(forwards, repeats, prepare=prepare)
+                        block = interleaved_timings(
+                            forwards, repeats, prepare=prepare, settle_ms=RUNTIME_SETTLE_MS
+                        )
                     for key, timing in block.items():
                         per_block[key].append(timing)
             timings = {key: _pooled(block) for key, block in per_block.items()}

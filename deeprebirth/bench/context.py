@@ -17,7 +17,7 @@ from deeprebirth.bench.costs import ModelCosts, model_costs
 from deeprebirth.bench.profiling import ForwardProfile, profile_forward
 from deeprebirth.bench.roofline import conv_peak_call
 from deeprebirth.bench.runtimes import Runtime, build_runtime
-from deeprebirth.bench.timing import Timing, interleaved_timings, machine_line
+from deeprebirth.bench.timing import RUNTIME_SETTLE_MS, Timing, interleaved_timings, machine_line
 from deeprebirth.bench.zoo import ModelSpec, build_variant, in_form
 
 LatencyKey = tuple[str, str]  # (model label, runtime name)
@@ -163,7 +163,11 @@ class BenchContext:
             prepare = {"\t".join(key): rt.prepare for key, rt in available.items() if rt.prepare}
             with torch.inference_mode():
                 timings = interleaved_timings(
-                    calls, self.config.repeats, self.config.warmup, prepare
+                    calls,
+                    self.config.repeats,
+                    self.config.warmup,
+                    prepare,
+                    settle_ms=RUNTIME_SETTLE_MS,
                 )
             self.latency[batch] = {key: timings.get("\t".join(key)) for key in self.runtimes}
             if peak_call is not None:

@@ -44,7 +44,12 @@ from deeprebirth.bench.context import BenchContext
 from deeprebirth.bench.profiling import profile_forward
 from deeprebirth.bench.runtimes import ExecuTorchRuns, _first_line, onnxruntime_options
 from deeprebirth.bench.tables import MISSING, ResultPage, timing_cell
-from deeprebirth.bench.timing import Timing, benchmark_allocator, interleaved_timings
+from deeprebirth.bench.timing import (
+    RUNTIME_SETTLE_MS,
+    Timing,
+    benchmark_allocator,
+    interleaved_timings,
+)
 from deeprebirth.bench.zoo import in_form
 
 CATEGORIES = (
@@ -477,7 +482,9 @@ class RuntimeProfiler:
                     if isinstance(run, ExecuTorchRuns):
                         prepare[runtime] = run.prepare
                 profiles.append(profile)
-            timings = interleaved_timings(calls, repeats, warmup, prepare)
+            timings = interleaved_timings(
+                calls, repeats, warmup, prepare, settle_ms=RUNTIME_SETTLE_MS
+            )
         for profile in profiles:
             profile.plain = timings.get(profile.runtime)
         return profiles

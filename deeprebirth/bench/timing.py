@@ -2,7 +2,10 @@
 
 - :func:`interleaved_timings` runs variants A B A B … in one process after a warm-up, so machine
   noise hits every variant alike; compare medians and report ratios. A sample of a
-  sub-millisecond call is the mean of enough back-to-back calls to fill a millisecond.
+  sub-millisecond call is the mean of enough back-to-back calls to fill a millisecond. Variants
+  that run in different runtimes (thread pools) take ``settle_ms=RUNTIME_SETTLE_MS``: each sample
+  then follows untimed calls of its own variant, after the previous variant's pool stopped
+  spinning.
 - :func:`paired_ratio`: the speed-up of two variants timed in the same rounds, as the median of
   the per-round ratios, which a machine that drifts between rounds does not move;
   :func:`speed_ratio` uses it when it can.
@@ -43,6 +46,14 @@ _GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # glibc's initial mmap and trim threshold
 _allocator_configured = False
 _benchmark_depth = 0
 _round_sets = itertools.count(1)
+
+RUNTIME_SETTLE_MS = 20.0
+"""``settle_ms`` for :func:`interleaved_timings` over variants in different runtimes. A thread
+pool's workers spin for milliseconds after its last call before they sleep (libgomp's default 300k
+spins took about 5 ms on Zen 4), and on a 2-core machine the spinning worker takes a core from the
+next runtime: the first ExecuTorch or OpenVINO forward after a PyTorch one ran 1.5x its steady
+time, and the first PyTorch forward after either of them 1.06x (docs/benchmarks.md). 20 ms
+covers a spin four times that long."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ def interleaved_timings(
     warmup: int = 3,
     prepare: Mapping[str, Callable[[], object]] | None = None,
     min_sample_ms: float = 1.0,
+    settle_ms: float = 0.0,
 ) -> dict[str, Timing]:
     """Times each variant ``repeats`` times, interleaved (A B A B …), after ``warmup`` rounds.
 
@@ -135,6 +147,10 @@ def interleaved_timings(
             (as ``timeit``'s autorange does): one call of a tenth of a millisecond measures the
             timer and the caches the previous variant left as much as the variant itself. 0,
             or no warm-up, times single calls.
+        settle_ms: before each sample (after ``prepare``), the variant runs untimed until this
+            many milliseconds of its calls have passed, at least once if above 0: each sample
+            then measures the variant's steady state, not the previous variant's spinning thread
+            pool or cache contents (:data:`RUNTIME_SETTLE_MS`).
 
     Example:
         >>> t = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: 0}, repeats=3)
@@ -157,6 +173,7 @@ def interleaved_timings(
         for _ in range(repeats):
             for name, fn in variants.items():
                 prepare.get(name, _nothing)()
+                _settle(fn, settle_ms)
                 number = calls[name]
                 start = time.perf_counter()
                 for _ in range(number):
@@ -168,6 +185,16 @@ def interleaved_timings(
 
 def _nothing() -> None:
     pass
+
+
+def _settle(fn: Callable[[], object], settle_ms: float) -> None:
+    """Calls ``fn`` untimed until ``settle_ms`` have passed (at least once if above 0)."""
+    if settle_ms <= 0:
+        return
+    end = time.perf_counter() + settle_ms / 1e3
+    fn()
+    while time.perf_counter() < end:
+        fn()
 
 
 @functools.cache

@@ -110,3 +110,28 @@ def test_interleaved_timings_average_back_to_back_calls_only_under_min_sample_ms
     assert long.calls == 1 and counts["long"] == 1 + 4
     assert short.calls == 4 and counts["short"] == 1 + 4 * short.calls  # ceil(1 ms / 0.3 ms)
     assert short.samples == pytest.approx([0.3] * 4) and long.samples == pytest.approx([3.0] * 4)
+
+
+def test_interleaved_timings_settle_times_each_variant_after_its_own_calls(monkeypatch):
+    """A runtime's first call after another runtime's pays for that runtime's spinning threads
+    (modelled here: 10 ms instead of 2 ms). Round robin charges every sample for it; with
+    ``settle_ms`` each sample follows untimed calls of its own variant and reads the steady 2 ms."""
+    import time
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    last = [None]
+
+    def runtime(name: str):
+        def call():
+            now[0] += 2e-3 if last[0] == name else 10e-3
+            last[0] = name
+
+        return call
+
+    variants = {"a": runtime("a"), "b": runtime("b")}
+    unsettled = interleaved_timings(variants, repeats=3, warmup=1)
+    settled = interleaved_timings(variants, repeats=3, warmup=1, settle_ms=5)
+    assert unsettled["a"].samples == pytest.approx([10.0] * 3)
+    assert settled["a"].samples == pytest.approx([2.0] * 3)
+    assert settled["b"].samples == pytest.approx([2.0] * 3)
