@@ -37,7 +37,7 @@ from deeprebirth.bench import (
     zoo,
 )
 from deeprebirth.bench.context import BenchContext
-from deeprebirth.bench.timing import Timing
+from deeprebirth.bench.timing import RUNTIME_SETTLE_MS, Timing
 from deeprebirth.cli import build_parser
 from deeprebirth.commands.bench import config_from_args
 
@@ -532,9 +532,12 @@ def test_compare_times_each_runtime_in_its_own_block_after_its_prepare(monkeypat
 
     real = compare_models.interleaved_timings
 
-    def spy(variants, repeats, **kwargs):
+    def spy(variants, repeats, settle_ms, **kwargs):
+        # runtimes hold thread pools: each sample must follow the runtime's own untimed calls;
+        # the settling itself is tested in test_bench_timing, here it would only add calls
+        assert settle_ms == RUNTIME_SETTLE_MS
         block_keys.append({runtime for runtime, _ in variants})
-        timings = real(variants, repeats, warmup=1, min_sample_ms=0, **kwargs)
+        timings = real(variants, repeats, warmup=1, min_sample_ms=0, settle_ms=0, **kwargs)
         records.extend((runtime, timings[(runtime, name)].samples) for runtime, name in variants)
         return timings
 
