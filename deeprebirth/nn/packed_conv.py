@@ -28,7 +28,9 @@ class PackedConv2d(nn.Conv2d):
     3x3 stride-1 layers (ungrouped, at least 8 input and 16 output channels) take that C++ path
     in eager too, on a snapshot of the weight: it runs Winograd F(2x2, 3x3) on a transformed
     weight wherever that timed faster than oneDNN on the first call of an input shape
-    (``DEEPREBIRTH_PACKED_WINOGRAD=0`` turns it off, ``=1`` skips the timing; docs/kernels.md).
+    (``DEEPREBIRTH_PACKED_WINOGRAD=0`` turns it off, ``=1`` skips the timing), each kernel timed
+    on its weight read from memory (``DEEPREBIRTH_PACKED_TIMING=warm``: from cache;
+    docs/kernels.md).
     Equal to :meth:`to_standard` up to float32 rounding (Winograd: about 1e-6 of the output's
     magnitude).
 

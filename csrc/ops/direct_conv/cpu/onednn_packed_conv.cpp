@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ops/common/arg_checks.h"
+#include "ops/common/cache_evict.h"
 #include "ops/direct_conv/direct_conv.h"
 #include "ops/winograd_conv/cpu/winograd_conv_kernel.h"
 #include "ops/winograd_conv/winograd_conv.h"
@@ -215,16 +216,35 @@ WinogradMode winograd_mode() {
   return WinogradMode::kMeasured;
 }
 
-// The index of the fastest of `calls`, each timed `rounds` times in turns after one untimed call
-// each (the first call of a shape allocates); ties go to the earlier one.
-size_t fastest_of(int rounds, const std::vector<std::function<void()>>& calls) {
+// DEEPREBIRTH_PACKED_TIMING: "warm" times the candidate kernels with their weights where the
+// previous call left them (in cache), otherwise (unset, "cold") evicted from every cache first, as
+// in a model whose weights do not all fit in the last-level cache. Read at each decision.
+bool cold_weight_timing() {
+  const char* value = std::getenv("DEEPREBIRTH_PACKED_TIMING");
+  return value == nullptr || std::strcmp(value, "warm") != 0;
+}
+
+// A candidate kernel of a layer: its call, and the weight copy it reads.
+struct Candidate {
+  std::function<void()> call;
+  at::Tensor weight;
+};
+
+// The index of the fastest of `candidates`, each timed `rounds` times in turns after one untimed
+// call each (the first call of a shape allocates); ties go to the earlier one. With `cold`, each
+// timed call reads its weight from memory (evict_from_caches first, outside the timing), as in a
+// forward of a model whose weights outgrow the last-level cache: timed on cached weights,
+// Winograd (whose transformed weight is 16/9 of the original) won layers at 7x7 that then ran
+// slower in the model than oneDNN (docs/kernels.md).
+size_t fastest_of(int rounds, const std::vector<Candidate>& candidates, bool cold) {
   using clock = std::chrono::steady_clock;
-  for (const auto& call : calls) call();
-  std::vector<double> best(calls.size(), 1e30);
+  for (const auto& candidate : candidates) candidate.call();
+  std::vector<double> best(candidates.size(), 1e30);
   for (int i = 0; i < rounds; ++i) {
-    for (size_t k = 0; k < calls.size(); ++k) {
+    for (size_t k = 0; k < candidates.size(); ++k) {
+      if (cold) evict_from_caches(candidates[k].weight);
       const auto start = clock::now();
-      calls[k]();
+      candidates[k].call();
       best[k] = std::min(best[k], std::chrono::duration<double>(clock::now() - start).count());
     }
   }
@@ -258,19 +278,23 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
     std::vector<Kernel> kernels{Kernel::kOneDnn};
     // oneDNN and the direct kernel read a dense input, Winograd any strides: each is timed
     // with the copy it needs
-    std::vector<std::function<void()>> calls{[&] {
-      onednn_call(dense_input(input), packed.packed, b, stride, padding, dilation, groups, relu);
-    }};
+    std::vector<Candidate> candidates{{[&] {
+                                         onednn_call(dense_input(input), packed.packed, b, stride,
+                                                     padding, dilation, groups, relu);
+                                       },
+                                       packed.packed}};
     if (transformed.defined()) {
       kernels.push_back(Kernel::kWinograd);
-      calls.emplace_back([&] { winograd_call(input, transformed, w, b, padding, relu); });
+      candidates.push_back(
+          {[&] { winograd_call(input, transformed, w, b, padding, relu); }, transformed});
     }
     if (direct_w.defined()) {
       kernels.push_back(Kernel::kDirect);
-      calls.emplace_back(
-          [&] { direct_call(dense_input(input), direct_w, w, b, stride, padding, relu); });
+      candidates.push_back(
+          {[&] { direct_call(dense_input(input), direct_w, w, b, stride, padding, relu); },
+           direct_w});
     }
-    const Kernel fastest = kernels[fastest_of(3, calls)];
+    const Kernel fastest = kernels[fastest_of(3, candidates, cold_weight_timing())];
     packed.winograd = fastest == Kernel::kWinograd ? transformed : at::Tensor();
     packed.direct = fastest == Kernel::kDirect;
   }

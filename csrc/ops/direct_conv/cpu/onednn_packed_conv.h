@@ -20,9 +20,10 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
 // and kept while w is the same tensor at the same version (an in-place update replaces the copy).
 // ATen's conv2d reorders the weights on every call: at batch 1 that costs about as much as the
 // arithmetic of a late layer, and TorchScript's frozen weights never change (docs/kernels.md).
-// On the first call for x's shape, oneDNN is timed (three calls of each) against the other
-// kernels that can compute the layer, and the fastest is kept for that shape: winograd_conv2d on
-// a transformed weight kept beside the packed copy, for layers Winograd computes
+// On the first call for x's shape, oneDNN is timed (three calls of each, each kernel's weight
+// copy evicted from the caches first; DEEPREBIRTH_PACKED_TIMING=warm leaves it there) against the
+// other kernels that can compute the layer, and the fastest is kept for that shape: winograd_conv2d
+// on a transformed weight kept beside the packed copy, for layers Winograd computes
 // (winograd_conv_applies; DEEPREBIRTH_PACKED_WINOGRAD=0 never runs it, =1 always does), and
 // direct_conv on `direct_w` (direct_conv_pack(w)) where the caller gives it defined (a layer
 // direct_conv_pays for). A call whose input holds an infinity or NaN does not run Winograd. The
