@@ -6,4 +6,5 @@
 #include "ops/build_info.h"
 #include "ops/conv_pool/conv_pool.h"
 #include "ops/direct_conv/direct_conv.h"
+#include "ops/max_pool/max_pool.h"
 #include "ops/winograd_conv/winograd_conv.h"

@@ -16,6 +16,8 @@ layers, which :func:`~deeprebirth.export.make_portable` puts in its place (as Re
 - :class:`PackedResidualBlock`, :class:`PackedResidualStage`: ResNet blocks and stages on packed
   convolutions (``pack_conv``); :class:`ResidualBlock`: the standard form of a block.
 - :class:`LocalResponseNorm2d`: ``nn.LocalResponseNorm`` as every runtime runs it (export).
+- :class:`InferenceMaxPool2d`: ``nn.MaxPool2d`` without the indices ATen's CPU kernel writes
+  (``flatten_for_inference``).
 - :class:`PlannedGraphModule` (``flatten_for_inference``'s result): a GraphModule whose inference
   forward, recorded once (:func:`record_op_plan`), runs again as one C++ call.
 
@@ -25,6 +27,7 @@ This package imports neither ``deeprebirth.surgery`` nor ``deeprebirth.export`` 
 from deeprebirth.nn.branch_conv import BranchConv2d, ConcatBranches
 from deeprebirth.nn.conv_pool import ConvPool2d
 from deeprebirth.nn.lrn import LocalResponseNorm2d
+from deeprebirth.nn.max_pool import InferenceMaxPool2d
 from deeprebirth.nn.op_plan import PlannedGraphModule, PlanRefused, record_op_plan
 from deeprebirth.nn.packed_conv import (
     ConvConcat,
@@ -39,6 +42,7 @@ __all__ = [
     "ConcatBranches",
     "ConvConcat",
     "ConvPool2d",
+    "InferenceMaxPool2d",
     "LocalResponseNorm2d",
     "PackedConv2d",
     "PackedConvConcat",

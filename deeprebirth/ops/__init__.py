@@ -8,6 +8,8 @@
   :func:`direct_conv_isa` names the kernel's instruction set.
 - :func:`winograd_conv2d`: 3x3 stride-1 layers by Winograd F(2x2, 3x3) on a weight transformed
   once (:func:`winograd_pack`); ``small_conv2d`` runs it on frozen weights where it is faster.
+- :func:`max_pool2d`: max pooling without the indices ATen's CPU kernel writes
+  (``InferenceMaxPool2d``).
 
 ``deeprebirth.ops.ConvPool2d`` and ``deeprebirth.ops.BranchConv2d`` still name the modules.
 """
@@ -27,6 +29,7 @@ from deeprebirth.ops.direct_conv import (
     small_conv2d_add_,
     small_conv2d_cat,
 )
+from deeprebirth.ops.max_pool import max_pool2d
 from deeprebirth.ops.winograd_conv import winograd_conv2d, winograd_pack
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "direct_conv_isa",
     "direct_conv_pack",
     "load_extension",
+    "max_pool2d",
     "small_conv2d",
     "small_conv2d_add_",
     "small_conv2d_cat",

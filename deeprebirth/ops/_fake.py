@@ -84,6 +84,11 @@ def _direct_conv_cat_fake(xs, packed_ws, bs, out_channels, strides, paddings, re
     return torch.cat(outs, 1)
 
 
+@torch.library.register_fake("deeprebirth::max_pool2d")
+def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
+    return torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, 1, ceil_mode)
+
+
 @torch.library.register_fake("deeprebirth::winograd_pack")
 def _winograd_pack_fake(w):
     return w.new_empty((16, -(-w.shape[0] // 16), w.shape[1], 16))

@@ -6,7 +6,8 @@ batch 1 those calls are a large share of an eager forward: flattening made the 6
 GoogLeNet-Slim 11-15% faster. The result is exact: the same layers on the same tensors. A concatenation of PackedConv2d outputs
 that nothing else reads becomes one :class:`~deeprebirth.nn.PackedConvConcat` call,
 which writes each output straight into its channels (no ``torch.cat``) where the layers take the
-direct kernel. The GraphModule is a :class:`~deeprebirth.nn.PlannedGraphModule`: from the third
+direct kernel, and each ``nn.MaxPool2d`` (dilation 1, no indices) an
+:class:`~deeprebirth.nn.InferenceMaxPool2d`, which pools without writing indices. The GraphModule is a :class:`~deeprebirth.nn.PlannedGraphModule`: from the third
 call of an input shape on, its inference forward runs as one C++ call.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from deeprebirth.nn import PackedConvConcat, PlannedGraphModule
+from deeprebirth.nn import InferenceMaxPool2d, PackedConvConcat, PlannedGraphModule
 from deeprebirth.surgery.trace import LeafTracer
 
 #: Layers that return their input unchanged in eval mode.
@@ -24,7 +25,9 @@ NO_OP_LAYERS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 
 def flatten_for_inference(model: nn.Module) -> PlannedGraphModule:
     """``model`` (eval mode) as one ``torch.fx.GraphModule``: containers inlined, deeprebirth's
-    fused and packed modules kept as layers, ``nn.Identity`` and dropout calls removed. Its
+    fused and packed modules kept as layers, ``nn.Identity`` and dropout calls removed, max pools
+    without dilation or indices as :class:`~deeprebirth.nn.InferenceMaxPool2d` (new modules:
+    ``model``'s stay as they are). Its
     inference calls (no gradient) run as one C++ call from the third of each input shape on
     (:class:`~deeprebirth.nn.PlannedGraphModule`: the same operator calls, without Python between
     them).
@@ -55,6 +58,7 @@ def flatten_for_inference(model: nn.Module) -> PlannedGraphModule:
             node.replace_all_uses_with(node.args[0])
             flat.graph.erase_node(node)
     _concatenate_in_place(flat)
+    _pool_without_indices(flat)
     for node in flat.graph.nodes:  # fx's generated annotations are aliases TorchScript rejects
         node.type = None
     flat.graph.eliminate_dead_code()
@@ -63,6 +67,19 @@ def flatten_for_inference(model: nn.Module) -> PlannedGraphModule:
     from deeprebirth.models.recipe import with_step
 
     return with_step(model, flat, {"kind": "flatten"}).eval()
+
+
+def _pool_without_indices(flat: fx.GraphModule) -> None:
+    """Puts an :class:`~deeprebirth.nn.InferenceMaxPool2d` in place of each called
+    ``nn.MaxPool2d`` it can compute (the same values; ATen's CPU max pooling also writes an int64
+    index per output, which inference never reads). ``add_submodule`` replaces it in ``flat``'s
+    own containers, so ``model``'s pool is left as it is."""
+    for node in flat.graph.nodes:
+        if node.op != "call_module":
+            continue
+        pool = flat.get_submodule(node.target)
+        if type(pool) is nn.MaxPool2d and not pool.return_indices and pool.dilation in (1, (1, 1)):
+            flat.add_submodule(node.target, InferenceMaxPool2d.from_pool(pool).train(pool.training))
 
 
 def _concatenate_in_place(flat: fx.GraphModule) -> None:

@@ -18,6 +18,7 @@ from deeprebirth.export import make_portable, uses_deeprebirth_ops
 from deeprebirth.nn import (
     BranchConv2d,
     ConvPool2d,
+    InferenceMaxPool2d,
     LocalResponseNorm2d,
     PackedConv2d,
     PackedConvConcat,
@@ -85,6 +86,11 @@ def _packed_conv_concat() -> tuple[nn.Module, Inputs]:
     return module, [torch.randn(1, 8, 6, 6), torch.randn(1, 6, 6, 6)]
 
 
+def _inference_max_pool() -> tuple[nn.Module, Inputs]:
+    x = torch.randn(2, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    return InferenceMaxPool2d(3, 2, 1, ceil_mode=True), x
+
+
 def _bottleneck_convs() -> tuple[list[nn.Conv2d], nn.Conv2d]:
     convs = [nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 16, 1)]
     return convs, nn.Conv2d(8, 16, 1)
@@ -120,6 +126,7 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Inputs]]] = {
     "packed_conv_direct": _packed_conv_direct,
     "packed_conv_onednn": _packed_conv_onednn,
     "packed_conv_concat": _packed_conv_concat,
+    "inference_max_pool": _inference_max_pool,
     "residual_block_downsample": _residual_block_downsample,
     "residual_block_identity": _residual_block_identity,
     "residual_stage": _residual_stage,
