@@ -11,9 +11,10 @@
 
 namespace at::native {
 // Exported by libtorch_cpu (ATen/native/mkldnn/MKLDNNCommon.h, whose header needs ideep, which
-// the wheels do not ship): the buffer and size of a oneDNN tensor's opaque storage.
-void* data_ptr_from_mkldnn(const at::Tensor& mkldnn_tensor);
-int64_t nbytes_from_mkldnn(const at::Tensor& mkldnn_tensor);
+// the wheels do not ship): the buffer and size of a oneDNN tensor's opaque storage. Weak: a torch
+// built without oneDNN lacks them, and the library must still load there (nothing is evicted).
+__attribute__((weak)) void* data_ptr_from_mkldnn(const at::Tensor& mkldnn_tensor);
+__attribute__((weak)) int64_t nbytes_from_mkldnn(const at::Tensor& mkldnn_tensor);
 }  // namespace at::native
 
 namespace deeprebirth::ops {
@@ -38,6 +39,10 @@ bool evict_from_caches(const void* data, size_t bytes) {
 bool evict_from_caches(const at::Tensor& t) {
   if (!t.defined()) return true;
   if (t.layout() == c10::kMkldnn) {
+    if (&at::native::data_ptr_from_mkldnn == nullptr ||
+        &at::native::nbytes_from_mkldnn == nullptr) {
+      return false;
+    }
     return evict_from_caches(at::native::data_ptr_from_mkldnn(t),
                              static_cast<size_t>(at::native::nbytes_from_mkldnn(t)));
   }
