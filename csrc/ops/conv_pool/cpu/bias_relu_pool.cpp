@@ -9,8 +9,10 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "ops/common/cpu_isa.h"
@@ -144,6 +146,23 @@ void bias_relu_pool_rows_cpu(const at::Tensor& tile, int64_t tile_row0, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, tile.scalar_type(), "conv_pool_cpu",
       [&] { pool_rows<scalar_t>(tile, tile_row0, bias, band, geometry, args, out_image); });
+}
+
+void bias_relu_pool_images_cpu(const at::Tensor& images, const at::Tensor& bias,
+                               const ConvPoolGeometry& geometry, const ConvPoolArgs& args,
+                               const at::Tensor& out) {
+  const int64_t rows_per_task = std::max<int64_t>(1, (geometry.out_h + 3) / 4);
+  const int64_t tasks_per_image = (geometry.out_h + rows_per_task - 1) / rows_per_task;
+  at::parallel_for(0, images.size(0) * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / tasks_per_image, p0 = (task % tasks_per_image) * rows_per_task;
+      // the epilogue reads the band's pooled and convolution rows, not its input rows, so the
+      // convolution's kernel height does not matter here
+      const RowBand band =
+          row_band(p0, std::min(geometry.out_h, p0 + rows_per_task), geometry, args, 1);
+      bias_relu_pool_rows_cpu(images[n].unsqueeze(0), 0, bias, band, geometry, args, out[n]);
+    }
+  });
 }
 
 }  // namespace deeprebirth::ops

@@ -22,4 +22,11 @@ void bias_relu_pool_rows_cpu(const at::Tensor& tile, int64_t tile_row0, const at
                              const RowBand& band, const ConvPoolGeometry& geometry,
                              const ConvPoolArgs& args, const at::Tensor& out_image);
 
+// bias_relu_pool_rows_cpu over whole images: `images` (N, C, conv_h, conv_w), channels-last
+// contiguous, pooled into `out` (N, C, out_h, out_w), in parallel over bands of a quarter of each
+// image's pooled rows, so that both threads of a batch-1 call have rows to pool.
+void bias_relu_pool_images_cpu(const at::Tensor& images, const at::Tensor& bias,
+                               const ConvPoolGeometry& geometry, const ConvPoolArgs& args,
+                               const at::Tensor& out);
+
 }  // namespace deeprebirth::ops

@@ -154,16 +154,7 @@ void conv_pool_thread_bands(const Convolution& convolve, const at::Tensor& x, co
 
 void conv_pool_whole(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                      const ConvPoolGeometry& g, const ConvPoolArgs& args, const at::Tensor& out) {
-  const at::Tensor conv = conv_rows(x, w, args, args.padding[0]);
-  const int64_t rows_per_task = std::max<int64_t>(1, (g.out_h + 3) / 4);
-  const int64_t tasks_per_image = (g.out_h + rows_per_task - 1) / rows_per_task;
-  at::parallel_for(0, x.size(0) * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / tasks_per_image, p0 = (task % tasks_per_image) * rows_per_task;
-      const RowBand band = row_band(p0, std::min(g.out_h, p0 + rows_per_task), g, args, w.size(2));
-      bias_relu_pool_rows_cpu(conv[n].unsqueeze(0), 0, bias, band, g, args, out[n]);
-    }
-  });
+  bias_relu_pool_images_cpu(conv_rows(x, w, args, args.padding[0]), bias, g, args, out);
 }
 
 at::Tensor conv_pool_cpu(const at::Tensor& x, const at::Tensor& w,
