@@ -27,7 +27,7 @@ class InferenceMaxPool2d(nn.MaxPool2d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.return_indices or pair(self.dilation, "dilation") != [1, 1]:
+        if not self.computes(self):
             raise ValueError(
                 "InferenceMaxPool2d takes max pools with dilation 1 that return no indices, but "
                 f"got dilation={self.dilation}, return_indices={self.return_indices}"
@@ -37,6 +37,11 @@ class InferenceMaxPool2d(nn.MaxPool2d):
         stride = self.kernel_size if self.stride is None else self.stride
         self.stride_pair = pair(stride, "stride")
         self.padding_pair = pair(self.padding, "padding")
+
+    @staticmethod
+    def computes(pool: nn.MaxPool2d) -> bool:
+        """Whether ``pool``'s arguments are ones this module takes: dilation 1, no indices."""
+        return not pool.return_indices and pair(pool.dilation, "dilation") == [1, 1]
 
     @classmethod
     def from_pool(cls, pool: nn.MaxPool2d) -> InferenceMaxPool2d:

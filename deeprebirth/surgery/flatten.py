@@ -7,8 +7,9 @@ GoogLeNet-Slim 11-15% faster. The result is exact: the same layers on the same t
 that nothing else reads becomes one :class:`~deeprebirth.nn.PackedConvConcat` call,
 which writes each output straight into its channels (no ``torch.cat``) where the layers take the
 direct kernel, and each ``nn.MaxPool2d`` (dilation 1, no indices) an
-:class:`~deeprebirth.nn.InferenceMaxPool2d`, which pools without writing indices. The GraphModule is a :class:`~deeprebirth.nn.PlannedGraphModule`: from the third
-call of an input shape on, its inference forward runs as one C++ call.
+:class:`~deeprebirth.nn.InferenceMaxPool2d`, which pools without writing indices. The
+GraphModule is a :class:`~deeprebirth.nn.PlannedGraphModule`: from the third call of an input
+shape on, its inference forward runs as one C++ call.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _pool_without_indices(flat: fx.GraphModule) -> None:
         if node.op != "call_module":
             continue
         pool = flat.get_submodule(node.target)
-        if type(pool) is nn.MaxPool2d and not pool.return_indices and pool.dilation in (1, (1, 1)):
+        if type(pool) is nn.MaxPool2d and InferenceMaxPool2d.computes(pool):
             flat.add_submodule(node.target, InferenceMaxPool2d.from_pool(pool).train(pool.training))
 
 
