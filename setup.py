@@ -99,11 +99,71 @@ def openmp_flags() -> list[str]:
     return ["-fopenmp"] if uses_openmp and sys.platform.startswith("linux") else []
 
 
+def onednn_root() -> Path | None:
+    """The oneDNN the packed convolutions compile their own primitives with, or None.
+
+    csrc/ops/direct_conv/cpu/onednn_conv_primitive.h says why: torch holds a oneDNN but does not
+    export its API. Looked for in DEEPREBIRTH_ONEDNN_ROOT, else where requirements.txt's
+    onednn-devel-cpu-gomp wheel put include/ and lib/ (the prefix of the environment it is
+    installed in, also when a virtual environment sees it through its system site packages). It
+    must run on OpenMP when torch does (its libgomp.so.1 then resolves to the copy torch loaded:
+    one thread pool). DEEPREBIRTH_ONEDNN=0 builds without it; =1 makes a missing one an error.
+    """
+    forced = os.environ.get("DEEPREBIRTH_ONEDNN")
+    if forced == "0":
+        return None
+    root = os.environ.get("DEEPREBIRTH_ONEDNN_ROOT")
+    if root is None:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            files = distribution("onednn-devel-cpu-gomp").files or []
+            config = next(f for f in files if f.as_posix().endswith("oneapi/dnnl/dnnl_config.h"))
+            root = Path(config.locate()).resolve().parents[3]  # <root>/include/oneapi/dnnl/
+        except (PackageNotFoundError, StopIteration):
+            root = sys.prefix
+    root = Path(root)
+    config = root / "include" / "oneapi" / "dnnl" / "dnnl_config.h"
+    found = config.is_file() and (root / "lib" / "libdnnl.so").exists()
+    if found and openmp_flags():
+        found = (
+            re.search(r"#define DNNL_CPU_RUNTIME DNNL_RUNTIME_OMP\b", config.read_text())
+            is not None
+        )
+    if not found and forced == "1":
+        sys.exit(
+            f"error: DEEPREBIRTH_ONEDNN=1 but no oneDNN with an OpenMP CPU runtime under {root} "
+            "(include/oneapi/dnnl/, lib/libdnnl.so): pip install onednn-devel-cpu-gomp==2023.2.0"
+        )
+    return root if found else None
+
+
+def onednn_requirement() -> list[str]:
+    """The installed oneDNN wheel the library links (its RUNPATH names its lib/), when it does."""
+    if onednn_root() is None:
+        return []
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return [f"onednn-cpu-gomp=={version('onednn-cpu-gomp')}"]
+    except PackageNotFoundError:  # a oneDNN of DEEPREBIRTH_ONEDNN_ROOT, not a wheel
+        return []
+
+
 def ops_library():
     """libdeeprebirth_ops.so: the operators, a C++ library without Python."""
     with_cuda = build_with_cuda()
     macros = [("DEEPREBIRTH_VERSION", f'"{read_version()}"')]
     openmp = openmp_flags()
+    include_dirs = [str(CSRC)]
+    link = [*openmp, f"-Wl,-soname,{OPS_LIBRARY_FILE}"]
+    onednn = onednn_root()
+    if onednn is not None:
+        macros.append(("DEEPREBIRTH_WITH_ONEDNN", None))
+        # before torch's include folder, which holds the headers of torch's own oneDNN release
+        include_dirs.append(str(onednn / "include"))
+        lib = onednn / "lib"
+        link += [f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
     # Default visibility: C++ programs call the functions of deeprebirth_ops.h.
     extra = {"cxx": ["-O3", *openmp]}
     kind = CppExtension
@@ -114,10 +174,10 @@ def ops_library():
     library = kind(
         name=OPS_LIBRARY,
         sources=op_sources(with_cuda),
-        include_dirs=[str(CSRC)],
+        include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args=extra,
-        extra_link_args=[*openmp, f"-Wl,-soname,{OPS_LIBRARY_FILE}"],
+        extra_link_args=link,
     )
     library.libraries.remove("torch_python")  # C++ programs load it without Python
     return library
@@ -221,7 +281,7 @@ class BuildPy(build_py):
 
 setup(
     version=read_version(),
-    install_requires=[*DEPENDENCIES, torch_requirement()],
+    install_requires=[*DEPENDENCIES, torch_requirement(), *onednn_requirement()],
     ext_modules=[ops_library(), python_module()],
     cmdclass={"build_ext": BuildLibraries.with_options(use_ninja=True), "build_py": BuildPy},
 )

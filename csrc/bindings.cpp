@@ -18,9 +18,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         d["parallel_backend"] = info.parallel_backend;
         d["parallel_kernels"] = info.parallel_kernels;
         d["num_threads"] = info.num_threads;
+        d["onednn"] = info.onednn;
         return d;
       },
       "Build facts: version, torch_version, with_cuda, parallel_backend, parallel_kernels, "
-      "num_threads.");
+      "num_threads, onednn.");
   deeprebirth::plan::bind_op_plan(m);
 }

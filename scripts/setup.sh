@@ -80,7 +80,8 @@ fi
 sources_hash() {
   (cd "$ROOT" && find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 \
      | sort -z | xargs -0 sha1sum; sha1sum setup.py pyproject.toml deeprebirth/_version.py;
-   "$PYTHON" -c "import torch; print(torch.__version__)") | sha1sum | cut -d' ' -f1
+   "$PYTHON" -c "import torch; print(torch.__version__)";
+   "$PYTHON" -m pip list --disable-pip-version-check 2>/dev/null | grep -i '^onednn' || true) | sha1sum | cut -d' ' -f1
 }
 installed_from() {  # the checkout the importable deeprebirth package comes from
   (cd / && "$PYTHON" -c "import deeprebirth, pathlib; print(pathlib.Path(deeprebirth.__file__).resolve().parent.parent)" 2>/dev/null) || true

@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 
+#include "ops/direct_conv/cpu/onednn_conv_primitive.h"
+
 #ifndef DEEPREBIRTH_VERSION
 #define DEEPREBIRTH_VERSION "unknown"
 #endif
@@ -39,6 +41,7 @@ BuildInfo build_info() {
   info.parallel_kernels = false;
 #endif
   info.num_threads = at::get_num_threads();
+  info.onednn = ops::onednn_primitives_version();
   return info;
 }
 

@@ -13,6 +13,8 @@ struct BuildInfo {
   bool parallel_kernels;         // at::parallel_for in these kernels uses that backend's threads
                                  // (false: built without it, every kernel loop is serial)
   int num_threads;               // at::get_num_threads() now
+  std::string onednn;            // the oneDNN release packed convolutions run their own
+                                 // primitives on ("" without: ATen's oneDNN path runs them)
 };
 
 BuildInfo build_info();

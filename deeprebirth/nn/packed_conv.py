@@ -4,6 +4,7 @@
 No ``from __future__ import annotations`` here: TorchScript reads PackedConv2d's annotations.
 """
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -290,7 +291,11 @@ class PackedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """oneDNN's packed copy of the weight for inputs shaped like ``x`` (made on first use)."""
+        """oneDNN's packed copy of the weight for inputs shaped like ``x`` (made on first use).
+
+        Where the operator library runs oneDNN primitives of its own (:func:`_own_onednn`), the
+        weight's snapshot stands for it: the library packs it into the layer's primitive on its
+        first call and keeps both while the snapshot lives."""
         snapshot, generation = self._current_snapshot()
         key = (tuple(x.shape), generation)
         with self._cache_lock:
@@ -301,14 +306,17 @@ class PackedConv2d(nn.Conv2d):
                 return weight
             # At most max_packed_shapes input shapes: each packed copy is as large as the weight,
             # and a server sees many batch sizes.
-            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                snapshot.to_mkldnn(),
-                list(self.padding),
-                list(self.stride),
-                list(self.dilation),
-                self.groups,
-                list(x.shape),
-            )
+            if _own_onednn():
+                weight = snapshot
+            else:
+                weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    snapshot.to_mkldnn(),
+                    list(self.padding),
+                    list(self.stride),
+                    list(self.dilation),
+                    self.groups,
+                    list(x.shape),
+                )
             if generation == self._weight_snapshot[1]:  # not stale already
                 self.packed_weights[key] = weight
                 while len(self.packed_weights) > max(1, self.max_packed_shapes):
@@ -352,6 +360,10 @@ class PackedConv2d(nn.Conv2d):
         weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x, *conv = self._onednn_args(x, weight)
+        if not conv[0].is_mkldnn:  # a snapshot: the library's own primitive (_packed_weight)
+            if residual is None:
+                return self._small_conv2d(x, conv[0], _NO_DIRECT_WEIGHT, conv[1], self.relu, 0)
+            return self._own_onednn_add_(residual.clone(), x, conv[0])
         if residual is not None and self.relu:  # relu(conv(x) + residual) in one oneDNN call
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, residual, *conv, "add", 1.0, "relu", [], ""
@@ -359,6 +371,27 @@ class PackedConv2d(nn.Conv2d):
         attr = "relu" if self.relu and residual is None else "none"
         y = torch.ops.mkldnn._convolution_pointwise(x, *conv, attr, [], "")
         return y if residual is None else y + residual
+
+    @torch.jit.unused
+    def _own_onednn_add_(
+        self, residual: torch.Tensor, x: torch.Tensor, snapshot: torch.Tensor
+    ) -> torch.Tensor:
+        """``relu?(conv(x) + residual)`` over ``residual`` by the library's own oneDNN primitive
+        of ``snapshot`` (the weight's values), as frozen TorchScript runs it."""
+        return torch.ops.deeprebirth.small_conv2d_add_(
+            residual,
+            x,
+            snapshot,
+            _NO_DIRECT_WEIGHT,
+            self._parameters["bias"],
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.relu,
+            0,
+            0,
+        )
 
     @torch.jit.unused
     def _snapshot_forward(self, x: torch.Tensor, relu: bool, direct: bool) -> torch.Tensor:
@@ -452,9 +485,12 @@ class PackedConv2d(nn.Conv2d):
     @torch.jit.unused
     def _eager_add_into_(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self._packed_path_applies(x, residual):
+            x, *conv = self._onednn_args(x)
+            if not conv[0].is_mkldnn:  # a snapshot: the library's own primitive
+                return self._own_onednn_add_(residual, x, conv[0])
             unary = "relu" if self.relu else None
             return torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual, *self._onednn_args(x), "add", 1.0, unary, [], ""
+                residual, x, *conv, "add", 1.0, unary, [], ""
             )
         residual.add_(self._conv_forward(x, self.weight, self.bias))
         return residual.relu_() if self.relu else residual
@@ -703,6 +739,15 @@ class PackedConvConcat(nn.Module):
 
 # small_conv2d's direct-kernel weight where the direct kernel is ruled out (max_macs 0)
 _NO_DIRECT_WEIGHT = torch.empty(0)
+
+
+@functools.cache
+def _own_onednn() -> bool:
+    """Whether the operator library runs packed layers as oneDNN primitives of its own
+    (``build_info()["onednn"]``): then the eager packed path calls it (``small_conv2d``) as frozen
+    TorchScript does, not ATen's oneDNN op, which rebuilds the layer's primitive on every call
+    (docs/kernels.md, "Per-call cost of oneDNN through ATen")."""
+    return bool(deeprebirth.ops.build_info()["onednn"])
 
 
 def _traced(x: torch.Tensor) -> bool:

@@ -103,3 +103,19 @@ def _winograd_conv2d_fake(x, packed_w, b, out_channels, padding, relu):
 @torch.library.register_fake("deeprebirth::winograd_conv2d.out")
 def _winograd_conv2d_out_fake(x, packed_w, b, out_channels, padding, relu, *, out):
     return out
+
+
+@torch.library.register_fake("deeprebirth::onednn_conv2d")
+def _onednn_conv2d_fake(x, w, b, stride, padding, dilation, groups, relu):
+    y = torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups)
+    return y.contiguous(memory_format=torch.channels_last)  # as oneDNN writes it
+
+
+@torch.library.register_fake("deeprebirth::onednn_conv2d.out")
+def _onednn_conv2d_out_fake(x, w, b, stride, padding, dilation, groups, relu, *, out):
+    return out
+
+
+@torch.library.register_fake("deeprebirth::onednn_conv2d_add_")
+def _onednn_conv2d_add_fake(residual, x, w, b, stride, padding, dilation, groups, relu):
+    return residual

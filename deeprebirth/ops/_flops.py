@@ -84,6 +84,20 @@ def _small_conv2d_add_flop(
     return _conv_flops(x, w, stride, padding, dilation)
 
 
+@register_flop_formula(_ops.onednn_conv2d)
+def _onednn_conv2d_flop(
+    x, w, b, stride, padding, dilation, groups, relu, out_shape=None, **kwargs
+) -> int:
+    return _conv_flops(x, w, stride, padding, dilation)
+
+
+@register_flop_formula(_ops.onednn_conv2d_add_)
+def _onednn_conv2d_add_flop(
+    residual, x, w, b, stride, padding, dilation, groups, relu, out_shape=None, **kwargs
+) -> int:
+    return _conv_flops(x, w, stride, padding, dilation)
+
+
 @register_flop_formula(_ops.small_conv2d_cat)
 def _small_conv2d_cat_flop(
     xs, ws, packed_ws, bs, strides, paddings, *args, out_shape=None, **kwargs

@@ -35,7 +35,12 @@ def build_info() -> dict[str, Any]:
         ``torch_runtime_version``, ``with_cuda`` (CUDA kernels compiled in), ``cuda_available``,
         ``parallel_backend`` (ATen's intra-op backend), ``parallel_kernels`` (whether the
         kernels' ``at::parallel_for`` loops run on that backend's threads: False when the library
-        was compiled without it, e.g. without ``-fopenmp``) and ``num_threads``.
+        was compiled without it, e.g. without ``-fopenmp``), ``num_threads`` and ``onednn``:
+        the oneDNN release that packed convolutions (``pack_conv``) run as primitives of their
+        own, or ``""`` when the library was built without one and they go through ATen's oneDNN
+        path, which rebuilds each layer's primitive on every call. The environment variable
+        ``DEEPREBIRTH_ONEDNN_PRIMITIVES=0`` sends the layers packed while it is set to ATen's
+        path too.
 
     Example:
         >>> info = build_info()

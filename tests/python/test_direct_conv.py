@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from isa_helpers import run_with_cpu_isa
+from onednn_names import as_onednn
 
 from deeprebirth.ops import (
     direct_conv,
@@ -37,7 +38,7 @@ def _ops_run(fn) -> list[str]:
     """The names of the operators calling ``fn`` ran, in order (the profiler)."""
     with torch.profiler.profile() as prof:
         fn()
-    return [event.name for event in prof.events()]
+    return [as_onednn(event.name) for event in prof.events()]
 
 
 def _ran_direct_kernel(fn) -> bool:

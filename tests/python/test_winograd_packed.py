@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from isa_helpers import run_with_cpu_isa
+from onednn_names import as_onednn
 from torch import nn
 
 import deeprebirth.ops
@@ -43,7 +44,7 @@ def _ops_run(fn, *args) -> tuple[torch.Tensor, list[str]]:
     """``fn(*args)`` and the names of the operators it ran (seen by the profiler)."""
     with torch.profiler.profile() as prof:
         out = fn(*args)
-    return out, [event.name for event in prof.events()]
+    return out, [as_onednn(event.name) for event in prof.events()]
 
 
 def _random_layer(rng: random.Random):

@@ -6,6 +6,7 @@
 #include <c10/core/TensorImpl.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/intrusive_ptr.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +21,7 @@
 
 #include "ops/common/arg_checks.h"
 #include "ops/common/cache_evict.h"
+#include "ops/direct_conv/cpu/onednn_conv_primitive.h"
 #include "ops/direct_conv/direct_conv.h"
 #include "ops/winograd_conv/cpu/winograd_conv_kernel.h"
 #include "ops/winograd_conv/winograd_conv.h"
@@ -28,11 +30,13 @@ namespace deeprebirth::ops {
 
 namespace {
 
-// How a weight is kept for one input shape and geometry: oneDNN's packed copy and the kernel
-// that ran fastest on this CPU among those that can compute the layer (decided by timing them on
-// the first call, see decide_kernel), with the weight Winograd reads where it won.
+// How a weight is kept for one input shape, geometry and epilogue: oneDNN's copy (our own
+// executable primitive holding it where this build has one for the layer, else ATen's packed copy)
+// and the kernel that ran fastest on this CPU among those that can compute the layer (decided by
+// timing them on the first call, see decide_kernel), with the weight Winograd reads where it won.
 struct Packed {
-  at::Tensor packed;
+  std::shared_ptr<const OneDnnConv> own;
+  at::Tensor packed;  // undefined where `own` is set
   bool decided = false;
   at::Tensor winograd;  // the transformed weight where Winograd is fastest, else undefined
   bool direct = false;  // whether the direct kernel is fastest
@@ -43,7 +47,7 @@ struct Packed {
 struct Entry {
   c10::weak_intrusive_ptr<c10::TensorImpl> weight;
   uint32_t version;
-  std::vector<int64_t> key;  // input sizes, stride, padding, dilation, groups
+  std::vector<int64_t> key;  // see geometry_key
   Packed packed;
 };
 
@@ -55,22 +59,39 @@ constexpr size_t kMaxEntries = 1024;
 std::mutex cache_mutex;
 std::list<Entry> cache;
 
+// What a call's packed copy depends on besides the weight: the input sizes, stride, padding,
+// dilation, groups, and, where the call can run an own primitive (`own_layout`: built with them,
+// and input and output channels_last, the layout it reads and writes), what that primitive is
+// made for: the epilogue and whether there is a bias. ATen's packed copy serves every epilogue;
+// an entry packed while DEEPREBIRTH_ONEDNN_PRIMITIVES=0 holds one and keeps running it.
+struct Layer {
+  ConvEpilogue epilogue;
+  bool bias;
+  bool own_layout;
+};
+
+Layer layer_of(ConvEpilogue epilogue, const std::optional<at::Tensor>& b, bool channels_last) {
+  return {epilogue, b.has_value() && b->defined(), channels_last && onednn_primitives_built()};
+}
+
 std::vector<int64_t> geometry_key(const at::Tensor& x, c10::IntArrayRef stride,
                                   c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                                  int64_t groups) {
+                                  int64_t groups, const Layer& layer) {
   std::vector<int64_t> key(x.sizes().begin(), x.sizes().end());
   for (const c10::IntArrayRef part : {stride, padding, dilation}) {
     key.insert(key.end(), part.begin(), part.end());
   }
   key.push_back(groups);
+  if (layer.own_layout) key.insert(key.end(), {static_cast<int64_t>(layer.epilogue), layer.bias});
   return key;
 }
 
-Packed packed_weight(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
-                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+Packed packed_weight(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                     int64_t groups, const Layer& layer) {
   const c10::TensorImpl* impl = w.unsafeGetTensorImpl();
   const uint32_t version = w._version();
-  std::vector<int64_t> key = geometry_key(x, stride, padding, dilation, groups);
+  std::vector<int64_t> key = geometry_key(x, stride, padding, dilation, groups, layer);
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
     for (auto it = cache.begin(); it != cache.end();) {
@@ -91,20 +112,26 @@ Packed packed_weight(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef 
     }
   }
   // Packed outside the lock: other layers keep running; two threads may pack the same copy.
-  at::Tensor packed = at::mkldnn_reorder_conv2d_weight(w.contiguous().to_mkldnn(), padding, stride,
-                                                       dilation, groups, x.sizes());
+  Packed packed;
+  if (layer.own_layout) {
+    packed.own = make_onednn_conv(x, w, b, stride, padding, dilation, groups, layer.epilogue);
+  }
+  if (!packed.own) {
+    packed.packed = at::mkldnn_reorder_conv2d_weight(w.contiguous().to_mkldnn(), padding, stride,
+                                                     dilation, groups, x.sizes());
+  }
   std::lock_guard<std::mutex> lock(cache_mutex);
   cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version,
-                   std::move(key), Packed{packed}});
+                   std::move(key), packed});
   while (cache.size() > kMaxEntries) cache.pop_front();
-  return Packed{packed};
+  return packed;
 }
 
 // Records the kernel decision on the entry of (w, x's shape, geometry), if it is still held.
 void record_decision(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
                      c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                     const Packed& decided) {
-  const std::vector<int64_t> key = geometry_key(x, stride, padding, dilation, groups);
+                     const Layer& layer, const Packed& decided) {
+  const std::vector<int64_t> key = geometry_key(x, stride, padding, dilation, groups, layer);
   std::lock_guard<std::mutex> lock(cache_mutex);
   for (Entry& entry : cache) {
     if (entry.weight.lock().get() == w.unsafeGetTensorImpl() && entry.key == key &&
@@ -165,21 +192,6 @@ at::Tensor dense_input(const at::Tensor& x) {
   return dense ? x : x.contiguous(x.suggest_memory_format());
 }
 
-at::Tensor onednn_call(const at::Tensor& input, const at::Tensor& packed,
-                       const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
-                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                       bool relu) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                            c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
-                            std::string_view, c10::List<std::optional<at::Scalar>>,
-                            std::optional<std::string_view>)>();
-  return op.call(input, packed, b, padding, stride, dilation, groups, relu ? "relu" : "none",
-                 c10::List<std::optional<at::Scalar>>(), std::nullopt);
-}
-
 // The packed path's output for x: channels_last, as oneDNN writes it whatever x's layout, so that
 // which kernel the timing chose never changes the layout the rest of the network runs in.
 at::Tensor channels_last_output(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
@@ -188,6 +200,26 @@ at::Tensor channels_last_output(const at::Tensor& x, const at::Tensor& w, c10::I
                     conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
                     conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])},
                    x.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// oneDNN on x (dense): our own primitive where the layer has one, else ATen's op on its packed
+// copy.
+at::Tensor onednn_call(const at::Tensor& input, const Packed& packed, const at::Tensor& w,
+                       const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       bool relu) {
+  if (packed.own) {  // through the dispatcher: profilers, FLOP counters and op plans see the layer
+    return onednn_conv2d(input, w, b, stride, padding, dilation, groups, relu);
+  }
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
+                            std::string_view, c10::List<std::optional<at::Scalar>>,
+                            std::optional<std::string_view>)>();
+  return op.call(input, packed.packed, b, padding, stride, dilation, groups, relu ? "relu" : "none",
+                 c10::List<std::optional<at::Scalar>>(), std::nullopt);
 }
 
 at::Tensor winograd_call(const at::Tensor& input, const at::Tensor& transformed,
@@ -224,11 +256,17 @@ bool cold_weight_timing() {
   return value == nullptr || std::strcmp(value, "warm") != 0;
 }
 
-// A candidate kernel of a layer: its call, and the weight copy it reads.
+// A candidate kernel of a layer: its call, and the eviction of the weight copy it reads.
 struct Candidate {
   std::function<void()> call;
-  at::Tensor weight;
+  std::function<void()> evict;
 };
+
+// Evicting a tensor weight copy from the caches (a oneDNN copy of our own:
+// evict_onednn_conv_weight).
+std::function<void()> evicting(const at::Tensor& weight) {
+  return [weight] { evict_from_caches(weight); };
+}
 
 // The index of the fastest of `candidates`, each timed `rounds` times in turns after one untimed
 // call each (the first call of a shape allocates); ties go to the earlier one. With `cold`, each
@@ -242,7 +280,7 @@ size_t fastest_of(int rounds, const std::vector<Candidate>& candidates, bool col
   std::vector<double> best(candidates.size(), 1e30);
   for (int i = 0; i < rounds; ++i) {
     for (size_t k = 0; k < candidates.size(); ++k) {
-      if (cold) evict_from_caches(candidates[k].weight);
+      if (cold) candidates[k].evict();
       const auto start = clock::now();
       candidates[k].call();
       best[k] = std::min(best[k], std::chrono::duration<double>(clock::now() - start).count());
@@ -261,8 +299,9 @@ size_t fastest_of(int rounds, const std::vector<Candidate>& candidates, bool col
 // Python's dispatch modes, so that FLOP counters see the layer's work once.
 Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
                      const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
-                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, bool relu,
-                     const at::Tensor& direct_w, Packed packed) {
+                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                     const Layer& layer, const at::Tensor& direct_w, Packed packed) {
+  const bool relu = layer.epilogue == ConvEpilogue::kRelu;
   packed.decided = true;
   const WinogradMode mode = winograd_mode();
   at::Tensor transformed;
@@ -278,27 +317,30 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
     std::vector<Kernel> kernels{Kernel::kOneDnn};
     // oneDNN and the direct kernel read a dense input, Winograd any strides: each is timed
     // with the copy it needs
+    const std::function<void()> evict_onednn =
+        packed.own ? std::function<void()>([&] { evict_onednn_conv_weight(*packed.own); })
+                   : evicting(packed.packed);
     std::vector<Candidate> candidates{{[&] {
-                                         onednn_call(dense_input(input), packed.packed, b, stride,
+                                         onednn_call(dense_input(input), packed, w, b, stride,
                                                      padding, dilation, groups, relu);
                                        },
-                                       packed.packed}};
+                                       evict_onednn}};
     if (transformed.defined()) {
       kernels.push_back(Kernel::kWinograd);
       candidates.push_back(
-          {[&] { winograd_call(input, transformed, w, b, padding, relu); }, transformed});
+          {[&] { winograd_call(input, transformed, w, b, padding, relu); }, evicting(transformed)});
     }
     if (direct_w.defined()) {
       kernels.push_back(Kernel::kDirect);
       candidates.push_back(
           {[&] { direct_call(dense_input(input), direct_w, w, b, stride, padding, relu); },
-           direct_w});
+           evicting(direct_w)});
     }
     const Kernel fastest = kernels[fastest_of(3, candidates, cold_weight_timing())];
     packed.winograd = fastest == Kernel::kWinograd ? transformed : at::Tensor();
     packed.direct = fastest == Kernel::kDirect;
   }
-  record_decision(input, w, stride, padding, dilation, groups, packed);
+  record_decision(input, w, stride, padding, dilation, groups, layer, packed);
   return packed;
 }
 
@@ -311,14 +353,22 @@ struct PackedCall {
   bool winograd;
 };
 
+// Whether dense_input(x) is channels_last, the layout our own primitives read.
+bool dense_channels_last(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+         (!x.is_contiguous() && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
+}
+
 PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                        int64_t groups, bool relu, const at::Tensor& direct_w) {
   PackedCall call{x, Packed{}, false};
-  call.packed = packed_weight(call.input, w, stride, padding, dilation, groups);
+  const Layer layer =
+      layer_of(relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, b, dense_channels_last(x));
+  call.packed = packed_weight(call.input, w, b, stride, padding, dilation, groups, layer);
   if (!call.packed.decided) {
-    call.packed = decide_kernel(call.input, w, b, stride, padding, dilation, groups, relu, direct_w,
-                                call.packed);
+    call.packed = decide_kernel(call.input, w, b, stride, padding, dilation, groups, layer,
+                                direct_w, call.packed);
   }
   call.winograd = call.packed.winograd.defined() && winograd_input_finite(call.input);
   return call;
@@ -338,7 +388,7 @@ at::Tensor onednn_packed_conv2d(const at::Tensor& x, const at::Tensor& w,
   if (call.packed.direct && direct_w.defined()) {  // a later caller may rule the direct kernel out
     return direct_call(dense, direct_w, w, b, stride, padding, relu);
   }
-  return onednn_call(dense, call.packed.packed, b, stride, padding, dilation, groups, relu);
+  return onednn_call(dense, call.packed, w, b, stride, padding, dilation, groups, relu);
 }
 
 void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
@@ -350,8 +400,10 @@ void onednn_packed_conv2d_into(at::Tensor& out, const at::Tensor& x, const at::T
     winograd_conv2d_out(call.input, call.packed.winograd, b, w.size(0), padding, relu, out);
   } else if (call.packed.direct && direct_w.defined()) {
     out.copy_(direct_conv(dense_input(call.input), direct_w, b, w.size(0), stride, padding, relu));
+  } else if (call.packed.own && out.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    onednn_conv2d_out(dense_input(call.input), w, b, stride, padding, dilation, groups, relu, out);
   } else {
-    out.copy_(onednn_call(dense_input(call.input), call.packed.packed, b, stride, padding, dilation,
+    out.copy_(onednn_call(dense_input(call.input), call.packed, w, b, stride, padding, dilation,
                           groups, relu));
   }
 }
@@ -369,10 +421,147 @@ at::Tensor& onednn_packed_conv2d_add_(at::Tensor& residual, const at::Tensor& x,
                              std::optional<std::string_view>, c10::List<std::optional<at::Scalar>>,
                              std::optional<std::string_view>)>();
   const at::Tensor input = dense_input(x);
-  const at::Tensor packed = packed_weight(input, w, stride, padding, dilation, groups).packed;
-  return op.call(residual, input, packed, b, padding, stride, dilation, groups, "add", 1.0,
+  const Layer layer = layer_of(relu ? ConvEpilogue::kAddRelu : ConvEpilogue::kAdd, b,
+                               input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                                   residual.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const Packed packed = packed_weight(input, w, b, stride, padding, dilation, groups, layer);
+  if (packed.own) {
+    return onednn_conv2d_add_(residual, input, w, b, stride, padding, dilation, groups, relu);
+  }
+  return op.call(residual, input, packed.packed, b, padding, stride, dilation, groups, "add", 1.0,
                  relu ? std::optional<std::string_view>("relu") : std::nullopt,
                  c10::List<std::optional<at::Scalar>>(), std::nullopt);
+}
+
+namespace {
+
+// The kernels of the deeprebirth::onednn_conv2d ops: the layer's own primitive (made on the first
+// call for this weight, input shape and epilogue; see packed_weight) run into `out`, or, where
+// there is none (unavailable, or not channels_last in and out), ATen's oneDNN op on its packed
+// copy, and conv2d for a call the packed path does not take.
+void onednn_conv2d_into(const at::Tensor& x, const at::Tensor& w,
+                        const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                        ConvEpilogue epilogue, at::Tensor& out) {
+  const bool add = epilogue == ConvEpilogue::kAdd || epilogue == ConvEpilogue::kAddRelu;
+  const bool relu = epilogue == ConvEpilogue::kRelu || epilogue == ConvEpilogue::kAddRelu;
+  if (onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups)) {
+    const at::Tensor input = dense_input(x);
+    const Layer layer = layer_of(epilogue, b,
+                                 input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                                     out.is_contiguous(at::MemoryFormat::ChannelsLast));
+    const Packed packed = packed_weight(input, w, b, stride, padding, dilation, groups, layer);
+    if (packed.own) {
+      run_onednn_conv(*packed.own, input, b, out);
+      return;
+    }
+  }
+  at::Tensor y = at::conv2d(x, w, b, stride, padding, dilation, groups);
+  if (add) y.add_(out);
+  if (relu) y.relu_();
+  out.copy_(y);
+}
+
+// Arguments conv2d takes; an `out` (where given) of its output's shape, dtype and device.
+void check_onednn_args(const char* op, const at::Tensor& x, const at::Tensor& w,
+                       const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       const at::Tensor* out = nullptr) {
+  TORCH_CHECK(
+      x.dim() == 4 && w.dim() == 4 && stride.size() == 2 && padding.size() == 2 &&
+          dilation.size() == 2 && valid_geometry(x, w, b, stride, padding, dilation, groups),
+      op, ": arguments conv2d does not take: input ", x.sizes(), ", weight ", w.sizes(),
+      ", stride ", stride, ", padding ", padding, ", dilation ", dilation, ", groups ", groups);
+  if (out == nullptr) return;
+  const std::vector<int64_t> size{
+      x.size(0), w.size(0),
+      conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
+      conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])};
+  TORCH_CHECK(out->sizes() == c10::IntArrayRef(size), op, ": expected out of shape ",
+              c10::IntArrayRef(size), ", but got ", out->sizes());
+  TORCH_CHECK(out->scalar_type() == x.scalar_type() && out->device() == x.device(), op,
+              ": expected out of the input's dtype and device");
+}
+
+at::Tensor onednn_conv2d_cpu(const at::Tensor& x, const at::Tensor& w,
+                             const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                             c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                             bool relu) {
+  check_onednn_args("onednn_conv2d", x, w, b, stride, padding, dilation, groups);
+  at::Tensor out = channels_last_output(x, w, stride, padding, dilation);
+  onednn_conv2d_into(x, w, b, stride, padding, dilation, groups,
+                     relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, out);
+  return out;
+}
+
+at::Tensor& onednn_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& w,
+                                  const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                  c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                  int64_t groups, bool relu, at::Tensor& out) {
+  check_onednn_args("onednn_conv2d.out", x, w, b, stride, padding, dilation, groups, &out);
+  onednn_conv2d_into(x, w, b, stride, padding, dilation, groups,
+                     relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, out);
+  return out;
+}
+
+at::Tensor& onednn_conv2d_add_cpu(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                                  const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                                  c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                  int64_t groups, bool relu) {
+  check_onednn_args("onednn_conv2d_add_", x, w, b, stride, padding, dilation, groups, &residual);
+  onednn_conv2d_into(x, w, b, stride, padding, dilation, groups,
+                     relu ? ConvEpilogue::kAddRelu : ConvEpilogue::kAdd, residual);
+  return residual;
+}
+
+}  // namespace
+
+at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w,
+                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         bool relu) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("deeprebirth::onednn_conv2d", "")
+                             .typed<decltype(onednn_conv2d)>();
+  return op.call(x, w, b, stride, padding, dilation, groups, relu);
+}
+
+at::Tensor& onednn_conv2d_out(const at::Tensor& x, const at::Tensor& w,
+                              const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                              bool relu, at::Tensor& out) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("deeprebirth::onednn_conv2d", "out")
+                             .typed<decltype(onednn_conv2d_out)>();
+  return op.call(x, w, b, stride, padding, dilation, groups, relu, out);
+}
+
+at::Tensor& onednn_conv2d_add_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                               const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                               c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                               bool relu) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("deeprebirth::onednn_conv2d_add_", "")
+                             .typed<decltype(onednn_conv2d_add_)>();
+  return op.call(residual, x, w, b, stride, padding, dilation, groups, relu);
+}
+
+TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
+  m.def(
+      "onednn_conv2d(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool relu) -> Tensor");
+  m.def(
+      "onednn_conv2d.out(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool relu, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def(
+      "onednn_conv2d_add_(Tensor(a!) residual, Tensor x, Tensor w, Tensor? b, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups, bool relu) -> Tensor(a!)");
+}
+
+TORCH_LIBRARY_IMPL(deeprebirth, CPU, m) {
+  m.impl("onednn_conv2d", &onednn_conv2d_cpu);
+  m.impl("onednn_conv2d.out", &onednn_conv2d_out_cpu);
+  m.impl("onednn_conv2d_add_", &onednn_conv2d_add_cpu);
 }
 
 size_t onednn_packed_weight_count() {

@@ -51,6 +51,27 @@ at::Tensor& onednn_packed_conv2d_add_(at::Tensor& residual, const at::Tensor& x,
                                       c10::IntArrayRef stride, c10::IntArrayRef padding,
                                       c10::IntArrayRef dilation, int64_t groups, bool relu);
 
+// The operators deeprebirth::onednn_conv2d(.out) and onednn_conv2d_add_, which run a layer's own
+// oneDNN primitive (onednn_conv_primitive.h) on frozen weights: relu?(conv2d(x, w, b, ...)) as a
+// new channels_last tensor, into `out`, or added into `residual` (relu?(conv + residual)). Each
+// makes the layer's primitive on its first call for w (at its version), x's shape and the
+// epilogue, and keeps it as the packed copies are kept. Where there is none (built without
+// oneDNN, inputs or outputs not channels_last, a weight that requires grad) they compute the same
+// with ATen. The packed path calls them through the dispatcher, so that profilers, FLOP counters
+// and recorded op plans see each layer as one operator.
+at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w,
+                         const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         bool relu);
+at::Tensor& onednn_conv2d_out(const at::Tensor& x, const at::Tensor& w,
+                              const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                              bool relu, at::Tensor& out);
+at::Tensor& onednn_conv2d_add_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                               const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
+                               c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                               bool relu);
+
 // Packed copies held now (for tests), and dropping them all.
 size_t onednn_packed_weight_count();
 void clear_onednn_packed_weights();
