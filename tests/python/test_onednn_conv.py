@@ -40,28 +40,14 @@ def _case(rng: random.Random) -> dict:
     }
 
 
-def _conv(case: dict) -> torch.Tensor:
-    return F.conv2d(
-        case["x"],
-        case["w"],
-        case["b"],
-        case["stride"],
-        case["padding"],
-        case["dilation"],
-        case["groups"],
-    )
-
-
 def _args(case: dict, x: torch.Tensor) -> tuple:
-    return (
-        x,
-        case["w"],
-        case["b"],
-        case["stride"],
-        case["padding"],
-        case["dilation"],
-        case["groups"],
-    )
+    """conv2d's arguments for ``case`` on input ``x``."""
+    keys = ("w", "b", "stride", "padding", "dilation", "groups")
+    return (x, *(case[key] for key in keys))
+
+
+def _conv(case: dict) -> torch.Tensor:
+    return F.conv2d(*_args(case, case["x"]))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
