@@ -10,6 +10,8 @@
   once (:func:`winograd_pack`); ``small_conv2d`` runs it on frozen weights where it is faster.
 - :func:`max_pool2d`: max pooling without the indices ATen's CPU kernel writes
   (``InferenceMaxPool2d``).
+- :func:`onednn_conv2d` / :func:`onednn_conv2d_add_`: oneDNN convolutions on frozen weights, one
+  primitive kept per layer (what ``small_conv2d`` runs for its oneDNN layers).
 
 ``deeprebirth.ops.ConvPool2d`` and ``deeprebirth.ops.BranchConv2d`` still name the modules.
 """
@@ -30,6 +32,7 @@ from deeprebirth.ops.direct_conv import (
     small_conv2d_cat,
 )
 from deeprebirth.ops.max_pool import max_pool2d
+from deeprebirth.ops.onednn_conv import onednn_conv2d, onednn_conv2d_add_
 from deeprebirth.ops.winograd_conv import winograd_conv2d, winograd_pack
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "direct_conv_pack",
     "load_extension",
     "max_pool2d",
+    "onednn_conv2d",
+    "onednn_conv2d_add_",
     "small_conv2d",
     "small_conv2d_add_",
     "small_conv2d_cat",

@@ -3,6 +3,7 @@ ATen's conv2d, and which path a packed layer takes."""
 
 from __future__ import annotations
 
+import doctest
 import random
 import re
 import sys
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import deeprebirth.ops
+from deeprebirth.ops import onednn_conv
 
 ops = torch.ops.deeprebirth
 OWN = bool(deeprebirth.ops.build_info()["onednn"])
@@ -167,3 +169,9 @@ def test_onednn_shares_torchs_openmp_runtime() -> None:
     assert any("libdnnl.so" in path for path in loaded), "libdnnl is not loaded"
     openmp = {path for path in loaded if re.search(r"lib(g|i)omp[^/]*\.so", path)}
     assert len(openmp) == 1, openmp
+
+
+def test_docstring_examples() -> None:
+    """The wrappers' examples (each against conv2d) hold."""
+    result = doctest.testmod(onednn_conv)
+    assert result.failed == 0 and result.attempted > 0
