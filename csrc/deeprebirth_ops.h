@@ -7,5 +7,6 @@
 #include "ops/conv_pool/conv_pool.h"
 #include "ops/direct_conv/cpu/onednn_packed_conv.h"
 #include "ops/direct_conv/direct_conv.h"
+#include "ops/linear/linear.h"
 #include "ops/max_pool/max_pool.h"
 #include "ops/winograd_conv/winograd_conv.h"

@@ -18,6 +18,8 @@ layers, which :func:`~deeprebirth.export.make_portable` puts in its place (as Re
 - :class:`LocalResponseNorm2d`: ``nn.LocalResponseNorm`` as every runtime runs it (export).
 - :class:`InferenceMaxPool2d`: ``nn.MaxPool2d`` without the indices ATen's CPU kernel writes
   (``flatten_for_inference``).
+- :class:`InferenceLinear`: ``nn.Linear`` with the output features split across the intra-op
+  threads (``flatten_for_inference``).
 - :class:`PlannedGraphModule` (``flatten_for_inference``'s result): a GraphModule whose inference
   forward, recorded once (:func:`record_op_plan`), runs again as one C++ call.
 
@@ -26,6 +28,7 @@ This package imports neither ``deeprebirth.surgery`` nor ``deeprebirth.export`` 
 
 from deeprebirth.nn.branch_conv import BranchConv2d, ConcatBranches
 from deeprebirth.nn.conv_pool import ConvPool2d
+from deeprebirth.nn.linear import InferenceLinear
 from deeprebirth.nn.lrn import LocalResponseNorm2d
 from deeprebirth.nn.max_pool import InferenceMaxPool2d
 from deeprebirth.nn.op_plan import PlannedGraphModule, PlanRefused, record_op_plan
@@ -42,6 +45,7 @@ __all__ = [
     "ConcatBranches",
     "ConvConcat",
     "ConvPool2d",
+    "InferenceLinear",
     "InferenceMaxPool2d",
     "LocalResponseNorm2d",
     "PackedConv2d",

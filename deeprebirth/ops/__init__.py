@@ -10,6 +10,8 @@
   once (:func:`winograd_pack`); ``small_conv2d`` runs it on frozen weights where it is faster.
 - :func:`max_pool2d`: max pooling without the indices ATen's CPU kernel writes
   (``InferenceMaxPool2d``).
+- :func:`linear`: ``torch.nn.functional.linear`` with the output features split across the
+  intra-op threads (``InferenceLinear``).
 - :func:`onednn_conv2d` / :func:`onednn_conv2d_add_`: oneDNN convolutions on frozen weights, one
   primitive kept per layer (what ``small_conv2d`` runs for its oneDNN layers).
 
@@ -31,6 +33,7 @@ from deeprebirth.ops.direct_conv import (
     small_conv2d_add_,
     small_conv2d_cat,
 )
+from deeprebirth.ops.linear import linear
 from deeprebirth.ops.max_pool import max_pool2d
 from deeprebirth.ops.onednn_conv import onednn_conv2d, onednn_conv2d_add_
 from deeprebirth.ops.winograd_conv import winograd_conv2d, winograd_pack
@@ -44,6 +47,7 @@ __all__ = [
     "direct_conv",
     "direct_conv_isa",
     "direct_conv_pack",
+    "linear",
     "load_extension",
     "max_pool2d",
     "onednn_conv2d",

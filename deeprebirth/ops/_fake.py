@@ -105,6 +105,11 @@ def _winograd_conv2d_out_fake(x, packed_w, b, out_channels, padding, relu, *, ou
     return out
 
 
+@torch.library.register_fake("deeprebirth::linear")
+def _linear_fake(x, w, b):
+    return torch.nn.functional.linear(x, w, b).contiguous()
+
+
 @torch.library.register_fake("deeprebirth::onednn_conv2d")
 def _onednn_conv2d_fake(x, w, b, stride, padding, dilation, groups, relu):
     y = torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups)

@@ -84,6 +84,15 @@ def _small_conv2d_add_flop(
     return _conv_flops(x, w, stride, padding, dilation)
 
 
+@register_flop_formula(_ops.linear)
+def _linear_flop(x, w, b, out_shape=None, **kwargs) -> int:
+    # as aten.addmm/mm count x @ w.T (the bias is not counted there either)
+    rows = 1
+    for size in x[:-1]:
+        rows *= size
+    return 2 * rows * w[0] * w[1]
+
+
 @register_flop_formula(_ops.onednn_conv2d)
 def _onednn_conv2d_flop(
     x, w, b, stride, padding, dilation, groups, relu, out_shape=None, **kwargs

@@ -28,6 +28,8 @@ from torch import fx, nn
 from deeprebirth.nn import (
     BranchConv2d,
     ConvPool2d,
+    InferenceLinear,
+    InferenceMaxPool2d,
     PackedConv2d,
     PackedResidualBlock,
     PackedResidualStage,
@@ -70,7 +72,15 @@ class LeafTracer(fx.Tracer):
     layers (:func:`is_norm_act`) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        leaves = (ConvPool2d, BranchConv2d, PackedConv2d, PackedResidualBlock, PackedResidualStage)
+        leaves = (
+            ConvPool2d,
+            BranchConv2d,
+            PackedConv2d,
+            PackedResidualBlock,
+            PackedResidualStage,
+            InferenceLinear,
+            InferenceMaxPool2d,
+        )
         if isinstance(m, leaves) or is_norm_act(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)

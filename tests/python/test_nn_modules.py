@@ -18,6 +18,7 @@ from deeprebirth.export import make_portable, uses_deeprebirth_ops
 from deeprebirth.nn import (
     BranchConv2d,
     ConvPool2d,
+    InferenceLinear,
     InferenceMaxPool2d,
     LocalResponseNorm2d,
     PackedConv2d,
@@ -118,6 +119,10 @@ def _residual_stage() -> tuple[nn.Module, Inputs]:
     return PackedResidualStage(*blocks), torch.randn(1, 8, 6, 6)
 
 
+def _inference_linear():
+    return InferenceLinear.from_linear(nn.Linear(48, 20)), torch.randn(2, 3, 48)
+
+
 CASES: dict[str, Callable[[], tuple[nn.Module, Inputs]]] = {
     "conv_pool_max": _conv_pool_max,
     "conv_pool_avg": _conv_pool_avg,
@@ -127,6 +132,7 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Inputs]]] = {
     "packed_conv_onednn": _packed_conv_onednn,
     "packed_conv_concat": _packed_conv_concat,
     "inference_max_pool": _inference_max_pool,
+    "inference_linear": _inference_linear,
     "residual_block_downsample": _residual_block_downsample,
     "residual_block_identity": _residual_block_identity,
     "residual_stage": _residual_stage,

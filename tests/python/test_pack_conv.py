@@ -508,7 +508,8 @@ def test_unfolded_residual_blocks_are_packed_layer_by_layer_with_the_reason() ->
     report = deeprebirth.plan(model, torch.zeros(1, 3, 32, 32), rules=["pack_conv"])
     reasons = [s.reason for s in report.skipped]
     assert len(reasons) == 8 and all("run fold_bn first" in r for r in reasons)
-    assert len(report.applied) == 20  # every convolution, one by one
+    assert len(report.applied) == 21  # every convolution, one by one, and the classifier
+    assert report.applied[-1].reason == "run fc with its output features split across the threads"
 
 
 def test_unsupported_padding_is_refused() -> None:

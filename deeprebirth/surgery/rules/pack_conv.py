@@ -15,6 +15,10 @@ one :class:`~deeprebirth.nn.PackedResidualBlock`: their shared ReLU and the resi
 add are fused into the packed convolutions as well, and a ``nn.Sequential`` of such blocks (a
 ResNet stage) becomes a :class:`~deeprebirth.nn.PackedResidualStage`, whose blocks
 write their outputs over their inputs.
+Each ``nn.Linear`` becomes an :class:`~deeprebirth.nn.InferenceLinear` sharing its parameters,
+which splits its output features across the intra-op threads (ATen runs a classifier's product
+for a few rows on one thread; docs/kernels.md, "Linear layers across threads"): values within a
+matrix product's rounding.
 Training, autograd and TorchScript use the plain convolution, so the rewrite is exact everywhere.
 Skipped with the reason: padding modes other than zeros and string padding (``"same"``); ResNet
 blocks with BatchNorms left (run ``fold_bn`` first) or layers already rewritten are packed layer
@@ -25,7 +29,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprebirth.nn import BranchConv2d, PackedConv2d, PackedResidualBlock, PackedResidualStage
+from deeprebirth.nn import (
+    BranchConv2d,
+    InferenceLinear,
+    PackedConv2d,
+    PackedResidualBlock,
+    PackedResidualStage,
+)
 from deeprebirth.nn.packed_conv import packing_problem
 from deeprebirth.surgery.plan import Site
 from deeprebirth.surgery.registry import Rule, SlimOptions, SurgeryContext, register_rule
@@ -70,6 +80,12 @@ class PackConv(Rule):
             else:
                 modules, reason = (node.target,), f"pack {node.target}"
             sites.append(self.site(modules, reason))
+        linears = {
+            node.target for node, layer in graph.module_nodes(nn.Linear) if type(layer) is nn.Linear
+        }
+        for target in sorted(linears):
+            reason = f"run {target} with its output features split across the threads"
+            sites.append(self.site((target,), reason))
         return sites
 
     def _branch_sites(self, graph: ModelGraph) -> list[Site]:
@@ -131,6 +147,8 @@ class PackConv(Rule):
         self, model: nn.Module, site: Site, options: SlimOptions
     ) -> dict[str, nn.Module]:
         block = model.get_submodule(site.modules[0])
+        if type(block) is nn.Linear:
+            return {site.modules[0]: InferenceLinear.from_linear(block)}
         if isinstance(block, BranchConv2d):
             packed = PackedConv2d.from_conv(block.as_conv(), relu=block.relu)
             return {site.modules[0]: packed.train(block.training)}
