@@ -115,12 +115,11 @@ def test_deployed_googlenet_profile_fits_in_its_forward():
     assert sum(times.values()) == pytest.approx(profile.kernel_ms)
     assert profile.kernel_ms <= profile.forward_ms
     ops = [k.name for k in profile.kernels if k.name.startswith("deeprebirth::")]
-    # every deeprebirth operator is a convolution but the pooling of InferenceMaxPool2d
-    pooling = {"deeprebirth::max_pool2d"}
-    assert pooling < set(ops)
-    assert all(
-        kernel_category(name) == ("pooling" if name in pooling else "convolution") for name in ops
-    )
+    # every deeprebirth operator is a convolution but the pooling of InferenceMaxPool2d and the
+    # classifier's InferenceLinear
+    others = {"deeprebirth::max_pool2d": "pooling", "deeprebirth::linear": "linear"}
+    assert set(others) < set(ops)
+    assert all(kernel_category(name) == others.get(name, "convolution") for name in ops)
 
 
 def test_aggregate_kernels_means_per_forward():
