@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace deeprebirth::ops {
 
@@ -38,6 +39,16 @@ inline int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int6
   const int64_t padded = in + 2 * padding;
   if (padded < span) return 0;
   return (padded - span) / stride + 1;
+}
+
+// Output shape (N, C_out, H_out, W_out) of conv2d(x, w) with these (2-entry) stride, padding and
+// dilation.
+inline std::vector<int64_t> conv2d_output_shape(const at::Tensor& x, const at::Tensor& w,
+                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                c10::IntArrayRef dilation) {
+  return {x.size(0), w.size(0),
+          conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
+          conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])};
 }
 
 // Output length of a max/avg pooling along one dimension, identical to ATen's

@@ -80,10 +80,7 @@ std::shared_ptr<const OneDnnConv> make_onednn_conv(const at::Tensor& x, const at
   using dnnl::memory;
   using tag = memory::format_tag;
   const auto f32 = memory::data_type::f32;
-  const dnnl::memory::dims out{
-      x.size(0), w.size(0),
-      conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
-      conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])};
+  const dnnl::memory::dims out = conv2d_output_shape(x, w, stride, padding, dilation);
   // oneDNN's weight for groups > 1 is (groups, out / groups, in / groups, kh, kw): the same
   // memory as torch's (out, in / groups, kh, kw)
   const dnnl::memory::dims weight_dims =

@@ -196,9 +196,7 @@ at::Tensor dense_input(const at::Tensor& x) {
 // which kernel the timing chose never changes the layout the rest of the network runs in.
 at::Tensor channels_last_output(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation) {
-  return at::empty({x.size(0), w.size(0),
-                    conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
-                    conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])},
+  return at::empty(conv2d_output_shape(x, w, stride, padding, dilation),
                    x.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
@@ -473,10 +471,7 @@ void check_onednn_args(const char* op, const at::Tensor& x, const at::Tensor& w,
       op, ": arguments conv2d does not take: input ", x.sizes(), ", weight ", w.sizes(),
       ", stride ", stride, ", padding ", padding, ", dilation ", dilation, ", groups ", groups);
   if (out == nullptr) return;
-  const std::vector<int64_t> size{
-      x.size(0), w.size(0),
-      conv_output_size(x.size(2), w.size(2), stride[0], padding[0], dilation[0]),
-      conv_output_size(x.size(3), w.size(3), stride[1], padding[1], dilation[1])};
+  const std::vector<int64_t> size = conv2d_output_shape(x, w, stride, padding, dilation);
   TORCH_CHECK(out->sizes() == c10::IntArrayRef(size), op, ": expected out of shape ",
               c10::IntArrayRef(size), ", but got ", out->sizes());
   TORCH_CHECK(out->scalar_type() == x.scalar_type() && out->device() == x.device(), op,
