@@ -126,13 +126,14 @@ def _onednn_ran(fn) -> list[str]:
 @torch.no_grad()
 def test_packed_layers_run_the_own_primitive_on_channels_last(monkeypatch) -> None:
     """A frozen 5x5 layer (neither Winograd nor, with max_macs 0, the direct kernel applies) runs
-    the library's primitive on a channels_last input and ATen's oneDNN op on an NCHW one; with
-    DEEPREBIRTH_ONEDNN_PRIMITIVES=0 when it is packed, ATen's op on both. Same values."""
+    the library's primitive on a channels_last input and on an NCHW one (copied to
+    channels_last, the layout the packed path writes); with DEEPREBIRTH_ONEDNN_PRIMITIVES=0 when
+    it is packed, ATen's op on both. Same values as conv2d, channels_last out."""
     w, b = torch.randn(16, 8, 5, 5), torch.randn(16)
     for env, own in (("1", True), ("0", False)):
         monkeypatch.setenv("DEEPREBIRTH_ONEDNN_PRIMITIVES", env)
         weight = w.clone()  # a new weight: packed anew, under this setting
-        for fmt, expect in ((torch.channels_last, own), (torch.contiguous_format, False)):
+        for fmt in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(1, 8, 14, 14).contiguous(memory_format=fmt)
 
             def call(x=x, weight=weight):
@@ -142,11 +143,13 @@ def test_packed_layers_run_the_own_primitive_on_channels_last(monkeypatch) -> No
 
             call()
             ran = _onednn_ran(call)
-            name = "deeprebirth::onednn_conv2d" if expect else "mkldnn::_convolution_pointwise"
+            name = "deeprebirth::onednn_conv2d" if own else "mkldnn::_convolution_pointwise"
             assert ran == [name], (env, fmt, ran)
+            y = call()
             torch.testing.assert_close(
-                call(), F.relu(F.conv2d(x, weight, b, 1, 2)), rtol=1e-4, atol=1e-4
+                y, F.relu(F.conv2d(x, weight, b, 1, 2)), rtol=1e-4, atol=1e-4
             )
+            assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_own

@@ -357,12 +357,22 @@ bool dense_channels_last(const at::Tensor& x) {
          (!x.is_contiguous() && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
 }
 
+// The input a packed call reads: x, or, where this build runs oneDNN primitives of its own (which
+// read channels_last only), a channels_last copy of an x in another layout. The packed path writes
+// channels_last whatever it reads (channels_last_output), so in a network only the first layer
+// sees NCHW; ATen's oneDNN op, which ran it before, made the same copy inside and built its
+// primitive again on every call (GoogLeNet-Slim's stem, docs/kernels.md).
+at::Tensor packed_input(const at::Tensor& x) {
+  if (dense_channels_last(x) || !onednn_primitives_available()) return x;
+  return x.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                        int64_t groups, bool relu, const at::Tensor& direct_w) {
-  PackedCall call{x, Packed{}, false};
-  const Layer layer =
-      layer_of(relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, b, dense_channels_last(x));
+  PackedCall call{packed_input(x), Packed{}, false};
+  const Layer layer = layer_of(relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, b,
+                               dense_channels_last(call.input));
   call.packed = packed_weight(call.input, w, b, stride, padding, dilation, groups, layer);
   if (!call.packed.decided) {
     call.packed = decide_kernel(call.input, w, b, stride, padding, dilation, groups, layer,
