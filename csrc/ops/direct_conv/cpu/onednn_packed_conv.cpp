@@ -2,6 +2,7 @@
 #include "ops/direct_conv/cpu/onednn_packed_conv.h"
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/TensorImpl.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -60,8 +61,10 @@ std::mutex cache_mutex;
 std::list<Entry> cache;
 
 // What a call's packed copy depends on besides the weight: the input sizes, stride, padding,
-// dilation, groups, and, where the call can run an own primitive (`own_layout`: built with them,
-// and input and output channels_last, the layout it reads and writes), what that primitive is
+// dilation, groups, the number of threads (oneDNN splits a primitive's work for the threads there
+// are when it is made and keeps using that many after torch.set_num_threads; the kernel choice
+// was timed on them too), and, where the call can run an own primitive (`own_layout`: built with
+// them, and input and output channels_last, the layout it reads and writes), what that primitive is
 // made for: the epilogue and whether there is a bias. ATen's packed copy serves every epilogue;
 // an entry packed while DEEPREBIRTH_ONEDNN_PRIMITIVES=0 holds one and keeps running it.
 struct Layer {
@@ -81,7 +84,7 @@ std::vector<int64_t> geometry_key(const at::Tensor& x, c10::IntArrayRef stride,
   for (const c10::IntArrayRef part : {stride, padding, dilation}) {
     key.insert(key.end(), part.begin(), part.end());
   }
-  key.push_back(groups);
+  key.insert(key.end(), {groups, at::get_num_threads()});
   if (layer.own_layout) key.insert(key.end(), {static_cast<int64_t>(layer.epilogue), layer.bias});
   return key;
 }
