@@ -108,11 +108,13 @@ TEST_CASE("Winograd F(2x2, 3x3) band convolution matches at::conv2d", "[conv_poo
     bool channels_last;
   };
   // rows at both edges (vertical padding) and inside, odd first rows and row counts (partial 2x2
-  // blocks), odd widths, one-row outputs, several chunks (GoogLeNet conv2), both image layouts
+  // blocks), odd widths, one-row outputs, several chunks (GoogLeNet conv2), chunks of part of a
+  // patch row (many input channels, a wide image), both image layouts
   const std::vector<Shape> shapes{
       {8, 16, 3, 3, 0, 0, 1, false},     {9, 17, 7, 10, 1, 0, 7, true},
       {64, 192, 56, 56, 1, 0, 56, true}, {64, 192, 56, 56, 1, 23, 30, false},
-      {16, 32, 12, 5, 2, 3, 14, false},  {12, 24, 1, 6, 1, 0, 1, true}};
+      {16, 32, 12, 5, 2, 3, 14, false},  {12, 24, 1, 6, 1, 0, 1, true},
+      {256, 32, 6, 70, 1, 1, 6, true}};
   const std::vector<int64_t> one{1, 1}, two{2, 2}, zero{0, 0};
   for (const Shape& s : shapes) {
     const at::Tensor x = at::randn({1, s.c_in, s.h, s.w});

@@ -27,9 +27,11 @@ namespace deeprebirth::ops {
 namespace {
 
 // Bytes of one chunk's transformed patches V (one per thread, read once per group of output
-// channel blocks, so it stays in L2): a chunk is a run of patches of one patch row, or whole patch
-// rows when a row is shorter. GoogLeNet conv2: half a patch row, 14 patches.
-constexpr int64_t kChunkBytes = 64 * 1024;
+// channel blocks, so it stays in L2 next to the group's slice of U): a chunk is a run of patches
+// of one patch row, or whole patch rows when a row is shorter. All of U is read once per chunk, so
+// a chunk too small reads a large U from L3 many times per image (docs/kernels.md, "Winograd
+// chunks"). GoogLeNet conv2: one patch row, 28 patches.
+constexpr int64_t kChunkBytes = 128 * 1024;
 
 bool winograd_enabled() {
   static const bool enabled = env_switch_on("DEEPREBIRTH_CONV_POOL_WINOGRAD");

@@ -10,7 +10,7 @@
 // than a direct convolution; float32 results agree with at::conv2d to about 1e-6 of the output's
 // magnitude (only additions and multiplications by 1/2 are added). The products run in
 // direct_conv's register tiles (AVX-512: 6 patches x 64 channels), each tile's 16 products
-// transformed back while in L1, over chunks of at most 64 KiB of V, one after another on the
+// transformed back while in L1, over chunks of at most 128 KiB of V, one after another on the
 // calling thread: the products never leave L1, which a batched matrix product over chunks could
 // not do fast enough to beat oneDNN's direct convolution (docs/kernels.md).
 #pragma once
