@@ -1,8 +1,10 @@
 // deeprebirth::winograd_pack / winograd_conv2d from C++ through the dispatcher: against ATen's
 // conv2d (+ relu) on odd and even sizes, both layouts and every padding, and the argument errors.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -55,6 +57,36 @@ TEST_CASE("winograd_conv2d.out writes into a channel slice of a channels_last te
   at::Tensor nchw = at::empty({2, 24, 7, 10});
   CHECK_THROWS_WITH(winograd_conv2d_out(x, winograd_pack(w), bias, 24, {1, 1}, true, nchw),
                     Catch::Contains("channels_last"));
+}
+
+TEST_CASE("winograd_conv2d at batch 1 on 1 to 4 threads: rows or output channels split",
+          "[winograd_conv]") {
+  using deeprebirth::ops::winograd_conv2d_out;
+  at::manual_seed(5);
+  // (C_in, C_out, H, W): small images of many channels, whose threads split the output channels
+  // (the 16-channel blocks unevenly where C_out / 16 is odd), and a larger image split by rows
+  const std::vector<std::vector<int64_t>> layers = {
+      {64, 416, 14, 14}, {24, 40, 7, 9}, {96, 120, 7, 7}, {16, 32, 28, 28}};
+  const int threads = at::get_num_threads();
+  for (const int n : {1, 2, 3, 4}) {
+    at::set_num_threads(n);
+    for (const auto& l : layers) {
+      CAPTURE(n, l);
+      const at::Tensor w = at::randn({l[1], l[0], 3, 3}) / std::sqrt(9.0 * l[0]);
+      const at::Tensor bias = at::randn({l[1]});
+      const at::Tensor x =
+          at::randn({1, l[0], l[2], l[3]}).contiguous(at::MemoryFormat::ChannelsLast);
+      // into a channel slice: a task writes only its own channels
+      at::Tensor whole =
+          at::full({1, l[1] + 8, l[2], l[3]}, 7.0).contiguous(at::MemoryFormat::ChannelsLast);
+      at::Tensor part = whole.narrow(1, 3, l[1]);
+      winograd_conv2d_out(x, winograd_pack(w), bias, l[1], {1, 1}, true, part);
+      CHECK(at::allclose(part, at::relu(at::conv2d(x, w, bias, {1, 1}, {1, 1})), 1e-4, 1e-5));
+      CHECK(at::equal(whole.narrow(1, 0, 3), at::full({1, 3, l[2], l[3]}, 7.0)));
+      CHECK(at::equal(whole.narrow(1, 3 + l[1], 5), at::full({1, 5, l[2], l[3]}, 7.0)));
+    }
+  }
+  at::set_num_threads(threads);
 }
 
 TEST_CASE("winograd_conv2d errors name the argument", "[winograd_conv][errors]") {

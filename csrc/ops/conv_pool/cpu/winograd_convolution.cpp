@@ -179,7 +179,8 @@ struct WinogradChunk {
   const float* v;  // (16, tiles, C_in)
   const float* u;  // (16, blocks, C_in, 16)
   int64_t tiles, in_channels, out_channels, blocks;
-  float* out;            // the band's output rows, (rows, cols, C_out) with pixels
+  int64_t first_block, end_block;  // the output channel blocks [first, end) to compute
+  float* out;                      // the band's output rows, (rows, cols, C_out) with pixels
   int64_t pixel_stride;  // floats apart (C_out, or more in a wider tensor's channel slice)
   int64_t rows, cols;    // of the band
   int64_t first_row;     // the chunk's first patch row (of the band)
@@ -238,14 +239,16 @@ __attribute__((always_inline)) inline void patches_in_tiles(const WinogradChunk&
 // patches a tile).
 template <int Width, int P, int Blocks, int P1>
 __attribute__((always_inline)) inline void chunk_in_tiles(const WinogradChunk& chunk) {
-  int64_t b = 0;
+  int64_t b = chunk.first_block;
   const auto lanes = [&](int64_t last) {
     return std::min(kDirectConvBlock, chunk.out_channels - last * kDirectConvBlock);
   };
-  for (; b + Blocks <= chunk.blocks; b += Blocks) {
+  for (; b + Blocks <= chunk.end_block; b += Blocks) {
     patches_in_tiles<Width, P, Blocks>(chunk, 0, chunk.tiles, b, lanes(b + Blocks - 1));
   }
-  for (; b < chunk.blocks; ++b) patches_in_tiles<Width, P1, 1>(chunk, 0, chunk.tiles, b, lanes(b));
+  for (; b < chunk.end_block; ++b) {
+    patches_in_tiles<Width, P1, 1>(chunk, 0, chunk.tiles, b, lanes(b));
+  }
 }
 
 using ChunkFunction = void (*)(const WinogradChunk&);
@@ -354,16 +357,21 @@ WinogradConvolution::WinogradConvolution(const at::Tensor& transformed_weight, i
       padding_w_(padding_w),
       conv_w_(conv_w) {}
 
+int64_t WinogradConvolution::tiles_per_chunk() const {
+  return std::max<int64_t>(1, kChunkBytes / (16 * in_channels_ * 4));
+}
+
 void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int64_t row1,
                                      float* out, std::vector<float>& scratch, const float* bias,
-                                     bool relu, int64_t out_pixel_stride) const {
+                                     bool relu, int64_t out_pixel_stride, int64_t first_block,
+                                     int64_t end_block) const {
   const int64_t in_channels = in_channels_, out_channels = out_channels_;
   const int64_t rows = row1 - row0, cols = conv_w_;
   const int64_t tile_rows = (rows + 1) / 2, tile_cols = (cols + 1) / 2;
   const int64_t padded_w = 2 * tile_cols + 2;
   const int64_t in_row = padded_w * in_channels;
   // chunks: whole patch rows when a row's V is under kChunkBytes, else equal parts of one row
-  const int64_t max_tiles = std::max<int64_t>(1, kChunkBytes / (16 * in_channels * 4));
+  const int64_t max_tiles = tiles_per_chunk();
   const int64_t chunk_rows = std::clamp<int64_t>(max_tiles / tile_cols, 1, tile_rows);
   const int64_t parts = (tile_cols + max_tiles - 1) / max_tiles;  // of a row when chunk_rows is 1
   const int64_t part_cols = (tile_cols + parts - 1) / parts;
@@ -379,6 +387,8 @@ void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int6
   chunk.in_channels = in_channels;
   chunk.out_channels = out_channels;
   chunk.blocks = transformed_weight_.size(1);
+  chunk.first_block = first_block;
+  chunk.end_block = end_block < 0 ? chunk.blocks : end_block;
   chunk.out = out;
   chunk.pixel_stride = out_pixel_stride > 0 ? out_pixel_stride : out_channels;
   chunk.rows = rows;

@@ -78,10 +78,19 @@ class WinogradConvolution {
   // floats apart (C_out when 0; more for a channel slice of a wider channels-last tensor):
   // without bias, or relu?(conv + bias) when `bias` (C_out floats) is given, added as each tile
   // is written. `scratch` holds one chunk's input rows and transforms (one buffer per thread;
-  // grown as needed).
+  // grown as needed). Only the output channels of blocks [first_block, end_block) (16 channels a
+  // block; end_block -1: to the last) are computed and written; the others are left as they are.
   void operator()(const at::Tensor& image, int64_t row0, int64_t row1, float* out,
                   std::vector<float>& scratch, const float* bias = nullptr, bool relu = false,
-                  int64_t out_pixel_stride = 0) const;
+                  int64_t out_pixel_stride = 0, int64_t first_block = 0,
+                  int64_t end_block = -1) const;
+
+  // The number of 16-channel output blocks (the unit of first_block and end_block).
+  int64_t blocks() const { return transformed_weight_.size(1); }
+
+  // The 2x2 output blocks (patches) of one chunk of transformed input, the unit in which a call
+  // reads the whole transformed weight once (for whole patch rows, a row's patches are the most).
+  int64_t tiles_per_chunk() const;
 
  private:
   at::Tensor transformed_weight_;  // U: (16, blocks, C_in, 16), element (i, j) at 4 * i + j

@@ -29,6 +29,32 @@ at::Tensor winograd_pack_if_finite(const at::Tensor& w) {
 
 bool winograd_input_finite(const at::Tensor& x) { return WinogradConvolution::finite(x); }
 
+namespace {
+
+// Whether the threads should split a call's output channels rather than its rows (both compute
+// the same values). Every chunk of transformed input (WinogradConvolution) is multiplied by the
+// part of the transformed weight U its task computes, so U passes through a core once per chunk:
+// split by rows (two parts of each image per thread while there are fewer images than threads),
+// each thread reads all of U once per chunk of its parts; split by output channels, a share of U
+// once per chunk of the whole image, at the cost of transforming the whole input on every thread
+// (a small part of the work next to the products). The channel split is taken where it at least
+// halves a thread's reads of U: small images of many channels, whose U outweighs the image
+// (docs/kernels.md, "Winograd at batch 1").
+bool split_output_channels(const WinogradConvolution& convolve, int64_t batch, int64_t threads,
+                           int64_t pairs, int64_t out_w) {
+  if (batch >= threads || convolve.blocks() < threads) return false;
+  const int64_t tiles = pairs * ((out_w + 1) / 2);  // 2x2 output blocks of an image
+  const int64_t chunk = convolve.tiles_per_chunk();
+  const auto chunks = [&](int64_t n) { return (n + chunk - 1) / chunk; };
+  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
+  // U's passes per thread, in units of U / threads
+  const int64_t by_rows = threads * (parts / threads) * chunks((tiles + parts - 1) / parts);
+  const int64_t by_channels = chunks(tiles);
+  return 2 * by_channels <= by_rows;
+}
+
+}  // namespace
+
 at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packed_w,
                                     const std::optional<at::Tensor>& b, int64_t out_channels,
                                     c10::IntArrayRef padding, bool relu, at::Tensor& out) {
@@ -40,10 +66,24 @@ at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packe
   const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
   const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* out_data = out.mutable_data_ptr<float>();
-  // Parts of whole 2x2 output rows, two per thread at batch 1, so that a thread the OS preempts
-  // (the cores are shared) holds back half as much.
   const int64_t pairs = (out_h + 1) / 2;
   const int64_t threads = at::get_num_threads();
+  if (split_output_channels(convolve, batch, threads, pairs, out_w)) {
+    // Each thread all of the image's rows for its share of the output channel blocks: it reads
+    // only its share of the transformed weight, and transforms the whole input itself.
+    const int64_t blocks = convolve.blocks();
+    at::parallel_for(0, batch * threads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / threads, part = task % threads;
+        convolve(x[n], 0, out_h, out_data + n * out.stride(0), scratch, bias_data, relu,
+                 out.stride(3), blocks * part / threads, blocks * (part + 1) / threads);
+      }
+    });
+    return out;
+  }
+  // Parts of whole 2x2 output rows, two per thread at batch 1, so that a thread the OS preempts
+  // (the cores are shared) holds back half as much.
   const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
   at::parallel_for(0, batch * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
