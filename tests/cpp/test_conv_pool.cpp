@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "deeprebirth_ops.h"
+#include "ops/common/transpose.h"
 #include "ops/conv_pool/cpu/direct_band_convolution.h"
-#include "ops/conv_pool/cpu/transpose.h"
 #include "ops/conv_pool/cpu/winograd_convolution.h"
 
 namespace {

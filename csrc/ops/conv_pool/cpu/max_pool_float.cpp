@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "ops/common/cpu_isa.h"
-#include "ops/conv_pool/cpu/transpose.h"
+#include "ops/common/transpose.h"
 
 namespace deeprebirth::ops {
 namespace {

@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "ops/common/cpu_isa.h"
-#include "ops/conv_pool/cpu/transpose.h"
+#include "ops/common/transpose.h"
 
 namespace deeprebirth::ops {
 namespace {

@@ -1,5 +1,5 @@
 // Float32 matrix transposes (see transpose.h).
-#include "ops/conv_pool/cpu/transpose.h"
+#include "ops/common/transpose.h"
 
 #include <algorithm>
 
