@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from isa_helpers import run_with_cpu_isa
 
 import deeprebirth.ops
 from deeprebirth.ops import onednn_conv
@@ -150,6 +151,28 @@ def test_packed_layers_run_the_own_primitive_on_channels_last(monkeypatch) -> No
                 y, F.relu(F.conv2d(x, weight, b, 1, 2)), rtol=1e-4, atol=1e-4
             )
             assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def check_few_channel_nchw_inputs() -> None:
+    """Frozen layers on NCHW images of 1 to 4 channels (which the packed path copies to
+    channels_last with its own transpose) and of 5 (ATen's copy): conv2d's values, channels_last
+    out, over batches and odd sizes."""
+    rng = random.Random(11)
+    with torch.no_grad():
+        for channels in (1, 2, 3, 4, 5):
+            for _ in range(3):
+                x = torch.randn(rng.randint(1, 3), channels, rng.randint(3, 40), rng.randint(3, 70))
+                w, b = torch.randn(16, channels, 3, 3), torch.randn(16)
+                y = ops.small_conv2d(x, w, NO_DIRECT, b, [1, 1], [1, 1], [1, 1], 1, True, 0, 0)
+                want = F.relu(F.conv2d(x, w, b, 1, 1))
+                torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+                assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_own
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse2"])
+def test_few_channel_nchw_inputs_with_every_instruction_set(isa: str) -> None:
+    run_with_cpu_isa(isa, "import test_onednn_conv as t; t.check_few_channel_nchw_inputs()")
 
 
 @needs_own

@@ -22,6 +22,7 @@
 
 #include "ops/common/arg_checks.h"
 #include "ops/common/cache_evict.h"
+#include "ops/common/channels_last.h"
 #include "ops/direct_conv/cpu/onednn_conv_primitive.h"
 #include "ops/direct_conv/direct_conv.h"
 #include "ops/winograd_conv/cpu/winograd_conv_kernel.h"
@@ -367,7 +368,7 @@ bool dense_channels_last(const at::Tensor& x) {
 // primitive again on every call (GoogLeNet-Slim's stem, docs/kernels.md).
 at::Tensor packed_input(const at::Tensor& x) {
   if (dense_channels_last(x) || !onednn_primitives_available()) return x;
-  return x.contiguous(at::MemoryFormat::ChannelsLast);
+  return channels_last_copy(x);
 }
 
 PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
