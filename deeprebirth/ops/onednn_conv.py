@@ -6,8 +6,9 @@ as much as a small layer's arithmetic at batch 1). These operators make one exec
 per weight (at its version), input shape and epilogue on the first call and only execute it
 afterwards, with the weight reordered once into the layout the primitive reads. ``small_conv2d``
 calls them for its oneDNN layers; they are public for C++ and for profiles, where each layer shows
-as one of them. They need the library built with oneDNN (``build_info()["onednn"]``) and
-channels_last inputs and outputs; any other call computes the same with ATen.
+as one of them. They need the library built with oneDNN (``build_info()["onednn"]``) and a
+channels_last output; an input in another layout is read through a channels_last copy (the first
+layer of a network), and any other call computes the same with ATen.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def onednn_conv2d(
     is the same tensor at the same version (an in-place update makes a new one).
 
     For inference on weights that do not require grad (frozen constants); with a weight that
-    requires grad, a layout other than channels_last, or a library built without oneDNN, it
+    requires grad, an ``out`` other than channels_last, or a library built without oneDNN, it
     computes the same with ATen's ``conv2d``. No gradient flows through it.
 
     Args:
-        x: float32 input ``(N, C_in, H, W)``; channels_last takes the primitive.
+        x: float32 input ``(N, C_in, H, W)``; the primitive reads channels_last, and a copy in
+            channels_last of an input in another layout (made on each call).
         w: weight ``(C_out, C_in / groups, kh, kw)``; b: bias ``(C_out,)`` or None.
         stride, padding, dilation, groups: as for ``torch.nn.functional.conv2d``.
         relu: apply ReLU to the output.

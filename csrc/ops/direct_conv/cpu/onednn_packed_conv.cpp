@@ -361,22 +361,29 @@ bool dense_channels_last(const at::Tensor& x) {
          (!x.is_contiguous() && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
 }
 
-// The input a packed call reads: x, or, where this build runs oneDNN primitives of its own (which
-// read channels_last only), a channels_last copy of an x in another layout. The packed path writes
-// channels_last whatever it reads (channels_last_output), so in a network only the first layer
-// sees NCHW; ATen's oneDNN op, which ran it before, made the same copy inside and built its
-// primitive again on every call (GoogLeNet-Slim's stem, docs/kernels.md).
-at::Tensor packed_input(const at::Tensor& x) {
-  if (dense_channels_last(x) || !onednn_primitives_available()) return x;
-  return channels_last_copy(x);
+// Whether a call on x may run an own primitive, which reads channels_last only: x is read as
+// channels_last (dense_channels_last), or this build runs its own primitives, which then read a
+// channels_last copy of x (own_input). The packed path writes channels_last whatever it reads
+// (channels_last_output), so in a network only the first layer sees NCHW; ATen's oneDNN op, which
+// ran it before, made the same copy inside and built its primitive again on every call
+// (GoogLeNet-Slim's stem, docs/kernels.md).
+bool own_layout_input(const at::Tensor& x) {
+  return dense_channels_last(x) || onednn_primitives_available();
+}
+
+// The channels_last tensor an own primitive reads for x. Made inside the operator that runs the
+// primitive (deeprebirth::onednn_conv2d), so that an op plan records the copy as part of that
+// call rather than as a buffer filled outside the dispatcher.
+at::Tensor own_input(const at::Tensor& x) {
+  return dense_channels_last(x) ? dense_input(x) : channels_last_copy(x);
 }
 
 PackedCall packed_call(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                        int64_t groups, bool relu, const at::Tensor& direct_w) {
-  PackedCall call{packed_input(x), Packed{}, false};
-  const Layer layer = layer_of(relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, b,
-                               dense_channels_last(call.input));
+  PackedCall call{x, Packed{}, false};
+  const Layer layer =
+      layer_of(relu ? ConvEpilogue::kRelu : ConvEpilogue::kNone, b, own_layout_input(x));
   call.packed = packed_weight(call.input, w, b, stride, padding, dilation, groups, layer);
   if (!call.packed.decided) {
     call.packed = decide_kernel(call.input, w, b, stride, padding, dilation, groups, layer,
@@ -458,13 +465,11 @@ void onednn_conv2d_into(const at::Tensor& x, const at::Tensor& w,
   const bool add = epilogue == ConvEpilogue::kAdd || epilogue == ConvEpilogue::kAddRelu;
   const bool relu = epilogue == ConvEpilogue::kRelu || epilogue == ConvEpilogue::kAddRelu;
   if (onednn_packed_conv_applies(x, w, b, stride, padding, dilation, groups)) {
-    const at::Tensor input = dense_input(x);
-    const Layer layer = layer_of(epilogue, b,
-                                 input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                                     out.is_contiguous(at::MemoryFormat::ChannelsLast));
-    const Packed packed = packed_weight(input, w, b, stride, padding, dilation, groups, layer);
+    const Layer layer = layer_of(
+        epilogue, b, own_layout_input(x) && out.is_contiguous(at::MemoryFormat::ChannelsLast));
+    const Packed packed = packed_weight(x, w, b, stride, padding, dilation, groups, layer);
     if (packed.own) {
-      run_onednn_conv(*packed.own, input, b, out);
+      run_onednn_conv(*packed.own, own_input(x), b, out);
       return;
     }
   }
