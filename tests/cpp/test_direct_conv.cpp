@@ -89,7 +89,7 @@ TEST_CASE("direct_conv_cat writes each branch into its channels", "[direct_conv]
   CHECK(at::allclose(chosen, expected, 1e-4, 1e-5));
 }
 
-TEST_CASE("small_conv2d packs a frozen weight once per input shape and version",
+TEST_CASE("small_conv2d packs a frozen weight once per input shape, version and thread count",
           "[direct_conv][onednn]") {
   if (!at::hasMKLDNN()) {
     WARN("oneDNN is not in this torch build: nothing to pack");
@@ -128,40 +128,17 @@ TEST_CASE("small_conv2d packs a frozen weight once per input shape and version",
     CHECK(at::allclose(run(x, trainable), expected(x, weight), 1e-4, 1e-5));
   }
   CHECK(onednn_packed_weight_count() == 1);
-  clear_onednn_packed_weights();
-  CHECK(onednn_packed_weight_count() == 0);
-}
-
-TEST_CASE("small_conv2d packs a frozen weight anew for another number of threads",
-          "[direct_conv][onednn]") {
-  if (!at::hasMKLDNN()) {
-    WARN("oneDNN is not in this torch build: nothing to pack");
-    return;
-  }
-  using deeprebirth::ops::clear_onednn_packed_weights;
-  using deeprebirth::ops::onednn_packed_weight_count;
-  at::manual_seed(2);
-  clear_onednn_packed_weights();
-  const at::Tensor x = at::randn({1, 32, 20, 20}).contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor weight = at::randn({48, 32, 3, 3}) / 17.0;
-  const at::Tensor bias = at::randn({48});
-  const at::Tensor expected = at::relu(at::conv2d(x, weight, bias, {1, 1}, {1, 1}));
+  // oneDNN splits a primitive's work for the threads there are when it is made and keeps using
+  // that many: another thread count packs anew, and the first finds its copy again
   const int threads = at::get_num_threads();
-  const auto run = [&] {
-    return small_conv2d(x, weight, direct_conv_pack(weight), bias, {1, 1}, {1, 1}, {1, 1}, 1, true,
-                        0, 0);
-  };
-  CHECK(at::allclose(run(), expected, 1e-4, 1e-5));
-  CHECK(onednn_packed_weight_count() == 1);
-  // oneDNN splits a primitive's work for the threads there are when it is made: a primitive
-  // made for one count would keep running on that many
   at::set_num_threads(threads + 1);
-  CHECK(at::allclose(run(), expected, 1e-4, 1e-5));
+  CHECK(at::allclose(run(x, weight), expected(x, weight), 1e-4, 1e-5));
   CHECK(onednn_packed_weight_count() == 2);
   at::set_num_threads(threads);
-  CHECK(at::allclose(run(), expected, 1e-4, 1e-5));
-  CHECK(onednn_packed_weight_count() == 2);  // the first copy again
+  CHECK(at::allclose(run(x, weight), expected(x, weight), 1e-4, 1e-5));
+  CHECK(onednn_packed_weight_count() == 2);
   clear_onednn_packed_weights();
+  CHECK(onednn_packed_weight_count() == 0);
 }
 
 TEST_CASE("small_conv2d_add_ writes relu(conv + residual) over the residual",
