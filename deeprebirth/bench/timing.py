@@ -334,18 +334,40 @@ def _allocator_note() -> str:
     return "glibc mmap_threshold=32MiB trim_threshold=1GiB while timing (no allocator churn)"
 
 
-def machine_line() -> str:
-    """One line describing CPU, cores, threads, torch version and allocator setting."""
+def _cpu_description() -> str:
+    """The CPU's model name, family and widest x86 vector extension (from ``/proc/cpuinfo``; the
+    model name alone does not tell the 2-core machines apart: Zen 3, 4 and 5 are all "AMD EPYC"),
+    and the instruction set deeprebirth's kernels chose in this process."""
     cpu = platform.processor() or "unknown CPU"
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
+            for line in info:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block only
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    flags = set(fields.get("flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    details = [f"family {fields['cpu family']}"] if "cpu family" in fields else []
+    details += [vector] if vector else []
+    try:
+        from deeprebirth.ops import direct_conv_isa
+
+        details.append(f"deeprebirth kernels: {direct_conv_isa()}")
+    except (ImportError, OSError, RuntimeError):  # the extension is not built
+        pass
+    return f"{cpu} ({', '.join(details)})" if details else cpu
+
+
+def machine_line() -> str:
+    """One line describing CPU (model, family, vector extension, the instruction set of
+    deeprebirth's kernels), cores, threads, torch version and allocator setting."""
     return (
-        f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} "
+        f"{_cpu_description()} | {os.cpu_count()} cores | torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, {torch.__config__.parallel_info().splitlines()[-1].strip()}) "
         f"| {_allocator_note()}"
     )

@@ -1,10 +1,12 @@
 """deeprebirth.bench.timing: peak memory follows live tensors even with the no-churn allocator."""
 
 import platform
+from pathlib import Path
 
 import pytest
 import torch
 
+from deeprebirth.bench import timing
 from deeprebirth.bench.timing import configure_allocator, interleaved_timings, peak_extra_rss_bytes
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux", reason="VmHWM is Linux only")
@@ -135,3 +137,20 @@ def test_interleaved_timings_settle_times_each_variant_after_its_own_calls(monke
     assert unsettled["a"].samples == pytest.approx([10.0] * 3)
     assert settled["a"].samples == pytest.approx([2.0] * 3)
     assert settled["b"].samples == pytest.approx([2.0] * 3)
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo")
+def test_machine_line_names_the_vector_extension_and_kernel_isa():
+    """The machines differ by vector extension under one model name ("AMD EPYC"): the line says
+    which one this CPU has and which instruction set deeprebirth's kernels run."""
+    from deeprebirth.ops import direct_conv_isa
+
+    flags = next(
+        line.split(":", 1)[1].split()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("flags")
+    )
+    line = timing.machine_line()
+    assert f"deeprebirth kernels: {direct_conv_isa()}" in line
+    assert ("AVX-512" in line) == ("avx512f" in flags)
+    assert "family " in line
