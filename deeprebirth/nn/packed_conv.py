@@ -6,6 +6,7 @@ No ``from __future__ import annotations`` here: TorchScript reads PackedConv2d's
 
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -253,6 +254,8 @@ class PackedConv2d(nn.Conv2d):
             current = self._weight_snapshot
             if not self._snapshot_holds(weight, current):
                 values = weight.detach()
+                if self.frozen_weights and weight.is_inference():
+                    warnings.warn(_INFERENCE_WEIGHT_WARNING, stacklevel=2)
                 if not self._trusts_version(weight):
                     # a normal tensor even under inference_mode: C++ keeps packed copies only
                     # of weights with a version counter
@@ -740,6 +743,16 @@ class PackedConvConcat(nn.Module):
 # small_conv2d's direct-kernel weight where the direct kernel is ruled out (max_macs 0)
 _NO_DIRECT_WEIGHT = torch.empty(0)
 
+# Shown once per process (Python's default filter): a deployed model's weights made under
+# torch.inference_mode have no version counter, so frozen layers fall back to comparing each
+# weight with its snapshot byte for byte on every call (GoogLeNet-Slim at batch 1: 7.6 ms
+# instead of 4.7).
+_INFERENCE_WEIGHT_WARNING = (
+    "a PackedConv2d with frozen_weights has a weight made under torch.inference_mode(), which has "
+    "no version counter: each call compares the weight with its packed copy byte for byte, which "
+    "is slow. Build or load the deployed model outside inference_mode (run it inside)."
+)
+
 
 @functools.cache
 def _own_onednn() -> bool:
@@ -833,7 +846,9 @@ def freeze_packed_weights(model: nn.Module, frozen: bool = True) -> int:
     For deployed inference models whose weights no longer change (or change only through
     in-place ops, unfused optimizers and ``load_state_dict``, which move the version counter):
     each call then skips comparing the weight with its packed copies' snapshot byte for byte,
-    and the snapshot copy is dropped.
+    and the snapshot copy is dropped. Weights made under ``torch.inference_mode`` (a model built
+    or loaded there) have no version counter and are still compared on every call, with a
+    warning: build or load the model outside inference mode and run it inside.
 
     Args:
         model: any module; its PackedConv2d layers (shared with other models too) are changed.

@@ -133,11 +133,12 @@ def test_weights_made_under_inference_mode_are_followed(frozen: bool, kernel_siz
     """A layer copied under ``torch.inference_mode`` holds inference tensors, which have no
     version counter: even with :attr:`frozen_weights` its packed copies follow the values, so an
     in-place update inside inference mode is seen; the packed path still runs (on a snapshot
-    copy), and the layer still scripts."""
+    copy), and the layer still scripts. Frozen, it warns that each call compares the weight."""
     torch.manual_seed(4)
     conv = nn.Conv2d(8, 16, kernel_size, padding=kernel_size // 2).eval()
     x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         packed = copy.deepcopy(PackedConv2d.from_conv(conv, relu=True).eval())
         assert packed.weight.is_inference()
         deeprebirth.nn.freeze_packed_weights(packed, frozen)
@@ -150,6 +151,8 @@ def test_weights_made_under_inference_mode_are_followed(frozen: bool, kernel_siz
                 assert packed_ops & ran, sorted(ran)
             packed.weight.mul_(-0.5)
             torch.testing.assert_close(packed(x), _reference(packed, x, True))
+    slow = [w for w in caught if "no version counter" in str(w.message)]
+    assert bool(slow) == frozen, [str(w.message) for w in caught]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation
         scripted = torch.jit.script(packed)
