@@ -39,14 +39,13 @@ namespace {
 // once per chunk of the whole image, at the cost of transforming the whole input on every thread
 // (a small part of the work next to the products). The channel split is taken where it at least
 // halves a thread's reads of U: small images of many channels, whose U outweighs the image
-// (docs/kernels.md, "Winograd at batch 1").
+// (docs/kernels.md, "Winograd at batch 1"). `parts` is the row split's parts per image, `tiles`
+// an image's 2x2 output blocks.
 bool split_output_channels(const WinogradConvolution& convolve, int64_t batch, int64_t threads,
-                           int64_t pairs, int64_t out_w) {
+                           int64_t parts, int64_t tiles) {
   if (batch >= threads || convolve.blocks() < threads) return false;
-  const int64_t tiles = pairs * ((out_w + 1) / 2);  // 2x2 output blocks of an image
   const int64_t chunk = convolve.tiles_per_chunk();
   const auto chunks = [&](int64_t n) { return (n + chunk - 1) / chunk; };
-  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
   // U's passes per thread, in units of U / threads
   const int64_t by_rows = threads * (parts / threads) * chunks((tiles + parts - 1) / parts);
   const int64_t by_channels = chunks(tiles);
@@ -68,7 +67,10 @@ at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packe
   float* out_data = out.mutable_data_ptr<float>();
   const int64_t pairs = (out_h + 1) / 2;
   const int64_t threads = at::get_num_threads();
-  if (split_output_channels(convolve, batch, threads, pairs, out_w)) {
+  // Parts of whole 2x2 output rows, two per thread at batch 1, so that a thread the OS preempts
+  // (the cores are shared) holds back half as much.
+  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
+  if (split_output_channels(convolve, batch, threads, parts, pairs * ((out_w + 1) / 2))) {
     // Each thread all of the image's rows for its share of the output channel blocks: it reads
     // only its share of the transformed weight, and transforms the whole input itself.
     const int64_t blocks = convolve.blocks();
@@ -82,9 +84,6 @@ at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packe
     });
     return out;
   }
-  // Parts of whole 2x2 output rows, two per thread at batch 1, so that a thread the OS preempts
-  // (the cores are shared) holds back half as much.
-  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
   at::parallel_for(0, batch * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
     for (int64_t task = begin; task < end; ++task) {
