@@ -19,7 +19,7 @@ layers, which :func:`~deeprebirth.export.make_portable` puts in its place (as Re
 - :class:`InferenceMaxPool2d`: ``nn.MaxPool2d`` without the indices ATen's CPU kernel writes
   (``flatten_for_inference``).
 - :class:`InferenceLinear`: ``nn.Linear`` with the output features split across the intra-op
-  threads (``flatten_for_inference``).
+  threads (the ``pack_conv`` rule).
 - :class:`PlannedGraphModule` (``flatten_for_inference``'s result): a GraphModule whose inference
   forward, recorded once (:func:`record_op_plan`), runs again as one C++ call.
 

@@ -14,7 +14,7 @@ from deeprebirth.nn._compile import compiling_for_inductor
 class InferenceLinear(nn.Linear):
     """An ``nn.Linear`` whose CPU calls run :func:`deeprebirth.ops.linear`: the same values (within
     a matrix product's rounding), gradients through ATen's linear where one is needed.
-    ``flatten_for_inference`` puts it in place of ``nn.Linear`` layers, sharing their parameters;
+    The ``pack_conv`` rule puts it in place of ``nn.Linear`` layers, sharing their parameters;
     :meth:`to_standard` gives the ``nn.Linear`` back.
 
     Example:
