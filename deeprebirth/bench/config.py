@@ -66,6 +66,11 @@ class SuiteConfig:
         image_size: input height and width.
         batches: batch sizes; the first is the latency batch (1), the others larger.
         repeats: timed interleaved rounds per variant; ``warmup`` untimed rounds first.
+        processes: fresh Python processes the latency rounds are timed in (1: this one). Each
+            builds every runtime and times ``repeats`` rounds; the tables pool their rounds
+            (:func:`~deeprebirth.bench.timing.pooled_timings`), so a ratio is the median over
+            every process's rounds and no single process's placement in memory decides it
+            (docs/benchmarks.md, "Measurement traps").
         profile_forwards: profiled forward passes per model (Table 1, Figure 2, per-block times).
         threads: torch (and ONNX Runtime) intra-op threads; 0 leaves torch's default.
         device: ``"cpu"`` or ``"cuda"`` for latency, memory and roofline (profiles are CPU).
@@ -88,6 +93,7 @@ class SuiteConfig:
     batches: tuple[int, ...] = (1, 8)
     repeats: int = 20
     warmup: int = 2
+    processes: int = 1
     profile_forwards: int = 5
     threads: int = 0
     device: str = "cpu"
@@ -118,6 +124,8 @@ class SuiteConfig:
             raise ValueError(f"expected sections among {SECTIONS}, but got {sorted(unknown)}")
         if not self.batches or min(self.batches) < 1:
             raise ValueError(f"expected positive batch sizes, but got {self.batches}")
+        if self.processes < 1:
+            raise ValueError(f"expected processes >= 1, but got {self.processes}")
         if self.repeats < 1 or self.profile_forwards < 1:
             raise ValueError(
                 f"expected repeats and profile_forwards >= 1, but got {self.repeats}, {self.profile_forwards}"
@@ -126,10 +134,14 @@ class SuiteConfig:
 
     def settings_line(self) -> str:
         """One line of the run's settings for every page."""
+        where = (
+            f" in each of {self.processes} fresh processes, pooled" if self.processes > 1 else ""
+        )
         return (
             f"input {self.image_size}x{self.image_size}, batches {', '.join(map(str, self.batches))}, "
-            f"{self.warmup} warm-up + {self.repeats} interleaved timed rounds (medians [min, max]), "
-            f"{self.profile_forwards} profiled forwards, device {self.device}, random weights"
+            f"{self.warmup} warm-up + {self.repeats} interleaved timed rounds{where} "
+            f"(medians [min, max]), {self.profile_forwards} profiled forwards, device {self.device}, "
+            "random weights"
         )
 
 

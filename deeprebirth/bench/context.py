@@ -4,6 +4,10 @@ measured once and read by every page that needs them."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import multiprocessing
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +21,13 @@ from deeprebirth.bench.costs import ModelCosts, model_costs
 from deeprebirth.bench.profiling import ForwardProfile, profile_forward
 from deeprebirth.bench.roofline import conv_peak_call
 from deeprebirth.bench.runtimes import Runtime, build_runtime
-from deeprebirth.bench.timing import RUNTIME_SETTLE_MS, Timing, interleaved_timings, machine_line
+from deeprebirth.bench.timing import (
+    RUNTIME_SETTLE_MS,
+    Timing,
+    interleaved_timings,
+    machine_line,
+    pooled_timings,
+)
 from deeprebirth.bench.zoo import ModelSpec, build_variant, in_form
 
 LatencyKey = tuple[str, str]  # (model label, runtime name)
@@ -35,6 +45,8 @@ class BenchContext:
             :meth:`measure_latency` ran (None: the runtime is unavailable).
         peak: ``{batch: (Timing, FLOP)}`` of the peak convolution timed in the same rounds, when
             the run writes the "peers" page (its "% of peak" column divides by it).
+        latency_processes: the process ids the latency rounds were timed in (this process's
+            alone unless ``config.processes`` > 1).
     """
 
     def __init__(self, config: SuiteConfig) -> None:
@@ -48,6 +60,7 @@ class BenchContext:
         self.runtimes: dict[LatencyKey, Runtime] = {}
         self.latency: dict[int, dict[LatencyKey, Timing | None]] = {}
         self.peak: dict[int, tuple[Timing, int]] = {}
+        self.latency_processes: list[int] = []
         self._models: dict[str, nn.Module] = {}
         self._device_models: dict[str, nn.Module] = {}
         self._profiles: dict[tuple[str, int], ForwardProfile] = {}
@@ -112,41 +125,8 @@ class BenchContext:
 
         return call
 
-    def latency_plan(self) -> dict[str, tuple[ModelSpec, list[str]]]:
-        """``{model label: (spec, runtime names)}`` the latency and peer pages need."""
-        plan: dict[str, tuple[ModelSpec, list[str]]] = {}
-
-        def want(spec: ModelSpec, names: tuple[str, ...]) -> None:
-            entry = plan.setdefault(spec.label, (spec, []))[1]
-            entry += [n for n in names if n not in entry]
-
-        for spec in self.config.latency_models:
-            want(spec, self.config.latency_runtimes)
-        for original, slim in self.config.peer_pairs:
-            want(original, self.config.peer_runtimes)
-            want(slim, self.config.peer_runtimes)
-        if "peers" in self.config.sections:
-            for spec in self.config.deployed_models:
-                want(in_form(spec, "deployed"), self.config.deployed_runtimes)
-                want(in_form(spec, "portable"), self.config.portable_runtimes)
-        return plan
-
-    def measure_latency(self) -> dict[int, dict[LatencyKey, Timing | None]]:
-        """Builds every runtime of :meth:`latency_plan` and times all of them interleaved in one
-        process, per batch size. Runs once; later calls return the cached result."""
-        if self.latency:
-            return self.latency
-        plan = self.latency_plan()
-        example = self.example(1, self.device)
-        jobs = [(spec, name) for spec, names in plan.values() for name in names]
-        for spec, name in tqdm(jobs, desc="build runtimes", leave=False):
-            self.runtimes[(spec.label, name)] = build_runtime(
-                name,
-                self.device_model(spec),
-                example,
-                threads=torch.get_num_threads(),
-                workdir=self.workdir,
-            )
+    def _time_here(self) -> None:
+        """Times the built runtimes (and the peak convolution) in this process."""
         available = {key: rt for key, rt in self.runtimes.items() if rt.run is not None}
         # The peak convolution runs in the same rounds, so a drifting machine moves it and the
         # runtimes alike (docs/benchmarks.md).
@@ -172,4 +152,88 @@ class BenchContext:
             self.latency[batch] = {key: timings.get("\t".join(key)) for key in self.runtimes}
             if peak_call is not None:
                 self.peak[batch] = (timings[_PEAK], peak_flops)
+        self.latency_processes = [os.getpid()]
+
+    def _time_in_processes(self) -> None:
+        """Times the runtimes in ``config.processes`` fresh processes, one after the other (each
+        builds its own, as this one did), and pools their rounds."""
+        single = dataclasses.replace(self.config, processes=1)
+        spawn = multiprocessing.get_context("spawn")  # fresh: no state inherited from this one
+        results = []
+        for _ in tqdm(range(self.config.processes), desc="latency processes", leave=False):
+            with spawn.Pool(1) as pool:
+                results.append(pool.apply(_latency_in_this_process, (single,)))
+                pool.close()  # and joined: the process and its resources are gone before the next
+                pool.join()
+        self.latency_processes = [pid for pid, _, _ in results]
+        for batch in self.config.batches:
+            # the peak convolution pooled with the runtimes: one round set, paired as before
+            parts = []
+            for _, latency, peak in results:
+                part: dict = {key: latency[batch].get(key) for key in self.runtimes}
+                if batch in results[0][2]:
+                    part[_PEAK] = peak[batch][0] if batch in peak else None
+                parts.append(part)
+            pooled = pooled_timings(parts)
+            peak_timing = pooled.pop(_PEAK, None)
+            self.latency[batch] = pooled
+            if peak_timing is not None:
+                self.peak[batch] = (peak_timing, results[0][2][batch][1])
+
+    def latency_plan(self) -> dict[str, tuple[ModelSpec, list[str]]]:
+        """``{model label: (spec, runtime names)}`` the latency and peer pages need."""
+        plan: dict[str, tuple[ModelSpec, list[str]]] = {}
+
+        def want(spec: ModelSpec, names: tuple[str, ...]) -> None:
+            entry = plan.setdefault(spec.label, (spec, []))[1]
+            entry += [n for n in names if n not in entry]
+
+        for spec in self.config.latency_models:
+            want(spec, self.config.latency_runtimes)
+        for original, slim in self.config.peer_pairs:
+            want(original, self.config.peer_runtimes)
+            want(slim, self.config.peer_runtimes)
+        if "peers" in self.config.sections:
+            for spec in self.config.deployed_models:
+                want(in_form(spec, "deployed"), self.config.deployed_runtimes)
+                want(in_form(spec, "portable"), self.config.portable_runtimes)
+        return plan
+
+    def measure_latency(self) -> dict[int, dict[LatencyKey, Timing | None]]:
+        """Builds every runtime of :meth:`latency_plan` and times all of them interleaved, per
+        batch size: in this process, or, with ``config.processes`` > 1, in that many fresh
+        processes whose rounds are pooled (the runtimes built here give the pages their notes
+        and output differences). Runs once; later calls return the cached result."""
+        if self.latency:
+            return self.latency
+        plan = self.latency_plan()
+        example = self.example(1, self.device)
+        jobs = [(spec, name) for spec, names in plan.values() for name in names]
+        for spec, name in tqdm(jobs, desc="build runtimes", leave=False):
+            self.runtimes[(spec.label, name)] = build_runtime(
+                name,
+                self.device_model(spec),
+                example,
+                threads=torch.get_num_threads(),
+                workdir=self.workdir,
+            )
+        if self.config.processes > 1:
+            self._time_in_processes()
+        else:
+            self._time_here()
         return self.latency
+
+
+def _latency_in_this_process(config: SuiteConfig) -> tuple[int, dict, dict]:
+    """A latency process's work (:meth:`BenchContext.measure_latency` with ``config.processes``
+    > 1): this process's id, its latency timings and its peak convolution's."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(0)
+    context = BenchContext(config)
+    context.machine()  # configures the allocator, as run_suite does before measuring
+    try:
+        latency = context.measure_latency()
+    finally:
+        shutil.rmtree(context.workdir, ignore_errors=True)
+    return os.getpid(), latency, context.peak

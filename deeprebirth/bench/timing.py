@@ -8,7 +8,8 @@
   spinning.
 - :func:`paired_ratio`: the speed-up of two variants timed in the same rounds, as the median of
   the per-round ratios, which a machine that drifts between rounds does not move;
-  :func:`speed_ratio` uses it when it can.
+  :func:`speed_ratio` uses it when it can. :func:`pooled_timings` joins the rounds of several
+  timing runs (processes) into one set that pairs the same way.
 - :func:`benchmark_allocator` (entered by :func:`interleaved_timings` for its own duration) keeps
   freed activation buffers in glibc's heap, so repeated forwards do not map, fault in and unmap
   them again (allocator churn). Leaving it restores glibc's default thresholds: importing or
@@ -33,7 +34,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -181,6 +182,36 @@ def interleaved_timings(
                 samples[name].append((time.perf_counter() - start) * 1e3 / number)
     rounds = next(_round_sets)
     return {name: Timing(tuple(s), calls[name], rounds) for name, s in samples.items()}
+
+
+def pooled_timings(
+    parts: Sequence[Mapping[Hashable, Timing | None]],
+) -> dict[Hashable, Timing | None]:
+    """The timings of the same variants from several :func:`interleaved_timings` calls (one per
+    process, say), pooled into one set of rounds: each variant's samples in the order of
+    ``parts``, so sample ``i`` of every variant still comes from one round and
+    :func:`paired_ratio` pairs them as before. Keys are the first part's; a variant that is None
+    or missing in any part is None.
+
+    Example:
+        >>> a = {"x": Timing((2.0, 4.0), rounds=1), "y": Timing((1.0, 2.0), rounds=1)}
+        >>> b = {"x": Timing((3.0,), rounds=2), "y": Timing((1.0,), rounds=2)}
+        >>> pooled = pooled_timings([a, b])
+        >>> pooled["x"].samples, paired_ratio(pooled["x"], pooled["y"])
+        ((2.0, 4.0, 3.0), 2.0)
+    """
+    if not parts:
+        return {}
+    rounds = next(_round_sets)
+    pooled: dict[Hashable, Timing | None] = {}
+    for key, first in parts[0].items():
+        timings = [part.get(key) for part in parts]
+        if first is None or any(t is None for t in timings):
+            pooled[key] = None
+            continue
+        samples = tuple(sample for t in timings for sample in t.samples)
+        pooled[key] = Timing(samples, first.calls, rounds)
+    return pooled
 
 
 def _nothing() -> None:

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed interleaved rounds")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="fresh processes to time the latency rounds in, pooled (default 1: this one)",
+    )
+    parser.add_argument(
         "--profile-forwards", type=int, default=None, help="profiled forwards per model"
     )
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: as is)")
@@ -99,6 +105,7 @@ def config_from_args(args: argparse.Namespace):
         "batches": args.batches,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "processes": args.processes,
         "profile_forwards": args.profile_forwards,
         "memory_budget_mib": args.memory_budget_mib,
         "sections": args.sections,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -457,6 +458,41 @@ def test_cli_options_become_the_config(tmp_path):
     assert config.peer_runtimes == SuiteConfig().peer_runtimes  # the peers page keeps its own
     with pytest.raises(ValueError, match="--latency-runtimes among .*tensorrt"):
         config_from_args(parser.parse_args(["bench", "--latency-runtimes", "eager,tensorrt"]))
+    config = config_from_args(parser.parse_args(["bench", "--processes", "3"]))
+    assert config.processes == 3 and "in each of 3 fresh processes" in config.settings_line()
+    with pytest.raises(ValueError, match="processes >= 1"):
+        config_from_args(parser.parse_args(["bench", "--processes", "0"]))
+
+
+def test_latency_rounds_of_several_processes_are_pooled(tmp_path):
+    """With processes=2 the runtimes are timed in two fresh processes (not this one), one after
+    the other: every timing holds both processes' rounds, in one round set, so the page's paired
+    ratios take all of them; the runtimes built here keep their notes and output differences."""
+    config = _tiny_config(
+        tmp_path,
+        batches=(1,),
+        repeats=2,
+        processes=2,
+        sections=("peers",),
+        latency_models=[zoo.GOOGLENET_SLIM],
+        peer_pairs=[],
+        latency_runtimes=("eager",),
+        deployed_runtimes=("eager",),
+        portable_runtimes=("eager_channels_last",),
+    )
+    context = BenchContext(config)
+    latency = context.measure_latency()[1]
+    pids = context.latency_processes
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert len(latency) == 3  # the slim model, and its deployed and portable forms
+    rounds = {t.rounds for t in latency.values()}
+    assert len(rounds) == 1 and None not in rounds
+    for t in latency.values():
+        assert len(t.samples) == 4 and all(s > 0 for s in t.samples)
+    peak, flops = context.peak[1]
+    assert len(peak.samples) == 4 and peak.rounds in rounds and flops > 0  # paired with them
+    for key, runtime in context.runtimes.items():
+        assert runtime.run is not None and runtime.max_abs_diff is not None, key
 
 
 def _compare_models(*args: str, timeout: int = 300):
