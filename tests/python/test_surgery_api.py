@@ -61,6 +61,34 @@ def test_training_mode_is_refused_unless_allowed() -> None:
     assert model[1].num_batches_tracked.item() == 0  # planning did not run BN in training mode
 
 
+class _SharedRelu(nn.Module):
+    """conv -> relu -> pool, then the same ReLU module again on a second branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.pool = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)
+        self.other = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(self.relu(self.conv(x)))
+        return self.relu(self.other(y) - 1.0)
+
+
+def test_fuse_conv_pool_drops_a_relu_module_called_only_in_the_chain() -> None:
+    """ConvPool2d applies the chain's ReLU: a ReLU module called only there becomes Identity (one
+    call less), one the model calls elsewhere stays; both slim models compute the original."""
+    x = torch.randn(2, 3, 10, 10)
+    chain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    shared = _SharedRelu().eval()
+    for model, relu_name, dropped in ((chain, "1", True), (shared, "relu", False)):
+        slim_model, report = deeprebirth.slim(model, "fuse_conv_pool", x)
+        assert [s.rule for s in report.applied] == ["fuse_conv_pool"]
+        relu = slim_model.get_submodule(relu_name)
+        assert isinstance(relu, nn.Identity if dropped else nn.ReLU), type(model).__name__
+        with torch.no_grad():
+            torch.testing.assert_close(slim_model(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_untraceable_model_falls_back_with_a_warning() -> None:
     model = randomize_batchnorm(Untraceable()).eval()
     x = torch.randn(2, 3, 8, 8)

@@ -1,8 +1,11 @@
 """``fuse_conv_pool`` (exact): conv -> [ReLU] -> max/avg pool becomes one ``ConvPool2d``.
 
 The conv is replaced by ``deeprebirth.nn.ConvPool2d.from_modules`` (ReLU fused when the chain
-has one), the pool by ``nn.Identity``; a ReLU layer of the chain is kept and now runs on the pooled
-output, where it changes nothing (``relu(pool(relu(y))) == pool(relu(y))``). Skipped with the
+has one), the pool by ``nn.Identity``, and so is a ReLU module of the chain that the model calls
+only there (ConvPool2d applies it; counted by torch.fx: in a model fx cannot trace, every ReLU
+stays). A ReLU function, or a ReLU module called elsewhere too, is kept and now runs on the pooled
+output, where it changes nothing
+(``relu(pool(relu(y))) == pool(relu(y))``). Skipped with the
 reason: a BatchNorm or LRN between conv and pool (run ``fold_bn`` first), a conv/ReLU output that
 other layers also read, shared layers, settings ConvPool2d cannot express (padding modes, pool
 dilation or indices, ``count_include_pad=False``, ``divisor_override``).
@@ -31,6 +34,7 @@ class FuseConvPool(Rule):
         sites = []
         for conv_node, _ in graph.module_nodes(nn.Conv2d):
             node, relu, problem = conv_node, False, ""
+            relu_modules = []  # the chain's ReLU modules (not functions)
             while True:
                 users = graph.users(node)
                 pools = [u for u in users if isinstance(graph.module(u), POOLS)]
@@ -44,6 +48,8 @@ class FuseConvPool(Rule):
                 module = graph.module(user)
                 if user.kind == "relu":
                     relu, node = True, user
+                    if module is not None:
+                        relu_modules.append(user.target)
                     continue
                 if isinstance(module, BATCHNORMS):
                     pool_follows = any(
@@ -81,9 +87,17 @@ class FuseConvPool(Rule):
                 problem
                 or f"{'conv+relu' if relu else 'conv'}+{type(graph.module(pool_node)).__name__} -> ConvPool2d"
             )
+            # a ReLU module called only here runs nothing ConvPool2d has not: it goes too. Only
+            # where fx counted the calls (a walked graph assumes one call per module, and ReLU
+            # modules are often shared)
+            spare = [n for n in relu_modules if graph.traced and not called_once(graph, n)]
             sites.append(
                 self.site(
-                    (conv_node.target, pool_node.target), reason, applies=not problem, relu=relu
+                    (conv_node.target, pool_node.target),
+                    reason,
+                    applies=not problem,
+                    relu=relu,
+                    relu_modules=spare,
                 )
             )
         return sites
@@ -100,4 +114,5 @@ class FuseConvPool(Rule):
             )
         except ValueError as error:
             raise SiteError(str(error)) from error
-        return {conv_name: fused, pool_name: nn.Identity()}
+        spare_relus = {name: nn.Identity() for name in site.details.get("relu_modules", [])}
+        return {conv_name: fused, pool_name: nn.Identity(), **spare_relus}
