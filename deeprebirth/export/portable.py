@@ -63,8 +63,9 @@ def deeprebirth_op_decompositions() -> dict[torch._ops.OpOverload, Callable[...,
     """``ExportedProgram.run_decompositions`` table that replaces each ``torch.ops.deeprebirth``
     operator with a weight-only form by the standard operators it computes (its reference
     composition, ``deeprebirth.ops._reference``): for models that call the operators directly,
-    where :func:`make_portable` finds no module to replace. ``direct_conv`` and
-    ``direct_conv_cat`` read only the packed weight and have no entry.
+    where :func:`make_portable` finds no module to replace. ``direct_conv``, ``direct_conv_cat``
+    and ``winograd_conv2d`` read only a packed weight, and ``small_conv2d_add_`` and
+    ``onednn_conv2d_add_`` write into their residual: they have no entry.
     """
     ops = torch.ops.deeprebirth
 
@@ -79,11 +80,21 @@ def deeprebirth_op_decompositions() -> dict[torch._ops.OpOverload, Callable[...,
             outputs.append(F.relu(y) if relu else y)
         return torch.cat(outputs, 1)
 
+    def onednn_conv2d(x, w, b, stride, padding, dilation, groups, relu):
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+        return F.relu(y) if relu else y
+
+    def max_pool2d(x, kernel_size, stride, padding, ceil_mode):
+        return F.max_pool2d(x, kernel_size, stride, padding, 1, ceil_mode)
+
     return {
         ops.conv_pool.default: _reference.conv_pool_reference,
         ops.branch_conv.default: _reference.branch_conv_reference,
         ops.small_conv2d.default: small_conv2d,
         ops.small_conv2d_cat.default: small_conv2d_cat,
+        ops.onednn_conv2d.default: onednn_conv2d,
+        ops.max_pool2d.default: max_pool2d,
+        ops.linear.default: F.linear,
     }
 
 

@@ -291,12 +291,16 @@ class _CallsOperators(nn.Module):
         self.branch_weights = nn.ParameterList(
             [nn.Parameter(torch.randn(4, 8, 1, 1) * 0.3), nn.Parameter(torch.randn(6, 8, 3, 3))]
         )
+        self.conv = nn.Conv2d(10, 10, 3, padding=1)
         self.fc = nn.Linear(10, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.deeprebirth
         y = conv_pool(x, self.w, self.b, padding=1, pool="max", pool_kernel=2, relu=True)
         y = branch_conv(y, list(self.branch_weights), relu=True)
-        return self.fc(y.flatten(2).amax(2))
+        y = ops.onednn_conv2d(y, self.conv.weight, self.conv.bias, [1, 1], [1, 1], [1, 1], 1, True)
+        y = ops.max_pool2d(y, [3, 3], [2, 2], [1, 1], True)
+        return ops.linear(y.flatten(2).amax(2), self.fc.weight, self.fc.bias)
 
 
 def test_models_calling_the_operators_export_exactly(tmp_path):
