@@ -69,20 +69,19 @@ def deeprebirth_op_decompositions() -> dict[torch._ops.OpOverload, Callable[...,
     """
     ops = torch.ops.deeprebirth
 
-    def small_conv2d(x, w, packed_w, b, stride, padding, dilation, groups, relu, *_kernel_choice):
+    def onednn_conv2d(x, w, b, stride, padding, dilation, groups, relu):
         y = F.conv2d(x, w, b, stride, padding, dilation, groups)
         return F.relu(y) if relu else y
+
+    def small_conv2d(x, w, packed_w, b, stride, padding, dilation, groups, relu, *_kernel_choice):
+        return onednn_conv2d(x, w, b, stride, padding, dilation, groups, relu)
 
     def small_conv2d_cat(xs, ws, packed_ws, bs, strides, paddings, relu, *_kernel_choice):
         outputs = []
         for i, (x, w, b) in enumerate(zip(xs, ws, bs, strict=True)):
-            y = F.conv2d(x, w, b, strides[2 * i : 2 * i + 2], paddings[2 * i : 2 * i + 2])
-            outputs.append(F.relu(y) if relu else y)
+            pair = slice(2 * i, 2 * i + 2)
+            outputs.append(onednn_conv2d(x, w, b, strides[pair], paddings[pair], 1, 1, relu))
         return torch.cat(outputs, 1)
-
-    def onednn_conv2d(x, w, b, stride, padding, dilation, groups, relu):
-        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-        return F.relu(y) if relu else y
 
     def max_pool2d(x, kernel_size, stride, padding, ceil_mode):
         return F.max_pool2d(x, kernel_size, stride, padding, 1, ceil_mode)
