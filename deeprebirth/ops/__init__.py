@@ -6,8 +6,9 @@
   directly on a packed weight (:func:`direct_conv_pack`); ``PackedConv2d`` runs them
   (:func:`small_conv2d_add_`: a residual block's last layer added into its shortcut's output);
   :func:`direct_conv_isa` names the kernel's instruction set.
-- :func:`winograd_conv2d`: 3x3 stride-1 layers by Winograd F(2x2, 3x3) on a weight transformed
-  once (:func:`winograd_pack`); ``small_conv2d`` runs it on frozen weights where it is faster.
+- :func:`winograd_conv2d`: 3x3 stride-1 layers by Winograd F(2x2, 3x3) or F(4x4, 3x3) on a
+  weight transformed once (:func:`winograd_pack`); ``small_conv2d`` runs it on frozen weights
+  where it is faster.
 - :func:`max_pool2d`: max pooling without the indices ATen's CPU kernel writes
   (``InferenceMaxPool2d``).
 - :func:`linear`: ``torch.nn.functional.linear`` with the output features split across the

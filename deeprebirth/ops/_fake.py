@@ -90,8 +90,8 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
 
 
 @torch.library.register_fake("deeprebirth::winograd_pack")
-def _winograd_pack_fake(w):
-    return w.new_empty((16, -(-w.shape[0] // 16), w.shape[1], 16))
+def _winograd_pack_fake(w, tile=2):
+    return w.new_empty(((tile + 2) ** 2, -(-w.shape[0] // 16), w.shape[1], 16))
 
 
 @torch.library.register_fake("deeprebirth::winograd_conv2d")

@@ -23,11 +23,11 @@ std::pair<int64_t, int64_t> check_winograd_conv2d_args(const at::Tensor& x,
               " and packed_w ", packed_w.dtype(), " on ", packed_w.device());
   TORCH_CHECK(out_channels > 0, op, ": expected out_channels > 0, but got ", out_channels);
   const int64_t blocks = (out_channels + 15) / 16;
-  TORCH_CHECK(packed_w.dim() == 4 && packed_w.size(0) == 16 && packed_w.size(1) == blocks &&
-                  packed_w.size(2) == x.size(1) && packed_w.size(3) == 16 &&
-                  packed_w.is_contiguous(),
+  TORCH_CHECK(packed_w.dim() == 4 && (packed_w.size(0) == 16 || packed_w.size(0) == 36) &&
+                  packed_w.size(1) == blocks && packed_w.size(2) == x.size(1) &&
+                  packed_w.size(3) == 16 && packed_w.is_contiguous(),
               op, ": expected packed_w = winograd_pack(w) of a (", out_channels, ", ", x.size(1),
-              ", 3, 3) weight, i.e. contiguous of shape (16, ", blocks, ", ", x.size(1),
+              ", 3, 3) weight, i.e. contiguous of shape (16 or 36, ", blocks, ", ", x.size(1),
               ", 16), but got ", packed_w.sizes());
   if (b.has_value() && b->defined()) {
     TORCH_CHECK(b->dim() == 1 && b->size(0) == out_channels && b->scalar_type() == at::kFloat &&
@@ -41,11 +41,11 @@ std::pair<int64_t, int64_t> check_winograd_conv2d_args(const at::Tensor& x,
   return {out_h, out_w};
 }
 
-at::Tensor winograd_pack(const at::Tensor& w) {
+at::Tensor winograd_pack(const at::Tensor& w, int64_t tile) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("deeprebirth::winograd_pack", "")
                        .typed<decltype(winograd_pack)>();
-  return op.call(w);
+  return op.call(w, tile);
 }
 
 at::Tensor winograd_conv2d(const at::Tensor& x, const at::Tensor& packed_w,
@@ -86,7 +86,7 @@ void check_winograd_out(const at::Tensor& out, const at::Tensor& x, int64_t out_
 }
 
 TORCH_LIBRARY_FRAGMENT(deeprebirth, m) {
-  m.def("winograd_pack(Tensor w) -> Tensor");
+  m.def("winograd_pack(Tensor w, int tile=2) -> Tensor");
   m.def(
       "winograd_conv2d(Tensor x, Tensor packed_w, Tensor? b, int out_channels, int[2] padding, "
       "bool relu) -> Tensor");

@@ -1,5 +1,6 @@
-// Winograd F(2x2, 3x3) convolution of conv_pool's row bands on the CPU (Lavin & Gray, "Fast
-// Algorithms for Convolutional Neural Networks", CVPR 2016).
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution of row bands on the CPU (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", CVPR 2016): conv_pool's bands (F(2x2)) and
+// winograd_conv2d's images (either).
 //
 // A 3x3, stride-1 convolution computes each 2x2 block of output pixels from a 4x4 patch of input
 // with 16 multiplications per (input, output channel) pair instead of 36: the patch is
@@ -13,6 +14,11 @@
 // transformed back while in L1, over chunks of at most 128 KiB of V, one after another on the
 // calling thread: the products never leave L1, which a batched matrix product over chunks could
 // not do fast enough to beat oneDNN's direct convolution (docs/kernels.md).
+//
+// F(4x4, 3x3) is the same with 6x6 patches, 4x4 output blocks and 36 products: 4x fewer
+// multiply-adds than a direct convolution (1.78x fewer than F(2x2) on whole blocks), on a
+// transformed weight 36/9 of the weight's size; its transforms multiply by up to 8 and divide by
+// up to 24, so results agree with at::conv2d to about 2e-5 of the output's magnitude.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -61,15 +67,19 @@ class WinogradConvolution {
   static constexpr int64_t kPassWeightBytes = 256 * 1024;
 
   // U = G w G^T: the weight w (C_out, C_in, 3, 3; float32, any layout) transformed, in parallel,
-  // as (16, ceil(C_out / 16), C_in, 16). A caller whose weight stays can keep it across calls.
-  static at::Tensor transform(const at::Tensor& w);
+  // for output tiles of `tile` x `tile` pixels (F(2x2, 3x3) or F(4x4, 3x3)), as (16 or 36,
+  // ceil(C_out / 16), C_in, 16). A caller whose weight stays can keep it across calls.
+  static at::Tensor transform(const at::Tensor& w, int64_t tile = 2);
+
+  // The output tile (2 or 4) a weight transformed by `transform` was made for (from its shape).
+  static int64_t tile_of(const at::Tensor& transformed_weight);
 
   // Transforms the weight w (C_out, C_in, 3, 3; any layout; in parallel) for convolutions with
   // the padding of `args` whose output is `conv_w` columns wide.
   WinogradConvolution(const at::Tensor& w, const ConvPoolArgs& args, int64_t conv_w);
 
-  // The same from a weight already transformed (`transform`) with C_out output channels, for
-  // convolutions padded by (padding_h, padding_w).
+  // The same from a weight already transformed (`transform`, either tile) with C_out output
+  // channels, for convolutions padded by (padding_h, padding_w).
   WinogradConvolution(const at::Tensor& transformed_weight, int64_t out_channels, int64_t padding_h,
                       int64_t padding_w, int64_t conv_w);
 
@@ -80,10 +90,16 @@ class WinogradConvolution {
   // is written. `scratch` holds one chunk's input rows and transforms (one buffer per thread;
   // grown as needed). Only the output channels of blocks [first_block, end_block) (16 channels a
   // block; end_block -1: to the last) are computed and written; the others are left as they are.
+  // Likewise only the output tiles [first_tile, end_tile) of the rows (row-major, tile() x tile()
+  // pixels each; end_tile -1: to the last), so that threads can share an image's tiles evenly
+  // where its rows of tiles do not divide between them (7 rows of 4x4 tiles at 28x28).
   void operator()(const at::Tensor& image, int64_t row0, int64_t row1, float* out,
                   std::vector<float>& scratch, const float* bias = nullptr, bool relu = false,
-                  int64_t out_pixel_stride = 0, int64_t first_block = 0,
-                  int64_t end_block = -1) const;
+                  int64_t out_pixel_stride = 0, int64_t first_block = 0, int64_t end_block = -1,
+                  int64_t first_tile = 0, int64_t end_tile = -1) const;
+
+  // M of F(M x M, 3x3): the output tile's side, 2 or 4.
+  int64_t tile() const { return tile_; }
 
   // The number of 16-channel output blocks (the unit of first_block and end_block).
   int64_t blocks() const { return transformed_weight_.size(1); }
@@ -93,7 +109,8 @@ class WinogradConvolution {
   int64_t tiles_per_chunk() const;
 
  private:
-  at::Tensor transformed_weight_;  // U: (16, blocks, C_in, 16), element (i, j) at 4 * i + j
+  at::Tensor transformed_weight_;  // U: (A * A, blocks, C_in, 16), element (i, j) at A * i + j
+  int64_t tile_;                   // M of F(M x M, 3x3); A = M + 2
   int64_t in_channels_, out_channels_, padding_h_, padding_w_, conv_w_;
 };
 

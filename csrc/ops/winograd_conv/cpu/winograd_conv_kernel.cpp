@@ -1,6 +1,6 @@
-// CPU kernel of deeprebirth::winograd_pack / winograd_conv2d: whole images in parts of whole 2x2
-// output rows, each part convolved by WinogradConvolution straight into the output with its bias
-// and ReLU (see winograd_conv.h).
+// CPU kernel of deeprebirth::winograd_pack / winograd_conv2d: whole images in equal runs of output
+// tiles (or shares of the output channels), each part convolved by WinogradConvolution straight
+// into the output with its bias and ReLU (see winograd_conv.h).
 #include "ops/winograd_conv/cpu/winograd_conv_kernel.h"
 
 #include <ATen/Parallel.h>
@@ -23,33 +23,33 @@ bool winograd_conv_applies(const at::Tensor& x, const at::Tensor& w, c10::IntArr
          WinogradConvolution::suits(w, stride, dilation, groups) && x.size(1) == w.size(1);
 }
 
-at::Tensor winograd_pack_if_finite(const at::Tensor& w) {
-  return WinogradConvolution::finite(w) ? WinogradConvolution::transform(w) : at::Tensor();
+at::Tensor winograd_pack_if_finite(const at::Tensor& w, int64_t tile) {
+  return WinogradConvolution::finite(w) ? WinogradConvolution::transform(w, tile) : at::Tensor();
 }
 
 bool winograd_input_finite(const at::Tensor& x) { return WinogradConvolution::finite(x); }
 
 namespace {
 
-// Whether the threads should split a call's output channels rather than its rows (both compute
+// Whether the threads should split a call's output channels rather than its tiles (both compute
 // the same values). Every chunk of transformed input (WinogradConvolution) is multiplied by the
 // part of the transformed weight U its task computes, so U passes through a core once per chunk:
-// split by rows (two parts of each image per thread while there are fewer images than threads),
+// split by tiles (two parts of each image per thread while there are fewer images than threads),
 // each thread reads all of U once per chunk of its parts; split by output channels, a share of U
 // once per chunk of the whole image, at the cost of transforming the whole input on every thread
 // (a small part of the work next to the products). The channel split is taken where it at least
 // halves a thread's reads of U: small images of many channels, whose U outweighs the image
-// (docs/kernels.md, "Winograd at batch 1"). `parts` is the row split's parts per image, `tiles`
-// an image's 2x2 output blocks.
+// (docs/kernels.md, "Winograd at batch 1"). `parts` is the tile split's parts per image, `tiles`
+// an image's output blocks (2x2 or 4x4).
 bool split_output_channels(const WinogradConvolution& convolve, int64_t batch, int64_t threads,
                            int64_t parts, int64_t tiles) {
   if (batch >= threads || convolve.blocks() < threads) return false;
   const int64_t chunk = convolve.tiles_per_chunk();
   const auto chunks = [&](int64_t n) { return (n + chunk - 1) / chunk; };
   // U's passes per thread, in units of U / threads
-  const int64_t by_rows = threads * (parts / threads) * chunks((tiles + parts - 1) / parts);
+  const int64_t by_tiles = threads * (parts / threads) * chunks((tiles + parts - 1) / parts);
   const int64_t by_channels = chunks(tiles);
-  return 2 * by_channels <= by_rows;
+  return 2 * by_channels <= by_tiles;
 }
 
 }  // namespace
@@ -65,13 +65,14 @@ at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packe
   const at::Tensor bias = b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
   const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* out_data = out.mutable_data_ptr<float>();
-  const int64_t pairs = (out_h + 1) / 2;
+  const int64_t tile = convolve.tile();
+  const int64_t tiles = (out_h + tile - 1) / tile * ((out_w + tile - 1) / tile);  // per image
   const int64_t threads = at::get_num_threads();
-  // Parts of whole 2x2 output rows, two per thread at batch 1, so that a thread the OS preempts
-  // (the cores are shared) holds back half as much.
-  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, pairs);
-  if (split_output_channels(convolve, batch, threads, parts, pairs * ((out_w + 1) / 2))) {
-    // Each thread all of the image's rows for its share of the output channel blocks: it reads
+  // Equal parts of an image's tiles (row-major), two per thread at batch 1, so that a thread the
+  // OS preempts (the cores are shared) holds back half as much.
+  const int64_t parts = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, tiles);
+  if (split_output_channels(convolve, batch, threads, parts, tiles)) {
+    // Each thread all of the image's tiles for its share of the output channel blocks: it reads
     // only its share of the transformed weight, and transforms the whole input itself.
     const int64_t blocks = convolve.blocks();
     at::parallel_for(0, batch * threads, 1, [&](int64_t begin, int64_t end) {
@@ -88,11 +89,8 @@ at::Tensor& winograd_conv2d_out_cpu(const at::Tensor& x, const at::Tensor& packe
     std::vector<float> scratch;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / parts, part = task % parts;
-      const int64_t row0 = 2 * (pairs * part / parts);
-      const int64_t row1 = std::min(out_h, 2 * (pairs * (part + 1) / parts));
-      if (row0 >= row1) continue;
-      convolve(x[n], row0, row1, out_data + n * out.stride(0) + row0 * out.stride(2), scratch,
-               bias_data, relu, out.stride(3));
+      convolve(x[n], 0, out_h, out_data + n * out.stride(0), scratch, bias_data, relu,
+               out.stride(3), 0, -1, tiles * part / parts, tiles * (part + 1) / parts);
     }
   });
   return out;
@@ -110,15 +108,17 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w,
 
 namespace {
 
-at::Tensor winograd_pack_cpu(const at::Tensor& w) {
+at::Tensor winograd_pack_cpu(const at::Tensor& w, int64_t tile) {
   TORCH_CHECK(w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3 && w.size(0) > 0 && w.size(1) > 0,
               "winograd_pack: expected a weight of shape (C_out, C_in, 3, 3), but got ", w.sizes());
   TORCH_CHECK(w.scalar_type() == at::kFloat, "winograd_pack: expected a float32 weight, but got ",
               w.dtype());
-  at::Tensor packed = winograd_pack_if_finite(w);
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_pack: expected tile 2 (F(2x2, 3x3)) or 4 ",
+              "(F(4x4, 3x3)), but got ", tile);
+  at::Tensor packed = winograd_pack_if_finite(w, tile);
   TORCH_CHECK(packed.defined(),
               "winograd_pack: the weight holds an infinity or NaN, which Winograd's transforms "
-              "would spread over whole 2x2 blocks of outputs; use torch.nn.functional.conv2d");
+              "would spread over whole blocks of outputs; use torch.nn.functional.conv2d");
   return packed;
 }
 

@@ -13,8 +13,9 @@ namespace deeprebirth::ops {
 bool winograd_conv_applies(const at::Tensor& x, const at::Tensor& w, c10::IntArrayRef stride,
                            c10::IntArrayRef dilation, int64_t groups);
 
-// winograd_pack(w), or an undefined tensor when a value of w is not finite (see winograd_conv.h).
-at::Tensor winograd_pack_if_finite(const at::Tensor& w);
+// winograd_pack(w, tile), or an undefined tensor when a value of w is not finite (see
+// winograd_conv.h).
+at::Tensor winograd_pack_if_finite(const at::Tensor& w, int64_t tile = 2);
 
 // Whether every value of x is finite (one pass over x): winograd_conv2d's condition on its input.
 bool winograd_input_finite(const at::Tensor& x);
