@@ -66,11 +66,13 @@ def _random_layer(rng: random.Random):
     return x, weight, bias, padding, rng.random() < 0.5
 
 
-def check_forced_winograd_matches_conv2d() -> None:
-    """Forced Winograd on 24 random layers: conv2d's values (1e-4), no oneDNN convolution run,
-    and the packed path's channels_last output (oneDNN's, so that the timed choice never changes
-    the layout)."""
-    os.environ["DEEPREBIRTH_PACKED_WINOGRAD"] = "1"
+def check_forced_winograd_matches_conv2d(mode: str = "1") -> None:
+    """Forced Winograd (``mode`` "1": F(2x2, 3x3), "4": F(4x4, 3x3)) on 24 random layers:
+    conv2d's values (1e-4; F(4x4)'s transforms round more, so 1e-4 of the output's magnitude
+    absolute), no oneDNN convolution run, and the packed path's channels_last output (oneDNN's, so
+    that the timed choice never changes the layout)."""
+    os.environ["DEEPREBIRTH_PACKED_WINOGRAD"] = mode
+    atol = 1e-5 if mode == "1" else 1e-4
     rng = random.Random(7)
     for case in range(24):
         x, w, b, padding, relu = _random_layer(rng)
@@ -79,22 +81,25 @@ def check_forced_winograd_matches_conv2d() -> None:
         expected = _reference(x, w, b, padding, relu)
         assert ONEDNN not in ran and WINOGRAD in ran, f"case {case}: {sorted(set(ran))}"
         torch.testing.assert_close(
-            actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, c=case: f"case {c}: {m}"
+            actual, expected, rtol=1e-4, atol=atol, msg=lambda m, c=case: f"case {c}: {m}"
         )
         assert actual.is_contiguous(memory_format=torch.channels_last), f"case {case}"
 
 
-def test_forced_winograd_matches_conv2d(monkeypatch) -> None:
-    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", "1")
-    check_forced_winograd_matches_conv2d()
+@pytest.mark.parametrize("mode", ["1", "4"])
+def test_forced_winograd_matches_conv2d(mode: str, monkeypatch) -> None:
+    monkeypatch.setenv("DEEPREBIRTH_PACKED_WINOGRAD", mode)
+    check_forced_winograd_matches_conv2d(mode)
 
 
+@pytest.mark.parametrize("mode", ["1", "4"])
 @pytest.mark.parametrize("isa", ["avx2", "sse2"])
-def test_forced_winograd_matches_conv2d_with_every_instruction_set(isa: str) -> None:
+def test_forced_winograd_matches_conv2d_with_every_instruction_set(isa: str, mode: str) -> None:
     """The same with the narrower register tiles and transforms, chosen by DEEPREBIRTH_CPU_ISA
     in a fresh process."""
     run_with_cpu_isa(
-        isa, "import test_winograd_packed as t; t.check_forced_winograd_matches_conv2d()"
+        isa,
+        f"import test_winograd_packed as t; t.check_forced_winograd_matches_conv2d({mode!r})",
     )
 
 
@@ -295,3 +300,23 @@ def test_packed_conv_concat_repeated_call_sees_what_changed(change: str, monkeyp
         actual.sum().backward()
         assert module.convs[0].weight.grad is not None
     torch.testing.assert_close(actual.detach(), expected.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_ops_pass_opcheck(tile: int) -> None:
+    """``winograd_pack`` and ``winograd_conv2d`` for both tiles: schemas, fake kernels (the
+    transformed weight's shape, 16 or 36 elements of the transform) and the real kernels agree
+    (``torch.library.opcheck``), and F(4x4, 3x3) computes conv2d within 1e-4 of its magnitude."""
+    torch.manual_seed(8)
+    w = torch.randn(40, 24, 3, 3) / 15
+    packed = deeprebirth.ops.winograd_pack(w, tile)
+    assert packed.shape == ((tile + 2) ** 2, 3, 24, 16)
+    torch.library.opcheck(torch.ops.deeprebirth.winograd_pack.default, (w, tile))
+    x = torch.randn(2, 24, 13, 10).contiguous(memory_format=torch.channels_last)
+    args = (x, packed, torch.randn(40), 40, [1, 1], True)
+    torch.library.opcheck(torch.ops.deeprebirth.winograd_conv2d.default, args)
+    y = deeprebirth.ops.winograd_conv2d(*args)
+    expected = F.relu(F.conv2d(x.double(), w.double(), args[2].double(), 1, 1))
+    assert (y.double() - expected).abs().max() <= 1e-4 * expected.abs().max()
+    with pytest.raises(RuntimeError, match="expected tile 2"):
+        deeprebirth.ops.winograd_pack(w, 3)

@@ -239,15 +239,35 @@ at::Tensor direct_call(const at::Tensor& input, const at::Tensor& direct_w, cons
       .contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-// DEEPREBIRTH_PACKED_WINOGRAD: "0" never, "1" wherever it applies, otherwise (unset) where it
-// measures faster. Read at each decision (once per layer and input shape).
-enum class WinogradMode { kNever, kAlways, kMeasured };
+// DEEPREBIRTH_PACKED_WINOGRAD: "0" never, "1" F(2x2, 3x3) wherever it applies, "4" F(4x4, 3x3)
+// wherever it applies, otherwise (unset) where one of them measures fastest. Read at each
+// decision (once per layer and input shape).
+enum class WinogradMode { kNever, kAlways2, kAlways4, kMeasured };
 
 WinogradMode winograd_mode() {
   const char* value = std::getenv("DEEPREBIRTH_PACKED_WINOGRAD");
   if (value != nullptr && std::strcmp(value, "0") == 0) return WinogradMode::kNever;
-  if (value != nullptr && std::strcmp(value, "1") == 0) return WinogradMode::kAlways;
+  if (value != nullptr && std::strcmp(value, "1") == 0) return WinogradMode::kAlways2;
+  if (value != nullptr && std::strcmp(value, "4") == 0) return WinogradMode::kAlways4;
   return WinogradMode::kMeasured;
+}
+
+// The Winograd output tiles a decision in `mode` considers: F(2x2, 3x3) and F(4x4, 3x3) when
+// measured. F(4x4) does 1.78x fewer multiply-adds than F(2x2) on whole tiles, but its transformed
+// weight is 2.25x larger and read once per chunk of input, and 4x4 tiles waste more of a 7x7 or
+// 14x14 image: it won 28x28 and 56x56 layers at batch 8 and lost most of them at batch 1
+// (docs/kernels.md, "Winograd F(4x4, 3x3)").
+std::vector<int64_t> winograd_tiles(WinogradMode mode) {
+  switch (mode) {
+    case WinogradMode::kNever:
+      return {};
+    case WinogradMode::kAlways2:
+      return {2};
+    case WinogradMode::kAlways4:
+      return {4};
+    default:
+      return {2, 4};
+  }
 }
 
 // DEEPREBIRTH_PACKED_TIMING: "warm" times the candidate kernels with their weights where the
@@ -292,13 +312,13 @@ size_t fastest_of(int rounds, const std::vector<Candidate>& candidates, bool col
 }
 
 // The kernel this layer runs for inputs shaped like x, decided on its first call: the fastest on
-// this CPU for this shape of oneDNN, Winograd (where it applies) and the direct kernel (where
-// direct_w is given), each timed three times on x. Which one wins depends on the CPU, the layout
-// and the layer: Winograd's speed-up over oneDNN ranged 0.6-1.9x over the 3x3 layers of
-// GoogLeNet-Slim and ResNet-50 on one CPU, and the direct kernel, faster than oneDNN on some
-// small NCHW layers, ran the same layers 1.3-2.6x slower than oneDNN in channels_last
-// (docs/kernels.md). All compute the same convolution, within rounding. The timed calls bypass
-// Python's dispatch modes, so that FLOP counters see the layer's work once.
+// this CPU for this shape of oneDNN, Winograd F(2x2, 3x3) and F(4x4, 3x3) (where they apply)
+// and the direct kernel (where direct_w is given), each timed three times on x. Which one wins
+// depends on the CPU, the layout and the layer: Winograd's speed-up over oneDNN ranged 0.6-1.9x
+// over the 3x3 layers of GoogLeNet-Slim and ResNet-50 on one CPU, and the direct kernel, faster
+// than oneDNN on some small NCHW layers, ran the same layers 1.3-2.6x slower than oneDNN in
+// channels_last (docs/kernels.md). All compute the same convolution, within rounding. The timed
+// calls bypass Python's dispatch modes, so that FLOP counters see the layer's work once.
 Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
                      const std::optional<at::Tensor>& b, c10::IntArrayRef stride,
                      c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -306,17 +326,19 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
   const bool relu = layer.epilogue == ConvEpilogue::kRelu;
   packed.decided = true;
   const WinogradMode mode = winograd_mode();
-  at::Tensor transformed;
-  if (mode != WinogradMode::kNever && winograd_conv_applies(input, w, stride, dilation, groups)) {
-    transformed = winograd_pack_if_finite(w);
+  // Winograd's transformed weights, one per output tile considered
+  std::vector<at::Tensor> transformed;
+  if (winograd_conv_applies(input, w, stride, dilation, groups)) {
+    for (const int64_t tile : winograd_tiles(mode)) {
+      at::Tensor t = winograd_pack_if_finite(w, tile);
+      if (t.defined()) transformed.push_back(t);
+    }
   }
-  if (transformed.defined() && mode == WinogradMode::kAlways) {
-    packed.winograd = transformed;
-  } else if (transformed.defined() || direct_w.defined()) {
+  if (!transformed.empty() && mode != WinogradMode::kMeasured) {
+    packed.winograd = transformed.front();
+  } else if (!transformed.empty() || direct_w.defined()) {
     const c10::impl::ExcludeDispatchKeyGuard no_python(
         c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
-    enum class Kernel { kOneDnn, kWinograd, kDirect };
-    std::vector<Kernel> kernels{Kernel::kOneDnn};
     // oneDNN and the direct kernel read a dense input, Winograd any strides: each is timed
     // with the copy it needs
     const std::function<void()> evict_onednn =
@@ -327,20 +349,19 @@ Packed decide_kernel(const at::Tensor& input, const at::Tensor& w,
                                                      padding, dilation, groups, relu);
                                        },
                                        evict_onednn}};
-    if (transformed.defined()) {
-      kernels.push_back(Kernel::kWinograd);
-      candidates.push_back(
-          {[&] { winograd_call(input, transformed, w, b, padding, relu); }, evicting(transformed)});
+    for (const at::Tensor& t : transformed) {
+      candidates.push_back({[&] { winograd_call(input, t, w, b, padding, relu); }, evicting(t)});
     }
     if (direct_w.defined()) {
-      kernels.push_back(Kernel::kDirect);
       candidates.push_back(
           {[&] { direct_call(dense_input(input), direct_w, w, b, stride, padding, relu); },
            evicting(direct_w)});
     }
-    const Kernel fastest = kernels[fastest_of(3, candidates, cold_weight_timing())];
-    packed.winograd = fastest == Kernel::kWinograd ? transformed : at::Tensor();
-    packed.direct = fastest == Kernel::kDirect;
+    // candidates: oneDNN, then each transformed weight, then the direct kernel
+    const size_t fastest = fastest_of(3, candidates, cold_weight_timing());
+    const bool winograd = fastest >= 1 && fastest <= transformed.size();
+    packed.winograd = winograd ? transformed[fastest - 1] : at::Tensor();
+    packed.direct = fastest == transformed.size() + 1 && direct_w.defined();
   }
   record_decision(input, w, stride, padding, dilation, groups, layer, packed);
   return packed;

@@ -23,8 +23,9 @@ bool onednn_packed_conv_applies(const at::Tensor& x, const at::Tensor& w,
 // On the first call for x's shape, oneDNN is timed (three calls of each, each kernel's weight
 // copy evicted from the caches first; DEEPREBIRTH_PACKED_TIMING=warm leaves it there) against the
 // other kernels that can compute the layer, and the fastest is kept for that shape: winograd_conv2d
-// on a transformed weight kept beside the packed copy, for layers Winograd computes
-// (winograd_conv_applies; DEEPREBIRTH_PACKED_WINOGRAD=0 never runs it, =1 always does), and
+// on a transformed weight (F(2x2, 3x3) or F(4x4, 3x3), whichever was faster) kept beside the
+// packed copy, for layers Winograd computes (winograd_conv_applies; DEEPREBIRTH_PACKED_WINOGRAD=0
+// never runs it, =1 always runs F(2x2, 3x3), =4 always F(4x4, 3x3)), and
 // direct_conv on `direct_w` (direct_conv_pack(w)) where the caller gives it defined (a layer
 // direct_conv_pays for). A call whose input holds an infinity or NaN does not run Winograd. The
 // output is channels_last, as oneDNN writes it, whichever kernel runs and whatever x's layout.
