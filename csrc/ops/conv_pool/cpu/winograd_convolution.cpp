@@ -33,6 +33,11 @@ namespace {
 // a chunk too small reads a large U from L3 many times per image (docs/kernels.md, "Winograd
 // chunks"). GoogLeNet conv2: one patch row, 28 patches.
 constexpr int64_t kChunkBytes = 128 * 1024;
+// ... but at least this many patches (8 AVX-512 register tiles): with 256 or more input channels
+// 128 KiB held 8 patches or fewer (F(4x4): 3), and each chunk read the whole transformed weight
+// (2-16 MB, from L3 or memory) for them; ResNet-50's 3x3 layers at 14x14 and 7x7 ran 1.3-1.5x
+// faster at batch 8 with 48 (docs/kernels.md, "Winograd chunks").
+constexpr int64_t kMinChunkTiles = 48;
 
 bool winograd_enabled() {
   static const bool enabled = env_switch_on("DEEPREBIRTH_CONV_POOL_WINOGRAD");
@@ -496,7 +501,8 @@ WinogradConvolution::WinogradConvolution(const at::Tensor& transformed_weight, i
       conv_w_(conv_w) {}
 
 int64_t WinogradConvolution::tiles_per_chunk() const {
-  return std::max<int64_t>(1, kChunkBytes / (transformed_weight_.size(0) * in_channels_ * 4));
+  return std::max<int64_t>(kMinChunkTiles,
+                           kChunkBytes / (transformed_weight_.size(0) * in_channels_ * 4));
 }
 
 void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int64_t row1,

@@ -11,7 +11,7 @@
 // than a direct convolution; float32 results agree with at::conv2d to about 1e-6 of the output's
 // magnitude (only additions and multiplications by 1/2 are added). The products run in
 // direct_conv's register tiles (AVX-512: 6 patches x 64 channels), each tile's 16 products
-// transformed back while in L1, over chunks of at most 128 KiB of V, one after another on the
+// transformed back while in L1, over chunks of 128 KiB of V (48 patches or more), in turn on the
 // calling thread: the products never leave L1, which a batched matrix product over chunks could
 // not do fast enough to beat oneDNN's direct convolution (docs/kernels.md).
 //
@@ -104,8 +104,9 @@ class WinogradConvolution {
   // The number of 16-channel output blocks (the unit of first_block and end_block).
   int64_t blocks() const { return transformed_weight_.size(1); }
 
-  // The 2x2 output blocks (patches) of one chunk of transformed input, the unit in which a call
-  // reads the whole transformed weight once (for whole patch rows, a row's patches are the most).
+  // The output blocks (patches) of one chunk of transformed input, the unit in which a call reads
+  // the whole transformed weight once: 128 KiB of transformed patches, and at least 48 (for whole
+  // patch rows, a row's patches are the most).
   int64_t tiles_per_chunk() const;
 
  private:
