@@ -28,13 +28,13 @@ class PackedConv2d(nn.Conv2d):
     input shape and keeps the faster; any other call is ``Conv2d`` then ReLU. Frozen TorchScript (``torch.jit.freeze``, the C++
     runner's exports) keeps oneDNN packed copies of its constant weights in ``small_conv2d``.
     3x3 stride-1 layers (ungrouped, at least 8 input and 16 output channels) take that C++ path
-    in eager too, on a snapshot of the weight: it runs Winograd F(2x2, 3x3) on a transformed
-    weight wherever that timed faster than oneDNN on the first call of an input shape
-    (``DEEPREBIRTH_PACKED_WINOGRAD=0`` turns it off, ``=1`` skips the timing), each kernel timed
-    on its weight read from memory (``DEEPREBIRTH_PACKED_TIMING=warm``: from cache;
-    docs/kernels.md).
+    in eager too, on a snapshot of the weight: it runs Winograd F(2x2, 3x3) or F(4x4, 3x3) on a
+    transformed weight wherever that timed faster than oneDNN on the first call of an input shape
+    (``DEEPREBIRTH_PACKED_WINOGRAD=0`` turns it off, ``=1`` and ``=4`` skip the timing for
+    F(2x2) and F(4x4)), each kernel timed on its weight read from memory
+    (``DEEPREBIRTH_PACKED_TIMING=warm``: from cache; docs/kernels.md).
     Equal to :meth:`to_standard` up to float32 rounding (Winograd: about 1e-6 of the output's
-    magnitude).
+    magnitude, F(4x4) about 1e-5).
 
     Weight updates: packed copies are used only while the weight is bitwise equal to their snapshot,
     else remade, so every update is seen (``.data``, fused optimizers, ``load_state_dict`` ...).

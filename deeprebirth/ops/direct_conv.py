@@ -114,9 +114,10 @@ def small_conv2d(
     inference tensor) takes the packed path: oneDNN on a packed copy of ``w`` kept across calls,
     one per input shape, remade when ``w`` is updated in place (its version counter) and dropped
     when ``w`` is freed. On the first call of an input shape it times oneDNN against
-    :func:`winograd_conv2d` on a kept :func:`winograd_pack` of ``w`` (3x3 stride-1 layers;
-    ``DEEPREBIRTH_PACKED_WINOGRAD=0`` never, ``=1`` always) and the direct kernel (where it may
-    run), each reading its weight copy from memory as in a model whose weights outgrow the
+    :func:`winograd_conv2d` on :func:`winograd_pack` copies of ``w`` for both tiles (3x3
+    stride-1 layers; ``DEEPREBIRTH_PACKED_WINOGRAD=0`` never, ``=1`` always F(2x2), ``=4`` always
+    F(4x4); the fastest is kept) and the direct kernel (where it may run), each reading its weight
+    copy from memory as in a model whose weights outgrow the
     caches (``DEEPREBIRTH_PACKED_TIMING=warm`` times them on cached weights), and keeps the
     fastest; its output is channels_last whichever wins. Every other call is
     ``conv2d`` (differentiable as usual). One operator call either way, so a TorchScript graph
