@@ -330,13 +330,8 @@ DEEPREBIRTH_CPU_VARIANTS(void, chunk4, (const WinogradChunk& c),
 
 template <int M>
 ChunkFunction chunk_function() {
-  if constexpr (M == 2) {
-    static const ChunkFunction function = chunk2_for_cpu();
-    return function;
-  } else {
-    static const ChunkFunction function = chunk4_for_cpu();
-    return function;
-  }
+  static const ChunkFunction function = M == 2 ? chunk2_for_cpu() : chunk4_for_cpu();
+  return function;
 }
 
 // The largest magnitude's bits among `count` floats at `data`: integers, so the loop vectorises.
@@ -476,8 +471,8 @@ int64_t WinogradConvolution::channels_per_pass(const at::Tensor& w, int64_t conv
 }
 
 at::Tensor WinogradConvolution::transform(const at::Tensor& w, int64_t tile) {
-  TORCH_CHECK(tile == 2 || tile == 4, "Winograd: expected an output tile of 2 or 4, but got ",
-              tile);
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_pack: expected tile 2 (F(2x2, 3x3)) or 4 ",
+              "(F(4x4, 3x3)), but got ", tile);
   return tile == 2 ? transform_weight<2>(w) : transform_weight<4>(w);
 }
 
@@ -493,7 +488,6 @@ WinogradConvolution::WinogradConvolution(const at::Tensor& w, const ConvPoolArgs
 WinogradConvolution::WinogradConvolution(const at::Tensor& transformed_weight, int64_t out_channels,
                                          int64_t padding_h, int64_t padding_w, int64_t conv_w)
     : transformed_weight_(transformed_weight),
-      tile_(tile_of(transformed_weight)),
       in_channels_(transformed_weight.size(2)),
       out_channels_(out_channels),
       padding_h_(padding_h),
@@ -523,11 +517,12 @@ void WinogradConvolution::operator()(const at::Tensor& image, int64_t row0, int6
   chunk.cols = conv_w_;
   chunk.bias = bias;
   chunk.relu = relu;
-  chunk.tile_cols = (conv_w_ + tile_ - 1) / tile_;
-  const int64_t tiles = (chunk.rows + tile_ - 1) / tile_ * chunk.tile_cols;
+  const int64_t m = tile();
+  chunk.tile_cols = (conv_w_ + m - 1) / m;
+  const int64_t tiles = (chunk.rows + m - 1) / m * chunk.tile_cols;
   const int64_t end = end_tile < 0 ? tiles : std::min(end_tile, tiles);
   const Padding padding{padding_h_, padding_w_};
-  if (tile_ == 4) {
+  if (m == 4) {
     convolve_rows<4>(image, row0, padding, tiles_per_chunk(), first_tile, end, scratch, chunk);
   } else {
     convolve_rows<2>(image, row0, padding, tiles_per_chunk(), first_tile, end, scratch, chunk);

@@ -67,8 +67,9 @@ class WinogradConvolution {
   static constexpr int64_t kPassWeightBytes = 256 * 1024;
 
   // U = G w G^T: the weight w (C_out, C_in, 3, 3; float32, any layout) transformed, in parallel,
-  // for output tiles of `tile` x `tile` pixels (F(2x2, 3x3) or F(4x4, 3x3)), as (16 or 36,
-  // ceil(C_out / 16), C_in, 16). A caller whose weight stays can keep it across calls.
+  // for output tiles of `tile` x `tile` pixels (F(2x2, 3x3) or F(4x4, 3x3); any other tile is an
+  // error), as (16 or 36, ceil(C_out / 16), C_in, 16). A caller whose weight stays can keep it
+  // across calls.
   static at::Tensor transform(const at::Tensor& w, int64_t tile = 2);
 
   // The output tile (2 or 4) a weight transformed by `transform` was made for (from its shape).
@@ -99,7 +100,7 @@ class WinogradConvolution {
                   int64_t first_tile = 0, int64_t end_tile = -1) const;
 
   // M of F(M x M, 3x3): the output tile's side, 2 or 4.
-  int64_t tile() const { return tile_; }
+  int64_t tile() const { return tile_of(transformed_weight_); }
 
   // The number of 16-channel output blocks (the unit of first_block and end_block).
   int64_t blocks() const { return transformed_weight_.size(1); }
@@ -110,8 +111,8 @@ class WinogradConvolution {
   int64_t tiles_per_chunk() const;
 
  private:
-  at::Tensor transformed_weight_;  // U: (A * A, blocks, C_in, 16), element (i, j) at A * i + j
-  int64_t tile_;                   // M of F(M x M, 3x3); A = M + 2
+  // U: (A * A, blocks, C_in, 16), element (i, j) at A * i + j; A = tile() + 2
+  at::Tensor transformed_weight_;
   int64_t in_channels_, out_channels_, padding_h_, padding_w_, conv_w_;
 };
 

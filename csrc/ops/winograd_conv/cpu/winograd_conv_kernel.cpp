@@ -113,8 +113,6 @@ at::Tensor winograd_pack_cpu(const at::Tensor& w, int64_t tile) {
               "winograd_pack: expected a weight of shape (C_out, C_in, 3, 3), but got ", w.sizes());
   TORCH_CHECK(w.scalar_type() == at::kFloat, "winograd_pack: expected a float32 weight, but got ",
               w.dtype());
-  TORCH_CHECK(tile == 2 || tile == 4, "winograd_pack: expected tile 2 (F(2x2, 3x3)) or 4 ",
-              "(F(4x4, 3x3)), but got ", tile);
   at::Tensor packed = winograd_pack_if_finite(w, tile);
   TORCH_CHECK(packed.defined(),
               "winograd_pack: the weight holds an infinity or NaN, which Winograd's transforms "
